@@ -1,0 +1,5 @@
+//! One module per `warden` subcommand.
+
+pub mod audit;
+pub mod policy;
+pub mod run;
