@@ -25,6 +25,8 @@ enum Command {
     /// Read the audit log.
     #[command(subcommand)]
     Audit(cmd::audit::Command),
+    /// Run the egress proxy on its own, for agents outside a sandbox.
+    Proxy(cmd::proxy::Args),
 }
 
 /// Exit status for Warden's own failures (bad policy, sandbox setup failed).
@@ -39,6 +41,7 @@ fn main() -> ExitCode {
         Command::Run(args) => cmd::run::main(args),
         Command::Policy(c) => cmd::policy::main(c),
         Command::Audit(c) => cmd::audit::main(c),
+        Command::Proxy(args) => cmd::proxy::main(args),
     };
     match result {
         Ok(code) => code,
