@@ -27,6 +27,8 @@ enum Command {
     Audit(cmd::audit::Command),
     /// Run the egress proxy on its own, for agents outside a sandbox.
     Proxy(cmd::proxy::Args),
+    /// The MCP gateway: every tool call authorized, filtered and logged.
+    Mcp(cmd::mcp::Args),
 }
 
 /// Exit status for Warden's own failures (bad policy, sandbox setup failed).
@@ -42,6 +44,7 @@ fn main() -> ExitCode {
         Command::Policy(c) => cmd::policy::main(c),
         Command::Audit(c) => cmd::audit::main(c),
         Command::Proxy(args) => cmd::proxy::main(args),
+        Command::Mcp(args) => cmd::mcp::main(args),
     };
     match result {
         Ok(code) => code,

@@ -1,6 +1,7 @@
 //! One module per `warden` subcommand.
 
 pub mod audit;
+pub mod mcp;
 pub mod policy;
 pub mod proxy;
 pub mod run;
