@@ -29,6 +29,8 @@ enum Command {
     Proxy(cmd::proxy::Args),
     /// The MCP gateway: every tool call authorized, filtered and logged.
     Mcp(cmd::mcp::Args),
+    /// The control plane: API and web console.
+    Server(cmd::server::Args),
 }
 
 /// Exit status for Warden's own failures (bad policy, sandbox setup failed).
@@ -45,6 +47,7 @@ fn main() -> ExitCode {
         Command::Audit(c) => cmd::audit::main(c),
         Command::Proxy(args) => cmd::proxy::main(args),
         Command::Mcp(args) => cmd::mcp::main(args),
+        Command::Server(args) => cmd::server::main(args),
     };
     match result {
         Ok(code) => code,

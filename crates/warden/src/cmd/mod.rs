@@ -5,3 +5,4 @@ pub mod mcp;
 pub mod policy;
 pub mod proxy;
 pub mod run;
+pub mod server;
