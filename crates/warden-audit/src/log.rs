@@ -1,0 +1,358 @@
+//! The durable writer. Appenders serialize their event outside any lock, then hold
+//! the lock only to append bytes to a shared buffer. One writer thread owns the file:
+//! it takes the whole buffer, writes it with one `write`, fsyncs, and wakes waiters
+//! (group commit). Nobody else ever fsyncs, so N concurrent durable records cost
+//! about one fsync, not N.
+
+use crate::error::AuditError;
+use crate::event::{Event, Stamp};
+use std::fs::{DirBuilder, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// Longest time an event waits in memory when nobody is waiting for it (SPEC §5).
+const MAX_DELAY: Duration = Duration::from_millis(90);
+/// Commit early past this many queued bytes, to bound memory under a burst.
+const MAX_BATCH: usize = 4 << 20;
+
+struct State {
+    /// Serialized lines not yet handed to the writer.
+    buf: Vec<u8>,
+    /// When the oldest byte in `buf` was queued: the batching deadline runs from it.
+    oldest: Option<Instant>,
+    /// Sequence number of the last queued event (1-based).
+    queued: u64,
+    /// Every event with a sequence number up to this one is fsynced.
+    durable: u64,
+    /// The highest sequence number someone is blocked on; commit without delay while
+    /// it is above `durable`.
+    wanted: u64,
+    closing: bool,
+    writer_alive: bool,
+    /// Sticky: after a failed write or fsync the file's state is unknown, so nothing
+    /// more is written and every caller hears about it.
+    failed: Option<Arc<io::Error>>,
+}
+
+struct Shared {
+    path: PathBuf,
+    state: Mutex<State>,
+    /// Wakes the writer: first bytes queued, someone waiting, closing.
+    to_writer: Condvar,
+    /// Wakes waiters after each commit (or failure).
+    to_waiters: Condvar,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // The lock guards plain data whose invariants hold between statements; a
+        // panic elsewhere cannot leave it half-updated, so a poisoned lock is usable.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn wait_durable(&self, seq: u64) -> Result<(), AuditError> {
+        let mut st = self.lock();
+        loop {
+            if st.durable >= seq {
+                return Ok(());
+            }
+            if let Some(err) = &st.failed {
+                return Err(AuditError::Write {
+                    path: self.path.clone(),
+                    source: Arc::clone(err),
+                });
+            }
+            if !st.writer_alive {
+                return Err(AuditError::Closed {
+                    path: self.path.clone(),
+                });
+            }
+            if st.wanted < seq {
+                st.wanted = seq;
+                self.to_writer.notify_one();
+            }
+            st = self
+                .to_waiters
+                .wait(st)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+}
+
+/// Owns the writer thread; the last [`AuditLog`] clone to go drains and joins it.
+struct Handle {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        self.shared.lock().closing = true;
+        self.shared.to_writer.notify_one();
+        if let Some(thread) = self.thread.take() {
+            // A panicked writer already marked itself dead; nothing more to report
+            // from a destructor.
+            let _ = thread.join();
+        }
+    }
+}
+
+/// A durable, append-only JSONL audit log. Cheap to clone; all clones share one
+/// writer thread. Dropping the last clone writes and fsyncs everything queued; call
+/// [`AuditLog::flush`] first to learn whether that succeeded.
+#[derive(Clone)]
+pub struct AuditLog {
+    handle: Arc<Handle>,
+}
+
+impl std::fmt::Debug for AuditLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditLog")
+            .field("path", &self.handle.shared.path)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A queued event. [`Ticket::wait`] blocks until it is on disk; dropping the ticket
+/// leaves it to the ~100 ms group commit.
+#[must_use = "drop the ticket to not wait, or call wait() to block until the event is on disk"]
+pub struct Ticket {
+    shared: Arc<Shared>,
+    seq: u64,
+    id: String,
+}
+
+impl std::fmt::Debug for Ticket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ticket")
+            .field("id", &self.id)
+            .field("seq", &self.seq)
+            .finish()
+    }
+}
+
+impl Ticket {
+    /// The id the event was recorded under.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Block until this event is fsynced. Asks the writer to commit now rather than
+    /// at the end of its batching window. An error means the event may not be on
+    /// disk: treat it as not recorded.
+    pub fn wait(self) -> Result<(), AuditError> {
+        self.shared.wait_durable(self.seq)
+    }
+}
+
+impl AuditLog {
+    /// Open (creating it 0600, and missing parent directories 0700) the log at `path`
+    /// for appending, and start its writer thread. Several processes may append to
+    /// the same file: each commit is a single `O_APPEND` write of whole lines.
+    pub fn open(path: &Path) -> Result<AuditLog, AuditError> {
+        let open_err = |source| AuditError::Open {
+            path: path.to_path_buf(),
+            source,
+        };
+        let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
+        if let Some(parent) = parent {
+            DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(parent)
+                .map_err(open_err)?;
+        }
+        let mut file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(open_err)?;
+        terminate_torn_line(&mut file).map_err(open_err)?;
+        if let Some(parent) = parent {
+            // Make the new file's directory entry durable too. Some filesystems do
+            // not support fsync on directories; the file's own fsyncs still hold.
+            let _ = File::open(parent).and_then(|d| d.sync_all());
+        }
+
+        let shared = Arc::new(Shared {
+            path: path.to_path_buf(),
+            state: Mutex::new(State {
+                buf: Vec::new(),
+                oldest: None,
+                queued: 0,
+                durable: 0,
+                wanted: 0,
+                closing: false,
+                writer_alive: true,
+                failed: None,
+            }),
+            to_writer: Condvar::new(),
+            to_waiters: Condvar::new(),
+        });
+        let thread = {
+            let shared = Arc::clone(&shared);
+            std::thread::Builder::new()
+                .name("warden-audit-writer".into())
+                .spawn(move || writer(shared, file))
+                .map_err(|source| AuditError::Spawn {
+                    path: path.to_path_buf(),
+                    source,
+                })?
+        };
+        Ok(AuditLog {
+            handle: Arc::new(Handle {
+                shared,
+                thread: Some(thread),
+            }),
+        })
+    }
+
+    /// The file this log appends to.
+    pub fn path(&self) -> &Path {
+        &self.handle.shared.path
+    }
+
+    /// Stamp `event` (time, a new id, session, machine, user, policy) and queue it.
+    /// Returns once queued; the event is fsynced within about 100 ms, or as soon as
+    /// someone waits on the returned ticket. Fails if an earlier write failed.
+    pub fn record(&self, stamp: &Stamp, mut event: Event) -> Result<Ticket, AuditError> {
+        event.stamp(stamp);
+        let mut line = serde_json::to_vec(&event).map_err(AuditError::Encode)?;
+        line.push(b'\n');
+        let id = event.id;
+
+        let shared = &self.handle.shared;
+        let mut st = shared.lock();
+        if let Some(err) = &st.failed {
+            return Err(AuditError::Write {
+                path: shared.path.clone(),
+                source: Arc::clone(err),
+            });
+        }
+        if !st.writer_alive {
+            return Err(AuditError::Closed {
+                path: shared.path.clone(),
+            });
+        }
+        let was_empty = st.buf.is_empty();
+        st.buf.extend_from_slice(&line);
+        st.queued += 1;
+        let seq = st.queued;
+        if was_empty {
+            st.oldest = Some(Instant::now());
+        }
+        let big = st.buf.len() >= MAX_BATCH;
+        drop(st);
+        // The writer sleeps without a deadline while the buffer is empty; the first
+        // bytes start its batching clock.
+        if was_empty || big {
+            shared.to_writer.notify_one();
+        }
+        Ok(Ticket {
+            shared: Arc::clone(shared),
+            seq,
+            id,
+        })
+    }
+
+    /// Record `event` and return only after it is fsynced. Use this where the
+    /// session must not continue until the decision is on disk.
+    pub fn record_durable(&self, stamp: &Stamp, event: Event) -> Result<(), AuditError> {
+        self.record(stamp, event)?.wait()
+    }
+
+    /// Block until everything queued so far is fsynced.
+    pub fn flush(&self) -> Result<(), AuditError> {
+        let shared = &self.handle.shared;
+        let seq = shared.lock().queued;
+        shared.wait_durable(seq)
+    }
+}
+
+/// A crash can leave a partial last line. Appending after it would glue the first
+/// new event onto the garbage and lose it, so end the torn line first; readers then
+/// skip it as one garbled line.
+fn terminate_torn_line(file: &mut File) -> io::Result<()> {
+    let len = file.metadata()?.len();
+    if len == 0 {
+        return Ok(());
+    }
+    let mut last = [0u8; 1];
+    file.read_exact_at(&mut last, len - 1)?;
+    if last[0] != b'\n' {
+        file.write_all(b"\n")?;
+        file.sync_data()?;
+    }
+    Ok(())
+}
+
+/// Marks the writer dead however its thread ends, so no waiter blocks forever.
+struct WriterExit(Arc<Shared>);
+
+impl Drop for WriterExit {
+    fn drop(&mut self) {
+        self.0.lock().writer_alive = false;
+        self.0.to_waiters.notify_all();
+    }
+}
+
+fn writer(shared: Arc<Shared>, mut file: File) {
+    let _exit = WriterExit(Arc::clone(&shared));
+    let mut batch: Vec<u8> = Vec::new();
+    let mut st = shared.lock();
+    loop {
+        // Sleep until there is a reason to commit.
+        loop {
+            if st.failed.is_some() {
+                return;
+            }
+            if st.buf.is_empty() {
+                if st.closing {
+                    return;
+                }
+                st = shared
+                    .to_writer
+                    .wait(st)
+                    .unwrap_or_else(PoisonError::into_inner);
+                continue;
+            }
+            if st.closing || st.wanted > st.durable || st.buf.len() >= MAX_BATCH {
+                break;
+            }
+            let deadline = st.oldest.unwrap_or_else(Instant::now) + MAX_DELAY;
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            st = shared
+                .to_writer
+                .wait_timeout(st, deadline - now)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+
+        std::mem::swap(&mut st.buf, &mut batch);
+        st.oldest = None;
+        let target = st.queued;
+        drop(st);
+
+        let result = file.write_all(&batch).and_then(|()| file.sync_data());
+        batch.clear();
+        if batch.capacity() > MAX_BATCH {
+            batch.shrink_to(MAX_BATCH);
+        }
+
+        st = shared.lock();
+        match result {
+            Ok(()) => st.durable = target,
+            Err(err) => st.failed = Some(Arc::new(err)),
+        }
+        shared.to_waiters.notify_all();
+    }
+}
