@@ -504,3 +504,72 @@ fn every_acknowledged_event_survives_sigkill() {
         report.torn_tail
     );
 }
+
+/// Throughput of `record` and latency of `record_durable`, on the disk that holds
+/// the target directory (not /tmp, which may be tmpfs where fsync is free). Run:
+/// `cargo test -p warden-audit --release --test all -- --ignored --nocapture bench`
+#[test]
+#[ignore = "benchmark; run explicitly with --ignored --nocapture"]
+fn bench_record_throughput_and_durable_latency() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let path = dir.path().join("audit.jsonl");
+    let log = AuditLog::open(&path).unwrap();
+
+    let start = Instant::now();
+    std::thread::scope(|s| {
+        for t in 0..4 {
+            let log = log.clone();
+            s.spawn(move || {
+                for i in 0..25_000 {
+                    drop(
+                        log.record(&stamp(), deny().field("t", t).field("i", i))
+                            .unwrap(),
+                    );
+                }
+            });
+        }
+    });
+    let queued = start.elapsed();
+    log.flush().unwrap();
+    let flushed = start.elapsed();
+    println!(
+        "record: 100000 events from 4 threads queued in {:.1} ms = {:.0} events/s; \
+         all fsynced after {:.1} ms = {:.0} events/s",
+        queued.as_secs_f64() * 1e3,
+        100_000.0 / queued.as_secs_f64(),
+        flushed.as_secs_f64() * 1e3,
+        100_000.0 / flushed.as_secs_f64(),
+    );
+
+    let mut lat: Vec<Duration> = (0..500)
+        .map(|_| {
+            let t = Instant::now();
+            log.record_durable(&stamp(), deny()).unwrap();
+            t.elapsed()
+        })
+        .collect();
+    lat.sort();
+    println!(
+        "record_durable, one thread: median {:.0} µs, p90 {:.0} µs, p99 {:.0} µs (500 calls)",
+        lat[250].as_secs_f64() * 1e6,
+        lat[450].as_secs_f64() * 1e6,
+        lat[495].as_secs_f64() * 1e6,
+    );
+
+    let start = Instant::now();
+    std::thread::scope(|s| {
+        for _ in 0..8 {
+            let log = log.clone();
+            s.spawn(move || {
+                for _ in 0..250 {
+                    log.record_durable(&stamp(), deny()).unwrap();
+                }
+            });
+        }
+    });
+    let took = start.elapsed();
+    println!(
+        "record_durable, 8 threads x 250: {:.0} durable events/s (group commit)",
+        2000.0 / took.as_secs_f64()
+    );
+}
