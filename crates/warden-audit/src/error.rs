@@ -6,7 +6,7 @@ use std::sync::Arc;
 /// the file and never contain event contents.
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
-    /// could not open audit log {path}: {source}
+    /// Could not create or open the log file or its directory.
     #[error("could not open audit log {path}: {source}")]
     Open {
         path: PathBuf,

@@ -41,6 +41,13 @@ fn lines(path: &Path) -> Vec<String> {
 }
 
 #[test]
+fn log_and_ticket_can_be_shared_across_threads() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<AuditLog>();
+    send_sync::<warden_audit::Ticket>();
+}
+
+#[test]
 fn round_trip_of_every_field() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("audit.jsonl");

@@ -292,3 +292,29 @@ fn central_query_says_it_needs_the_control_plane() {
     assert_eq!(out.status.code(), Some(125), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("needs the control plane"));
 }
+
+#[test]
+fn tail_waits_for_a_log_that_does_not_exist_yet() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("later/audit.jsonl");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_warden"))
+        .args(["audit", "tail", "--json", "--file", file.to_str().unwrap()])
+        .env_remove("WARDEN_SERVER")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let log = AuditLog::open(&file).unwrap();
+    log.record_durable(
+        &stamp("s9"),
+        Event::new(Surface::Session, "start", "claude", Verdict::Allow),
+    )
+    .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(line.contains("\"session\":\"s9\""), "{line}");
+}

@@ -157,12 +157,17 @@ fn tail(args: &TailArgs) -> anyhow::Result<ExitCode> {
     let follow = !args.no_follow;
     let mut out = Printer::new(common.json, io::stdout().lock());
 
-    let mut reader = loop {
-        match open(&path)? {
-            Some(reader) => break reader,
-            None if follow => std::thread::sleep(POLL),
-            None => return Ok(ExitCode::SUCCESS),
-        }
+    let mut reader = match open(&path)? {
+        Some(reader) => reader,
+        None if !follow => return Ok(ExitCode::SUCCESS),
+        // Like `tail -F`: wait for the first session to create it.
+        None => loop {
+            std::thread::sleep(POLL);
+            if path.exists() {
+                break LogReader::open(&path)
+                    .with_context(|| format!("reading the audit log {}", path.display()))?;
+            }
+        },
     };
 
     let mut newest: VecDeque<Entry> = VecDeque::with_capacity(args.lines.min(4096));
