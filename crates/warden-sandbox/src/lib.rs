@@ -1,1 +1,151 @@
-//! warden-sandbox
+//! warden-sandbox: the session boundary of `warden run`.
+//!
+//! This crate owns everything that turns a command into a *governed session* on Linux:
+//! the namespaces (user, mount, PID, network, IPC, UTS, cgroup), the session's root
+//! filesystem (a fresh tmpfs with the system directories read-only, the approved mounts,
+//! and `filesystem.deny` paths overmounted), the hardening of the agent process
+//! (no_new_privs, no capabilities, seccomp, Landlock, closed descriptors, a new session or
+//! a pty), resource limits through cgroups, and the terminal relay.
+//!
+//! It must never:
+//! - run a command without the full boundary: every layer is set up (and verified by
+//!   [`preflight`]) or the session fails with [`SandboxError`] and the caller exits 125;
+//! - decide policy: the caller (the `warden` CLI, via `warden-policy`) says which paths are
+//!   mounted or hidden and which limits apply; this crate only enforces;
+//! - do complex work in a forked copy of a multi-threaded process: the session is started
+//!   by re-executing the current binary (`/proc/self/exe`) with the hidden marker
+//!   [`INIT_MARKER`] as `argv[1]`; that process calls [`init_main`], reads its
+//!   [`SandboxSpec`] from a dedicated descriptor and sets the session up single-threaded.
+//!
+//! This is the only crate of the workspace allowed `unsafe`; every `unsafe` block carries a
+//! `// SAFETY:` comment.
+//!
+//! Process tree of a session:
+//! ```text
+//! warden run (parent, may be multi-threaded)
+//!   └─ init   = /proc/self/exe __warden-sandbox-init, PID 1 of the session's PID namespace,
+//!      │        in new user/mount/net/IPC/UTS/cgroup namespaces. Builds the root, reaps,
+//!      │        forwards signals, exits with the agent's status.
+//!      └─ agent: hardened (setsid/pty, Landlock, no caps, no_new_privs, seccomp), execs CMD.
+//! ```
+#![allow(unsafe_code)]
+
+mod cgroup;
+mod env;
+mod error;
+mod init;
+mod landlock_layer;
+mod mounts;
+mod net;
+mod preflight;
+mod proto;
+mod seccomp;
+mod session;
+mod sys;
+mod unixsock;
+
+use serde::{Deserialize, Serialize};
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+pub use env::{DEFAULT_ENV_PASSTHROUGH, session_env};
+pub use error::SandboxError;
+pub use init::init_main;
+pub use preflight::{Check, preflight, preflight_report};
+pub use session::{Session, SessionExit, spawn};
+
+/// `argv[1]` of a process started as a session init. The `warden` binary checks it first
+/// thing in `main` and calls [`init_main`].
+pub const INIT_MARKER: &str = "__warden-sandbox-init";
+
+/// Returns true when this process was started as a session init (see [`INIT_MARKER`]).
+pub fn is_init_invocation() -> bool {
+    std::env::args_os().nth(1).is_some_and(|a| a == INIT_MARKER)
+}
+
+/// A directory or file of the host made visible in the session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mount {
+    /// Host path. Should be canonical (the caller resolves symlinks it trusts); the sandbox
+    /// resolves it again with the host's `/` as root and never through the session's view.
+    pub source: PathBuf,
+    /// Absolute path inside the session.
+    pub target: PathBuf,
+    /// Read-write when true, read-only otherwise.
+    pub writable: bool,
+}
+
+/// Resource limits applied through a per-session cgroup. `None` means no limit.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Limits {
+    /// Memory (and, where the kernel accounts it, memory+swap) in bytes.
+    pub memory_bytes: Option<u64>,
+    /// Maximum number of tasks (processes and threads).
+    pub pids: Option<u64>,
+    /// CPU bandwidth in CPUs (1.5 = one and a half cores).
+    pub cpus: Option<f64>,
+}
+
+impl Limits {
+    /// True when no limit is set (no cgroup is needed).
+    pub fn is_empty(&self) -> bool {
+        self.memory_bytes.is_none() && self.pids.is_none() && self.cpus.is_none()
+    }
+}
+
+/// How the session's standard streams are connected.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TtyMode {
+    /// A pty when both stdin and stdout are terminals, else inherited descriptors.
+    #[default]
+    Auto,
+    /// Always allocate a pty. When stdin is not a terminal the relay still works, but the
+    /// host side is not put in raw mode and resizes are not followed.
+    Pty,
+    /// Never allocate a pty; the session inherits stdin/stdout/stderr.
+    Inherit,
+}
+
+/// Everything the sandbox needs to build one session. Sent to the init as JSON over a
+/// dedicated descriptor, never through argv or the environment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SandboxSpec {
+    /// The command and its arguments. `command[0]` is looked up in the session's `PATH`
+    /// unless it contains a `/`.
+    pub command: Vec<OsString>,
+    /// Working directory inside the session.
+    pub cwd: PathBuf,
+    /// The complete environment of the command (see [`session_env`]).
+    pub env: Vec<(OsString, OsString)>,
+    /// Host directories and files visible in the session; the workspace is one of them.
+    pub mounts: Vec<Mount>,
+    /// Concrete host paths to hide (files or directories), e.g. `~/.ssh` expanded. Hidden
+    /// where they are visible through a mount: an empty read-only directory or file.
+    pub hide: Vec<PathBuf>,
+    /// Glob patterns (`**/.env`, `**/*.pem`) hidden inside the mounts. Matched against both
+    /// the host path and the session path of each entry. The walk is bounded, see
+    /// [`HIDE_WALK_MAX_ENTRIES`] and [`HIDE_WALK_MAX_DEPTH`].
+    pub hide_patterns: Vec<String>,
+    /// cgroup limits.
+    pub limits: Limits,
+    /// The session's home directory: an empty writable tmpfs at this path.
+    pub home: PathBuf,
+    /// The session's host name (UTS namespace).
+    pub hostname: String,
+    /// Terminal handling.
+    pub tty: TtyMode,
+    /// Unique session id; names the cgroup (`warden-<id>`). Letters, digits, `-`, `_`.
+    pub session_id: String,
+}
+
+/// Bound on the number of directory entries examined per mount when looking for
+/// `hide_patterns` matches. Past it the walk stops and the session reports a warning (see
+/// [`Session::warnings`]); the remaining tree is mounted without pattern hiding.
+pub const HIDE_WALK_MAX_ENTRIES: usize = 200_000;
+/// Depth bound of the same walk (directories deeper than this are not examined).
+pub const HIDE_WALK_MAX_DEPTH: usize = 24;
+/// Directory names the pattern walk does not descend into: tool caches that hold
+/// third-party code, not the user's secrets, and dominate the size of most workspaces.
+/// Patterns still match these directories' own names.
+pub const HIDE_WALK_SKIP_DIRS: &[&str] =
+    &[".git", "node_modules", "target", ".venv", "__pycache__"];

@@ -1,0 +1,742 @@
+//! The parent side: start a session, relay its terminal, forward signals, collect its exit.
+//!
+//! [`spawn`] may be called from a multi-threaded process: between `clone` and `execve` the
+//! child only calls async-signal-safe functions (`dup2`, `prctl`, `sigprocmask`, `execve`)
+//! on data prepared before the `clone`. Call it from a thread that outlives the session:
+//! the init's parent-death signal fires when the *thread* that spawned it exits.
+
+use crate::cgroup::CgroupSet;
+use crate::error::SandboxError;
+use crate::proto::{self, InitRequest, Report};
+use crate::sys;
+use crate::{INIT_MARKER, SandboxSpec, TtyMode};
+use std::ffi::CString;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::time::Duration;
+
+/// How a session ended, per SPEC §3: the command's status, 126/127 when it could not be
+/// executed or found, 128+N when it was killed by signal N.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionExit {
+    /// The exit code `warden run` should exit with.
+    pub code: i32,
+    /// For 126/127: why the command could not run.
+    pub message: Option<String>,
+}
+
+/// A running session.
+#[derive(Debug)]
+pub struct Session {
+    /// Host pid of the session's init (PID 1 inside).
+    pub pid: i32,
+    pidfd: OwnedFd,
+    cgroups: Option<CgroupSet>,
+    pty: Option<Pty>,
+    signals: Option<SignalGuard>,
+    exec_error: Option<(i32, String)>,
+    warnings: Vec<String>,
+    guard: Option<std::thread::JoinHandle<()>>,
+    reaped: Option<i32>,
+}
+
+#[derive(Debug)]
+struct Pty {
+    master: OwnedFd,
+    /// The host terminal's settings before raw mode, restored on drop.
+    saved: Option<libc::termios>,
+}
+
+impl Drop for Pty {
+    fn drop(&mut self) {
+        if let Some(t) = &self.saved {
+            // SAFETY: restoring settings read from the same descriptor earlier.
+            unsafe { libc::tcsetattr(0, libc::TCSADRAIN, t) };
+        }
+    }
+}
+
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: i32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+const NS_FLAGS: libc::c_int = libc::CLONE_NEWUSER
+    | libc::CLONE_NEWNS
+    | libc::CLONE_NEWPID
+    | libc::CLONE_NEWNET
+    | libc::CLONE_NEWIPC
+    | libc::CLONE_NEWUTS;
+
+fn validate(spec: &SandboxSpec) -> Result<(), SandboxError> {
+    if spec.command.is_empty() {
+        return Err(SandboxError::InvalidSpec("no command given".into()));
+    }
+    if spec.session_id.is_empty()
+        || !spec
+            .session_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return Err(SandboxError::InvalidSpec(format!(
+            "session id {:?} must be letters, digits, '-' or '_'",
+            spec.session_id
+        )));
+    }
+    for p in std::iter::once(&spec.cwd)
+        .chain(std::iter::once(&spec.home))
+        .chain(spec.mounts.iter().flat_map(|m| [&m.source, &m.target]))
+        .chain(spec.hide.iter())
+    {
+        if !p.is_absolute() {
+            return Err(SandboxError::InvalidSpec(format!(
+                "{} must be an absolute path",
+                p.display()
+            )));
+        }
+    }
+    if spec.hostname.is_empty() || spec.hostname.len() > 64 {
+        return Err(SandboxError::InvalidSpec(
+            "hostname must be 1 to 64 bytes".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn userns_error(e: io::Error) -> SandboxError {
+    let unpriv = !rustix::process::geteuid().is_root();
+    let mut fix = String::from(
+        "User namespaces are required. Check `sysctl user.max_user_namespaces` (must be > 0)",
+    );
+    if unpriv {
+        fix.push_str(
+            ", and for unprivileged users `sysctl kernel.unprivileged_userns_clone=1` (Debian/older kernels) and \
+             `sysctl kernel.apparmor_restrict_unprivileged_userns=0` (Ubuntu 23.10+), or an AppArmor profile allowing `userns` for warden",
+        );
+    }
+    fix.push_str(". Inside a container, run it with user namespaces allowed (e.g. a seccomp profile permitting clone with CLONE_NEWUSER).");
+    SandboxError::Unsupported {
+        what: format!("cannot create the session's namespaces ({e})"),
+        fix,
+    }
+}
+
+/// Starts a session. Returns once the command has been executed (or failed to be, which
+/// [`Session::wait`] then reports as 126/127). Any failure before that is an error and the
+/// command did not run.
+pub fn spawn(spec: &SandboxSpec) -> Result<Session, SandboxError> {
+    validate(spec)?;
+    let use_pty = match spec.tty {
+        TtyMode::Auto => sys::isatty(0) && sys::isatty(1),
+        TtyMode::Pty => true,
+        TtyMode::Inherit => false,
+    };
+    let cgroups = if spec.limits.is_empty() {
+        None
+    } else {
+        Some(CgroupSet::create(&spec.session_id, &spec.limits)?)
+    };
+    let signals = SignalGuard::install(use_pty)?;
+    let (pty, slave) = if use_pty {
+        let (p, s) = open_pty()?;
+        (Some(p), Some(s))
+    } else {
+        (None, None)
+    };
+    let (parent_end, child_end) = socketpair()?;
+
+    // Everything the child needs, prepared before clone.
+    let exe = c"/proc/self/exe";
+    let arg0 = c"warden";
+    let marker =
+        CString::new(INIT_MARKER).map_err(|e| SandboxError::os("marker", io::Error::other(e)))?;
+    let argv = [arg0.as_ptr(), marker.as_ptr(), std::ptr::null()];
+    let envp = [std::ptr::null::<libc::c_char>()];
+    let child_fd = child_end.as_raw_fd();
+    let slave_fd = slave.as_ref().map_or(-1, |s| s.as_raw_fd());
+    // The init must keep its capabilities in the new user namespace across its execve
+    // (a non-root uid, or a uid not mapped yet, loses them at exec otherwise): the child
+    // raises them all as ambient before exec; the agent clears the ambient set.
+    let last_cap: libc::c_ulong = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(40);
+    let cap_hdr = CapHeader {
+        version: 0x2008_0522,
+        pid: 0,
+    };
+    let cap_all = [CapData {
+        effective: !0,
+        permitted: !0,
+        inheritable: !0,
+    }; 2];
+    // SAFETY: an empty sigset prepared before clone.
+    let mut empty: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: initialising the local set.
+    unsafe { libc::sigemptyset(&mut empty) };
+
+    // SAFETY: clone without CLONE_VM behaves like fork: the child gets a copy of the address
+    // space. The child branch below only calls async-signal-safe functions on data prepared
+    // above and ends in execve or _exit, so it is sound even if this process has threads.
+    let pid = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            (NS_FLAGS | libc::SIGCHLD) as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+        )
+    };
+    if pid == 0 {
+        // SAFETY: child of clone; async-signal-safe calls only (see above).
+        unsafe {
+            if slave_fd >= 0 {
+                libc::dup2(slave_fd, 0);
+                libc::dup2(slave_fd, 1);
+                libc::dup2(slave_fd, 2);
+            }
+            if child_fd == 3 {
+                libc::fcntl(3, libc::F_SETFD, 0);
+            } else {
+                libc::dup2(child_fd, 3);
+            }
+            libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0 as libc::c_ulong,
+                0 as libc::c_ulong,
+                0 as libc::c_ulong,
+            );
+            libc::syscall(
+                libc::SYS_capset,
+                &cap_hdr as *const CapHeader,
+                cap_all.as_ptr(),
+            );
+            let mut cap: libc::c_ulong = 0;
+            while cap <= last_cap {
+                libc::prctl(
+                    libc::PR_CAP_AMBIENT,
+                    libc::PR_CAP_AMBIENT_RAISE as libc::c_ulong,
+                    cap,
+                    0 as libc::c_ulong,
+                    0 as libc::c_ulong,
+                );
+                cap += 1;
+            }
+            libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+            libc::execve(exe.as_ptr(), argv.as_ptr(), envp.as_ptr());
+            libc::_exit(125);
+        }
+    }
+    if pid < 0 {
+        return Err(userns_error(io::Error::last_os_error()));
+    }
+    let pid = pid as i32;
+    drop(child_end);
+    drop(slave);
+    let pidfd = match pidfd_open(pid) {
+        Ok(fd) => fd,
+        Err(e) => {
+            kill_reap(pid);
+            return Err(SandboxError::os("pidfd_open", e));
+        }
+    };
+    let mut session = Session {
+        pid,
+        pidfd,
+        cgroups,
+        pty,
+        signals: Some(signals),
+        exec_error: None,
+        warnings: Vec::new(),
+        guard: None,
+        reaped: None,
+    };
+    match session.handshake(spec, parent_end, use_pty) {
+        Ok(()) => Ok(session),
+        Err(e) => {
+            session.kill();
+            session.reap();
+            Err(e)
+        }
+    }
+}
+
+impl Session {
+    fn handshake(
+        &mut self,
+        spec: &SandboxSpec,
+        chan: OwnedFd,
+        use_pty: bool,
+    ) -> Result<(), SandboxError> {
+        // SAFETY: getuid/getgid cannot fail.
+        let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+        let base = format!("/proc/{}", self.pid);
+        std::fs::write(format!("{base}/uid_map"), format!("{uid} {uid} 1\n"))
+            .map_err(|e| userns_error(e))?;
+        std::fs::write(format!("{base}/setgroups"), "deny").map_err(|e| userns_error(e))?;
+        std::fs::write(format!("{base}/gid_map"), format!("{gid} {gid} 1\n"))
+            .map_err(|e| userns_error(e))?;
+        if let Some(cg) = &self.cgroups {
+            cg.add(self.pid)?;
+        }
+        let unix_guard = crate::unixsock::enabled();
+        let req = InitRequest {
+            spec: spec.clone(),
+            uid,
+            gid,
+            use_pty,
+            unix_guard,
+        };
+        let mut stream = std::os::unix::net::UnixStream::from(chan);
+        proto::write_frame(&mut stream, &req)
+            .map_err(|e| SandboxError::Setup(format!("sending the spec to the init: {e}")))?;
+        let mut ready = false;
+        let mut listener = None;
+        loop {
+            let msg: Option<Report> = proto::read_frame(&mut stream)
+                .map_err(|e| SandboxError::Setup(format!("reading the init's report: {e}")))?;
+            match msg {
+                None => break,
+                Some(Report::Warning(w)) => self.warnings.push(w),
+                Some(Report::Listener) => {
+                    listener = Some(proto::recv_fd(stream.as_raw_fd()).map_err(|e| {
+                        SandboxError::Setup(format!("receiving the guard listener: {e}"))
+                    })?);
+                }
+                Some(Report::Ready) => ready = true,
+                Some(Report::SetupFailed(m)) => return Err(SandboxError::Setup(m)),
+                Some(Report::ExecFailed { code, message }) => {
+                    self.exec_error = Some((code, message));
+                    ready = true;
+                }
+            }
+        }
+        if !ready {
+            let status = self.reap();
+            return Err(SandboxError::NoReport(format!(
+                " (init exit status {status})"
+            )));
+        }
+        if let Some(l) = listener {
+            self.guard = Some(crate::unixsock::start(l, self.pid));
+        }
+        if let Some(p) = &mut self.pty {
+            // The command runs: put the host terminal in raw mode for the relay.
+            p.saved = enter_raw_mode();
+        }
+        Ok(())
+    }
+
+    /// Warnings reported by the init (e.g. the `hide_patterns` walk hit its bound).
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
+    }
+
+    /// Kills the whole session (SIGKILL to its init; the kernel kills the rest of its PID
+    /// namespace).
+    pub fn kill(&self) {
+        if self.reaped.is_none() {
+            // SAFETY: pidfd_send_signal on our own child's pidfd.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_pidfd_send_signal,
+                    self.pidfd.as_raw_fd(),
+                    libc::SIGKILL,
+                    std::ptr::null::<u8>(),
+                    0u32,
+                )
+            };
+        }
+    }
+
+    fn reap(&mut self) -> i32 {
+        if let Some(c) = self.reaped {
+            return c;
+        }
+        let mut status = 0;
+        loop {
+            // SAFETY: waiting for our own child.
+            let r = unsafe { libc::waitpid(self.pid, &mut status, 0) };
+            if r >= 0 || io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+                break;
+            }
+        }
+        let code = if libc::WIFEXITED(status) {
+            libc::WEXITSTATUS(status)
+        } else if libc::WIFSIGNALED(status) {
+            128 + libc::WTERMSIG(status)
+        } else {
+            125
+        };
+        self.reaped = Some(code);
+        code
+    }
+
+    /// Relays the terminal (when the session has a pty), forwards SIGINT/SIGTERM/SIGHUP/
+    /// SIGQUIT to the session, and waits for the session to end. Removes the session's
+    /// cgroups and restores the terminal before returning.
+    pub fn wait(mut self) -> Result<SessionExit, SandboxError> {
+        let sig_rd = self.signals.as_ref().map_or(-1, |s| s.read_fd());
+        let mut stdin_open = self.pty.is_some();
+        let mut master_open = self.pty.is_some();
+        let mut buf = vec![0u8; 16384];
+        loop {
+            let mut fds = vec![
+                libc::pollfd {
+                    fd: self.pidfd.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: sig_rd,
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+            ];
+            let master_fd = self.pty.as_ref().map_or(-1, |p| p.master.as_raw_fd());
+            fds.push(libc::pollfd {
+                fd: if stdin_open { 0 } else { -1 },
+                events: libc::POLLIN,
+                revents: 0,
+            });
+            fds.push(libc::pollfd {
+                fd: if master_open { master_fd } else { -1 },
+                events: libc::POLLIN,
+                revents: 0,
+            });
+            // SAFETY: `fds` is a valid array of pollfd of the given length.
+            let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+            if n < 0 {
+                if io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+                    continue;
+                }
+                return Err(SandboxError::os("poll", io::Error::last_os_error()));
+            }
+            if fds[1].revents & libc::POLLIN != 0 {
+                for sig in self.signals.as_ref().map(|s| s.drain()).unwrap_or_default() {
+                    if sig == libc::SIGWINCH {
+                        if let Some(p) = &self.pty {
+                            copy_winsize(0, p.master.as_raw_fd());
+                        }
+                    } else {
+                        // SAFETY: signalling our own child through its pidfd.
+                        unsafe {
+                            libc::syscall(
+                                libc::SYS_pidfd_send_signal,
+                                self.pidfd.as_raw_fd(),
+                                sig,
+                                std::ptr::null::<u8>(),
+                                0u32,
+                            )
+                        };
+                    }
+                }
+            }
+            if stdin_open && fds[2].revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0 {
+                match read_fd(0, &mut buf) {
+                    Ok(0) | Err(_) => stdin_open = false,
+                    Ok(k) => {
+                        if write_all_fd(master_fd, &buf[..k]).is_err() {
+                            stdin_open = false;
+                        }
+                    }
+                }
+            }
+            if master_open && fds[3].revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0 {
+                match read_fd(master_fd, &mut buf) {
+                    Ok(0) | Err(_) => master_open = false,
+                    Ok(k) => {
+                        let _ = write_all_fd(1, &buf[..k]);
+                    }
+                }
+            }
+            if fds[0].revents & libc::POLLIN != 0 {
+                // The init exited: drain what the pty still holds.
+                if master_open {
+                    set_nonblocking(master_fd);
+                    while let Ok(k) = read_fd(master_fd, &mut buf) {
+                        if k == 0 {
+                            break;
+                        }
+                        let _ = write_all_fd(1, &buf[..k]);
+                    }
+                }
+                break;
+            }
+        }
+        let code = self.reap();
+        self.pty = None; // restores the terminal
+        self.signals = None;
+        if let Some(mut cg) = self.cgroups.take() {
+            cg.remove();
+        }
+        if let Some(g) = self.guard.take() {
+            let _ = g.join();
+        }
+        let message = self
+            .exec_error
+            .as_ref()
+            .filter(|(c, _)| *c == code)
+            .map(|(_, m)| m.clone());
+        Ok(SessionExit { code, message })
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        if self.reaped.is_none() {
+            self.kill();
+            self.reap();
+        }
+    }
+}
+
+fn kill_reap(pid: i32) {
+    // SAFETY: our own child.
+    unsafe {
+        libc::kill(pid, libc::SIGKILL);
+        let mut st = 0;
+        libc::waitpid(pid, &mut st, 0);
+    }
+}
+
+fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
+    // SAFETY: pidfd_open returns a new descriptor or an error.
+    let fd = sys::cvt_l(unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0u32) })?;
+    // SAFETY: fresh descriptor.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+fn socketpair() -> Result<(OwnedFd, OwnedFd), SandboxError> {
+    let mut fds = [0; 2];
+    // SAFETY: fds is a valid two-element array.
+    let r = unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    };
+    if r != 0 {
+        return Err(SandboxError::os("socketpair", io::Error::last_os_error()));
+    }
+    // SAFETY: two fresh descriptors.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+fn open_pty() -> Result<(Pty, OwnedFd), SandboxError> {
+    // SAFETY: posix_openpt/grantpt/unlockpt/ptsname_r on a descriptor we own; buffers are
+    // local and sized.
+    unsafe {
+        let m = libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC);
+        if m < 0 {
+            return Err(SandboxError::os(
+                "opening a pty (posix_openpt)",
+                io::Error::last_os_error(),
+            ));
+        }
+        let master = OwnedFd::from_raw_fd(m);
+        if libc::grantpt(m) != 0 || libc::unlockpt(m) != 0 {
+            return Err(SandboxError::os(
+                "unlocking the pty",
+                io::Error::last_os_error(),
+            ));
+        }
+        let mut name = [0 as libc::c_char; 128];
+        if libc::ptsname_r(m, name.as_mut_ptr(), name.len()) != 0 {
+            return Err(SandboxError::os("ptsname", io::Error::last_os_error()));
+        }
+        let s = libc::open(
+            name.as_ptr(),
+            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+        );
+        if s < 0 {
+            return Err(SandboxError::os(
+                "opening the pty slave",
+                io::Error::last_os_error(),
+            ));
+        }
+        let slave = OwnedFd::from_raw_fd(s);
+        // The slave starts with the host terminal's settings and size.
+        if sys::isatty(0) {
+            let mut t: libc::termios = std::mem::zeroed();
+            if libc::tcgetattr(0, &mut t) == 0 {
+                libc::tcsetattr(s, libc::TCSANOW, &t);
+            }
+            copy_winsize(0, m);
+        }
+        Ok((
+            Pty {
+                master,
+                saved: None,
+            },
+            slave,
+        ))
+    }
+}
+
+fn enter_raw_mode() -> Option<libc::termios> {
+    if !sys::isatty(0) {
+        return None;
+    }
+    // SAFETY: termios is plain data; calls on fd 0 which is a terminal.
+    unsafe {
+        let mut t: libc::termios = std::mem::zeroed();
+        if libc::tcgetattr(0, &mut t) != 0 {
+            return None;
+        }
+        let saved = t;
+        libc::cfmakeraw(&mut t);
+        libc::tcsetattr(0, libc::TCSADRAIN, &t);
+        Some(saved)
+    }
+}
+
+fn copy_winsize(from: RawFd, to: RawFd) {
+    // SAFETY: winsize is plain data; ioctls read/write it.
+    unsafe {
+        let mut ws: libc::winsize = std::mem::zeroed();
+        if libc::ioctl(from, libc::TIOCGWINSZ, &mut ws) == 0 {
+            libc::ioctl(to, libc::TIOCSWINSZ, &ws);
+        }
+    }
+}
+
+fn set_nonblocking(fd: RawFd) {
+    // SAFETY: fcntl flag change on our descriptor.
+    unsafe {
+        let fl = libc::fcntl(fd, libc::F_GETFL);
+        libc::fcntl(fd, libc::F_SETFL, fl | libc::O_NONBLOCK);
+    }
+}
+
+fn read_fd(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        // SAFETY: reading into a valid buffer.
+        let r = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+        if r >= 0 {
+            return Ok(r as usize);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+fn write_all_fd(fd: RawFd, mut data: &[u8]) -> io::Result<()> {
+    while !data.is_empty() {
+        // SAFETY: writing from a valid buffer.
+        let r = unsafe { libc::write(fd, data.as_ptr().cast(), data.len()) };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            if e.kind() == io::ErrorKind::WouldBlock {
+                std::thread::sleep(Duration::from_millis(1));
+                continue;
+            }
+            return Err(e);
+        }
+        data = &data[r as usize..];
+    }
+    Ok(())
+}
+
+// ---- signals of `warden run` -------------------------------------------------------------
+
+/// Write end of the self-pipe the signal handler writes to (-1 when none).
+static SIG_PIPE: AtomicI32 = AtomicI32::new(-1);
+
+extern "C" fn on_signal(sig: libc::c_int) {
+    let fd = SIG_PIPE.load(Ordering::Relaxed);
+    if fd >= 0 {
+        let b = sig as u8;
+        // SAFETY: write(2) is async-signal-safe; the buffer is a local byte.
+        unsafe { libc::write(fd, (&b as *const u8).cast(), 1) };
+    }
+}
+
+#[derive(Debug)]
+struct SignalGuard {
+    rd: OwnedFd,
+    wr: OwnedFd,
+    old: Vec<(libc::c_int, libc::sigaction)>,
+}
+
+impl SignalGuard {
+    fn install(winch: bool) -> Result<SignalGuard, SandboxError> {
+        let mut p = [0; 2];
+        // SAFETY: valid two-element array.
+        if unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } != 0 {
+            return Err(SandboxError::os("pipe2", io::Error::last_os_error()));
+        }
+        // SAFETY: fresh descriptors.
+        let (rd, wr) = unsafe { (OwnedFd::from_raw_fd(p[0]), OwnedFd::from_raw_fd(p[1])) };
+        SIG_PIPE.store(wr.as_raw_fd(), Ordering::Relaxed);
+        let mut sigs = vec![libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT];
+        if winch {
+            sigs.push(libc::SIGWINCH);
+        }
+        let mut old = Vec::new();
+        for s in sigs {
+            // SAFETY: installing a handler that only calls write(2); sigaction structs are
+            // plain data.
+            unsafe {
+                let mut sa: libc::sigaction = std::mem::zeroed();
+                sa.sa_sigaction = on_signal as *const () as usize;
+                sa.sa_flags = libc::SA_RESTART;
+                libc::sigemptyset(&mut sa.sa_mask);
+                let mut prev: libc::sigaction = std::mem::zeroed();
+                if libc::sigaction(s, &sa, &mut prev) == 0 {
+                    old.push((s, prev));
+                }
+            }
+        }
+        Ok(SignalGuard { rd, wr, old })
+    }
+
+    fn read_fd(&self) -> RawFd {
+        self.rd.as_raw_fd()
+    }
+
+    fn drain(&self) -> Vec<libc::c_int> {
+        let mut buf = [0u8; 64];
+        let mut out = Vec::new();
+        while let Ok(n) = read_fd(self.rd.as_raw_fd(), &mut buf) {
+            if n == 0 {
+                break;
+            }
+            out.extend(buf[..n].iter().map(|b| *b as libc::c_int));
+        }
+        out
+    }
+}
+
+impl Drop for SignalGuard {
+    fn drop(&mut self) {
+        for (s, prev) in &self.old {
+            // SAFETY: restoring the previous disposition.
+            unsafe { libc::sigaction(*s, prev, std::ptr::null_mut()) };
+        }
+        SIG_PIPE.store(-1, Ordering::Relaxed);
+        let _ = &self.wr;
+    }
+}
+
+#[allow(dead_code)]
+fn unused(_: &mut dyn Read, _: &mut dyn Write) {}

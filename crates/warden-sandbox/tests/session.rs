@@ -1,0 +1,85 @@
+//! Sessions end to end through the library. `harness = false`: this binary is also the
+//! session init (`/proc/self/exe` re-executed with the init marker).
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use warden_sandbox::{Limits, Mount, SandboxSpec, TtyMode};
+
+fn spec(ws: &Path, cmd: &[&str]) -> SandboxSpec {
+    let home = PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into()));
+    SandboxSpec {
+        command: cmd.iter().map(OsString::from).collect(),
+        cwd: ws.to_path_buf(),
+        env: warden_sandbox::session_env(std::env::vars_os(), Vec::new(), &home),
+        mounts: vec![Mount {
+            source: ws.to_path_buf(),
+            target: ws.to_path_buf(),
+            writable: true,
+        }],
+        hide: Vec::new(),
+        hide_patterns: vec!["**/.env".into()],
+        limits: Limits::default(),
+        home,
+        hostname: "warden".into(),
+        tty: TtyMode::Inherit,
+        session_id: format!("t{}", std::process::id()),
+    }
+}
+
+fn run(spec: &SandboxSpec) -> i32 {
+    warden_sandbox::preflight(spec).unwrap();
+    let s = warden_sandbox::spawn(spec).unwrap();
+    let e = s.wait().unwrap();
+    if let Some(m) = &e.message {
+        eprintln!("message: {m}");
+    }
+    e.code
+}
+
+fn main() {
+    if warden_sandbox::is_init_invocation() {
+        warden_sandbox::init_main();
+    }
+    let ws = tempfile::tempdir().unwrap();
+    let ws = ws.path().canonicalize().unwrap();
+    std::fs::write(ws.join(".env"), "SECRET=1").unwrap();
+    let mut passed = 0;
+    let mut failed = 0;
+    let mut check = |name: &str, got: i32, want: i32| {
+        if got == want {
+            passed += 1;
+            println!("ok {name}");
+        } else {
+            failed += 1;
+            println!("FAILED {name}: exit {got}, want {want}");
+        }
+    };
+    check("true", run(&spec(&ws, &["/bin/true"])), 0);
+    check("exit 3", run(&spec(&ws, &["sh", "-c", "exit 3"])), 3);
+    check("not found", run(&spec(&ws, &["no-such-command-xyz"])), 127);
+    check(
+        "env hidden",
+        run(&spec(&ws, &["sh", "-c", "test ! -s .env"])),
+        0,
+    );
+    check(
+        "write ws",
+        run(&spec(&ws, &["sh", "-c", "echo hi > out && cat out"])),
+        0,
+    );
+    check(
+        "no shadow",
+        run(&spec(&ws, &["sh", "-c", "test ! -e /etc/shadow"])),
+        0,
+    );
+    check(
+        "own pids",
+        run(&spec(
+            &ws,
+            &["sh", "-c", "test $(ls /proc | grep -c \"^[0-9]\") -le 5"],
+        )),
+        0,
+    );
+    println!("{passed} passed, {failed} failed");
+    std::process::exit(if failed == 0 { 0 } else { 1 });
+}
