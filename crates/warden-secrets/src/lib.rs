@@ -1,11 +1,24 @@
-//! Secret values for Warden.
+//! Secret values and the credential plumbing around them.
 //!
-//! This crate owns one thing: the [`Secret`] type that carries a real credential value
-//! through Warden's memory. It must never be possible to log, display, serialize or
-//! format a secret by accident, so `Secret` implements none of `Display`, `Serialize`
-//! or `AsRef<str>`, its `Debug` prints only `Secret(<redacted>)`, and its bytes are
-//! zeroized when it is dropped. The only way to read the value is [`Secret::expose`],
-//! whose name makes every use easy to find in review.
+//! This crate owns:
+//!
+//! - [`Secret`]: the type that carries a real credential value through Warden's
+//!   memory. It must never be possible to log, display, serialize or format a secret
+//!   by accident, so `Secret` implements none of `Display`, `Serialize` or
+//!   `AsRef<str>`, its `Debug` prints only `Secret(<redacted>)`, and its bytes are
+//!   zeroized when it is dropped. The only way to read the value is
+//!   [`Secret::expose`], whose name makes every use easy to find in review.
+//! - [`source`]: loading a value from `env:`, `file:`, `command:` or `vault:`.
+//! - [`store`]: the local secret store under `WARDEN_HOME/secrets/`.
+//! - [`placeholder`]: the random, same-shaped stand-in the session sees.
+//! - [`scan`]: finding and rewriting real values and placeholders, in every encoding,
+//!   in one pass and in bounded-memory streams.
+//! - [`presets`]: the provider variables the `balanced` preset binds.
+//!
+//! What it must never do: put a value in an error, a log line, a `Debug` string or a
+//! file other than the local store. Errors name credentials and sources, never values.
+//! It does no networking, no policy matching (host patterns are opaque strings here;
+//! callers decide with warden-policy) and no auditing.
 //!
 //! Other crates (audit, egress, MCP) accept `&str`/`String` for anything they record;
 //! a `Secret` does not convert into either, so putting one in an audit event is a type
@@ -21,12 +34,44 @@
 //! let s = format!("{secret}");
 //! ```
 
+pub mod placeholder;
+pub mod presets;
+pub mod scan;
+pub mod source;
+pub mod store;
+
+pub use placeholder::Placeholder;
+pub use presets::{ProviderBinding, provider_bindings};
+pub use scan::{
+    Credential, Detector, Finding, Form, Rewrite, Rewritten, ScanError, SecretSet, StreamGuard,
+    StreamRewriter, StreamScanner, Which,
+};
+pub use source::{
+    Lease, LeaseId, LoadContext, Loaded, Source, SourceError, VaultClient, VaultError, load,
+};
+pub use store::{LocalStore, StoreError};
+
 use std::fmt;
 use zeroize::{Zeroize, Zeroizing};
 
-/// A credential's real value. Zeroized on drop; never printed.
-#[derive(Clone, PartialEq, Eq)]
+/// A credential's real value. Zeroized on drop; never printed. Equality takes the
+/// same time whatever the contents (for values of equal length).
+#[derive(Clone)]
 pub struct Secret(Zeroizing<Vec<u8>>);
+
+impl PartialEq for Secret {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.len() == other.0.len()
+            && self
+                .0
+                .iter()
+                .zip(other.0.iter())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0
+    }
+}
+
+impl Eq for Secret {}
 
 impl Secret {
     /// Wrap a value. The vector is moved in, not copied, so no stray copy remains.

@@ -1,0 +1,355 @@
+//! Per-session placeholders: what a credential's `env` variable holds inside the
+//! session instead of the real value.
+//!
+//! A placeholder is shaped like the real value so client-side format checks pass, and
+//! is otherwise random. Rules, in order:
+//!
+//! 1. A known vendor prefix (`sk-ant-api03-`, `ghp_`, `AKIA`, … see [`KNOWN_PREFIXES`])
+//!    that the value starts with is kept verbatim (only when something follows it).
+//! 2. **Strict shape**: same length; every upper-case letter, lower-case letter and
+//!    digit is replaced by a random one of the same class (letters stay within `a-f` /
+//!    `A-F` when the value looks hexadecimal); printable ASCII punctuation and spaces
+//!    are kept where they are (they are token structure: `-`, `_`, `.`); any other
+//!    byte becomes a random alphanumeric. Used when the random positions carry at
+//!    least 128 bits.
+//! 3. **Same length, one alphabet**: as 2, but every randomised position draws from
+//!    the union of the classes the value uses (for hex: all 16 digits), which carries
+//!    more entropy per character. Used when that reaches 128 bits.
+//! 4. **Padded**: the value is too short to hide 128 bits in its own shape. The
+//!    placeholder is the prefix followed by random characters of that alphabet, as many
+//!    as needed for at least 32 characters and 128 bits; no punctuation of the real
+//!    value is kept (for a short password it would be material, not structure).
+//!
+//! What a placeholder reveals about the real value: its prefix, its length (rules 2
+//! and 3), which character classes it uses, and (rules 2 and 3) its punctuation and
+//! where it sits — never anything else; in rules 2 and 3 the positions left unknown
+//! carry at least 128 bits. A placeholder always differs from the real value, and
+//! neither contains the other.
+
+use crate::Secret;
+use rand::{CryptoRng, Rng};
+use std::fmt;
+
+/// Vendor prefixes kept verbatim at the start of a placeholder. The longest match wins.
+pub const KNOWN_PREFIXES: &[&str] = &[
+    "sk-ant-api03-",
+    "sk-ant-admin01-",
+    "sk-ant-oat01-",
+    "sk-ant-",
+    "sk-proj-",
+    "sk-svcacct-",
+    "sk-admin-",
+    "sk-or-v1-",
+    "sk-",
+    "sk_live_",
+    "sk_test_",
+    "rk_live_",
+    "rk_test_",
+    "github_pat_",
+    "ghp_",
+    "gho_",
+    "ghs_",
+    "ghu_",
+    "ghr_",
+    "glpat-",
+    "xoxb-",
+    "xoxp-",
+    "xoxa-",
+    "xoxe-",
+    "xapp-",
+    "AKIA",
+    "ASIA",
+    "AIza",
+    "hf_",
+    "npm_",
+    "pypi-",
+    "dop_v1_",
+    "gsk_",
+    "r8_",
+    "pplx-",
+];
+
+/// Minimum entropy of a placeholder's random part, in bits.
+const MIN_BITS: f64 = 128.0;
+
+/// Minimum length of a padded placeholder.
+const PADDED_LEN: usize = 32;
+
+const DIGITS: &[u8] = b"0123456789";
+const LOWER: &[u8] = b"abcdefghijklmnopqrstuvwxyz";
+const UPPER: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ";
+const LOWER_HEX: &[u8] = b"abcdef";
+const UPPER_HEX: &[u8] = b"ABCDEF";
+const ALNUM: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+
+/// A credential's placeholder for one session. Not secret (the agent holds it), so it
+/// displays normally; only [`Placeholder::for_secret`] makes one.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Placeholder(String);
+
+impl fmt::Debug for Placeholder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Placeholder({:?})", self.0)
+    }
+}
+
+impl fmt::Display for Placeholder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Class {
+    Upper,
+    Lower,
+    Digit,
+    /// Printable ASCII that is not alphanumeric: kept in rules 2 and 3.
+    Punct(u8),
+    /// Non-ASCII or control bytes: always randomised.
+    Other,
+}
+
+impl Placeholder {
+    /// A fresh random placeholder shaped like `secret` (see the module docs for the
+    /// exact rules). `rng` must be a cryptographic generator (`rand::rng()`).
+    pub fn for_secret<R: Rng + CryptoRng + ?Sized>(secret: &Secret, rng: &mut R) -> Self {
+        let value = secret.expose();
+        let prefix = KNOWN_PREFIXES
+            .iter()
+            .filter(|p| value.len() > p.len() && value.starts_with(p.as_bytes()))
+            .max_by_key(|p| p.len())
+            .map_or("", |p| *p);
+        let body = &value[prefix.len()..];
+        let classes: Vec<Class> = body.iter().map(|&b| classify(b)).collect();
+
+        let has = |f: fn(&Class) -> bool| classes.iter().any(f);
+        let has_upper = has(|c| matches!(c, Class::Upper));
+        let has_lower = has(|c| matches!(c, Class::Lower));
+        let has_digit = has(|c| matches!(c, Class::Digit));
+        // Hex-looking: letters of one case only, all within a-f (or A-F).
+        let lower_hex = !has_upper
+            && body
+                .iter()
+                .filter(|b| b.is_ascii_lowercase())
+                .all(|b| LOWER_HEX.contains(b));
+        let upper_hex = !has_lower
+            && body
+                .iter()
+                .filter(|b| b.is_ascii_uppercase())
+                .all(|b| UPPER_HEX.contains(b));
+        let lower: &[u8] = if lower_hex { LOWER_HEX } else { LOWER };
+        let upper: &[u8] = if upper_hex { UPPER_HEX } else { UPPER };
+
+        let mut union = Vec::new();
+        if has_digit {
+            union.extend_from_slice(DIGITS);
+        }
+        if has_lower {
+            union.extend_from_slice(lower);
+        }
+        if has_upper {
+            union.extend_from_slice(upper);
+        }
+        if union.len() < 2 {
+            union = ALNUM.to_vec();
+        }
+
+        let strict = |c: &Class| -> Option<&[u8]> {
+            match c {
+                Class::Upper => Some(upper),
+                Class::Lower => Some(lower),
+                Class::Digit => Some(DIGITS),
+                Class::Punct(_) => None,
+                Class::Other => Some(&union),
+            }
+        };
+        let strict_bits: f64 = classes
+            .iter()
+            .filter_map(strict)
+            .map(|a| bits(a.len()))
+            .sum();
+        let random_positions = classes
+            .iter()
+            .filter(|c| !matches!(c, Class::Punct(_)))
+            .count();
+        let union_bits = random_positions as f64 * bits(union.len());
+
+        loop {
+            let mut out = String::with_capacity(value.len().max(PADDED_LEN));
+            out.push_str(prefix);
+            if strict_bits >= MIN_BITS {
+                for c in &classes {
+                    match strict(c) {
+                        Some(alphabet) => out.push(pick(rng, alphabet)),
+                        None => out.push(punct(c)),
+                    }
+                }
+            } else if union_bits >= MIN_BITS {
+                for c in &classes {
+                    match c {
+                        Class::Punct(_) => out.push(punct(c)),
+                        _ => out.push(pick(rng, &union)),
+                    }
+                }
+            } else {
+                let mut random = 0usize;
+                while out.len() < PADDED_LEN || (random as f64) * bits(union.len()) < MIN_BITS {
+                    out.push(pick(rng, &union));
+                    random += 1;
+                }
+            }
+            let candidate = out.as_bytes();
+            let overlaps = contains(candidate, value) || contains(value, candidate);
+            if !overlaps {
+                return Self(out);
+            }
+        }
+    }
+
+    /// The placeholder text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The placeholder bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Never true for a generated placeholder.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+fn classify(b: u8) -> Class {
+    match b {
+        b'A'..=b'Z' => Class::Upper,
+        b'a'..=b'z' => Class::Lower,
+        b'0'..=b'9' => Class::Digit,
+        0x20..=0x7e => Class::Punct(b),
+        _ => Class::Other,
+    }
+}
+
+fn punct(c: &Class) -> char {
+    match c {
+        Class::Punct(b) => char::from(*b),
+        _ => '-',
+    }
+}
+
+fn bits(alphabet: usize) -> f64 {
+    (alphabet as f64).log2()
+}
+
+fn pick<R: Rng + ?Sized>(rng: &mut R, alphabet: &[u8]) -> char {
+    char::from(alphabet[rng.random_range(0..alphabet.len())])
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    needle.is_empty() || hay.windows(needle.len()).any(|w| w == needle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shape(s: &[u8]) -> Vec<u8> {
+        s.iter()
+            .map(|b| match classify(*b) {
+                Class::Upper => b'A',
+                Class::Lower => b'a',
+                Class::Digit => b'0',
+                Class::Punct(p) => p,
+                Class::Other => b'?',
+            })
+            .collect()
+    }
+
+    fn ph(value: &str) -> Placeholder {
+        Placeholder::for_secret(&Secret::new(value.as_bytes().to_vec()), &mut rand::rng())
+    }
+
+    #[test]
+    fn keeps_prefix_length_and_classes() {
+        let cases = [
+            "sk-ant-api03-AbCdEfGhIjKlMnOpQrStUvWxYz0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJ-_xyzAA",
+            "sk-proj-AbCdEfGhIjKlMnOpQrStUvWxYz0123456789abcdefghij",
+            "ghp_AbCdEfGhIjKlMnOpQrStUvWxYz0123456789",
+            "github_pat_11ABCDEFG0abcdefghijkl_mnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUV0123456789abcdef",
+            "xoxb-1234567890-1234567890123-AbCdEfGhIjKlMnOpQrStUvWx",
+            "AIzaSyAbCdEfGhIjKlMnOpQrStUvWxYz0123456",
+            "glpat-AbCdEfGhIjKlMnOpQrStUvWxYzAbCd",
+        ];
+        for real in cases {
+            let p = ph(real);
+            let prefix = KNOWN_PREFIXES
+                .iter()
+                .filter(|k| real.starts_with(**k))
+                .max_by_key(|k| k.len())
+                .copied()
+                .unwrap_or("");
+            assert!(p.as_str().starts_with(prefix), "prefix lost for {prefix}");
+            assert!(p.len() == real.len(), "length changed for {prefix}");
+            assert!(
+                shape(p.as_bytes()) == shape(real.as_bytes()),
+                "classes changed for {prefix}"
+            );
+            assert!(p.as_str() != real);
+        }
+    }
+
+    #[test]
+    fn hex_values_stay_hex_and_same_length() {
+        let real = "0123456789abcdef0123456789abcdef";
+        let p = ph(real);
+        assert!(p.len() == 32 && p.as_bytes().iter().all(u8::is_ascii_hexdigit));
+        assert!(p.as_bytes().iter().all(|b| !b.is_ascii_uppercase()));
+    }
+
+    #[test]
+    fn short_or_punctuation_heavy_values_are_padded_without_their_punctuation() {
+        // A 20-character GitLab token carries under 128 bits in its own shape.
+        for real in [
+            "glpat-AbCdEfGhIjKlMnOpQrSt",
+            "hunter2",
+            "!@#$%^&*()",
+            "correct horse battery staple",
+            "sk-abc",
+            "12345678",
+        ] {
+            let p = ph(real);
+            assert!(p.len() >= 32, "not padded");
+            let body = p
+                .as_str()
+                .trim_start_matches("sk-")
+                .trim_start_matches("glpat-");
+            assert!(
+                body.bytes().all(|b| b.is_ascii_alphanumeric()),
+                "punctuation leaked"
+            );
+            assert!(!p.as_str().contains(real));
+        }
+        assert!(ph("sk-abc").as_str().starts_with("sk-"));
+    }
+
+    #[test]
+    fn binary_values_give_ascii_placeholders() {
+        let real: Vec<u8> = (0u8..=255).collect();
+        let p = Placeholder::for_secret(&Secret::new(real), &mut rand::rng());
+        assert!(p.as_bytes().iter().all(|b| (0x20..0x7f).contains(b)));
+    }
+
+    #[test]
+    fn placeholders_are_fresh_each_time() {
+        let real = "ghp_AbCdEfGhIjKlMnOpQrStUvWxYz0123456789";
+        assert!(ph(real) != ph(real));
+    }
+}
