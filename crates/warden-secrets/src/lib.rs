@@ -50,9 +50,12 @@ pub use source::{
     Lease, LeaseId, LoadContext, Loaded, Source, SourceError, VaultClient, VaultError, load,
 };
 pub use store::{LocalStore, StoreError};
+/// Buffers that may hold values are `Zeroizing`; re-exported so callers need no
+/// direct dependency to name the type.
+pub use zeroize::Zeroizing;
 
 use std::fmt;
-use zeroize::{Zeroize, Zeroizing};
+use zeroize::Zeroize;
 
 /// A credential's real value. Zeroized on drop; never printed. Equality takes the
 /// same time whatever the contents (for values of equal length).
