@@ -1,0 +1,156 @@
+//! The built-in presets: the commented TOML that `warden policy init` writes, and
+//! that [`crate::Policy::preset`] compiles, so what a user reads is what runs.
+
+use std::fmt;
+use std::str::FromStr;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Preset {
+    Open,
+    Balanced,
+    Locked,
+}
+
+impl Preset {
+    pub const ALL: [Preset; 3] = [Preset::Open, Preset::Balanced, Preset::Locked];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Preset::Open => "open",
+            Preset::Balanced => "balanced",
+            Preset::Locked => "locked",
+        }
+    }
+}
+
+impl fmt::Display for Preset {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An unknown preset name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown preset `{0}` (expected open, balanced or locked)")]
+pub struct UnknownPreset(pub String);
+
+impl FromStr for Preset {
+    type Err = UnknownPreset;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Preset::ALL
+            .into_iter()
+            .find(|p| p.as_str() == s)
+            .ok_or_else(|| UnknownPreset(s.to_owned()))
+    }
+}
+
+const OPEN: &str = r#"# Warden policy: the "open" preset.
+# Any host on any port; the session sees the workspace read-write and nothing of
+# your home directory. Every decision is still recorded.
+version = 1
+name = "open"
+mode = "enforce"              # "audit": block nothing, record what would be blocked
+
+[network]
+# "*:*" is any host *name* on any port. IP literals and names that resolve to
+# loopback, private or cloud-metadata addresses still need an IP or CIDR entry.
+allow = ["*:*"]
+deny = []
+
+[filesystem]
+workspace = "rw"              # the --workspace directory, at the same path
+# Home is hidden. A workspace under home stays visible: a deny pattern never hides
+# the directory a session was given (only what lies inside it, if it matches).
+deny = ["~"]
+"#;
+
+const BALANCED: &str = r#"# Warden policy: the "balanced" preset (the default of `warden run`).
+# LLM provider APIs, package registries and source hosts; the workspace read-write;
+# credentials and secrets directories hidden.
+version = 1
+name = "balanced"
+mode = "enforce"              # "audit": block nothing, record what would be blocked
+
+[network]
+# Entries without a port allow 80 and 443. "*." is exactly one extra label.
+allow = [
+  # LLM provider APIs
+  "api.anthropic.com",
+  "statsig.anthropic.com",
+  "api.openai.com",
+  "chatgpt.com",
+  "auth.openai.com",
+  "generativelanguage.googleapis.com",
+  "oauth2.googleapis.com",
+  "cloudcode-pa.googleapis.com",
+  "openrouter.ai",
+  # Package registries
+  "registry.npmjs.org",
+  "registry.yarnpkg.com",
+  "pypi.org",
+  "files.pythonhosted.org",
+  "crates.io",
+  "index.crates.io",
+  "static.crates.io",
+  "static.rust-lang.org",
+  "proxy.golang.org",
+  "sum.golang.org",
+  "rubygems.org",
+  "repo.maven.apache.org",
+  "repo1.maven.org",
+  # Source hosts (git over HTTPS, and over SSH on port 22)
+  "github.com",
+  "api.github.com",
+  "codeload.github.com",
+  "*.githubusercontent.com",
+  "gitlab.com",
+  "bitbucket.org",
+  "ssh.github.com:22",
+  "github.com:22",
+]
+deny = []                     # deny always wins over allow
+
+[filesystem]
+workspace = "rw"              # the --workspace directory, at the same path
+deny = [                      # never visible, even inside the workspace
+  "~/.ssh",
+  "~/.aws",
+  "~/.gnupg",
+  "~/.config/gcloud",
+  "~/.azure",
+  "~/.kube",
+  "~/.docker",
+  "~/.netrc",
+  "~/.git-credentials",
+  "**/.env",
+  "**/.env.*",
+  "**/*.pem",
+  "**/*.key",
+]
+
+[limits]
+pids = 4096                   # at most this many processes and threads
+"#;
+
+const LOCKED: &str = r#"# Warden policy: the "locked" preset.
+# No network at all; the workspace is visible read-only.
+version = 1
+name = "locked"
+mode = "enforce"              # "audit": block nothing, record what would be blocked
+
+[network]
+allow = []                    # an empty list allows nothing
+
+[filesystem]
+workspace = "ro"
+deny = ["**/.env", "**/.env.*", "**/*.pem", "**/*.key"]
+"#;
+
+/// The commented TOML `warden policy init --preset` writes.
+pub fn preset_source(preset: Preset) -> &'static str {
+    match preset {
+        Preset::Open => OPEN,
+        Preset::Balanced => BALANCED,
+        Preset::Locked => LOCKED,
+    }
+}
