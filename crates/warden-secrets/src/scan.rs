@@ -578,6 +578,7 @@ pub fn render_header(
 struct Entry {
     name: Arc<str>,
     hosts: Vec<String>,
+    placeholder_text: Placeholder,
     real: Vec<(Form, Zeroizing<Vec<u8>>)>,
     placeholder: Vec<(Form, Zeroizing<Vec<u8>>)>,
 }
@@ -615,6 +616,7 @@ impl SecretSet {
             entries.push(Entry {
                 name: Arc::from(c.name.as_str()),
                 hosts: c.hosts,
+                placeholder_text: c.placeholder.clone(),
                 real: encodings(c.real.expose()),
                 placeholder: encodings(c.placeholder.as_bytes()),
             });
@@ -693,6 +695,14 @@ impl SecretSet {
     /// The credentials' names and bound host patterns.
     pub fn credentials(&self) -> impl Iterator<Item = (&str, &[String])> {
         self.entries.iter().map(|e| (&*e.name, e.hosts.as_slice()))
+    }
+
+    /// The placeholder of `credential` (for the session's `env` variable).
+    pub fn placeholder(&self, credential: &str) -> Option<&Placeholder> {
+        self.entries
+            .iter()
+            .find(|e| &*e.name == credential)
+            .map(|e| &e.placeholder_text)
     }
 
     /// Any value (real or placeholder, any form) of any credential.
