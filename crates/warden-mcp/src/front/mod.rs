@@ -1,0 +1,4 @@
+//! Front ends: how a client reaches the gateway.
+
+pub mod http;
+pub mod stdio;
