@@ -267,9 +267,9 @@ impl HostPattern {
                 ports,
             });
         }
-        let looks_ip = host.contains('/')
-            || (host.chars().all(|c| c.is_ascii_digit() || c == '.')
-                && Ipv4Addr::from_str(host).is_ok());
+        // A `/` makes a CIDR only after an address; elsewhere it is a bad name.
+        let addr_part = host.split_once('/').map_or(host, |(a, _)| a);
+        let looks_ip = Ipv4Addr::from_str(addr_part).is_ok();
         if looks_ip {
             return Ok(HostPattern {
                 kind: HostKind::Net(parse_net(host, s)?),

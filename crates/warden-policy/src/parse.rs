@@ -324,10 +324,7 @@ pub(crate) fn parse_doc(cx: &mut Cx<'_>, src: &str, default_name: &str) -> Optio
                     Ok(found) if found.is_empty() => cx.err(
                         span,
                         format!("`{f}` matches no file"),
-                        Some(format!(
-                            "cedar file globs are relative to the policy's directory ({})",
-                            cx.base_dir.display()
-                        )),
+                        Some("cedar file globs are relative to the policy file's directory".into()),
                     ),
                     Ok(found) => {
                         for p in found {
@@ -452,7 +449,7 @@ fn parse_tls(cx: &mut Cx<'_>, t: &DeTable<'_>) -> Tls {
         if !p.is_file() {
             cx.err(
                 span,
-                format!("TLS root `{r}` not found (looked at {})", p.display()),
+                format!("TLS root `{r}` not found"),
                 Some("paths are relative to the policy file's directory".into()),
             );
         } else {
