@@ -91,6 +91,22 @@ fn run_init(slot: &mut Option<OwnedFd>) -> Result<i32, String> {
     NetworkSetup
         .run(chan.as_raw_fd())
         .map_err(|e| format!("network namespace (bring up lo): {e}"))?;
+    if req.unix_guard {
+        // The guard asks the kernel which unix sockets belong to the session: through a
+        // sock_diag socket of the session's network namespace, opened here.
+        // SAFETY: plain socket creation, checked below.
+        let d = unsafe {
+            libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::NETLINK_SOCK_DIAG)
+        };
+        if d < 0 {
+            return Err(format!("sock_diag socket: {}", std::io::Error::last_os_error()));
+        }
+        // SAFETY: fresh descriptor.
+        let d = unsafe { OwnedFd::from_raw_fd(d) };
+        report(chan, &Report::Fd(proto::FdKind::UnixDiag));
+        proto::send_fd(chan.as_raw_fd(), d.as_raw_fd())
+            .map_err(|e| format!("passing the sock_diag socket: {e}"))?;
+    }
     let mut warnings = Vec::new();
     mounts::build_root(&req, &mut warnings)?;
     for w in warnings {
@@ -261,7 +277,7 @@ fn agent_main(req: &InitRequest, chan: &OwnedFd) -> Result<std::convert::Infalli
             seccomp::install(&guard, true),
         )?;
         if let Some(l) = listener {
-            report(chan, &Report::Listener);
+            report(chan, &Report::Fd(proto::FdKind::ConnectGuard));
             setup(
                 "sending the guard listener",
                 proto::send_fd(chan.as_raw_fd(), l.as_raw_fd()),

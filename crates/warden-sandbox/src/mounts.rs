@@ -409,7 +409,7 @@ pub(crate) fn writable_paths(req: &InitRequest) -> Vec<PathBuf> {
         req.spec.home.clone(),
     ];
     for m in &req.spec.mounts {
-        if m.writable && !req.spec.hide.iter().any(|h| m.source.starts_with(h)) {
+        if m.writable {
             rw.push(m.target.clone());
         }
     }

@@ -29,13 +29,22 @@ pub(crate) struct InitRequest {
     pub unix_guard: bool,
 }
 
+/// What a descriptor passed back to the parent is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum FdKind {
+    /// The seccomp user-notification listener of the agent's `connect()` guard.
+    ConnectGuard,
+    /// A `NETLINK_SOCK_DIAG` socket opened inside the session's network namespace.
+    UnixDiag,
+}
+
 /// Init/agent → parent.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum Report {
     /// Something the caller should surface (e.g. the pattern walk hit its bound).
     Warning(String),
-    /// A descriptor follows in the same frame's ancillary data (see [`send_fd`]).
-    Listener,
+    /// A descriptor follows as one byte with `SCM_RIGHTS` (see [`send_fd`]).
+    Fd(FdKind),
     /// All layers are in place; the next thing is `execve`.
     Ready,
     /// Setup failed; the command did not run.

@@ -304,16 +304,21 @@ impl Session {
             .map_err(|e| SandboxError::Setup(format!("sending the spec to the init: {e}")))?;
         let mut ready = false;
         let mut listener = None;
+        let mut diag = None;
         loop {
             let msg: Option<Report> = proto::read_frame(&mut stream)
                 .map_err(|e| SandboxError::Setup(format!("reading the init's report: {e}")))?;
             match msg {
                 None => break,
                 Some(Report::Warning(w)) => self.warnings.push(w),
-                Some(Report::Listener) => {
-                    listener = Some(proto::recv_fd(stream.as_raw_fd()).map_err(|e| {
-                        SandboxError::Setup(format!("receiving the guard listener: {e}"))
-                    })?);
+                Some(Report::Fd(kind)) => {
+                    let fd = proto::recv_fd(stream.as_raw_fd()).map_err(|e| {
+                        SandboxError::Setup(format!("receiving a descriptor from the init: {e}"))
+                    })?;
+                    match kind {
+                        proto::FdKind::ConnectGuard => listener = Some(fd),
+                        proto::FdKind::UnixDiag => diag = Some(fd),
+                    }
                 }
                 Some(Report::Ready) => ready = true,
                 Some(Report::SetupFailed(m)) => return Err(SandboxError::Setup(m)),
@@ -329,8 +334,11 @@ impl Session {
                 " (init exit status {status})"
             )));
         }
-        if let Some(l) = listener {
-            self.guard = Some(crate::unixsock::start(l, self.pid));
+        if unix_guard && self.exec_error.is_none() {
+            match (listener, diag) {
+                (Some(l), Some(d)) => self.guard = Some(crate::unixsock::start(l, d)),
+                _ => return Err(SandboxError::Setup("the unix-socket guard was not set up".into())),
+            }
         }
         if let Some(p) = &mut self.pty {
             // The command runs: put the host terminal in raw mode for the relay.

@@ -80,6 +80,23 @@ fn main() {
         )),
         0,
     );
+    // A host daemon's socket inside the workspace is refused; the session's own work.
+    let sock = ws.join("host.sock");
+    let host = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    std::fs::write(
+        ws.join("u.py"),
+        "import socket, threading, sys\n\
+         c = socket.socket(socket.AF_UNIX)\n\
+         try:\n  c.connect('host.sock'); sys.exit(10)\nexcept ConnectionRefusedError: pass\n\
+         s = socket.socket(socket.AF_UNIX); s.bind('own.sock'); s.listen(1)\n\
+         threading.Thread(target=lambda: s.accept()[0].sendall(b'ok')).start()\n\
+         d = socket.socket(socket.AF_UNIX); d.connect('own.sock'); assert d.recv(2) == b'ok'\n\
+         e = socket.socket(); e.bind(('127.0.0.1', 0)); e.listen(1)\n\
+         f = socket.create_connection(e.getsockname())\n",
+    )
+    .unwrap();
+    check("unix guard", run(&spec(&ws, &["python3", "u.py"])), 0);
+    drop(host);
     println!("{passed} passed, {failed} failed");
     std::process::exit(if failed == 0 { 0 } else { 1 });
 }
