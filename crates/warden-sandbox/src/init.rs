@@ -96,10 +96,17 @@ fn run_init(slot: &mut Option<OwnedFd>) -> Result<i32, String> {
         // sock_diag socket of the session's network namespace, opened here.
         // SAFETY: plain socket creation, checked below.
         let d = unsafe {
-            libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::NETLINK_SOCK_DIAG)
+            libc::socket(
+                libc::AF_NETLINK,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                libc::NETLINK_SOCK_DIAG,
+            )
         };
         if d < 0 {
-            return Err(format!("sock_diag socket: {}", std::io::Error::last_os_error()));
+            return Err(format!(
+                "sock_diag socket: {}",
+                std::io::Error::last_os_error()
+            ));
         }
         // SAFETY: fresh descriptor.
         let d = unsafe { OwnedFd::from_raw_fd(d) };

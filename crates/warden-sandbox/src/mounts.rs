@@ -23,7 +23,7 @@ use crate::{HIDE_WALK_MAX_DEPTH, HIDE_WALK_MAX_ENTRIES, HIDE_WALK_SKIP_DIRS, Mou
 use std::ffi::{CString, OsStr};
 use std::fs;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
@@ -798,11 +798,6 @@ fn walk(
         }
     }
     Ok(complete)
-}
-
-#[allow(dead_code)]
-fn raw(fd: &OwnedFd) -> RawFd {
-    fd.as_raw_fd()
 }
 
 #[cfg(test)]

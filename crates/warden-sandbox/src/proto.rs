@@ -10,7 +10,7 @@
 use crate::SandboxSpec;
 use serde::{Deserialize, Serialize};
 use std::io::{self, Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 
 /// Largest frame accepted (a spec with a large environment fits comfortably).
 const MAX_FRAME: usize = 16 << 20;
@@ -188,9 +188,4 @@ pub(crate) fn recv_fd(sock: RawFd) -> io::Result<OwnedFd> {
 /// Convenience: a `UnixStream` view that does not take ownership.
 pub(crate) fn stream_of(fd: &OwnedFd) -> io::Result<std::os::unix::net::UnixStream> {
     Ok(std::os::unix::net::UnixStream::from(fd.try_clone()?))
-}
-
-#[allow(dead_code)]
-pub(crate) fn raw(fd: &OwnedFd) -> RawFd {
-    fd.as_raw_fd()
 }

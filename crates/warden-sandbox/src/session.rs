@@ -11,7 +11,7 @@ use crate::proto::{self, InitRequest, Report};
 use crate::sys;
 use crate::{INIT_MARKER, SandboxSpec, TtyMode};
 use std::ffi::CString;
-use std::io::{self, Read, Write};
+use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::Duration;
@@ -284,10 +284,10 @@ impl Session {
         let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
         let base = format!("/proc/{}", self.pid);
         std::fs::write(format!("{base}/uid_map"), format!("{uid} {uid} 1\n"))
-            .map_err(|e| userns_error(e))?;
-        std::fs::write(format!("{base}/setgroups"), "deny").map_err(|e| userns_error(e))?;
+            .map_err(userns_error)?;
+        std::fs::write(format!("{base}/setgroups"), "deny").map_err(userns_error)?;
         std::fs::write(format!("{base}/gid_map"), format!("{gid} {gid} 1\n"))
-            .map_err(|e| userns_error(e))?;
+            .map_err(userns_error)?;
         if let Some(cg) = &self.cgroups {
             cg.add(self.pid)?;
         }
@@ -337,7 +337,11 @@ impl Session {
         if unix_guard && self.exec_error.is_none() {
             match (listener, diag) {
                 (Some(l), Some(d)) => self.guard = Some(crate::unixsock::start(l, d)),
-                _ => return Err(SandboxError::Setup("the unix-socket guard was not set up".into())),
+                _ => {
+                    return Err(SandboxError::Setup(
+                        "the unix-socket guard was not set up".into(),
+                    ));
+                }
             }
         }
         if let Some(p) = &mut self.pty {
@@ -745,6 +749,3 @@ impl Drop for SignalGuard {
         let _ = &self.wr;
     }
 }
-
-#[allow(dead_code)]
-fn unused(_: &mut dyn Read, _: &mut dyn Write) {}

@@ -44,13 +44,20 @@ struct Shared {
 
 /// Starts the supervisor thread; it ends when the session's last process exits.
 pub(crate) fn start(listener: OwnedFd, diag: OwnedFd) -> std::thread::JoinHandle<()> {
-    let shared = Arc::new(Shared { listener, diag: Mutex::new(diag) });
+    let shared = Arc::new(Shared {
+        listener,
+        diag: Mutex::new(diag),
+    });
     std::thread::spawn(move || serve(shared))
 }
 
 fn serve(shared: Arc<Shared>) {
     loop {
-        let mut pfd = libc::pollfd { fd: shared.listener.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        let mut pfd = libc::pollfd {
+            fd: shared.listener.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
         // SAFETY: one valid pollfd.
         let n = unsafe { libc::poll(&mut pfd, 1, -1) };
         if n < 0 {
@@ -59,13 +66,21 @@ fn serve(shared: Arc<Shared>) {
             }
             return;
         }
-        if pfd.revents & libc::POLLIN == 0 && pfd.revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0 {
+        if pfd.revents & libc::POLLIN == 0
+            && pfd.revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0
+        {
             return;
         }
         // SAFETY: seccomp_notif is plain data and must be zeroed before RECV.
         let mut req: libc::seccomp_notif = unsafe { std::mem::zeroed() };
         // SAFETY: RECV fills the struct we own.
-        let r = unsafe { libc::ioctl(shared.listener.as_raw_fd(), libc::SECCOMP_IOCTL_NOTIF_RECV as _, &mut req) };
+        let r = unsafe {
+            libc::ioctl(
+                shared.listener.as_raw_fd(),
+                libc::SECCOMP_IOCTL_NOTIF_RECV as _,
+                &mut req,
+            )
+        };
         if r != 0 {
             match io::Error::last_os_error().raw_os_error() {
                 Some(libc::EINTR) | Some(libc::ENOENT) => continue,
@@ -95,12 +110,24 @@ fn respond(s: &Shared, id: u64, result: Result<(), i32>) {
         flags: 0,
     };
     // SAFETY: SEND reads the response we own; ENOENT (target gone or interrupted) is fine.
-    unsafe { libc::ioctl(s.listener.as_raw_fd(), libc::SECCOMP_IOCTL_NOTIF_SEND as _, &resp) };
+    unsafe {
+        libc::ioctl(
+            s.listener.as_raw_fd(),
+            libc::SECCOMP_IOCTL_NOTIF_SEND as _,
+            &resp,
+        )
+    };
 }
 
 fn still_valid(s: &Shared, id: u64) -> bool {
     // SAFETY: ID_VALID reads the id.
-    unsafe { libc::ioctl(s.listener.as_raw_fd(), libc::SECCOMP_IOCTL_NOTIF_ID_VALID as _, &id) == 0 }
+    unsafe {
+        libc::ioctl(
+            s.listener.as_raw_fd(),
+            libc::SECCOMP_IOCTL_NOTIF_ID_VALID as _,
+            &id,
+        ) == 0
+    }
 }
 
 fn errno(e: io::Error) -> i32 {
@@ -118,14 +145,18 @@ fn handle(s: &Shared, req: &libc::seccomp_notif) -> Result<(), i32> {
     // 1. Our copy of the address.
     let mem = std::fs::File::open(format!("/proc/{pid}/mem")).map_err(errno)?;
     let mut buf = vec![0u8; len];
-    mem.read_exact_at(&mut buf, addr).map_err(|_| libc::EFAULT)?;
+    mem.read_exact_at(&mut buf, addr)
+        .map_err(|_| libc::EFAULT)?;
     // 2. The socket object itself.
     // SAFETY: pidfd_open returns a new descriptor or an error.
-    let pidfd = sys::cvt_l(unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0u32) }).map_err(errno)?;
+    let pidfd =
+        sys::cvt_l(unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0u32) }).map_err(errno)?;
     // SAFETY: fresh descriptor.
     let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as RawFd) };
     // SAFETY: pidfd_getfd duplicates the target's descriptor into ours.
-    let sock = sys::cvt_l(unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0u32) }).map_err(errno)?;
+    let sock =
+        sys::cvt_l(unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0u32) })
+            .map_err(errno)?;
     // SAFETY: fresh descriptor.
     let sock = unsafe { OwnedFd::from_raw_fd(sock as RawFd) };
     if !still_valid(s, req.id) {
@@ -148,7 +179,13 @@ fn handle(s: &Shared, req: &libc::seccomp_notif) -> Result<(), i32> {
         }
         let bound = {
             let diag = s.diag.lock().map_err(|_| libc::EIO)?;
-            bound_in_session(diag.as_raw_fd(), libc::major(st.st_dev), libc::minor(st.st_dev), st.st_ino).map_err(errno)?
+            bound_in_session(
+                diag.as_raw_fd(),
+                libc::major(st.st_dev),
+                libc::minor(st.st_dev),
+                st.st_ino,
+            )
+            .map_err(errno)?
         };
         if !bound {
             // A socket of the host (or of nobody): as if nothing listened there.
@@ -159,8 +196,18 @@ fn handle(s: &Shared, req: &libc::seccomp_notif) -> Result<(), i32> {
     }
     // Every other address: connect our copy on the session's own socket.
     // SAFETY: buf holds `len` bytes of a sockaddr.
-    let r = unsafe { libc::connect(sock.as_raw_fd(), buf.as_ptr().cast(), len as libc::socklen_t) };
-    if r != 0 { Err(errno(io::Error::last_os_error())) } else { Ok(()) }
+    let r = unsafe {
+        libc::connect(
+            sock.as_raw_fd(),
+            buf.as_ptr().cast(),
+            len as libc::socklen_t,
+        )
+    };
+    if r != 0 {
+        Err(errno(io::Error::last_os_error()))
+    } else {
+        Ok(())
+    }
 }
 
 trait FromBytesCompat {
@@ -185,8 +232,18 @@ fn connect_unix(sock: RawFd, path: &[u8]) -> Result<(), i32> {
     }
     let len = std::mem::size_of::<libc::sa_family_t>() + path.len() + 1;
     // SAFETY: `sa` is a valid sockaddr_un of at least `len` bytes.
-    let r = unsafe { libc::connect(sock, (&sa as *const libc::sockaddr_un).cast(), len as libc::socklen_t) };
-    if r != 0 { Err(errno(io::Error::last_os_error())) } else { Ok(()) }
+    let r = unsafe {
+        libc::connect(
+            sock,
+            (&sa as *const libc::sockaddr_un).cast(),
+            len as libc::socklen_t,
+        )
+    };
+    if r != 0 {
+        Err(errno(io::Error::last_os_error()))
+    } else {
+        Ok(())
+    }
 }
 
 /// Resolves `path` as the target process would, but never outside its root.
@@ -200,7 +257,13 @@ fn resolve_in_session(pid: i32, path: &Path) -> io::Result<OwnedFd> {
         0,
     )?;
     let rel = path.strip_prefix("/").unwrap_or(path);
-    sys::openat2(dir.as_raw_fd(), rel, libc::O_PATH, 0, sys::RESOLVE_IN_ROOT | sys::RESOLVE_NO_MAGICLINKS)
+    sys::openat2(
+        dir.as_raw_fd(),
+        rel,
+        libc::O_PATH,
+        0,
+        sys::RESOLVE_IN_ROOT | sys::RESOLVE_NO_MAGICLINKS,
+    )
 }
 
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
@@ -241,10 +304,14 @@ fn bound_in_session(diag: RawFd, major: u32, minor: u32, ino: u64) -> io::Result
         let n = n as usize;
         let mut off = 0;
         while off + 16 <= n {
-            let mlen = u32::from_ne_bytes([buf[off], buf[off + 1], buf[off + 2], buf[off + 3]]) as usize;
+            let mlen =
+                u32::from_ne_bytes([buf[off], buf[off + 1], buf[off + 2], buf[off + 3]]) as usize;
             let mtype = u16::from_ne_bytes([buf[off + 4], buf[off + 5]]);
             if mlen < 16 || off + mlen > n {
-                return Err(io::Error::new(io::ErrorKind::InvalidData, "bad netlink message"));
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "bad netlink message",
+                ));
             }
             if mtype == NLMSG_DONE {
                 return Ok(found);
@@ -262,7 +329,8 @@ fn bound_in_session(diag: RawFd, major: u32, minor: u32, ino: u64) -> io::Result
                 }
                 if atype == UNIX_DIAG_VFS && alen >= 12 {
                     let vino = u32::from_ne_bytes([buf[a + 4], buf[a + 5], buf[a + 6], buf[a + 7]]);
-                    let vdev = u32::from_ne_bytes([buf[a + 8], buf[a + 9], buf[a + 10], buf[a + 11]]);
+                    let vdev =
+                        u32::from_ne_bytes([buf[a + 8], buf[a + 9], buf[a + 10], buf[a + 11]]);
                     // The kernel's dev_t: major in the top 12 bits, minor in the low 20.
                     if vino == ino as u32 && vdev >> 20 == major && vdev & 0xfffff == minor {
                         found = true;

@@ -1,6 +1,7 @@
 //! Sessions end to end through the library. `harness = false`: this binary is also the
 //! session init (`/proc/self/exe` re-executed with the init marker).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use warden_sandbox::{Limits, Mount, SandboxSpec, TtyMode};

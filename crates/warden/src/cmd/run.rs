@@ -1,18 +1,386 @@
-//! `warden run`: one governed session.
+//! `warden run`: one governed session (SPEC §3). Parses arguments, turns the policy into a
+//! [`warden_sandbox::SandboxSpec`], records the session in the audit log, and exits with
+//! the command's status. The boundary itself lives in `warden-sandbox`.
 
+use anyhow::{Context, bail};
+use std::ffi::OsString;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Instant;
+use warden_audit::{AuditLog, Event, Stamp, Surface, Verdict};
+use warden_policy::{MountMode, Policy, Preset, Principal, Request, WorkspaceMode};
+use warden_sandbox::{Limits, Mount, SandboxSpec, TtyMode};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Backend {
+    /// The default: `namespaces`.
+    Auto,
+    /// Linux namespaces, seccomp, Landlock and cgroups.
+    Namespaces,
+    /// gVisor (`runsc`): not available yet.
+    Gvisor,
+}
 
 /// Arguments of `warden run`.
 #[derive(clap::Args)]
 pub struct Args {
+    /// Policy file (default: the built-in `balanced` preset).
+    #[arg(long, value_name = "FILE")]
+    pub policy: Option<PathBuf>,
+    /// The workspace directory (default: the current directory).
+    #[arg(long, value_name = "DIR")]
+    pub workspace: Option<PathBuf>,
+    /// Sandbox backend.
+    #[arg(long, value_enum, default_value_t = Backend::Auto)]
+    pub backend: Backend,
+    /// Audit log file (default: audit.jsonl under WARDEN_HOME).
+    #[arg(long, value_name = "FILE")]
+    pub audit: Option<PathBuf>,
+    /// A label for this session, recorded in the audit log.
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+    /// Pass an environment variable: KEY=VAL sets it, KEY copies it from the host.
+    #[arg(long = "env", value_name = "KEY[=VAL]")]
+    pub env: Vec<OsString>,
     /// The command to run, and its arguments.
     #[arg(last = true, required = true)]
-    pub command: Vec<std::ffi::OsString>,
+    pub command: Vec<OsString>,
 }
 
 /// Dispatch to the sandbox init when this process was started as one.
-pub fn maybe_sandbox_init() {}
+pub fn maybe_sandbox_init() {
+    if warden_sandbox::is_init_invocation() {
+        warden_sandbox::init_main();
+    }
+}
 
-pub fn main(_args: Args) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("warden run is not implemented yet")
+const EXIT_FAILED: u8 = crate::EXIT_WARDEN_FAILED;
+
+fn session_id() -> String {
+    let mut b = [0u8; 8];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        let _ = std::io::Read::read_exact(&mut f, &mut b);
+    }
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn home_dir() -> PathBuf {
+    std::env::var_os("HOME")
+        .filter(|h| !h.is_empty() && Path::new(h).is_absolute())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/"))
+}
+
+fn is_glob(p: &str) -> bool {
+    p.contains(['*', '?', '[', '{'])
+}
+
+/// `filesystem.deny` patterns as the sandbox takes them: concrete paths and globs, `~`
+/// expanded. A bare `~` is left out: home is never mounted (the session's home is an
+/// empty tmpfs), and a workspace under home must stay visible.
+fn hide_lists(deny: &[String], home: &Path) -> (Vec<PathBuf>, Vec<String>) {
+    let mut paths = Vec::new();
+    let mut globs = Vec::new();
+    for p in deny {
+        let p = p.trim_end_matches('/');
+        if p == "~" || p.is_empty() {
+            continue;
+        }
+        let expanded = match p.strip_prefix("~/") {
+            Some(rest) => format!("{}/{rest}", home.display()),
+            None => p.to_string(),
+        };
+        if is_glob(&expanded) {
+            globs.push(expanded);
+        } else {
+            paths.push(PathBuf::from(expanded));
+        }
+    }
+    (paths, globs)
+}
+
+pub fn main(args: Args) -> anyhow::Result<ExitCode> {
+    let started = Instant::now();
+    if args.backend == Backend::Gvisor {
+        bail!("the gvisor backend is not available yet; use --backend namespaces (the default)");
+    }
+    let policy = match &args.policy {
+        Some(p) => Policy::load(p).map_err(|e| anyhow::anyhow!("{e}"))?,
+        None => Policy::preset(Preset::Balanced),
+    };
+    let home = home_dir();
+    let workspace = match &args.workspace {
+        Some(w) => w.clone(),
+        None => std::env::current_dir().context("reading the current directory")?,
+    };
+    let workspace = workspace
+        .canonicalize()
+        .with_context(|| format!("workspace {}", workspace.display()))?;
+    if !workspace.is_dir() {
+        bail!("workspace {} is not a directory", workspace.display());
+    }
+    let fs = &policy.doc().filesystem;
+    if fs.workspace != WorkspaceMode::None {
+        policy
+            .check_workspace(&workspace, &home)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    let enforce = policy.mode() == warden_policy::Mode::Enforce;
+    let session = session_id();
+    let stamp = Stamp {
+        session: session.clone(),
+        machine: crate::home::machine_id(),
+        user: crate::home::user_name(),
+        policy: policy.id().to_string(),
+    };
+    let audit_path = args
+        .audit
+        .clone()
+        .unwrap_or_else(crate::home::default_audit_file);
+    let log = AuditLog::open(&audit_path)
+        .with_context(|| format!("opening the audit log {}", audit_path.display()))?;
+    let agent = args
+        .command
+        .first()
+        .map(|c| {
+            Path::new(c)
+                .file_name()
+                .map_or_else(|| c.to_string_lossy(), |n| n.to_string_lossy())
+                .into_owned()
+        })
+        .unwrap_or_default();
+    let principal = Principal {
+        session: session.clone(),
+        user: stamp.user.clone(),
+        machine: stamp.machine.clone(),
+        agent,
+        labels: args
+            .name
+            .iter()
+            .map(|n| ("name".to_string(), n.clone()))
+            .collect(),
+    };
+
+    // Mounts, each decided by the policy and recorded.
+    let mut wanted: Vec<(PathBuf, PathBuf, bool)> = Vec::new();
+    match fs.workspace {
+        WorkspaceMode::Rw => wanted.push((workspace.clone(), workspace.clone(), true)),
+        WorkspaceMode::Ro => wanted.push((workspace.clone(), workspace.clone(), false)),
+        WorkspaceMode::None => {}
+    }
+    let mut events = Vec::new();
+    for m in &fs.mounts {
+        let host = warden_policy::expand_home(&m.host, &home);
+        let target = m
+            .path
+            .as_ref()
+            .map(|p| warden_policy::expand_home(p, &home))
+            .unwrap_or_else(|| host.clone());
+        match host.canonicalize() {
+            Ok(src) => {
+                let target = if m.path.is_some() {
+                    target
+                } else {
+                    src.clone()
+                };
+                wanted.push((src, target, m.mode == MountMode::Rw));
+            }
+            Err(e) => {
+                eprintln!("warden: mount {} skipped: {e}", host.display());
+                events.push(
+                    Event::new(
+                        Surface::Filesystem,
+                        "mount",
+                        &host.to_string_lossy(),
+                        Verdict::Deny,
+                    )
+                    .rule(&format!("{}:{}", policy.origin(), m.line))
+                    .reason(&format!("not mounted: {e}")),
+                );
+            }
+        }
+    }
+    let mut mounts = Vec::new();
+    for (source, target, writable) in wanted {
+        let d = policy.decide(
+            &principal,
+            &Request::Path {
+                path: &source,
+                write: writable,
+                workspace: &workspace,
+                home: &home,
+            },
+        );
+        let mode = if writable { "rw" } else { "ro" };
+        events.push(
+            Event::new(
+                Surface::Filesystem,
+                "mount",
+                &source.to_string_lossy(),
+                if d.allow {
+                    Verdict::Allow
+                } else {
+                    Verdict::Deny
+                },
+            )
+            .rule(&d.rule.to_string())
+            .reason(&d.reason)
+            .enforced(enforce || d.allow)
+            .field("mode", mode)
+            .field("path", target.to_string_lossy().into_owned()),
+        );
+        if d.allow || !enforce {
+            mounts.push(Mount {
+                source,
+                target,
+                writable,
+            });
+        }
+    }
+    let (hide, hide_patterns) = hide_lists(&fs.deny, &home);
+    for (i, p) in fs.deny.iter().enumerate() {
+        let line = fs.deny_lines.get(i).copied().unwrap_or(0);
+        events.push(
+            Event::new(Surface::Filesystem, "hide", p, Verdict::Deny)
+                .rule(&format!("{}:{line}", policy.origin()))
+                .reason("filesystem.deny: never visible in the session"),
+        );
+    }
+
+    // Working directory: where the caller is, if that is visible, else the workspace.
+    let here = std::env::current_dir()
+        .ok()
+        .and_then(|d| d.canonicalize().ok());
+    let cwd = here
+        .as_ref()
+        .and_then(|h| {
+            mounts
+                .iter()
+                .find_map(|m| h.strip_prefix(&m.source).ok().map(|rel| m.target.join(rel)))
+        })
+        .or_else(|| mounts.first().map(|m| m.target.clone()))
+        .unwrap_or_else(|| home.clone());
+
+    let mut extra = Vec::new();
+    for e in &args.env {
+        let b = e.as_bytes();
+        match b.iter().position(|c| *c == b'=') {
+            Some(i) => extra.push((
+                OsString::from(std::ffi::OsStr::from_bytes(&b[..i])),
+                OsString::from(std::ffi::OsStr::from_bytes(&b[i + 1..])),
+            )),
+            None => {
+                if let Some(v) = std::env::var_os(e) {
+                    extra.push((e.clone(), v));
+                }
+            }
+        }
+    }
+    let env = warden_sandbox::session_env(std::env::vars_os(), extra, &home);
+    let lim = &policy.doc().limits;
+    let spec = SandboxSpec {
+        command: args.command.clone(),
+        cwd,
+        env,
+        mounts,
+        hide,
+        hide_patterns,
+        limits: Limits {
+            memory_bytes: lim.memory,
+            pids: lim.pids,
+            cpus: lim.cpus,
+        },
+        home: home.clone(),
+        hostname: "warden".into(),
+        tty: TtyMode::Auto,
+        session_id: session.clone(),
+    };
+
+    let command_line = args
+        .command
+        .iter()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let fail = |log: &AuditLog, why: String| -> anyhow::Result<ExitCode> {
+        let _ = log.record_durable(
+            &stamp,
+            Event::new(Surface::Session, "end", &command_line, Verdict::Deny)
+                .reason(&why)
+                .field("exit_status", i64::from(EXIT_FAILED))
+                .field("duration_ms", started.elapsed().as_millis() as u64),
+        );
+        eprintln!("warden: {why}");
+        Ok(ExitCode::from(EXIT_FAILED))
+    };
+    if let Err(e) = warden_sandbox::preflight(&spec) {
+        return fail(&log, e.to_string());
+    }
+
+    // The start is on disk before the command can run.
+    for ev in events {
+        log.record(&stamp, ev).context("audit")?.wait().ok();
+    }
+    log.record_durable(
+        &stamp,
+        Event::new(Surface::Session, "start", &command_line, Verdict::Allow)
+            .field("backend", "namespaces")
+            .field("workspace", workspace.to_string_lossy().into_owned())
+            .field("name", args.name.clone().unwrap_or_default())
+            .field("mode", policy.mode().as_str()),
+    )
+    .context("recording the session start in the audit log")?;
+
+    let sess = match warden_sandbox::spawn(&spec) {
+        Ok(s) => s,
+        Err(e) => return fail(&log, e.to_string()),
+    };
+    for w in sess.warnings() {
+        eprintln!("warden: warning: {w}");
+    }
+    let exit = match sess.wait() {
+        Ok(x) => x,
+        Err(e) => return fail(&log, e.to_string()),
+    };
+    if let Some(m) = &exit.message {
+        eprintln!("warden: {m}");
+    }
+    let _ = log.record_durable(
+        &stamp,
+        Event::new(Surface::Session, "end", &command_line, Verdict::Allow)
+            .field("exit_status", i64::from(exit.code))
+            .field("duration_ms", started.elapsed().as_millis() as u64),
+    );
+    Ok(ExitCode::from(
+        u8::try_from(exit.code).unwrap_or(EXIT_FAILED),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hide_lists_split_paths_and_globs() {
+        let (p, g) = hide_lists(
+            &[
+                "~/.ssh".into(),
+                "**/.env".into(),
+                "~".into(),
+                "/etc/shadow".into(),
+                "~/.aws/".into(),
+            ],
+            Path::new("/home/u"),
+        );
+        assert_eq!(
+            p,
+            [
+                PathBuf::from("/home/u/.ssh"),
+                "/etc/shadow".into(),
+                "/home/u/.aws".into()
+            ]
+        );
+        assert_eq!(g, ["**/.env"]);
+    }
 }

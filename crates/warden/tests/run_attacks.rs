@@ -1,0 +1,580 @@
+//! The attack suite of `warden run` (SPEC §7 invariants 1, 3, 4; THREATS.md "Session
+//! boundary"): each test runs a real session and tries to get out; the attempt must fail,
+//! and where the policy decided something, the audit log must say so.
+
+mod run_common;
+
+use run_common::*;
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
+use std::process::{Command, Stdio};
+
+fn attack(env: &Env, name: &str, arg: Option<&str>) {
+    let Some(_) = env.attack_bin() else { return };
+    let mut cmd = vec!["./attack", name];
+    if let Some(a) = arg {
+        cmd.push(a);
+    }
+    let o = env.run(&cmd);
+    assert_code(&o, 0);
+}
+
+// ---- host files -------------------------------------------------------------------------
+
+#[test]
+fn host_home_is_invisible() {
+    let env = Env::new(BASE);
+    std::fs::write(env.home.join("secret.txt"), "HOME-SECRET").unwrap();
+    std::fs::create_dir_all(env.home.join(".ssh")).unwrap();
+    std::fs::write(env.home.join(".ssh/id_ed25519"), "SSH-KEY").unwrap();
+    let o = env.sh(&format!(
+        "cat {h}/secret.txt {h}/.ssh/id_ed25519 2>&1; ls -A {h}; echo HOME=$HOME; cat /root/.bash_history 2>&1 | head -1",
+        h = env.home.display()
+    ));
+    assert_code(&o, 0);
+    let out = stdout(&o);
+    assert!(
+        !out.contains("HOME-SECRET") && !out.contains("SSH-KEY"),
+        "{}",
+        text(&o)
+    );
+    assert!(
+        out.contains(&format!("HOME={}", env.home.display())),
+        "{}",
+        text(&o)
+    );
+}
+
+#[test]
+fn deny_patterns_hide_files_inside_the_workspace() {
+    let env = Env::new(BASE);
+    std::fs::write(env.ws.join(".env"), "TOP-SECRET").unwrap();
+    std::fs::create_dir_all(env.ws.join("app/config")).unwrap();
+    std::fs::write(env.ws.join("app/config/.env"), "NESTED-SECRET").unwrap();
+    std::fs::write(env.ws.join("app/server.pem"), "PEM-SECRET").unwrap();
+    std::fs::write(env.ws.join("app/readme"), "visible").unwrap();
+    let o = env.sh("cat .env app/config/.env app/server.pem 2>&1; cat app/readme; echo x > .env 2>&1 || echo write-denied; rm -f .env 2>&1 || echo rm-denied");
+    let out = stdout(&o);
+    assert!(!out.contains("SECRET"), "{}", text(&o));
+    assert!(
+        out.contains("visible") && out.contains("write-denied") && out.contains("rm-denied"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(
+        std::fs::read_to_string(env.ws.join(".env")).unwrap(),
+        "TOP-SECRET"
+    );
+    let ev = env.audit_events();
+    assert!(
+        ev.iter().any(|e| e["surface"] == "filesystem"
+            && e["action"] == "hide"
+            && e["target"] == "**/.env"
+            && e["decision"] == "deny"),
+        "audit lacks the .env decision: {ev:?}"
+    );
+}
+
+#[test]
+fn deny_pattern_hides_a_directory_and_a_home_path_inside_a_mount() {
+    let env = Env::new(&format!(
+        "{BASE}\n[[filesystem.mounts]]\nhost = \"~\"\npath = \"/data/home\"\nmode = \"ro\"\n"
+    ));
+    std::fs::create_dir_all(env.home.join(".ssh")).unwrap();
+    std::fs::write(env.home.join(".ssh/id_rsa"), "SSH-KEY").unwrap();
+    std::fs::write(env.home.join("notes"), "visible-note").unwrap();
+    let o = env.sh("cat /data/home/notes; ls -A /data/home/.ssh; cat /data/home/.ssh/id_rsa 2>&1");
+    let out = stdout(&o);
+    assert!(out.contains("visible-note"), "{}", text(&o));
+    assert!(
+        !out.contains("SSH-KEY") && !out.contains("id_rsa\n"),
+        "{}",
+        text(&o)
+    );
+}
+
+#[test]
+fn symlink_out_of_the_workspace_dangles() {
+    let env = Env::new(BASE);
+    let outside = env.dir.path().join("outside-secret");
+    std::fs::write(&outside, "OUTSIDE").unwrap();
+    std::os::unix::fs::symlink(&outside, env.ws.join("link")).unwrap();
+    std::os::unix::fs::symlink("/etc/shadow", env.ws.join("shadow")).unwrap();
+    std::os::unix::fs::symlink("../outside-secret", env.ws.join("rel")).unwrap();
+    let o = env.sh("cat link shadow rel 2>&1; ln -s / root; ls root/ | head -50");
+    let out = stdout(&o);
+    assert!(
+        !out.contains("OUTSIDE") && !out.contains("root:"),
+        "{}",
+        text(&o)
+    );
+}
+
+#[test]
+fn symlink_planted_in_a_mount_target_does_not_redirect_the_mount() {
+    let env = Env::new(&format!(
+        "{BASE}\n[[filesystem.mounts]]\nhost = \"DATA\"\npath = \"WS/evil/data\"\nmode = \"ro\"\n"
+    ));
+    let data = env.dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("f"), "data").unwrap();
+    let victim = env.dir.path().join("victim");
+    std::fs::create_dir_all(&victim).unwrap();
+    std::os::unix::fs::symlink(&victim, env.ws.join("evil")).unwrap();
+    let p = std::fs::read_to_string(&env.policy).unwrap();
+    std::fs::write(
+        &env.policy,
+        p.replace("DATA", &data.to_string_lossy())
+            .replace("WS", &env.ws.to_string_lossy()),
+    )
+    .unwrap();
+    let o = env.sh("ls /; cat evil/data/f");
+    // Setup refuses the target (exit 125) rather than following the symlink.
+    assert_code(&o, 125);
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("symlink"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(
+        std::fs::read_dir(&victim).unwrap().count(),
+        0,
+        "something was created through the symlink"
+    );
+}
+
+#[test]
+fn hard_link_to_an_outside_file_fails() {
+    let env = Env::new(BASE);
+    let o = env.sh("ln /etc/passwd hl 2>&1; ln /usr/bin/env hl2 2>&1; ls hl hl2 2>&1; exit 0");
+    let out = stdout(&o);
+    assert!(
+        out.contains("Invalid cross-device link") || out.contains("cross-device"),
+        "{}",
+        text(&o)
+    );
+    assert!(!env.ws.join("hl").exists() && !env.ws.join("hl2").exists());
+}
+
+#[test]
+fn etc_holds_no_secrets() {
+    let env = Env::new(BASE);
+    let o = env.sh(
+        "for f in /etc/shadow /etc/gshadow /etc/sudoers /etc/ssl/private /etc/ssh; do test -e $f && echo PRESENT $f; done; \
+         cut -d: -f1,3 /etc/passwd; test -r /etc/ssl/certs/ca-certificates.crt && echo certs-ok",
+    );
+    let out = stdout(&o);
+    assert!(!out.contains("PRESENT"), "{}", text(&o));
+    assert!(
+        out.contains("certs-ok") && out.contains("root:0"),
+        "{}",
+        text(&o)
+    );
+    assert!(
+        out.lines().filter(|l| l.contains(':')).count() <= 3,
+        "passwd has more than root, user, nobody: {out}"
+    );
+}
+
+#[test]
+fn cannot_write_system_dirs_or_root() {
+    let env = Env::new(BASE);
+    let o = env.sh("for p in /usr/x /etc/x /x /bin/x /dev/x /proc/sys/kernel/hostname; do (echo 1 > $p) 2>/dev/null && echo WROTE $p; done; exit 0");
+    assert!(!stdout(&o).contains("WROTE"), "{}", text(&o));
+}
+
+// ---- host processes ---------------------------------------------------------------------
+
+#[test]
+fn proc_shows_only_the_session() {
+    let env = Env::new(BASE);
+    let mut host = HostChild::sleep();
+    let pid = host.pid();
+    let o = env.sh(&format!(
+        "ls /proc | grep -E '^[0-9]+$' | tr '\\n' ' '; echo; test -e /proc/{pid} && echo SEES-HOST; kill -0 {pid} 2>/dev/null && echo SIGNALLED; \
+         kill -9 -1 2>/dev/null; echo survived"
+    ));
+    let out = stdout(&o);
+    assert!(
+        !out.contains("SEES-HOST") && !out.contains("SIGNALLED"),
+        "{}",
+        text(&o)
+    );
+    let pids: Vec<u32> = out
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect();
+    assert!(
+        pids.len() <= 6 && pids.contains(&1),
+        "session sees pids {pids:?}"
+    );
+    assert!(
+        host.alive(),
+        "the host process was killed from inside the session"
+    );
+}
+
+#[test]
+fn ptrace_and_process_vm_readv_fail() {
+    let env = Env::new(BASE);
+    let host = HostChild::sleep();
+    let pid = host.pid().to_string();
+    attack(&env, "ptrace", Some(&pid));
+    attack(&env, "ptrace", Some("1"));
+    attack(&env, "ptrace_child", None);
+    attack(&env, "vm_readv", Some("1"));
+    attack(&env, "kill", Some(&pid));
+}
+
+// ---- unix sockets -----------------------------------------------------------------------
+
+const PY_CLIENT: &str = r#"
+import socket, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+try:
+    s.connect(sys.argv[1]); s.sendall(b"hi"); print("CONNECTED", s.recv(16))
+except OSError as e:
+    print("refused", e)
+"#;
+
+#[test]
+fn host_unix_socket_in_the_workspace_is_unreachable_but_session_sockets_work() {
+    let env = Env::new(BASE);
+    let sock = env.ws.join("host.sock");
+    let mut listener = HostChild(
+        Command::new("python3")
+            .arg("-c")
+            .arg("import socket,sys\ns=socket.socket(socket.AF_UNIX)\ns.bind(sys.argv[1]); s.listen(8); print('ready', flush=True)\nwhile True:\n  c,_=s.accept(); c.sendall(b'HOST-DAEMON'); c.close()")
+            .arg(&sock)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut line = String::new();
+    BufReader::new(listener.0.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.starts_with("ready"));
+    std::fs::write(env.ws.join("client.py"), PY_CLIENT).unwrap();
+    std::fs::write(
+        env.ws.join("own.py"),
+        "import socket, os, threading\np='/tmp/own.sock'\ns=socket.socket(socket.AF_UNIX); s.bind(p); s.listen(1)\n\
+         def srv():\n  c,_=s.accept(); c.sendall(b'SESSION-OK'); c.close()\nthreading.Thread(target=srv).start()\n\
+         c=socket.socket(socket.AF_UNIX); c.connect(p); print(c.recv(16).decode())\n\
+         q='own2.sock'\nt=socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); t.bind(q)\nu=socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); u.sendto(b'DGRAM-OK', q); print(t.recv(16).decode())\n",
+    )
+    .unwrap();
+    let o = env.sh("python3 client.py host.sock; python3 own.py");
+    let out = stdout(&o);
+    assert!(
+        !out.contains("HOST-DAEMON") && !out.contains("CONNECTED"),
+        "{}",
+        text(&o)
+    );
+    assert!(
+        out.contains("SESSION-OK") && out.contains("DGRAM-OK"),
+        "{}",
+        text(&o)
+    );
+}
+
+#[test]
+fn host_abstract_socket_is_unreachable() {
+    let env = Env::new(BASE);
+    let name = format!("warden-test-{}", std::process::id());
+    let mut listener = HostChild(
+        Command::new("python3")
+            .arg("-c")
+            .arg("import socket,sys\ns=socket.socket(socket.AF_UNIX)\ns.bind('\\0'+sys.argv[1]); s.listen(8); print('ready', flush=True)\nwhile True:\n  c,_=s.accept(); c.sendall(b'HOST-DAEMON'); c.close()")
+            .arg(&name)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut line = String::new();
+    BufReader::new(listener.0.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    std::fs::write(env.ws.join("client.py"), PY_CLIENT).unwrap();
+    let client = PY_CLIENT.replace("sys.argv[1]", &format!("'\\0{name}'"));
+    let o = env.run(&["python3", "-c", &client]);
+    assert!(
+        stdout(&o).contains("refused") && !stdout(&o).contains("HOST-DAEMON"),
+        "{}",
+        text(&o)
+    );
+}
+
+// ---- kernel surface ---------------------------------------------------------------------
+
+#[test]
+fn dangerous_syscalls_fail() {
+    let env = Env::new(BASE);
+    for a in [
+        "io_uring",
+        "keyctl",
+        "add_key",
+        "bpf",
+        "perf",
+        "userfaultfd",
+        "mount",
+        "umount",
+        "unshare_user",
+        "unshare_net",
+        "clone_newuser",
+        "clone3",
+        "af_packet",
+        "af_vsock",
+        "netlink_audit",
+        "netlink_diag",
+        "netlink_uevent",
+        "setns",
+        "personality",
+        "x32",
+    ] {
+        attack(&env, a, None);
+    }
+    // What must keep working.
+    attack(&env, "fork", None);
+    attack(&env, "netlink_route", None);
+}
+
+#[test]
+fn i386_entry_point_kills_the_process() {
+    let env = Env::new(BASE);
+    if env.attack_bin().is_none() {
+        return;
+    }
+    let o = env.run(&["./attack", "int80"]);
+    // SIGSYS (31) from SECCOMP_RET_KILL_PROCESS: 128 + 31.
+    assert_code(&o, 159);
+    assert!(!stdout(&o).contains("SUCCEEDED"), "{}", text(&o));
+}
+
+#[test]
+fn tiocsti_fails() {
+    let env = Env::new(BASE);
+    attack(&env, "tiocsti", None);
+    attack(&env, "tioclinux", None);
+}
+
+#[test]
+fn inherited_descriptors_are_closed() {
+    let env = Env::new(BASE);
+    let secret = env.dir.path().join("fd-secret");
+    std::fs::write(&secret, "FD-SECRET").unwrap();
+    // The shell opens fd 7 (no close-on-exec) and execs warden with it.
+    let inner = env.cmd(
+        &[],
+        &[
+            "/bin/sh",
+            "-c",
+            "ls /proc/self/fd; cat <&7 2>&1; cat /proc/self/fd/7 2>&1; exit 0",
+        ],
+    );
+    let prog = inner.get_program().to_owned();
+    let args: Vec<_> = inner.get_args().map(|a| a.to_owned()).collect();
+    let mut c = Command::new("/bin/sh");
+    c.arg("-c")
+        .arg("exec 7<\"$0\"; exec \"$@\"")
+        .arg(&secret)
+        .arg(prog)
+        .args(args);
+    for (k, v) in inner.get_envs() {
+        if let Some(v) = v {
+            c.env(k, v);
+        }
+    }
+    c.current_dir(&env.ws);
+    let o = c.output().unwrap();
+    let out = stdout(&o);
+    assert!(!out.contains("FD-SECRET"), "{}", text(&o));
+    assert!(!out.lines().any(|l| l.trim() == "7"), "{}", text(&o));
+}
+
+#[test]
+fn cgroup_files_are_not_writable() {
+    let env = Env::new(&format!("{BASE}\n[limits]\npids = 200\n"));
+    if !is_root() {
+        return;
+    }
+    let o = env.sh(
+        "ls /sys/fs/cgroup 2>&1 | head -3; for f in /sys/fs/cgroup/pids.max /sys/fs/cgroup/pids/pids.max /sys/fs/cgroup/cgroup.procs; do (echo max > $f) 2>/dev/null && echo WROTE $f; done; cat /proc/self/cgroup; exit 0",
+    );
+    let out = stdout(&o);
+    assert!(!out.contains("WROTE"), "{}", text(&o));
+    assert!(
+        !out.contains("warden-"),
+        "the cgroup namespace should hide the session's cgroup path: {out}"
+    );
+}
+
+// ---- limits -----------------------------------------------------------------------------
+
+fn session_cgroups_gone(env: &Env) {
+    let ev = env.audit_events();
+    let Some(id) = ev
+        .iter()
+        .find(|e| e["action"] == "start")
+        .and_then(|e| e["session"].as_str())
+    else {
+        panic!("no session start in the audit log: {ev:?}")
+    };
+    let name = format!("warden-{id}");
+    let out = Command::new("find")
+        .args(["/sys/fs/cgroup", "-maxdepth", "4", "-name", &name])
+        .output()
+        .unwrap();
+    assert!(
+        stdout(&out).trim().is_empty(),
+        "cgroup left behind: {}",
+        stdout(&out)
+    );
+}
+
+#[test]
+fn fork_bomb_is_contained_by_the_pids_limit() {
+    if !is_root() {
+        return;
+    }
+    let env = Env::new(&format!("{BASE}\n[limits]\npids = 40\n"));
+    std::fs::write(
+        env.ws.join("bomb.py"),
+        "import os, time\nok = 0\nfor i in range(300):\n    try:\n        pid = os.fork()\n    except OSError:\n        continue\n    if pid == 0:\n        time.sleep(30); os._exit(0)\n    ok += 1\nprint('forked', ok, flush=True)\n",
+    )
+    .unwrap();
+    let o = env.run(&["python3", "bomb.py"]);
+    assert_code(&o, 0);
+    let n: u32 = stdout(&o)
+        .split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(999);
+    assert!(n < 40, "forked {n} processes under pids = 40: {}", text(&o));
+    session_cgroups_gone(&env);
+}
+
+#[test]
+fn allocation_over_the_memory_limit_is_killed() {
+    if !is_root() {
+        return;
+    }
+    let env = Env::new(&format!("{BASE}\n[limits]\nmemory = \"64MiB\"\n"));
+    let o = env.run(&[
+        "python3",
+        "-c",
+        "b = bytearray(512 * 1024 * 1024); b[::4096] = b'x' * len(b[::4096]); print('ALLOCATED')",
+    ]);
+    assert!(!stdout(&o).contains("ALLOCATED"), "{}", text(&o));
+    assert_code(&o, 137);
+    session_cgroups_gone(&env);
+}
+
+// ---- network ----------------------------------------------------------------------------
+
+#[test]
+fn no_network_but_loopback_works() {
+    let env = Env::new(BASE);
+    std::fs::write(
+        env.ws.join("net.py"),
+        "import socket, threading\n\
+         for host in [('1.1.1.1', 53), ('8.8.8.8', 443)]:\n  s = socket.socket(); s.settimeout(2)\n  try:\n    s.connect(host); print('CONNECTED', host)\n  except OSError as e:\n    print('blocked', e)\n\
+         try:\n  socket.getaddrinfo('example.com', 443); print('RESOLVED')\nexcept OSError as e:\n  print('dns blocked', e)\n\
+         l = socket.socket(); l.bind(('127.0.0.1', 0)); l.listen(1)\n\
+         threading.Thread(target=lambda: l.accept()[0].sendall(b'LOOP-OK')).start()\n\
+         c = socket.create_connection(l.getsockname()); print(c.recv(8).decode())\n",
+    )
+    .unwrap();
+    let o = env.run(&["python3", "net.py"]);
+    let out = stdout(&o);
+    assert!(
+        !out.contains("CONNECTED") && !out.contains("RESOLVED"),
+        "{}",
+        text(&o)
+    );
+    assert!(out.contains("LOOP-OK"), "{}", text(&o));
+    let o = env.sh("ip -o link 2>/dev/null | awk '{print $2}' || cat /proc/net/dev");
+    assert!(!stdout(&o).contains("eth"), "{}", text(&o));
+}
+
+#[test]
+fn no_capabilities_and_no_new_privs() {
+    let env = Env::new(BASE);
+    let o = env.sh("grep -E '^(Cap|NoNewPrivs|Seccomp)' /proc/self/status");
+    let out = stdout(&o);
+    for l in out.lines() {
+        if l.starts_with("Cap") {
+            assert!(l.ends_with("0000000000000000"), "{out}");
+        }
+    }
+    assert!(
+        out.contains("NoNewPrivs:\t1") && out.contains("Seccomp:\t2"),
+        "{out}"
+    );
+}
+
+// ---- unprivileged user ------------------------------------------------------------------
+
+#[test]
+fn unprivileged_user_core_attacks() {
+    if !is_root() {
+        return; // the test switches to uid 65534 itself, which needs root
+    }
+    let env = Env::unprivileged(BASE);
+    std::fs::write(env.ws.join(".env"), "TOP-SECRET").unwrap();
+    std::fs::write(env.home.join("secret.txt"), "HOME-SECRET").unwrap();
+    let host = HostChild::sleep();
+    let o = env.sh(&format!(
+        "id -u; cat .env {h}/secret.txt /etc/shadow 2>&1; test -e /proc/{pid} && echo SEES-HOST; ls /proc | grep -cE '^[0-9]+$'; touch ok-file && echo wrote-ws",
+        h = env.home.display(),
+        pid = host.pid()
+    ));
+    assert_code(&o, 0);
+    let out = stdout(&o);
+    assert!(out.starts_with("65534\n"), "{}", text(&o));
+    assert!(
+        !out.contains("SECRET") && !out.contains("SEES-HOST") && !out.contains("root:"),
+        "{}",
+        text(&o)
+    );
+    assert!(out.contains("wrote-ws"), "{}", text(&o));
+    let Some(bin) = env.attack_bin() else { return };
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    for a in [
+        "io_uring",
+        "keyctl",
+        "bpf",
+        "unshare_user",
+        "af_packet",
+        "mount",
+        "x32",
+        "ptrace_child",
+    ] {
+        let o = env.run(&["./attack", a]);
+        assert_code(&o, 0);
+    }
+    let o = env.run(&[
+        "python3",
+        "-c",
+        "import socket; s=socket.socket(); s.settimeout(2); s.connect(('1.1.1.1', 53))",
+    ]);
+    assert_ne!(o.status.code(), Some(0), "{}", text(&o));
+}
+
+#[test]
+fn unprivileged_user_with_limits_and_no_delegation_fails_closed() {
+    if !is_root() {
+        return;
+    }
+    let env = Env::unprivileged(&format!("{BASE}\n[limits]\npids = 100\n"));
+    let o = env.run(&["/bin/true"]);
+    assert_code(&o, 125);
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("Delegate"),
+        "{}",
+        text(&o)
+    );
+}

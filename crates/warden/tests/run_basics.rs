@@ -1,0 +1,311 @@
+//! `warden run` behaving normally: exit codes, pipes, the terminal, the environment, real
+//! programs in the workspace, workspace modes, and Warden's own failures (SPEC §3).
+
+mod run_common;
+
+use run_common::*;
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::process::{Command, Stdio};
+
+#[test]
+fn exit_codes() {
+    let env = Env::new(BASE);
+    assert_code(&env.run(&["/bin/true"]), 0);
+    assert_code(&env.sh("exit 3"), 3);
+    std::fs::write(env.ws.join("noexec.sh"), "#!/bin/sh\necho hi\n").unwrap();
+    std::fs::set_permissions(
+        env.ws.join("noexec.sh"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    let o = env.run(&["./noexec.sh"]);
+    assert_code(&o, 126);
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("noexec.sh"),
+        "{}",
+        text(&o)
+    );
+    let o = env.run(&["no-such-command-warden"]);
+    assert_code(&o, 127);
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("not found"),
+        "{}",
+        text(&o)
+    );
+    assert_code(&env.sh("kill -9 $$"), 137);
+    assert_code(&env.run(&["/"]), 126);
+    let ev = env.audit_events();
+    assert!(
+        ev.iter()
+            .any(|e| e["action"] == "end" && e["exit_status"] == 3),
+        "{ev:?}"
+    );
+    assert!(
+        ev.iter()
+            .any(|e| e["action"] == "start" && e["backend"] == "namespaces"),
+        "{ev:?}"
+    );
+    assert!(
+        ev.iter().any(|e| e["surface"] == "filesystem"
+            && e["action"] == "mount"
+            && e["decision"] == "allow"),
+        "{ev:?}"
+    );
+}
+
+#[test]
+fn pipes_pass_through() {
+    let env = Env::new(BASE);
+    let mut c = env.cmd(&[], &["sh", "-c", "tr a-z A-Z; echo err >&2"]);
+    c.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"hello pipes\n")
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert_code(&o, 0);
+    assert_eq!(stdout(&o), "HELLO PIPES\n");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("err"));
+}
+
+#[test]
+fn environment_is_filtered() {
+    let env = Env::new(BASE);
+    let mut c = env.cmd(
+        &["--env", "ADDED=yes", "--env", "COPIED"],
+        &["sh", "-c", "env | sort"],
+    );
+    c.env("AWS_SECRET_ACCESS_KEY", "leak")
+        .env("COPIED", "from-host")
+        .env("LC_TIME", "C")
+        .env("SSH_AUTH_SOCK", "/tmp/x");
+    let o = c.output().unwrap();
+    let out = stdout(&o);
+    assert!(
+        !out.contains("leak") && !out.contains("SSH_AUTH_SOCK"),
+        "{out}"
+    );
+    assert!(
+        out.contains("ADDED=yes") && out.contains("COPIED=from-host") && out.contains("LC_TIME=C"),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("HOME={}", env.home.display())),
+        "{out}"
+    );
+    for line in out.lines() {
+        let key = line.split('=').next().unwrap_or("");
+        assert!(
+            [
+                "PATH",
+                "HOME",
+                "USER",
+                "SHELL",
+                "TERM",
+                "COLORTERM",
+                "LANG",
+                "TZ",
+                "ADDED",
+                "COPIED",
+                "PWD",
+                "SHLVL",
+                "_",
+                "OLDPWD"
+            ]
+            .contains(&key)
+                || key.starts_with("LC_"),
+            "unexpected variable {key} in the session: {out}"
+        );
+    }
+}
+
+#[test]
+fn python_and_node_run_in_the_workspace() {
+    let env = Env::new(BASE);
+    std::fs::write(env.ws.join("s.py"), "import json, pathlib\npathlib.Path('py.out').write_text(json.dumps({'ok': 1}))\nprint('py-ok')\n").unwrap();
+    std::fs::write(
+        env.ws.join("s.js"),
+        "require('fs').writeFileSync('js.out', 'x'); console.log('node-ok')\n",
+    )
+    .unwrap();
+    let o = env.sh("python3 s.py && node s.js");
+    assert_code(&o, 0);
+    assert!(
+        stdout(&o).contains("py-ok") && stdout(&o).contains("node-ok"),
+        "{}",
+        text(&o)
+    );
+    assert!(env.ws.join("py.out").exists() && env.ws.join("js.out").exists());
+}
+
+#[test]
+fn workspace_read_only_and_none() {
+    let env = Env::new("[filesystem]\nworkspace = \"ro\"\n");
+    std::fs::write(env.ws.join("f"), "content").unwrap();
+    let o = env.sh("cat f; echo x > g 2>/dev/null && echo WROTE; exit 0");
+    assert!(
+        stdout(&o).contains("content") && !stdout(&o).contains("WROTE"),
+        "{}",
+        text(&o)
+    );
+    let env = Env::new("[filesystem]\nworkspace = \"none\"\n");
+    std::fs::write(env.ws.join("f"), "content").unwrap();
+    let o = env.sh(&format!("cat {}/f 2>&1; pwd", env.ws.display()));
+    assert!(!stdout(&o).contains("content"), "{}", text(&o));
+}
+
+#[test]
+fn warden_failures_exit_125() {
+    let env = Env::new("[filesystem]\nworkspace = \"rw\"\nbogus_key = 1\n");
+    let o = env.run(&["/bin/true"]);
+    assert_code(&o, 125);
+    let env = Env::new(BASE);
+    let o = env
+        .cmd(&["--backend", "gvisor"], &["/bin/true"])
+        .output()
+        .unwrap();
+    assert_code(&o, 125);
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("gvisor"),
+        "{}",
+        text(&o)
+    );
+    let o = Command::new(WARDEN)
+        .args([
+            "run",
+            "--policy",
+            "/nonexistent/policy.toml",
+            "--",
+            "/bin/true",
+        ])
+        .env("WARDEN_HOME", &env.warden_home)
+        .current_dir(&env.ws)
+        .output()
+        .unwrap();
+    assert_code(&o, 125);
+}
+
+/// Runs `warden run` on a pty made by python and scripts it; returns python's stdout.
+fn on_pty(env: &Env, script: &str, cmd: &[&str]) -> (String, Option<i32>) {
+    let mut argv: Vec<String> = vec![
+        WARDEN.into(),
+        "run".into(),
+        "--policy".into(),
+        env.policy.display().to_string(),
+        "--workspace".into(),
+        env.ws.display().to_string(),
+        "--".into(),
+    ];
+    argv.extend(cmd.iter().map(|s| s.to_string()));
+    let py = format!(
+        r#"
+import os, pty, sys, time, fcntl, termios, struct, json, select, signal
+argv = json.loads(sys.argv[1])
+pid, fd = pty.fork()
+if pid == 0:
+    fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack('HHHH', 30, 90, 0, 0))
+    os.execv(argv[0], argv)
+out = b''
+def read_until(tok, t=10):
+    global out
+    end = time.time() + t
+    while tok.encode() not in out and time.time() < end:
+        r, _, _ = select.select([fd], [], [], 0.2)
+        if r:
+            try: out += os.read(fd, 4096)
+            except OSError: break
+    return tok.encode() in out
+def send(b): os.write(fd, b)
+def resize(rows, cols):
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack('HHHH', rows, cols, 0, 0))
+    os.kill(pid, signal.SIGWINCH)
+{script}
+end = time.time() + 10
+while time.time() < end:
+    r, _, _ = select.select([fd], [], [], 0.2)
+    if r:
+        try:
+            d = os.read(fd, 4096)
+            if not d: break
+            out += d
+        except OSError: break
+_, st = os.waitpid(pid, 0)
+sys.stdout.write(out.decode(errors='replace'))
+sys.exit(os.waitstatus_to_exitcode(st))
+"#
+    );
+    let o = Command::new("python3")
+        .arg("-c")
+        .arg(py)
+        .arg(serde_json::to_string(&argv).unwrap())
+        .env("WARDEN_HOME", &env.warden_home)
+        .env("HOME", &env.home)
+        .env("TERM", "xterm")
+        .current_dir(&env.ws)
+        .output()
+        .unwrap();
+    (
+        format!("{}{}", stdout(&o), String::from_utf8_lossy(&o.stderr)),
+        o.status.code(),
+    )
+}
+
+#[test]
+fn tty_is_a_pty_with_resize() {
+    let env = Env::new(BASE);
+    let (out, code) = on_pty(
+        &env,
+        "read_until('READY1'); resize(40, 100); time.sleep(0.3); send(b'go\\n')",
+        &[
+            "sh",
+            "-c",
+            "test -t 0 && echo IS-TTY; stty size; echo READY1; read x; stty size; echo DONE",
+        ],
+    );
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("IS-TTY")
+            && out.contains("30 90")
+            && out.contains("40 100")
+            && out.contains("DONE"),
+        "{out}"
+    );
+}
+
+#[test]
+fn ctrl_c_reaches_the_session() {
+    let env = Env::new(BASE);
+    let (out, code) = on_pty(
+        &env,
+        "read_until('SLEEPING'); time.sleep(0.2); send(b'\\x03')",
+        &["sh", "-c", "echo SLEEPING; exec sleep 30"],
+    );
+    assert_eq!(code, Some(130), "{out}");
+}
+
+#[test]
+fn sigterm_to_warden_kills_the_session() {
+    let env = Env::new(BASE);
+    let marker = env.ws.join("still-running");
+    let mut child = env
+        .cmd(&[], &["sh", "-c", "sleep 2; touch still-running"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    // SIGKILL: the harshest case (no chance to forward anything).
+    let _ = Command::new("kill")
+        .arg("-9")
+        .arg(child.id().to_string())
+        .status();
+    let _ = child.wait();
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    assert!(!marker.exists(), "the session outlived warden run");
+}

@@ -1,0 +1,203 @@
+//! Shared helpers of the `warden run` integration tests: a temporary WARDEN_HOME,
+//! workspace, fake home and policy per test, the built `warden`, and the audit log.
+#![allow(dead_code)]
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+
+pub const WARDEN: &str = env!("CARGO_BIN_EXE_warden");
+pub const NOBODY: u32 = 65534;
+
+pub struct Env {
+    pub dir: tempfile::TempDir,
+    pub ws: PathBuf,
+    pub home: PathBuf,
+    pub warden_home: PathBuf,
+    pub policy: PathBuf,
+    pub unpriv: bool,
+}
+
+pub fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+fn chown_r(p: &Path, uid: u32) {
+    let st = Command::new("chown")
+        .arg("-R")
+        .arg(format!("{uid}:{uid}"))
+        .arg(p)
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+impl Env {
+    /// A fresh environment; `policy` is the TOML body (`version = 1` is prepended).
+    pub fn new(policy: &str) -> Env {
+        Env::with(policy, false)
+    }
+
+    /// Same, for the unprivileged user `nobody` (65534).
+    pub fn unprivileged(policy: &str) -> Env {
+        Env::with(policy, true)
+    }
+
+    fn with(policy: &str, unpriv: bool) -> Env {
+        let dir = tempfile::Builder::new()
+            .prefix("warden-run-test-")
+            .tempdir()
+            .unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let root = dir.path().canonicalize().unwrap();
+        let ws = root.join("ws");
+        let home = root.join("home");
+        let warden_home = root.join("warden-home");
+        for d in [&ws, &home, &warden_home] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        let policy_path = root.join("policy.toml");
+        std::fs::write(
+            &policy_path,
+            format!("version = 1\nname = \"test\"\n{policy}"),
+        )
+        .unwrap();
+        if unpriv {
+            for d in [&ws, &home, &warden_home] {
+                chown_r(d, NOBODY);
+            }
+        }
+        Env {
+            dir,
+            ws,
+            home,
+            warden_home,
+            policy: policy_path,
+            unpriv,
+        }
+    }
+
+    pub fn audit(&self) -> PathBuf {
+        self.warden_home.join("audit.jsonl")
+    }
+
+    /// `warden run --policy P --workspace WS [extra] -- cmd...` as a Command.
+    pub fn cmd(&self, extra: &[&str], cmd: &[&str]) -> Command {
+        let mut c = if self.unpriv {
+            let mut c = Command::new("setpriv");
+            c.args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "--",
+                WARDEN,
+            ]);
+            c
+        } else {
+            Command::new(WARDEN)
+        };
+        if self.unpriv {
+            c.env("USER", "nobody");
+        }
+        c.arg("run")
+            .arg("--policy")
+            .arg(&self.policy)
+            .arg("--workspace")
+            .arg(&self.ws);
+        c.args(extra).arg("--").args(cmd);
+        c.env("WARDEN_HOME", &self.warden_home)
+            .env("HOME", &self.home)
+            .current_dir(&self.ws);
+        c.stdin(Stdio::null());
+        c
+    }
+
+    pub fn run(&self, cmd: &[&str]) -> Output {
+        self.cmd(&[], cmd).output().unwrap()
+    }
+
+    pub fn sh(&self, script: &str) -> Output {
+        self.run(&["/bin/sh", "-c", script])
+    }
+
+    /// Copies the attack program into the workspace; returns its session path.
+    pub fn attack_bin(&self) -> Option<PathBuf> {
+        let src = attack_binary()?;
+        let dst = self.ws.join("attack");
+        std::fs::copy(src, &dst).unwrap();
+        std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(0o755)).unwrap();
+        Some(dst)
+    }
+
+    pub fn audit_events(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(self.audit())
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+}
+
+pub fn text(o: &Output) -> String {
+    format!(
+        "status {:?}\n--- stdout\n{}--- stderr\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[track_caller]
+pub fn assert_code(o: &Output, code: i32) {
+    assert_eq!(o.status.code(), Some(code), "{}", text(o));
+}
+
+/// The attack program, compiled once per test binary with `cc` (None, loudly, if no cc).
+pub fn attack_binary() -> Option<&'static Path> {
+    static BIN: OnceLock<Option<PathBuf>> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let out = std::env::temp_dir().join(format!("warden-attack-{}", std::process::id()));
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/run_common/attack.c");
+        match Command::new("cc").arg("-O1").arg("-o").arg(&out).arg(&src).status() {
+            Ok(s) if s.success() => Some(out),
+            other => {
+                eprintln!("\n!!!!! SKIPPING syscall attacks: cannot compile {} with cc: {other:?} !!!!!\n", src.display());
+                None
+            }
+        }
+    })
+    .as_deref()
+}
+
+/// A host process to attack; killed on drop.
+pub struct HostChild(pub std::process::Child);
+
+impl HostChild {
+    pub fn sleep() -> HostChild {
+        HostChild(Command::new("sleep").arg("300").spawn().unwrap())
+    }
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+    pub fn alive(&mut self) -> bool {
+        matches!(self.0.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for HostChild {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub const BASE: &str = r#"
+[filesystem]
+workspace = "rw"
+deny = ["**/.env", "~/.ssh", "**/*.pem"]
+"#;
