@@ -1,15 +1,358 @@
-//! `warden mcp`: the MCP gateway.
+//! `warden mcp`: the MCP gateway (stdio, or Streamable HTTP with `--listen`), and
+//! `warden mcp pins` to inspect and approve tool-definition pins.
 
+use anyhow::Context;
+use serde_json::json;
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+use warden_audit::{AuditLog, Event, Stamp, Surface, Verdict};
+use warden_mcp::pins::PinStore;
+use warden_mcp::{
+    AuditConfig, Authorizer, GatewayConfig, HttpOptions, PlainLauncher, ServerConfig,
+    SessionSecret, ToolDecision, Transport, UpstreamLauncher,
+};
+use warden_policy::{CredentialSource, Mode, Policy, Principal, Request};
+use warden_secrets::Secret;
+
+use crate::home;
 
 /// Arguments of `warden mcp`.
 #[derive(clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct Args {
-    /// The policy whose `[[mcp.servers]]` to serve.
+    #[command(subcommand)]
+    pub command: Option<PinsCommand>,
+    /// The policy whose `[[mcp.servers]]` to serve (default: the built-in `balanced`).
     #[arg(long)]
-    pub policy: Option<std::path::PathBuf>,
+    pub policy: Option<PathBuf>,
+    /// Serve Streamable HTTP on ADDR (e.g. 127.0.0.1:7071) instead of stdio.
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// Audit log file (default: WARDEN_HOME/audit.jsonl).
+    #[arg(long)]
+    pub audit: Option<PathBuf>,
+    /// Also accept this Host header value over HTTP (default: loopback names only).
+    #[arg(long = "allow-host", value_name = "HOST")]
+    pub allow_host: Vec<String>,
+    /// Also accept this Origin over HTTP (default: loopback origins only).
+    #[arg(long = "allow-origin", value_name = "ORIGIN")]
+    pub allow_origin: Vec<String>,
+    /// Largest HTTP request body in bytes.
+    #[arg(long, default_value_t = 4 * 1024 * 1024)]
+    pub max_body: usize,
+    /// Per-request timeout towards an upstream server, in seconds.
+    #[arg(long, default_value_t = 120)]
+    pub timeout: u64,
 }
 
-pub fn main(_args: Args) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("warden mcp is not implemented yet")
+/// `warden mcp pins ...`
+#[derive(clap::Subcommand)]
+pub enum PinsCommand {
+    /// Tool-definition pins.
+    #[command(subcommand)]
+    Pins(Pins),
+}
+
+#[derive(clap::Subcommand)]
+pub enum Pins {
+    /// List pinned tools and which changed since.
+    Ls {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Accept a changed tool definition.
+    Approve {
+        /// SERVER/TOOL
+        tool: String,
+    },
+    /// Forget one pin, or all of them (they are pinned again when next seen).
+    Reset {
+        /// SERVER/TOOL (default: all)
+        tool: Option<String>,
+    },
+}
+
+struct PolicyAuthorizer {
+    policy: Policy,
+    principal: Principal,
+}
+
+impl Authorizer for PolicyAuthorizer {
+    fn decide_tool(&self, server: &str, tool: &str, args: &serde_json::Value) -> ToolDecision {
+        let d = self
+            .policy
+            .decide(&self.principal, &Request::Tool { server, tool, args });
+        ToolDecision {
+            allow: d.allow,
+            rule: d.rule.to_string(),
+            reason: d.reason,
+        }
+    }
+}
+
+fn stamp(session: &str, policy: &str) -> Stamp {
+    Stamp {
+        session: session.into(),
+        machine: home::machine_id(),
+        user: home::user_name(),
+        policy: policy.into(),
+    }
+}
+
+fn pins_file() -> PathBuf {
+    home::warden_home().join("mcp-pins.json")
+}
+
+pub fn main(args: Args) -> anyhow::Result<ExitCode> {
+    if let Some(PinsCommand::Pins(p)) = args.command {
+        return pins(p, args.audit);
+    }
+    let policy = match &args.policy {
+        Some(path) => match Policy::load(path) {
+            Ok(p) => p,
+            Err(e) => {
+                eprint!("{e}");
+                return Ok(ExitCode::from(crate::EXIT_WARDEN_FAILED));
+            }
+        },
+        None => Policy::preset(warden_policy::Preset::Balanced),
+    };
+    let session = format!("mcp-{}", hex_id());
+    let principal = Principal {
+        session: session.clone(),
+        user: home::user_name(),
+        machine: home::machine_id(),
+        agent: "mcp".into(),
+        labels: Default::default(),
+    };
+    let (servers, secrets) = servers_and_secrets(&policy, &principal);
+    let cfg = GatewayConfig {
+        servers,
+        enforce: policy.mode() == Mode::Enforce,
+        secrets,
+        pins_file: pins_file(),
+        audit: AuditConfig {
+            file: args.audit.clone().unwrap_or_else(home::default_audit_file),
+            stamp: stamp(&session, policy.id()),
+            record_args: false,
+        },
+        request_timeout: Duration::from_secs(args.timeout.max(1)),
+        startup_timeout: Duration::from_secs(60),
+        authorizer: Arc::new(PolicyAuthorizer { policy, principal }),
+    };
+    // SANDBOX SEAM: replace PlainLauncher with the sandboxed launcher once `warden run`
+    // exposes its library API (see docs/mcp.md, "Upstream sandboxing").
+    let launcher: Arc<dyn UpstreamLauncher> = Arc::new(PlainLauncher);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(async move {
+        let gw = warden_mcp::Gateway::new(cfg, launcher)?;
+        match args.listen {
+            None => {
+                warden_mcp::front::stdio::serve(gw, tokio::io::stdin(), tokio::io::stdout())
+                    .await
+                    .context("stdio front end")?;
+            }
+            Some(addr) => {
+                let token = match std::env::var("WARDEN_MCP_TOKEN") {
+                    Ok(t) if !t.is_empty() => t,
+                    _ => {
+                        let t = hex_id() + &hex_id();
+                        eprintln!("warden mcp: bearer token (shown once): {t}");
+                        t
+                    }
+                };
+                let listener = tokio::net::TcpListener::bind(&addr)
+                    .await
+                    .with_context(|| format!("cannot listen on {addr}"))?;
+                let local = listener.local_addr().context("listening address")?;
+                if !local.ip().is_loopback() {
+                    eprintln!(
+                        "warden mcp: listening on a non-loopback address; only loopback Host/Origin values are accepted unless --allow-host/--allow-origin say otherwise"
+                    );
+                }
+                eprintln!("warden mcp: listening on http://{local}/mcp");
+                let mut opts = HttpOptions::new(token);
+                opts.allowed_hosts = args.allow_host;
+                opts.allowed_origins = args.allow_origin;
+                opts.max_body = args.max_body;
+                warden_mcp::front::http::serve(gw, listener, opts).await?;
+            }
+        }
+        Ok::<(), anyhow::Error>(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn hex_id() -> String {
+    let b: [u8; 8] = rand_bytes();
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn rand_bytes() -> [u8; 8] {
+    let mut out = [0u8; 8];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        use std::io::Read;
+        let _ = f.read_exact(&mut out);
+    }
+    out
+}
+
+/// The servers of the policy with their credentials: placeholders in the environment
+/// of stdio servers; real values as headers only for HTTP servers whose host the
+/// credential is bound to.
+fn servers_and_secrets(
+    policy: &Policy,
+    principal: &Principal,
+) -> (Vec<ServerConfig>, Vec<SessionSecret>) {
+    let doc = policy.doc();
+    let mut secrets = Vec::new();
+    for c in &doc.credentials {
+        let value = match &c.source {
+            CredentialSource::Env(var) => std::env::var(var).ok().map(Secret::from_string),
+            CredentialSource::File(p) => std::fs::read(p).ok().map(|v| Secret::new(v).trim_end()),
+            // command: and vault: sources are resolved by the credential service; the
+            // gateway scans for the placeholder only.
+            _ => None,
+        };
+        secrets.push(SessionSecret {
+            name: c.name.clone(),
+            value: value.filter(|v| !v.is_empty()),
+            placeholder: Some(format!("WARDEN_PLACEHOLDER_{}_{}", c.name, hex_id())),
+        });
+    }
+    let mut servers = Vec::new();
+    for s in &doc.mcp.servers {
+        let transport = match &s.transport {
+            warden_policy::Transport::Command(argv) => Transport::Command(argv.clone()),
+            warden_policy::Transport::Url(u) => Transport::Url(u.clone()),
+        };
+        let mut sc = ServerConfig::new(s.name.clone(), transport.clone());
+        sc.credentials = s.credentials.clone();
+        for name in &s.credentials {
+            let (Some(cred), Some(sec)) = (
+                doc.credentials.iter().find(|c| &c.name == name),
+                secrets.iter().find(|x| &x.name == name),
+            ) else {
+                continue;
+            };
+            if let (Some(env), Some(ph)) = (&cred.env, &sec.placeholder) {
+                sc.env.push((env.clone(), ph.clone()));
+            }
+            if let (Transport::Url(url), Some(value)) = (&transport, &sec.value) {
+                let host = url_host(url);
+                let ok = policy
+                    .decide(principal, &Request::Credential { name, host: &host })
+                    .allow;
+                if !ok {
+                    eprintln!(
+                        "warden mcp: credential {name:?} is not bound to {host}; not sent to server {:?}",
+                        s.name
+                    );
+                    continue;
+                }
+                let header = cred.header.clone().unwrap_or_else(|| "authorization".into());
+                let format = cred.format.clone().unwrap_or_else(|| "Bearer {secret}".into());
+                let (pre, post) = format.split_once("{secret}").unwrap_or(("", ""));
+                let mut v = pre.as_bytes().to_vec();
+                v.extend_from_slice(value.expose());
+                v.extend_from_slice(post.as_bytes());
+                sc.headers.push((header, Secret::new(v)));
+            }
+        }
+        servers.push(sc);
+    }
+    (servers, secrets)
+}
+
+fn url_host(url: &str) -> String {
+    let rest = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
+    let auth = rest.split('/').next().unwrap_or("");
+    if let Some(v6) = auth.strip_prefix('[') {
+        return v6.split(']').next().unwrap_or("").to_string();
+    }
+    auth.split(':').next().unwrap_or("").to_string()
+}
+
+fn pins(cmd: Pins, audit: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let store = PinStore::new(pins_file());
+    let record = |action: &str, target: &str, reason: &str| -> anyhow::Result<()> {
+        let file = audit.clone().unwrap_or_else(home::default_audit_file);
+        if let Some(dir) = file.parent() {
+            std::fs::create_dir_all(dir).ok();
+        }
+        let log = AuditLog::open(&file)?;
+        log.record_durable(
+            &stamp(&format!("mcp-pins-{}", hex_id()), "-"),
+            Event::new(Surface::Mcp, action, target, Verdict::Allow)
+                .rule("warden mcp pins")
+                .reason(reason),
+        )?;
+        Ok(())
+    };
+    match cmd {
+        Pins::Ls { json } => {
+            let list = store.list()?;
+            if json {
+                let out: Vec<_> = list
+                    .iter()
+                    .map(|(k, p)| {
+                        json!({
+                            "tool": k,
+                            "status": if p.changed.is_some() { "changed" } else { "pinned" },
+                            "digest": p.digest,
+                            "first_seen": p.first_seen,
+                            "approved": p.approved,
+                            "changed_digest": p.changed.as_ref().map(|c| c.digest.clone()),
+                            "changed_seen": p.changed.as_ref().map(|c| c.seen.clone()),
+                        })
+                    })
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&out)?);
+            } else if list.is_empty() {
+                println!("no pinned tools ({})", store.path().display());
+            } else {
+                println!("{:<40} {:<8} {:<20} FIRST SEEN", "TOOL", "STATUS", "DIGEST");
+                for (k, p) in list {
+                    let status = if p.changed.is_some() { "changed" } else { "pinned" };
+                    let short: String = p.digest.chars().take(19).collect();
+                    println!("{k:<40} {status:<8} {short:<20} {}", p.first_seen);
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Pins::Approve { tool } => match store.approve(&tool) {
+            Ok((old, new)) if old == new => {
+                println!("{tool}: unchanged, nothing to approve");
+                Ok(ExitCode::SUCCESS)
+            }
+            Ok((_, new)) => {
+                record("pin_approve", &tool, &format!("approved definition {new}"))?;
+                println!("{tool}: approved");
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e @ warden_mcp::GatewayError::UnknownPin { .. }) => {
+                eprintln!("warden: {e}");
+                Ok(ExitCode::from(1))
+            }
+            Err(e) => Err(e.into()),
+        },
+        Pins::Reset { tool } => match store.reset(tool.as_deref()) {
+            Ok(n) => {
+                record("pin_reset", tool.as_deref().unwrap_or("*"), &format!("{n} pin(s) removed"))?;
+                println!("{n} pin(s) removed");
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e @ warden_mcp::GatewayError::UnknownPin { .. }) => {
+                eprintln!("warden: {e}");
+                Ok(ExitCode::from(1))
+            }
+            Err(e) => Err(e.into()),
+        },
+    }
 }

@@ -1,0 +1,276 @@
+//! `warden mcp` end to end: the real binary with a real policy (tools.deny and a Cedar
+//! per-argument rule), driven by the official Python `mcp` SDK client over stdio and
+//! Streamable HTTP, in front of `@modelcontextprotocol/server-everything` and
+//! warden-mcp's test server. The peers are installed by scripts/test.
+
+use serde_json::Value;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+const WARDEN: &str = env!("CARGO_BIN_EXE_warden");
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../warden-mcp/tests/fixtures")
+}
+
+fn python() -> PathBuf {
+    let p = std::env::var_os("WARDEN_TEST_PYTHON").map(PathBuf::from).unwrap_or_else(|| {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/mcp-venv/bin/python")
+    });
+    assert!(
+        p.exists(),
+        "the Python MCP SDK is missing: run scripts/test (it creates target/mcp-venv), or set WARDEN_TEST_PYTHON; looked for {}",
+        p.display()
+    );
+    p
+}
+
+fn setup() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let js = fixtures().join("node/node_modules/@modelcontextprotocol/server-everything/dist/index.js");
+    assert!(
+        js.exists(),
+        "server-everything is missing: run `npm ci --prefix crates/warden-mcp/tests/fixtures/node` (scripts/test does)"
+    );
+    let policy = format!(
+        r#"version = 1
+name = "mcp-test"
+
+[[mcp.servers]]
+name = "everything"
+command = ["node", "{js}", "stdio"]
+tools.deny = ["get-env"]
+
+[[mcp.servers]]
+name = "test"
+command = ["python3", "{srv}"]
+
+[cedar]
+files = ["rules/*.cedar"]
+"#,
+        js = js.display(),
+        srv = fixtures().join("py/test_server.py").display()
+    );
+    std::fs::write(dir.path().join("policy.toml"), policy).unwrap();
+    std::fs::create_dir(dir.path().join("rules")).unwrap();
+    std::fs::write(
+        dir.path().join("rules/mcp.cedar"),
+        "forbid (principal, action == Warden::Action::\"call_tool\", resource)\nwhen { context.args has path && context.args.path like \"/etc/*\" };\n",
+    )
+    .unwrap();
+    dir
+}
+
+fn client(dir: &Path, scenario: &str, transport: &[&str]) -> Value {
+    let out = dir.join(format!("report-{scenario}.json"));
+    let status = Command::new(python())
+        .arg(fixtures().join("py/client.py"))
+        .arg(&out)
+        .arg(scenario)
+        .args(transport)
+        .env("WARDEN_HOME", dir.join("home"))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    serde_json::from_str(&std::fs::read_to_string(out).unwrap()).unwrap()
+}
+
+fn check_main(r: &Value) {
+    assert!(r.get("fatal").is_none(), "{r:#}");
+    assert_eq!(r["initialize"]["protocolVersion"], "2025-11-25");
+    let names: Vec<&str> = r["tools"]["ok"]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert!(names.contains(&"everything__echo") && names.contains(&"test__read_file"), "{names:?}");
+    assert!(!names.contains(&"everything__get-env"), "{names:?}");
+    assert_eq!(r["echo"]["ok"]["content"][0]["text"], "Echo: hello gateway");
+    assert!(r["structured"]["ok"].get("structuredContent").is_some());
+    // tools.deny names its policy line; the Cedar rule names its file and line.
+    let m = r["denied"]["error"]["message"].as_str().unwrap();
+    assert!(m.contains("policy.toml:7"), "{m}");
+    let m = r["read_etc"]["error"]["message"].as_str().unwrap();
+    assert!(m.contains("rules/mcp.cedar:1"), "{m}");
+    assert_eq!(r["read_ok"]["ok"]["structuredContent"]["path"], "/tmp/ok.txt");
+    assert!(r["secret_arg"]["error"]["message"].as_str().unwrap().contains("secret scan"));
+    assert_eq!(r["crash"]["error"]["code"], -32011);
+    assert_eq!(r["echo_after_crash"]["ok"]["content"][0]["text"], "Echo: still here");
+    assert!(r["notifications"].to_string().contains("list_changed"));
+}
+
+fn audit(dir: &Path) -> Vec<Value> {
+    std::fs::read_to_string(dir.join("home/audit.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+#[test]
+fn stdio_gateway_with_policy_and_cedar_rules() {
+    let dir = setup();
+    let policy = dir.path().join("policy.toml");
+    let r = client(
+        dir.path(),
+        "main",
+        &["--cmd", WARDEN, "mcp", "--policy", policy.to_str().unwrap()],
+    );
+    check_main(&r);
+    let events = audit(dir.path());
+    let deny = events
+        .iter()
+        .find(|e| e["target"] == "test/read_file" && e["decision"] == "deny")
+        .unwrap();
+    assert_eq!(deny["rule"], "rules/mcp.cedar:1");
+    assert_eq!(deny["surface"], "mcp");
+    assert!(deny["policy"].as_str().unwrap().starts_with("mcp-test@"));
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn raw_http(port: u16, request: &str) -> String {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
+struct Kill(std::process::Child);
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn http_gateway_auth_origin_host_and_python_client() {
+    let dir = setup();
+    let port = free_port();
+    let child = Command::new(WARDEN)
+        .args(["mcp", "--policy"])
+        .arg(dir.path().join("policy.toml"))
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .env("WARDEN_HOME", dir.path().join("home"))
+        .env("WARDEN_MCP_TOKEN", "test-token-1")
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _guard = Kill(child);
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let body = r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#;
+    let req = |headers: &str| {
+        format!(
+            "POST /mcp HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{headers}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    assert!(raw_http(port, &req("")).starts_with("HTTP/1.1 401"), "no token");
+    assert!(raw_http(port, &req("Authorization: Bearer wrong\r\n")).starts_with("HTTP/1.1 401"));
+    let evil_origin = req("Authorization: Bearer test-token-1\r\nOrigin: http://evil.example\r\n");
+    assert!(raw_http(port, &evil_origin).starts_with("HTTP/1.1 403"), "bad Origin");
+    let rebound = format!(
+        "POST /mcp HTTP/1.1\r\nHost: attacker.example:{port}\r\nAuthorization: Bearer test-token-1\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    assert!(raw_http(port, &rebound).starts_with("HTTP/1.1 403"), "DNS rebinding Host");
+    let big = format!(
+        "POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer test-token-1\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        64 * 1024 * 1024
+    );
+    assert!(raw_http(port, &big).starts_with("HTTP/1.1 413"), "body limit");
+    let junk = format!(
+        "POST /mcp HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer test-token-1\r\nContent-Length: 4\r\nConnection: close\r\n\r\n{{nop"
+    );
+    let resp = raw_http(port, &junk);
+    assert!(resp.starts_with("HTTP/1.1 400") && resp.contains("-32700"), "{resp}");
+
+    let url = format!("http://127.0.0.1:{port}/mcp");
+    let r = client(dir.path(), "main", &["--http", &url, "test-token-1"]);
+    check_main(&r);
+}
+
+#[test]
+fn pins_ls_approve_reset() {
+    let dir = setup();
+    let home = dir.path().join("home");
+    let desc = dir.path().join("desc.txt");
+    std::fs::write(&desc, "v1").unwrap();
+    let policy = dir.path().join("policy.toml");
+    let run = |scenario: &str| {
+        let out = dir.path().join("r.json");
+        let st = Command::new(python())
+            .arg(fixtures().join("py/client.py"))
+            .arg(&out)
+            .arg(scenario)
+            .args(["--cmd", WARDEN, "mcp", "--policy", policy.to_str().unwrap()])
+            .env("WARDEN_HOME", &home)
+            .env("TEST_DESC_FILE", &desc)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        serde_json::from_str::<Value>(&std::fs::read_to_string(out).unwrap()).unwrap()
+    };
+    let warden = |args: &[&str]| {
+        Command::new(WARDEN).args(args).env("WARDEN_HOME", &home).output().unwrap()
+    };
+    // PlainLauncher clears the environment, so the description file path reaches the
+    // server only through the policy; use the default description instead and change
+    // the pin store's record to simulate an older definition.
+    let r = run("pins");
+    assert_eq!(r["describe"]["ok"]["content"][0]["text"], "described");
+    let out = warden(&["mcp", "pins", "ls", "--json"]);
+    assert!(out.status.success());
+    let pins: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let entry = pins.as_array().unwrap().iter().find(|p| p["tool"] == "test/describe").unwrap();
+    assert_eq!(entry["status"], "pinned");
+
+    // Tamper: pretend the first-seen definition was different (a rug pull since).
+    let file = home.join("mcp-pins.json");
+    let mut store: Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    store["pins"]["test/describe"]["digest"] = Value::String("sha256:00".into());
+    std::fs::write(&file, store.to_string()).unwrap();
+    let r = run("pins");
+    let m = r["describe"]["error"]["message"].as_str().unwrap_or_default().to_string();
+    assert!(m.contains("pins approve test/describe"), "{r:#}");
+    let out = warden(&["mcp", "pins", "ls"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("changed"));
+    assert!(warden(&["mcp", "pins", "approve", "test/describe"]).status.success());
+    let r = run("pins");
+    assert_eq!(r["describe"]["ok"]["content"][0]["text"], "described");
+    assert_eq!(warden(&["mcp", "pins", "approve", "nope/nope"]).status.code(), Some(1));
+    assert!(warden(&["mcp", "pins", "reset"]).status.success());
+    let out = warden(&["mcp", "pins", "ls", "--json"]);
+    assert_eq!(serde_json::from_slice::<Value>(&out.stdout).unwrap(), serde_json::json!([]));
+    let events = audit(dir.path());
+    assert!(events.iter().any(|e| e["action"] == "tool_changed"));
+    assert!(events.iter().any(|e| e["action"] == "pin_approve"));
+}
+
+#[test]
+fn bad_policy_fails_closed_with_125() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("bad.toml");
+    std::fs::write(&p, "version = 1\n[[mcp.servers]]\nname = \"x\"\nbogus = 1\n").unwrap();
+    let out = Command::new(WARDEN)
+        .args(["mcp", "--policy"])
+        .arg(&p)
+        .env("WARDEN_HOME", dir.path())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(125), "{}", String::from_utf8_lossy(&out.stderr));
+}
