@@ -5,12 +5,12 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
     /// This machine is not enrolled.
-    #[error("this machine is not enrolled (no {0}); run `warden enroll --server URL --token TOKEN`")]
+    #[error(
+        "this machine is not enrolled (no {0}); run `warden enroll --server URL --token TOKEN`"
+    )]
     NotEnrolled(PathBuf),
     /// Already enrolled; enrolling again would replace the identity.
-    #[error(
-        "this machine is already enrolled as {0}; remove {1} first to enroll it again"
-    )]
+    #[error("this machine is already enrolled as {0}; remove {1} first to enroll it again")]
     AlreadyEnrolled(String, PathBuf),
     /// Enrolled, but there is no verified bundle: nothing may run (fail closed).
     #[error(

@@ -230,7 +230,7 @@ impl Node {
             &id.server,
             Auth::Machine {
                 id: id.machine_id,
-                key,
+                key: Box::new(key),
             },
         )?)
     }
@@ -250,9 +250,9 @@ impl Node {
             ));
         }
         let mut seed = Zeroizing::new([0u8; 32]);
-        rand::rngs::OsRng.try_fill_bytes(&mut seed[..]).map_err(|e| {
-            AgentError::io(&self.key_path(), std::io::Error::other(e.to_string()))
-        })?;
+        rand::rngs::OsRng
+            .try_fill_bytes(&mut seed[..])
+            .map_err(|e| AgentError::io(&self.key_path(), std::io::Error::other(e.to_string())))?;
         let key = SigningKey::from_bytes(&seed);
         let public_key = encode_public_key(&key.verifying_key());
         let client = Client::new(server, Auth::None)?;
@@ -309,9 +309,10 @@ impl Node {
             return Ok(None);
         };
         let key = self.pinned_key(&id)?;
-        let payload = stored.bundle.verify(&key).map_err(|e| {
-            AgentError::corrupt(&self.bundle_path(), format!("stored bundle: {e}"))
-        })?;
+        let payload = stored
+            .bundle
+            .verify(&key)
+            .map_err(|e| AgentError::corrupt(&self.bundle_path(), format!("stored bundle: {e}")))?;
         if payload.machine != id.machine_id {
             return Err(AgentError::corrupt(
                 &self.bundle_path(),
@@ -375,7 +376,12 @@ impl Node {
             .map(|e| vec![("if-none-match", e)])
             .unwrap_or_default();
         let answer = client
-            .send(hyper::Method::GET, "/api/v1/node/bundle", Vec::new(), &extra)
+            .send(
+                hyper::Method::GET,
+                "/api/v1/node/bundle",
+                Vec::new(),
+                &extra,
+            )
             .await?;
         if answer.status == hyper::StatusCode::NOT_MODIFIED {
             return Ok(SyncOutcome::NotModified);

@@ -104,7 +104,11 @@ pub(crate) fn read_batch(spool: &Path, cursor: Cursor, max: usize) -> Result<Bat
             continue;
         }
         match serde_json::from_slice::<serde_json::Value>(trimmed) {
-            Ok(v) if v.get("id").and_then(|i| i.as_str()).is_some_and(|s| !s.is_empty()) => {
+            Ok(v)
+                if v.get("id")
+                    .and_then(|i| i.as_str())
+                    .is_some_and(|s| !s.is_empty()) =>
+            {
                 batch.events.push(v)
             }
             _ => batch.skipped += 1,

@@ -6,8 +6,8 @@ use crate::auth::{Access, Caller, MachineCaller, enforce, json_error};
 use crate::crypto::{hash_token, new_token, random_id};
 use crate::error::ControlError;
 use crate::proto::{
-    AuditAck, AuditBatch, BundlePayload, BundlePolicy, EnrollRequest, EnrollResponse,
-    LeaseRequest, LeaseResponse, SignedBundle, StreamNotice,
+    AuditAck, AuditBatch, BundlePayload, BundlePolicy, EnrollRequest, EnrollResponse, LeaseRequest,
+    LeaseResponse, SignedBundle, StreamNotice,
 };
 use crate::server::{App, NOTIFY_CHANNEL};
 use crate::store::{
@@ -49,7 +49,10 @@ impl IntoResponse for ApiError {
 impl From<ControlError> for ApiError {
     fn from(e: ControlError) -> ApiError {
         tracing::error!("request failed: {e}");
-        ApiError(json_error(StatusCode::INTERNAL_SERVER_ERROR, "internal error"))
+        ApiError(json_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal error",
+        ))
     }
 }
 
@@ -77,34 +80,196 @@ macro_rules! route {
 pub fn routes() -> Vec<(RouteSpec, MethodRouter<App>)> {
     use Access::*;
     vec![
-        route!("GET", "/healthz", Public, "Liveness: the server and its database answer.", get(healthz)),
+        route!(
+            "GET",
+            "/healthz",
+            Public,
+            "Liveness: the server and its database answer.",
+            get(healthz)
+        ),
         route!("GET", "/metrics", Read, "Prometheus metrics.", get(metrics)),
-        route!("GET", "/api/v1/openapi.json", Public, "This API's OpenAPI document.", get(openapi)),
-        route!("POST", "/api/v1/enroll", Public, "Enroll a machine with a one-time enrollment token.", post(enroll)),
-        route!("GET", "/api/v1/policies", Read, "The latest version of every policy.", get(list_policies)),
-        route!("POST", "/api/v1/policies", Admin, "Validate and publish a new policy version.", post(push_policy)),
-        route!("POST", "/api/v1/policies/validate", Admin, "Validate a policy without publishing it.", post(validate_policy)),
-        route!("GET", "/api/v1/policies/{name}", Read, "A policy's history, newest first.", get(policy_history)),
-        route!("GET", "/api/v1/policies/{name}/versions/{version}", Read, "One version of a policy, with its source.", get(policy_version)),
-        route!("GET", "/api/v1/policies/{name}/diff", Read, "Unified diff between two versions (?from=&to=).", get(policy_diff)),
-        route!("POST", "/api/v1/policies/{name}/rollback", Admin, "Publish an earlier version again as the newest.", post(rollback_policy)),
-        route!("GET", "/api/v1/machines", Read, "Enrolled machines.", get(list_machines)),
-        route!("GET", "/api/v1/machines/{id}", Read, "One machine.", get(get_machine)),
-        route!("DELETE", "/api/v1/machines/{id}", Admin, "Revoke a machine: its requests are refused from now on.", delete(revoke_machine)),
-        route!("GET", "/api/v1/sessions", Read, "Sessions, newest first.", get(list_sessions)),
-        route!("GET", "/api/v1/audit", Read, "Search audit events (JSON).", get(audit_query)),
-        route!("GET", "/api/v1/audit/export", Read, "Export audit events as JSON lines, oldest first.", get(audit_export)),
-        route!("GET", "/api/v1/secrets", Read, "Secret names (never values).", get(list_secrets)),
-        route!("PUT", "/api/v1/secrets/{name}", Admin, "Set a secret's value.", put(set_secret)),
-        route!("DELETE", "/api/v1/secrets/{name}", Admin, "Delete a secret.", delete(delete_secret)),
-        route!("GET", "/api/v1/tokens", Admin, "API and enrollment tokens (never their values).", get(list_tokens)),
-        route!("POST", "/api/v1/tokens", Admin, "Create a token; its value is shown only in this answer.", post(create_token)),
-        route!("DELETE", "/api/v1/tokens/{id}", Admin, "Revoke a token.", delete(delete_token)),
-        route!("GET", "/api/v1/node/bundle", Machine, "This machine's signed policy bundle (ETag / If-None-Match).", get(node_bundle)),
-        route!("GET", "/api/v1/node/stream", Machine, "Server-sent events: `bundle` whenever the policy serial changes.", get(node_stream)),
-        route!("POST", "/api/v1/node/audit", Machine, "Upload a batch of spooled audit events (idempotent by event id).", post(node_audit)),
-        route!("POST", "/api/v1/node/leases", Machine, "Lease a vault:NAME credential the machine's policy binds, for one session.", post(node_lease)),
-        route!("DELETE", "/api/v1/node/leases/{session}", Machine, "End a session: revoke its leases.", delete(node_end_session)),
+        route!(
+            "GET",
+            "/api/v1/openapi.json",
+            Public,
+            "This API's OpenAPI document.",
+            get(openapi)
+        ),
+        route!(
+            "POST",
+            "/api/v1/enroll",
+            Public,
+            "Enroll a machine with a one-time enrollment token.",
+            post(enroll)
+        ),
+        route!(
+            "GET",
+            "/api/v1/policies",
+            Read,
+            "The latest version of every policy.",
+            get(list_policies)
+        ),
+        route!(
+            "POST",
+            "/api/v1/policies",
+            Admin,
+            "Validate and publish a new policy version.",
+            post(push_policy)
+        ),
+        route!(
+            "POST",
+            "/api/v1/policies/validate",
+            Admin,
+            "Validate a policy without publishing it.",
+            post(validate_policy)
+        ),
+        route!(
+            "GET",
+            "/api/v1/policies/{name}",
+            Read,
+            "A policy's history, newest first.",
+            get(policy_history)
+        ),
+        route!(
+            "GET",
+            "/api/v1/policies/{name}/versions/{version}",
+            Read,
+            "One version of a policy, with its source.",
+            get(policy_version)
+        ),
+        route!(
+            "GET",
+            "/api/v1/policies/{name}/diff",
+            Read,
+            "Unified diff between two versions (?from=&to=).",
+            get(policy_diff)
+        ),
+        route!(
+            "POST",
+            "/api/v1/policies/{name}/rollback",
+            Admin,
+            "Publish an earlier version again as the newest.",
+            post(rollback_policy)
+        ),
+        route!(
+            "GET",
+            "/api/v1/machines",
+            Read,
+            "Enrolled machines.",
+            get(list_machines)
+        ),
+        route!(
+            "GET",
+            "/api/v1/machines/{id}",
+            Read,
+            "One machine.",
+            get(get_machine)
+        ),
+        route!(
+            "DELETE",
+            "/api/v1/machines/{id}",
+            Admin,
+            "Revoke a machine: its requests are refused from now on.",
+            delete(revoke_machine)
+        ),
+        route!(
+            "GET",
+            "/api/v1/sessions",
+            Read,
+            "Sessions, newest first.",
+            get(list_sessions)
+        ),
+        route!(
+            "GET",
+            "/api/v1/audit",
+            Read,
+            "Search audit events (JSON).",
+            get(audit_query)
+        ),
+        route!(
+            "GET",
+            "/api/v1/audit/export",
+            Read,
+            "Export audit events as JSON lines, oldest first.",
+            get(audit_export)
+        ),
+        route!(
+            "GET",
+            "/api/v1/secrets",
+            Read,
+            "Secret names (never values).",
+            get(list_secrets)
+        ),
+        route!(
+            "PUT",
+            "/api/v1/secrets/{name}",
+            Admin,
+            "Set a secret's value.",
+            put(set_secret)
+        ),
+        route!(
+            "DELETE",
+            "/api/v1/secrets/{name}",
+            Admin,
+            "Delete a secret.",
+            delete(delete_secret)
+        ),
+        route!(
+            "GET",
+            "/api/v1/tokens",
+            Admin,
+            "API and enrollment tokens (never their values).",
+            get(list_tokens)
+        ),
+        route!(
+            "POST",
+            "/api/v1/tokens",
+            Admin,
+            "Create a token; its value is shown only in this answer.",
+            post(create_token)
+        ),
+        route!(
+            "DELETE",
+            "/api/v1/tokens/{id}",
+            Admin,
+            "Revoke a token.",
+            delete(delete_token)
+        ),
+        route!(
+            "GET",
+            "/api/v1/node/bundle",
+            Machine,
+            "This machine's signed policy bundle (ETag / If-None-Match).",
+            get(node_bundle)
+        ),
+        route!(
+            "GET",
+            "/api/v1/node/stream",
+            Machine,
+            "Server-sent events: `bundle` whenever the policy serial changes.",
+            get(node_stream)
+        ),
+        route!(
+            "POST",
+            "/api/v1/node/audit",
+            Machine,
+            "Upload a batch of spooled audit events (idempotent by event id).",
+            post(node_audit)
+        ),
+        route!(
+            "POST",
+            "/api/v1/node/leases",
+            Machine,
+            "Lease a vault:NAME credential the machine's policy binds, for one session.",
+            post(node_lease)
+        ),
+        route!(
+            "DELETE",
+            "/api/v1/node/leases/{session}",
+            Machine,
+            "End a session: revoke its leases.",
+            delete(node_end_session)
+        ),
     ]
 }
 
@@ -356,13 +521,18 @@ async fn push_policy(
     Ok((StatusCode::CREATED, Json(PolicySummary::from(&row))).into_response())
 }
 
-async fn validate_policy(State(app): State<App>, Json(req): Json<PushRequest>) -> ApiResult<Response> {
+async fn validate_policy(
+    State(app): State<App>,
+    Json(req): Json<PushRequest>,
+) -> ApiResult<Response> {
     if let Some(t) = &req.target {
         Target::parse(t).map_err(|m| fail(StatusCode::BAD_REQUEST, &m))?;
     }
     let origin = req.origin.as_deref().unwrap_or("policy.toml");
     match validate(&req.source, origin, &app.policy_base) {
-        Ok(v) => Ok(Json(serde_json::json!({"valid": true, "name": v.name, "id": v.id})).into_response()),
+        Ok(v) => Ok(
+            Json(serde_json::json!({"valid": true, "name": v.name, "id": v.id})).into_response(),
+        ),
         Err(inv) => Err(invalid_response(&inv)),
     }
 }
@@ -606,7 +776,8 @@ fn empty_none(v: &Option<String>) -> Option<String> {
 pub fn audit_query_of(p: &AuditParams, default_limit: i64) -> Result<AuditQuery, String> {
     let surface = empty_none(&p.surface);
     if let Some(s) = &surface {
-        s.parse::<warden_audit::Surface>().map_err(|e| e.to_string())?;
+        s.parse::<warden_audit::Surface>()
+            .map_err(|e| e.to_string())?;
     }
     let decision = empty_none(&p.decision);
     if let Some(d) = &decision
@@ -770,7 +941,10 @@ pub async fn make_token(app: &App, req: &TokenRequest, by: &str) -> ApiResult<To
     }
     for (k, v) in &req.labels {
         if k.is_empty() || k.len() > 64 || v.len() > 256 || k.contains('=') {
-            return Err(fail(StatusCode::BAD_REQUEST, "labels are KEY=VALUE with a non-empty key"));
+            return Err(fail(
+                StatusCode::BAD_REQUEST,
+                "labels are KEY=VALUE with a non-empty key",
+            ));
         }
     }
     let ttl = req
@@ -906,7 +1080,10 @@ struct StreamGuard {
 
 impl Drop for StreamGuard {
     fn drop(&mut self) {
-        self.app.metrics.streams_open.fetch_sub(1, Ordering::Relaxed);
+        self.app
+            .metrics
+            .streams_open
+            .fetch_sub(1, Ordering::Relaxed);
         if let Ok(mut c) = self.app.connected.lock()
             && let Some(n) = c.get_mut(&self.machine)
         {
@@ -931,9 +1108,8 @@ async fn node_stream(
         machine: m.id.clone(),
     };
     let rx = app.serial.subscribe();
-    let stream = futures_util::stream::unfold(
-        (rx, true, guard),
-        |(mut rx, first, guard)| async move {
+    let stream =
+        futures_util::stream::unfold((rx, true, guard), |(mut rx, first, guard)| async move {
             if !first && rx.changed().await.is_err() {
                 return None;
             }
@@ -949,8 +1125,7 @@ async fn node_stream(
                 .unwrap_or_else(|_| "{}".into());
             let ev = SseEvent::default().event("bundle").data(data);
             Some((Ok::<_, Infallible>(ev), (rx, false, guard)))
-        },
-    );
+        });
     Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response()
@@ -1033,7 +1208,9 @@ async fn node_audit(
             app.store.session_started(s).await?;
         }
     }
-    app.metrics.audit_ingested.fetch_add(stored, Ordering::Relaxed);
+    app.metrics
+        .audit_ingested
+        .fetch_add(stored, Ordering::Relaxed);
     app.metrics
         .audit_duplicates
         .fetch_add(received - stored, Ordering::Relaxed);
@@ -1046,13 +1223,16 @@ async fn node_lease(
     Json(req): Json<LeaseRequest>,
 ) -> ApiResult<Json<LeaseResponse>> {
     if req.session.is_empty() || req.session.len() > 128 || !valid_secret_name(&req.name) {
-        return Err(fail(StatusCode::BAD_REQUEST, "session and a valid name are required"));
+        return Err(fail(
+            StatusCode::BAD_REQUEST,
+            "session and a valid name are required",
+        ));
     }
     let (_, policies) = app.active_policies().await?;
     let bound = effective(&policies, &m)
         .map(|p| vault_bindings(&p.source))
         .unwrap_or_default();
-    if !bound.iter().any(|b| *b == req.name) {
+    if !bound.contains(&req.name) {
         return Err(fail(
             StatusCode::FORBIDDEN,
             &format!(
@@ -1102,5 +1282,7 @@ async fn node_end_session(
             exit_status: String::new(),
         })
         .await?;
-    Ok(Json(serde_json::json!({"session": session, "revoked": revoked})))
+    Ok(Json(
+        serde_json::json!({"session": session, "revoked": revoked}),
+    ))
 }

@@ -44,7 +44,10 @@ pub(crate) fn json_error(status: StatusCode, message: &str) -> Response {
 }
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {
-    let v = headers.get(axum::http::header::AUTHORIZATION)?.to_str().ok()?;
+    let v = headers
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
     let (scheme, token) = v.split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
@@ -138,7 +141,10 @@ async fn verify_machine(app: &App, req: Request) -> Result<Request, Response> {
         Ok(_) => return Err(unauthorized("unknown or revoked machine")),
         Err(e) => {
             tracing::error!("machine lookup failed: {e}");
-            return Err(json_error(StatusCode::INTERNAL_SERVER_ERROR, "internal error"));
+            return Err(json_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal error",
+            ));
         }
     };
     let body = axum::body::to_bytes(body, 16 << 20)
@@ -157,7 +163,10 @@ async fn verify_machine(app: &App, req: Request) -> Result<Request, Response> {
     // A replayed request is rejected: the nonce is remembered for the skew window.
     {
         let Ok(mut seen) = app.nonces.lock() else {
-            return Err(json_error(StatusCode::INTERNAL_SERVER_ERROR, "internal error"));
+            return Err(json_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal error",
+            ));
         };
         if seen.len() > 200_000 {
             seen.retain(|_, exp| *exp > now);

@@ -21,7 +21,7 @@ use std::time::Duration;
 pub enum Auth {
     None,
     Bearer(String),
-    Machine { id: String, key: SigningKey },
+    Machine { id: String, key: Box<SigningKey> },
 }
 
 impl std::fmt::Debug for Auth {
@@ -133,7 +133,8 @@ impl Client {
             Auth::Bearer(t) => b = b.header("authorization", format!("Bearer {t}")),
             Auth::Machine { id, key } => {
                 let nonce = hex::encode(crate::crypto::random_bytes::<16>()?);
-                let signed = sign_request(key, id, method.as_str(), path, &body, unix_now(), &nonce);
+                let signed =
+                    sign_request(key, id, method.as_str(), path, &body, unix_now(), &nonce);
                 for (k, v) in signed.pairs() {
                     b = b.header(k, v);
                 }
@@ -189,19 +190,32 @@ impl Client {
         self.send(Method::DELETE, path, Vec::new(), &[]).await
     }
 
-    pub async fn post_json<T: Serialize>(&self, path: &str, body: &T) -> Result<Answer, ControlError> {
+    pub async fn post_json<T: Serialize>(
+        &self,
+        path: &str,
+        body: &T,
+    ) -> Result<Answer, ControlError> {
         let bytes = serde_json::to_vec(body).map_err(|e| ControlError::Http(e.to_string()))?;
         self.send(Method::POST, path, bytes, &[]).await
     }
 
-    pub async fn put_json<T: Serialize>(&self, path: &str, body: &T) -> Result<Answer, ControlError> {
+    pub async fn put_json<T: Serialize>(
+        &self,
+        path: &str,
+        body: &T,
+    ) -> Result<Answer, ControlError> {
         let bytes = serde_json::to_vec(body).map_err(|e| ControlError::Http(e.to_string()))?;
         self.send(Method::PUT, path, bytes, &[]).await
     }
 
     /// Open a long-lived streaming GET (server-sent events).
     pub async fn open_stream(&self, path: &str) -> Result<hyper::Response<Incoming>, ControlError> {
-        let req = self.build(Method::GET, path, Vec::new(), &[("accept", "text/event-stream")])?;
+        let req = self.build(
+            Method::GET,
+            path,
+            Vec::new(),
+            &[("accept", "text/event-stream")],
+        )?;
         let resp = tokio::time::timeout(Duration::from_secs(30), self.http.request(req))
             .await
             .map_err(|_| ControlError::Http(format!("{}: timed out", self.base)))?

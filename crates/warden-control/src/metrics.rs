@@ -33,7 +33,10 @@ impl Metrics {
     pub fn render(&self, machines_enrolled: i64, serial: i64) -> String {
         let mut out = String::new();
         let mut metric = |name: &str, kind: &str, help: &str, value: String| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+            );
         };
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed).to_string();
         metric(

@@ -207,10 +207,12 @@ impl SignedBundle {
 
     /// Check the signature against the pinned key and decode the payload.
     pub fn verify(&self, key: &VerifyingKey) -> Result<BundlePayload, ProtoError> {
-        let bytes = B64.decode(self.payload.trim()).map_err(|_| ProtoError::Malformed {
-            what: "bundle payload",
-            len: 0,
-        })?;
+        let bytes = B64
+            .decode(self.payload.trim())
+            .map_err(|_| ProtoError::Malformed {
+                what: "bundle payload",
+                len: 0,
+            })?;
         let sig = decode_signature(&self.signature)?;
         key.verify_strict(&bytes, &sig)
             .map_err(|_| ProtoError::BadSignature)?;

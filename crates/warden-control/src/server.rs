@@ -174,12 +174,19 @@ async fn bootstrap_admin(store: &Store, config: &Config) -> Result<Option<String
         used_at: None,
         used_by: None,
     };
-    if let Some(t) = config.admin_token.as_deref().filter(|t| !t.trim().is_empty()) {
+    if let Some(t) = config
+        .admin_token
+        .as_deref()
+        .filter(|t| !t.trim().is_empty())
+    {
         store.upsert_token(&row(t)).await?;
         store.setting_insert("admin_bootstrapped", "env").await?;
         return Ok(None);
     }
-    if store.setting_insert("admin_bootstrapped", "generated").await? {
+    if store
+        .setting_insert("admin_bootstrapped", "generated")
+        .await?
+    {
         let token = new_token()?;
         store.insert_token(&row(&token)).await?;
         return Ok(Some(token));

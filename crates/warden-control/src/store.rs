@@ -938,7 +938,11 @@ impl Store {
         .fetch_optional(&self.pool)
         .await?;
         Ok(match row {
-            Some(r) => Some((r.try_get("token_id")?, r.try_get("role")?, r.try_get("csrf")?)),
+            Some(r) => Some((
+                r.try_get("token_id")?,
+                r.try_get("role")?,
+                r.try_get("csrf")?,
+            )),
             None => None,
         })
     }

@@ -131,7 +131,10 @@ mod tests {
             Target::parse("label:team=ml"),
             Ok(Target::Label("team".into(), "ml".into()))
         );
-        assert_eq!(Target::parse("machine:m-1"), Ok(Target::Machine("m-1".into())));
+        assert_eq!(
+            Target::parse("machine:m-1"),
+            Ok(Target::Machine("m-1".into()))
+        );
         assert!(Target::parse("label:=x").is_err());
         assert!(Target::parse("everyone").is_err());
     }

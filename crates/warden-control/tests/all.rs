@@ -1,0 +1,740 @@
+//! Integration tests of the control plane against a real server on loopback with the
+//! real SQLite store (and PostgreSQL when WARDEN_TEST_PG_URL names a server).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use base64::Engine;
+use ed25519_dalek::SigningKey;
+use serde_json::{Value, json};
+use std::collections::BTreeSet;
+use std::time::Duration;
+use warden_control::api::{TokenCreated, route_specs};
+use warden_control::auth::Access;
+use warden_control::client::{Answer, Auth, Client};
+use warden_control::proto::{EnrollResponse, SignedBundle, sign_request};
+use warden_control::{Config, Running};
+
+const ADMIN: &str = "wdn_test_admin_token_0123456789abcdef";
+
+const POLICY: &str = r#"version = 1
+name = "team-default"
+[network]
+allow = ["api.github.com"]
+[[credentials]]
+name = "github"
+source = "vault:gh-token"
+hosts = ["api.github.com"]
+env = "GITHUB_TOKEN"
+"#;
+
+struct Env {
+    _dir: tempfile::TempDir,
+    server: Running,
+    base: String,
+}
+
+async fn start_with(config: impl FnOnce(&mut Config)) -> Env {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = Config::new("127.0.0.1:0".parse().unwrap(), dir.path().join("server"));
+    c.admin_token = Some(ADMIN.into());
+    config(&mut c);
+    let server = warden_control::start(c).await.unwrap();
+    let base = format!("http://{}", server.addr);
+    Env {
+        _dir: dir,
+        server,
+        base,
+    }
+}
+
+async fn start() -> Env {
+    start_with(|_| {}).await
+}
+
+fn admin(env: &Env) -> Client {
+    Client::new(&env.base, Auth::Bearer(ADMIN.into())).unwrap()
+}
+
+async fn token(env: &Env, body: Value) -> TokenCreated {
+    admin(env)
+        .post_json("/api/v1/tokens", &body)
+        .await
+        .unwrap()
+        .json()
+        .unwrap()
+}
+
+struct Machine {
+    id: String,
+    key: SigningKey,
+    server_key: String,
+}
+
+async fn enroll(env: &Env, labels: Value) -> Machine {
+    let t = token(env, json!({"role": "enroll", "labels": labels})).await;
+    let key = SigningKey::from_bytes(&rand_seed());
+    let pk = base64::engine::general_purpose::STANDARD.encode(key.verifying_key().as_bytes());
+    let r: EnrollResponse = Client::new(&env.base, Auth::None)
+        .unwrap()
+        .post_json(
+            "/api/v1/enroll",
+            &json!({"token": t.token, "public_key": pk, "hostname": "test"}),
+        )
+        .await
+        .unwrap()
+        .json()
+        .unwrap();
+    Machine {
+        id: r.machine_id,
+        key,
+        server_key: r.server_public_key,
+    }
+}
+
+fn rand_seed() -> [u8; 32] {
+    warden_control::crypto::random_bytes::<32>().unwrap()
+}
+
+fn machine_client(env: &Env, m: &Machine) -> Client {
+    Client::new(
+        &env.base,
+        Auth::Machine {
+            id: m.id.clone(),
+            key: Box::new(m.key.clone()),
+        },
+    )
+    .unwrap()
+}
+
+fn event(id: &str, session: &str, surface: &str, action: &str) -> Value {
+    json!({
+        "time": "2026-11-30T03:00:00.123456Z", "id": id, "session": session,
+        "machine": "claimed-by-node", "user": "alice", "surface": surface, "action": action,
+        "target": "api.github.com:443", "decision": "deny", "enforced": true,
+        "rule": "policy.toml:3", "reason": "not in network.allow", "policy": "team-default@x",
+    })
+}
+
+async fn push(env: &Env, source: &str, target: &str) -> Answer {
+    admin(env)
+        .post_json(
+            "/api/v1/policies",
+            &json!({"source": source, "target": target, "origin": "team.toml"}),
+        )
+        .await
+        .unwrap()
+}
+
+/// Status class of an answer as the matrix sees it.
+fn denied(a: &Answer) -> bool {
+    if a.status.as_u16() == 401 {
+        return true;
+    }
+    a.status.as_u16() == 403
+        && String::from_utf8_lossy(&a.body).contains("this needs an admin token")
+}
+
+fn concrete(path: &str) -> String {
+    path.replace("{name}", "team-default")
+        .replace("{version}", "1")
+        .replace("{id}", "nope")
+        .replace("{session}", "s-1")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authorization_matrix_covers_every_route() {
+    let env = start().await;
+    assert_eq!(push(&env, POLICY, "all").await.status.as_u16(), 201);
+    let auditor = token(&env, json!({"role": "auditor"})).await;
+    let m = enroll(&env, json!({})).await;
+    let callers: Vec<(&str, Client)> = vec![
+        ("none", Client::new(&env.base, Auth::None).unwrap()),
+        (
+            "bogus",
+            Client::new(&env.base, Auth::Bearer("wdn_not_a_token".into())).unwrap(),
+        ),
+        (
+            "auditor",
+            Client::new(&env.base, Auth::Bearer(auditor.token.clone())).unwrap(),
+        ),
+        ("admin", admin(&env)),
+        ("machine", machine_client(&env, &m)),
+    ];
+    let specs = route_specs();
+    assert!(specs.len() >= 25);
+    for spec in &specs {
+        // Node streams never end; the matrix checks them with a short read below.
+        if spec.path == "/api/v1/node/stream" {
+            continue;
+        }
+        for (who, client) in &callers {
+            let method = hyper::Method::from_bytes(spec.method.as_bytes()).unwrap();
+            let body = if spec.method == "GET" || spec.method == "DELETE" {
+                Vec::new()
+            } else {
+                b"{}".to_vec()
+            };
+            let a = client
+                .send(method, &concrete(spec.path), body, &[])
+                .await
+                .unwrap();
+            let allowed = matches!(
+                (spec.access, *who),
+                (Access::Public, _)
+                    | (Access::Read, "auditor" | "admin")
+                    | (Access::Admin, "admin")
+                    | (Access::Machine, "machine")
+            );
+            // An unrouted path is a bare 404; a handler's 404 explains itself in JSON.
+            assert!(
+                !(a.status.as_u16() == 404 && a.body.is_empty()),
+                "{} {} not routed",
+                spec.method,
+                spec.path
+            );
+            assert_eq!(
+                !denied(&a),
+                allowed,
+                "{} {} as {who}: got {} {}",
+                spec.method,
+                spec.path,
+                a.status,
+                String::from_utf8_lossy(&a.body)
+            );
+        }
+    }
+    // The stream: refused without a machine signature.
+    for (who, client) in &callers {
+        if *who == "machine" {
+            let resp = client.open_stream("/api/v1/node/stream").await.unwrap();
+            assert_eq!(resp.status(), 200);
+        } else {
+            assert!(
+                client.open_stream("/api/v1/node/stream").await.is_err(),
+                "{who}"
+            );
+        }
+    }
+    env.server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openapi_documents_exactly_the_routes() {
+    let env = start().await;
+    let doc: Value = Client::new(&env.base, Auth::None)
+        .unwrap()
+        .get("/api/v1/openapi.json")
+        .await
+        .unwrap()
+        .json()
+        .unwrap();
+    let mut documented = BTreeSet::new();
+    for (path, ops) in doc["paths"].as_object().unwrap() {
+        for method in ops.as_object().unwrap().keys() {
+            documented.insert((method.to_ascii_uppercase(), path.clone()));
+        }
+    }
+    let routed: BTreeSet<(String, String)> = route_specs()
+        .iter()
+        .map(|s| (s.method.to_string(), s.path.to_string()))
+        .collect();
+    assert_eq!(documented, routed);
+    // And every routed path answers something other than 404/405 for its method.
+    let a = admin(&env);
+    for (method, path) in &routed {
+        if path.ends_with("/stream") {
+            continue;
+        }
+        let r = a
+            .send(
+                hyper::Method::from_bytes(method.as_bytes()).unwrap(),
+                &concrete(path),
+                if method == "GET" || method == "DELETE" {
+                    vec![]
+                } else {
+                    b"{}".to_vec()
+                },
+                &[],
+            )
+            .await
+            .unwrap();
+        assert_ne!(r.status.as_u16(), 405, "{method} {path}");
+    }
+    env.server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enrollment_tokens_are_one_time_and_expire() {
+    let env = start().await;
+    let t = token(&env, json!({"role": "enroll", "labels": {"team": "ml"}})).await;
+    let anon = Client::new(&env.base, Auth::None).unwrap();
+    let pk = |seed: [u8; 32]| {
+        base64::engine::general_purpose::STANDARD
+            .encode(SigningKey::from_bytes(&seed).verifying_key().as_bytes())
+    };
+    let first = anon
+        .post_json(
+            "/api/v1/enroll",
+            &json!({"token": t.token, "public_key": pk(rand_seed())}),
+        )
+        .await
+        .unwrap();
+    let r: EnrollResponse = first.json().unwrap();
+    assert_eq!(r.labels.get("team").map(String::as_str), Some("ml"));
+    let again = anon
+        .post_json(
+            "/api/v1/enroll",
+            &json!({"token": t.token, "public_key": pk(rand_seed())}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(again.status.as_u16(), 401, "a used token enrolls nobody");
+
+    let short = token(&env, json!({"role": "enroll", "ttl_secs": 1})).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let expired = anon
+        .post_json(
+            "/api/v1/enroll",
+            &json!({"token": short.token, "public_key": pk(rand_seed())}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        expired.status.as_u16(),
+        401,
+        "an expired token enrolls nobody"
+    );
+
+    // Admin and auditor tokens are not enrollment tokens.
+    let bad = anon
+        .post_json(
+            "/api/v1/enroll",
+            &json!({"token": ADMIN, "public_key": pk(rand_seed())}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(bad.status.as_u16(), 401);
+    // And an enrollment token is not an API token.
+    let t2 = token(&env, json!({"role": "enroll"})).await;
+    let as_api = Client::new(&env.base, Auth::Bearer(t2.token))
+        .unwrap()
+        .get("/api/v1/machines")
+        .await
+        .unwrap();
+    assert_eq!(as_api.status.as_u16(), 401);
+    env.server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signed_requests_reject_replay_skew_and_other_keys() {
+    let env = start().await;
+    let m = enroll(&env, json!({})).await;
+    let raw = |headers: Vec<(&'static str, String)>| {
+        let base = env.base.clone();
+        async move {
+            let mut extra: Vec<(&str, &str)> = Vec::new();
+            for (k, v) in &headers {
+                extra.push((k, v.as_str()));
+            }
+            Client::new(&base, Auth::None)
+                .unwrap()
+                .send(hyper::Method::GET, "/api/v1/node/bundle", vec![], &extra)
+                .await
+                .unwrap()
+        }
+    };
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let good = sign_request(
+        &m.key,
+        &m.id,
+        "GET",
+        "/api/v1/node/bundle",
+        b"",
+        now,
+        "nonce-0123456789abcdef",
+    );
+    assert_eq!(raw(good.pairs().to_vec()).await.status.as_u16(), 200);
+    assert_eq!(
+        raw(good.pairs().to_vec()).await.status.as_u16(),
+        401,
+        "replay"
+    );
+    let old = sign_request(
+        &m.key,
+        &m.id,
+        "GET",
+        "/api/v1/node/bundle",
+        b"",
+        now - 600,
+        "nonce-old-0123456789ab",
+    );
+    assert_eq!(raw(old.pairs().to_vec()).await.status.as_u16(), 401, "skew");
+    let other = SigningKey::from_bytes(&rand_seed());
+    let forged = sign_request(
+        &other,
+        &m.id,
+        "GET",
+        "/api/v1/node/bundle",
+        b"",
+        now,
+        "nonce-forged-0123456789",
+    );
+    assert_eq!(
+        raw(forged.pairs().to_vec()).await.status.as_u16(),
+        401,
+        "wrong key"
+    );
+    // A signature over another path does not transfer.
+    let moved = sign_request(
+        &m.key,
+        &m.id,
+        "GET",
+        "/api/v1/node/stream",
+        b"",
+        now,
+        "nonce-moved-0123456789a",
+    );
+    assert_eq!(
+        raw(moved.pairs().to_vec()).await.status.as_u16(),
+        401,
+        "other path"
+    );
+    // A revoked machine is refused.
+    assert_eq!(
+        admin(&env)
+            .delete(&format!("/api/v1/machines/{}", m.id))
+            .await
+            .unwrap()
+            .status
+            .as_u16(),
+        204
+    );
+    assert_eq!(
+        machine_client(&env, &m)
+            .get("/api/v1/node/bundle")
+            .await
+            .unwrap()
+            .status
+            .as_u16(),
+        401
+    );
+    env.server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policies_validate_version_diff_rollback_and_target() {
+    let env = start().await;
+    let a = admin(&env);
+    // Invalid: the same diagnostics as `policy check`.
+    let bad = push(
+        &env,
+        "version = 1\nname = \"team-default\"\n[network]\nalow = []\n",
+        "all",
+    )
+    .await;
+    assert_eq!(bad.status.as_u16(), 422);
+    let v: Value = serde_json::from_slice(&bad.body).unwrap();
+    let d = &v["diagnostics"][0];
+    assert_eq!(d["file"], "team.toml");
+    assert_eq!(d["line"], 4);
+    assert!(v["rendered"].as_str().unwrap().contains("team.toml:4"));
+    assert_eq!(push(&env, POLICY, "everyone").await.status.as_u16(), 400);
+
+    let v1: Value = push(&env, POLICY, "all").await.json().unwrap();
+    assert_eq!(v1["version"], 1);
+    let changed = POLICY.replace(
+        "api.github.com\"]\n[[",
+        "api.github.com\", \"pypi.org\"]\n[[",
+    );
+    let v2: Value = push(&env, &changed, "label:team=ml").await.json().unwrap();
+    assert_eq!(v2["version"], 2);
+    let history: Vec<Value> = a
+        .get("/api/v1/policies/team-default")
+        .await
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(history.len(), 2);
+    let diff: Value = a
+        .get("/api/v1/policies/team-default/diff?from=1&to=2")
+        .await
+        .unwrap()
+        .json()
+        .unwrap();
+    assert!(
+        diff["diff"]
+            .as_str()
+            .unwrap()
+            .contains("+allow = [\"api.github.com\", \"pypi.org\"]")
+    );
+    let rb: Value = a
+        .post_json(
+            "/api/v1/policies/team-default/rollback",
+            &json!({"version": 1}),
+        )
+        .await
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(rb["version"], 3);
+    assert_eq!(rb["target"], "all");
+    let v3: Value = a
+        .get("/api/v1/policies/team-default/versions/3")
+        .await
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(v3["source"], POLICY);
+
+    // Most specific target wins: a machine-targeted policy beats `all`.
+    let m = enroll(&env, json!({"team": "ml"})).await;
+    let mine = POLICY.replace("team-default", "just-this-one");
+    push(&env, &mine, &format!("machine:{}", m.id))
+        .await
+        .ok()
+        .unwrap();
+    let b: SignedBundle = machine_client(&env, &m)
+        .get("/api/v1/node/bundle")
+        .await
+        .unwrap()
+        .json()
+        .unwrap();
+    let key = warden_control::proto::decode_public_key(&m.server_key).unwrap();
+    let payload = b.verify(&key).unwrap();
+    assert_eq!(payload.machine, m.id);
+    assert_eq!(payload.policy.unwrap().name, "just-this-one");
+    // Another machine still gets the `all` policy.
+    let other = enroll(&env, json!({})).await;
+    let b: SignedBundle = machine_client(&env, &other)
+        .get("/api/v1/node/bundle")
+        .await
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(b.verify(&key).unwrap().policy.unwrap().name, "team-default");
+    env.server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bundles_carry_etags() {
+    let env = start().await;
+    push(&env, POLICY, "all").await.ok().unwrap();
+    let m = enroll(&env, json!({})).await;
+    let c = machine_client(&env, &m);
+    let first = c.get("/api/v1/node/bundle").await.unwrap();
+    let etag = first.etag.clone().unwrap();
+    let again = c
+        .send(
+            hyper::Method::GET,
+            "/api/v1/node/bundle",
+            vec![],
+            &[("if-none-match", &etag)],
+        )
+        .await
+        .unwrap();
+    assert_eq!(again.status.as_u16(), 304);
+    push(
+        &env,
+        &POLICY.replace("api.github.com\"]\n[[", "x.org\"]\n[["),
+        "all",
+    )
+    .await
+    .ok()
+    .unwrap();
+    let changed = c
+        .send(
+            hyper::Method::GET,
+            "/api/v1/node/bundle",
+            vec![],
+            &[("if-none-match", &etag)],
+        )
+        .await
+        .unwrap();
+    assert_eq!(changed.status.as_u16(), 200);
+    env.server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_upload_is_idempotent_and_stamped_with_the_signer() {
+    let env = start().await;
+    let m = enroll(&env, json!({})).await;
+    let c = machine_client(&env, &m);
+    let batch = json!({"events": [
+        event("e-1", "s-1", "session", "start"),
+        event("e-2", "s-1", "network", "connect"),
+        event("e-3", "s-1", "network", "connect"),
+    ]});
+    let ack: Value = c
+        .post_json("/api/v1/node/audit", &batch)
+        .await
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(
+        (ack["received"].as_u64(), ack["stored"].as_u64()),
+        (Some(3), Some(3))
+    );
+    let ack: Value = c
+        .post_json("/api/v1/node/audit", &batch)
+        .await
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(
+        (ack["received"].as_u64(), ack["stored"].as_u64()),
+        (Some(3), Some(0))
+    );
+    let a = admin(&env);
+    let all: Vec<Value> = a
+        .get("/api/v1/audit?limit=100")
+        .await
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(all.len(), 3);
+    assert!(
+        all.iter().all(|e| e["machine"] == m.id.as_str()),
+        "machine comes from the signature"
+    );
+    let denies: Vec<Value> = a
+        .get("/api/v1/audit?surface=network&decision=deny&session=s-1")
+        .await
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(denies.len(), 2);
+    let export = a
+        .get("/api/v1/audit/export?machine=".to_string().as_str())
+        .await
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&export.body).lines().count(), 3);
+    assert_eq!(
+        a.get("/api/v1/audit?surface=bogus")
+            .await
+            .unwrap()
+            .status
+            .as_u16(),
+        400
+    );
+    // The session record came from the start event.
+    let sessions: Vec<Value> = a.get("/api/v1/sessions").await.unwrap().json().unwrap();
+    assert_eq!(sessions[0]["id"], "s-1");
+    assert_eq!(sessions[0]["running"], true);
+    // A garbled event rejects the batch; nothing of it is stored.
+    let bad = c
+        .post_json(
+            "/api/v1/node/audit",
+            &json!({"events": [event("e-9", "s", "network", "x"), {"id": "z"}]}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(bad.status.as_u16(), 400);
+    let all: Vec<Value> = a
+        .get("/api/v1/audit?limit=100")
+        .await
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(all.len(), 3);
+    env.server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vault_values_never_leave_except_as_a_bound_lease() {
+    let env = start().await;
+    let a = admin(&env);
+    let secret = "ghp_very_secret_value_42";
+    assert_eq!(
+        a.put_json("/api/v1/secrets/gh-token", &json!({"value": secret}))
+            .await
+            .unwrap()
+            .status
+            .as_u16(),
+        204
+    );
+    a.put_json("/api/v1/secrets/unbound", &json!({"value": "other"}))
+        .await
+        .unwrap()
+        .ok()
+        .unwrap();
+    // Not in any listing, not on disk in clear.
+    let list = a.get("/api/v1/secrets").await.unwrap();
+    assert!(!String::from_utf8_lossy(&list.body).contains(secret));
+    let db = std::fs::read(env._dir.path().join("server/warden.db")).unwrap_or_default();
+    let wal = std::fs::read(env._dir.path().join("server/warden.db-wal")).unwrap_or_default();
+    for bytes in [db, wal] {
+        assert!(!bytes.windows(secret.len()).any(|w| w == secret.as_bytes()));
+    }
+    let m = enroll(&env, json!({})).await;
+    let c = machine_client(&env, &m);
+    // No policy binds it yet.
+    let r = c
+        .post_json(
+            "/api/v1/node/leases",
+            &json!({"session": "s-1", "name": "gh-token"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status.as_u16(), 403);
+    push(&env, POLICY, "all").await.ok().unwrap();
+    let r: Value = c
+        .post_json(
+            "/api/v1/node/leases",
+            &json!({"session": "s-1", "name": "gh-token"}),
+        )
+        .await
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(r["value"], secret);
+    let r = c
+        .post_json(
+            "/api/v1/node/leases",
+            &json!({"session": "s-1", "name": "unbound"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status.as_u16(), 403, "only credentials the policy binds");
+    // Session end revokes; a new lease for the ended session is refused.
+    c.delete("/api/v1/node/leases/s-1")
+        .await
+        .unwrap()
+        .ok()
+        .unwrap();
+    let r = c
+        .post_json(
+            "/api/v1/node/leases",
+            &json!({"session": "s-1", "name": "gh-token"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status.as_u16(), 409);
+    // Another machine cannot end this machine's session or see its records.
+    env.server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_start_prints_one_admin_token_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Config::new("127.0.0.1:0".parse().unwrap(), dir.path().join("s"));
+    let s = warden_control::start(c.clone()).await.unwrap();
+    let token = s.created_admin_token.clone().unwrap();
+    let base = format!("http://{}", s.addr);
+    let r = Client::new(&base, Auth::Bearer(token.clone()))
+        .unwrap()
+        .get("/api/v1/machines")
+        .await
+        .unwrap();
+    assert_eq!(r.status.as_u16(), 200);
+    s.stop().await;
+    let s = warden_control::start(c).await.unwrap();
+    assert!(s.created_admin_token.is_none(), "printed once only");
+    let base = format!("http://{}", s.addr);
+    let r = Client::new(&base, Auth::Bearer(token))
+        .unwrap()
+        .get("/metrics")
+        .await
+        .unwrap();
+    assert!(String::from_utf8_lossy(&r.body).contains("warden_machines_connected"));
+    s.stop().await;
+}
