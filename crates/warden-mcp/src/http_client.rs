@@ -45,7 +45,9 @@ fn parse_url(name: &str, url: &str) -> Result<Target, GatewayError> {
     if authority.is_empty() || authority.contains('@') {
         return Err(bad("missing host, or userinfo in the URL"));
     }
-    let authority = if authority.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+    let authority = if authority
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
         && !authority.ends_with(']')
     {
         authority.to_string()
@@ -136,7 +138,8 @@ impl HttpUpstream {
             }
         }
         let body = Full::new(Bytes::from(body.unwrap_or_default()));
-        b.body(body).unwrap_or_else(|_| Request::new(Full::new(Bytes::new())))
+        b.body(body)
+            .unwrap_or_else(|_| Request::new(Full::new(Bytes::new())))
     }
 
     async fn send(
@@ -177,14 +180,13 @@ impl HttpUpstream {
             Err(e) => return self.fail(&msg, e),
         };
         let status = resp.status();
-        if is_init {
-            if let Some(s) = resp
+        if is_init
+            && let Some(s) = resp
                 .headers()
                 .get("mcp-session-id")
                 .and_then(|v| v.to_str().ok())
-            {
-                *lock(&self.session) = Some(s.to_string());
-            }
+        {
+            *lock(&self.session) = Some(s.to_string());
         }
         if status == hyper::StatusCode::ACCEPTED {
             return;
@@ -203,10 +205,10 @@ impl HttpUpstream {
             .and_then(|v| v.to_str().ok())
             .is_some_and(|c| c.starts_with("text/event-stream"));
         let deliver = |v: Value, this: &Self| {
-            if is_init {
-                if let Some(pv) = v.pointer("/result/protocolVersion").and_then(Value::as_str) {
-                    *lock(&this.version) = Some(pv.to_string());
-                }
+            if is_init
+                && let Some(pv) = v.pointer("/result/protocolVersion").and_then(Value::as_str)
+            {
+                *lock(&this.version) = Some(pv.to_string());
             }
             let _ = this.tx.send(UpEvent::Message(v));
         };
@@ -219,7 +221,9 @@ impl HttpUpstream {
                     for ev in parser.push(&data) {
                         match serde_json::from_str::<Value>(&ev) {
                             Ok(v) => deliver(v, self),
-                            Err(_) => tracing::warn!(server = %self.name, "malformed SSE data; dropped"),
+                            Err(_) => {
+                                tracing::warn!(server = %self.name, "malformed SSE data; dropped")
+                            }
                         }
                     }
                 }

@@ -233,9 +233,12 @@ impl PinStore {
     pub fn approve(&self, key: &str) -> Result<(String, String), GatewayError> {
         let _g = self.lock.lock().map_err(|_| self.err("lock poisoned"))?;
         let mut f = self.load()?;
-        let pin = f.pins.get_mut(key).ok_or_else(|| GatewayError::UnknownPin {
-            key: key.to_string(),
-        })?;
+        let pin = f
+            .pins
+            .get_mut(key)
+            .ok_or_else(|| GatewayError::UnknownPin {
+                key: key.to_string(),
+            })?;
         let old = pin.digest.clone();
         if let Some(c) = pin.changed.take() {
             pin.digest = c.digest;

@@ -108,10 +108,7 @@ impl Scanner {
             (r"\bsk-ant-[0-9A-Za-z_\-]{20,}", "anthropic-key"),
             (r"\bsk-(?:proj-)?[0-9A-Za-z_\-]{20,}", "openai-key"),
             (r"\bxox[bpas]-[0-9A-Za-z\-]{10,}", "slack-token"),
-            (
-                r"-----BEGIN (?:[A-Z]+ )?PRIVATE KEY-----",
-                "private-key",
-            ),
+            (r"-----BEGIN (?:[A-Z]+ )?PRIVATE KEY-----", "private-key"),
         ]
         .into_iter()
         .filter_map(|(p, n)| Regex::new(p).ok().map(|r| (r, n)))
@@ -188,7 +185,10 @@ impl Scanner {
 }
 
 fn push(out: &mut Vec<Finding>, name: &str, credential: bool) {
-    if !out.iter().any(|f| f.name == name && f.credential == credential) {
+    if !out
+        .iter()
+        .any(|f| f.name == name && f.credential == credential)
+    {
         out.push(Finding {
             name: name.to_string(),
             credential,

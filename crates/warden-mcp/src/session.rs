@@ -265,7 +265,11 @@ impl Session {
                     .filter(|i| i.is_string() || i.is_number())
                     .cloned()
                     .unwrap_or(Value::Null);
-                Some(jsonrpc::error(id, jsonrpc::INVALID_REQUEST, "invalid JSON-RPC 2.0 message"))
+                Some(jsonrpc::error(
+                    id,
+                    jsonrpc::INVALID_REQUEST,
+                    "invalid JSON-RPC 2.0 message",
+                ))
             }
             Kind::Notification => {
                 self.client_notification(&msg);
@@ -293,7 +297,12 @@ impl Session {
         }
     }
 
-    async fn request(self: &Arc<Self>, id: &Value, method: &str, params: Value) -> Result<Value, Value> {
+    async fn request(
+        self: &Arc<Self>,
+        id: &Value,
+        method: &str,
+        params: Value,
+    ) -> Result<Value, Value> {
         let initialized = lock(&self.st).version.is_some();
         if !initialized && method != "initialize" && method != "ping" {
             return Err(err(jsonrpc::INVALID_REQUEST, "send initialize first"));
@@ -303,11 +312,22 @@ impl Session {
             "ping" => Ok(json!({})),
             "tools/list" => self.tools_list(&params).await,
             "tools/call" => self.tools_call(id, params).await,
-            "prompts/list" => self.list_merged("prompts/list", "prompts", "prompts", &params).await,
-            "resources/list" => self.list_merged("resources/list", "resources", "resources", &params).await,
-            "resources/templates/list" => {
-                self.list_merged("resources/templates/list", "resourceTemplates", "resources", &params)
+            "prompts/list" => {
+                self.list_merged("prompts/list", "prompts", "prompts", &params)
                     .await
+            }
+            "resources/list" => {
+                self.list_merged("resources/list", "resources", "resources", &params)
+                    .await
+            }
+            "resources/templates/list" => {
+                self.list_merged(
+                    "resources/templates/list",
+                    "resourceTemplates",
+                    "resources",
+                    &params,
+                )
+                .await
             }
             "prompts/get" => self.prompts_get(id, params).await,
             "resources/read" | "resources/subscribe" | "resources/unsubscribe" => {
@@ -317,12 +337,17 @@ impl Session {
             "logging/setLevel" => {
                 for (_, u) in self.live() {
                     if self.has_cap(u, "logging") {
-                        let _ = u.request(method, Some(params.clone()), self.timeout(), |_| {}).await;
+                        let _ = u
+                            .request(method, Some(params.clone()), self.timeout(), |_| {})
+                            .await;
                     }
                 }
                 Ok(json!({}))
             }
-            _ => Err(err(jsonrpc::METHOD_NOT_FOUND, format!("method {method:?} not found"))),
+            _ => Err(err(
+                jsonrpc::METHOD_NOT_FOUND,
+                format!("method {method:?} not found"),
+            )),
         }
     }
 
@@ -390,7 +415,13 @@ impl Session {
             let _ = t.await;
         }
         lock(&self.st).initialized = true;
-        let names: Vec<&str> = self.gw.cfg.servers.iter().map(|s| s.name.as_str()).collect();
+        let names: Vec<&str> = self
+            .gw
+            .cfg
+            .servers
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect();
         Ok(json!({
             "protocolVersion": version,
             "capabilities": {
@@ -409,7 +440,12 @@ impl Session {
     }
 
     /// Every page of one list method from one upstream.
-    async fn fetch_all(&self, u: &Upstream, method: &str, key: &str) -> Result<Vec<Value>, CallError> {
+    async fn fetch_all(
+        &self,
+        u: &Upstream,
+        method: &str,
+        key: &str,
+    ) -> Result<Vec<Value>, CallError> {
         let mut items = Vec::new();
         let mut cursor: Option<Value> = None;
         for _ in 0..1000 {
@@ -445,7 +481,9 @@ impl Session {
             }
             let s = self.clone();
             let u = u.clone();
-            tasks.push(tokio::spawn(async move { (idx, s.fetch_all(&u, "tools/list", "tools").await) }));
+            tasks.push(tokio::spawn(async move {
+                (idx, s.fetch_all(&u, "tools/list", "tools").await)
+            }));
         }
         let mut tools = Vec::new();
         for t in tasks {
@@ -473,13 +511,19 @@ impl Session {
                 continue;
             };
             if !valid_tool_name(&name) || !tool.is_object() || !seen.insert(name.clone()) {
-                eprintln!("warden mcp: server {server:?} offers a tool with an invalid or duplicate name; hidden");
+                eprintln!(
+                    "warden mcp: server {server:?} offers a tool with an invalid or duplicate name; hidden"
+                );
                 continue;
             }
             let digest = pins::digest(&tool);
             let state = match self.gw.pins.check(&server, &name, &digest) {
                 Ok(PinCheck::New | PinCheck::Match) => ToolState::Ok,
-                Ok(PinCheck::Changed { pinned, seen, first_report }) => {
+                Ok(PinCheck::Changed {
+                    pinned,
+                    seen,
+                    first_report,
+                }) => {
                     if first_report {
                         self.gw.record(
                             Event::new(Surface::Mcp, "tool_changed", &pins::key(&server, &name), Verdict::Deny)
@@ -500,7 +544,9 @@ impl Session {
                     ToolState::Changed
                 }
             };
-            lock(&self.st).tools.insert((idx, name.clone()), state.clone());
+            lock(&self.st)
+                .tools
+                .insert((idx, name.clone()), state.clone());
             if enforce && matches!(state, ToolState::Changed) {
                 continue;
             }
@@ -531,7 +577,9 @@ impl Session {
             }
             let s = self.clone();
             let u = u.clone();
-            tasks.push(tokio::spawn(async move { (idx, s.fetch_all(&u, method, key).await) }));
+            tasks.push(tokio::spawn(async move {
+                (idx, s.fetch_all(&u, method, key).await)
+            }));
         }
         let mut all = Vec::new();
         for t in tasks {
@@ -540,13 +588,17 @@ impl Session {
             match res {
                 Ok(items) => {
                     for mut it in items {
-                        let Some(o) = it.as_object_mut() else { continue };
+                        let Some(o) = it.as_object_mut() else {
+                            continue;
+                        };
                         let field = match key {
                             "prompts" => "name",
                             "resources" => "uri",
                             _ => "uriTemplate",
                         };
-                        let Some(v) = o.get(field).and_then(Value::as_str) else { continue };
+                        let Some(v) = o.get(field).and_then(Value::as_str) else {
+                            continue;
+                        };
                         let renamed = if field == "name" {
                             format!("{server}{SEP}{v}")
                         } else {
@@ -556,7 +608,10 @@ impl Session {
                         all.push(it);
                     }
                 }
-                Err(e) => eprintln!("warden mcp: {method} on server {server:?} failed: {}", e.describe()),
+                Err(e) => eprintln!(
+                    "warden mcp: {method} on server {server:?} failed: {}",
+                    e.describe()
+                ),
             }
         }
         Ok(json!({ key: all }))
@@ -594,15 +649,25 @@ impl Session {
     fn call_error(e: &CallError) -> Value {
         match e {
             CallError::Rpc(e) => e.clone(),
-            other => err(jsonrpc::UPSTREAM_FAILED, format!("warden: {}", other.describe())),
+            other => err(
+                jsonrpc::UPSTREAM_FAILED,
+                format!("warden: {}", other.describe()),
+            ),
         }
     }
 
     async fn tools_call(self: &Arc<Self>, id: &Value, mut params: Value) -> Result<Value, Value> {
         let started = Instant::now();
-        let exposed = params.get("name").and_then(Value::as_str).unwrap_or("").to_string();
+        let exposed = params
+            .get("name")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
         let Some((idx, tool)) = self.split_name(&exposed) else {
-            return Err(err(jsonrpc::INVALID_PARAMS, format!("unknown tool {exposed:?}")));
+            return Err(err(
+                jsonrpc::INVALID_PARAMS,
+                format!("unknown tool {exposed:?}"),
+            ));
         };
         let tool = tool.to_string();
         let server = self.server_name(idx).to_string();
@@ -614,14 +679,20 @@ impl Session {
         // 1. policy
         let mut decision = self.gw.cfg.authorizer.decide_tool(&server, &tool, &args);
         // 2. pin
-        if decision.allow {
-            if let Some(d) = self.pin_refusal(idx, &server, &tool).await {
-                decision = d;
-            }
+        if decision.allow
+            && let Some(d) = self.pin_refusal(idx, &server, &tool).await
+        {
+            decision = d;
         }
         // 3. secrets in the arguments
         if decision.allow {
-            let bound = &self.gw.cfg.servers.get(idx).map(|s| s.credentials.clone()).unwrap_or_default();
+            let bound = &self
+                .gw
+                .cfg
+                .servers
+                .get(idx)
+                .map(|s| s.credentials.clone())
+                .unwrap_or_default();
             let bad: Vec<String> = self
                 .gw
                 .scanner
@@ -645,7 +716,11 @@ impl Session {
             Surface::Mcp,
             "call_tool",
             &target,
-            if decision.allow { Verdict::Allow } else { Verdict::Deny },
+            if decision.allow {
+                Verdict::Allow
+            } else {
+                Verdict::Deny
+            },
         )
         .rule(&decision.rule)
         .reason(&decision.reason)
@@ -681,7 +756,13 @@ impl Session {
                 let mut ev = ev
                     .field("duration_ms", elapsed)
                     .field("result_bytes", size as u64)
-                    .field("is_error", result.get("isError").and_then(Value::as_bool).unwrap_or(false));
+                    .field(
+                        "is_error",
+                        result
+                            .get("isError")
+                            .and_then(Value::as_bool)
+                            .unwrap_or(false),
+                    );
                 if !redacted.is_empty() {
                     let names: Vec<String> = redacted.into_iter().map(|f| f.name).collect();
                     ev = ev.field("redacted", names);
@@ -691,7 +772,8 @@ impl Session {
             }
             Err(e) => {
                 self.gw.record(
-                    ev.field("duration_ms", elapsed).field("error", e.describe()),
+                    ev.field("duration_ms", elapsed)
+                        .field("error", e.describe()),
                     false,
                 );
                 Err(Self::call_error(&e))
@@ -700,15 +782,20 @@ impl Session {
     }
 
     /// Refusal because the tool's definition is unknown or differs from its pin.
-    async fn pin_refusal(self: &Arc<Self>, idx: usize, server: &str, tool: &str) -> Option<ToolDecision> {
+    async fn pin_refusal(
+        self: &Arc<Self>,
+        idx: usize,
+        server: &str,
+        tool: &str,
+    ) -> Option<ToolDecision> {
         let key = (idx, tool.to_string());
         let mut state = lock(&self.st).tools.get(&key).cloned();
         if state.is_none() {
             // Called without a tools/list in this session: look the definition up.
-            if let Some(u) = self.up(idx).cloned() {
-                if let Ok(list) = self.fetch_all(&u, "tools/list", "tools").await {
-                    self.filter_tools(idx, list);
-                }
+            if let Some(u) = self.up(idx).cloned()
+                && let Ok(list) = self.fetch_all(&u, "tools/list", "tools").await
+            {
+                self.filter_tools(idx, list);
             }
             state = lock(&self.st).tools.get(&key).cloned();
         }
@@ -747,9 +834,16 @@ impl Session {
     }
 
     async fn prompts_get(self: &Arc<Self>, id: &Value, mut params: Value) -> Result<Value, Value> {
-        let exposed = params.get("name").and_then(Value::as_str).unwrap_or("").to_string();
+        let exposed = params
+            .get("name")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
         let Some((idx, name)) = self.split_name(&exposed) else {
-            return Err(err(jsonrpc::INVALID_PARAMS, format!("unknown prompt {exposed:?}")));
+            return Err(err(
+                jsonrpc::INVALID_PARAMS,
+                format!("unknown prompt {exposed:?}"),
+            ));
         };
         let name = name.to_string();
         if let Some(o) = params.as_object_mut() {
@@ -757,14 +851,28 @@ impl Session {
         }
         let server = self.server_name(idx).to_string();
         let res = self.forward(id, idx, "prompts/get", params).await;
-        self.record_simple("get_prompt", &format!("{server}/{name}"), &server, res.as_ref().err());
+        self.record_simple(
+            "get_prompt",
+            &format!("{server}/{name}"),
+            &server,
+            res.as_ref().err(),
+        );
         let mut r = res.map_err(|e| Self::call_error(&e))?;
         self.gw.scanner.redact(&mut r);
         Ok(r)
     }
 
-    async fn resource_op(self: &Arc<Self>, id: &Value, method: &str, mut params: Value) -> Result<Value, Value> {
-        let exposed = params.get("uri").and_then(Value::as_str).unwrap_or("").to_string();
+    async fn resource_op(
+        self: &Arc<Self>,
+        id: &Value,
+        method: &str,
+        mut params: Value,
+    ) -> Result<Value, Value> {
+        let exposed = params
+            .get("uri")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
         let Some((idx, uri)) = self.split_uri(&exposed) else {
             return Err(err(
                 jsonrpc::INVALID_PARAMS,
@@ -778,7 +886,12 @@ impl Session {
         let server = self.server_name(idx).to_string();
         let res = self.forward(id, idx, method, params).await;
         if method == "resources/read" {
-            self.record_simple("read_resource", &format!("{server}/{uri}"), &server, res.as_ref().err());
+            self.record_simple(
+                "read_resource",
+                &format!("{server}/{uri}"),
+                &server,
+                res.as_ref().err(),
+            );
         }
         let mut r = res.map_err(|e| Self::call_error(&e))?;
         if let Some(Value::Array(items)) = r.get_mut("contents") {
@@ -803,9 +916,16 @@ impl Session {
             .and_then(Value::as_str)
             .unwrap_or("")
             .to_string();
-        let split = if is_uri { self.split_uri(&exposed) } else { self.split_name(&exposed) };
+        let split = if is_uri {
+            self.split_uri(&exposed)
+        } else {
+            self.split_name(&exposed)
+        };
         let Some((idx, orig)) = split else {
-            return Err(err(jsonrpc::INVALID_PARAMS, format!("unknown reference {exposed:?}")));
+            return Err(err(
+                jsonrpc::INVALID_PARAMS,
+                format!("unknown reference {exposed:?}"),
+            ));
         };
         if let Some(r) = params.pointer_mut(&format!("/ref/{field}")) {
             *r = Value::String(orig.to_string());
@@ -829,16 +949,18 @@ impl Session {
     fn client_notification(&self, msg: &Value) {
         match jsonrpc::method(msg) {
             "notifications/cancelled" => {
-                let Some(rid) = msg.pointer("/params/requestId") else { return };
+                let Some(rid) = msg.pointer("/params/requestId") else {
+                    return;
+                };
                 let target = lock(&self.st).inflight.get(&rid.to_string()).copied();
-                if let Some((idx, uid)) = target {
-                    if let Some(u) = self.up(idx) {
-                        let mut p = json!({"requestId": uid});
-                        if let Some(r) = msg.pointer("/params/reason") {
-                            p["reason"] = r.clone();
-                        }
-                        u.notify("notifications/cancelled", Some(p));
+                if let Some((idx, uid)) = target
+                    && let Some(u) = self.up(idx)
+                {
+                    let mut p = json!({"requestId": uid});
+                    if let Some(r) = msg.pointer("/params/reason") {
+                        p["reason"] = r.clone();
                     }
+                    u.notify("notifications/cancelled", Some(p));
                 }
             }
             "notifications/roots/list_changed" => {
@@ -851,8 +973,12 @@ impl Session {
     }
 
     fn client_response(&self, msg: Value) {
-        let Some(gid) = msg.get("id").and_then(Value::as_i64) else { return };
-        let Some((idx, orig)) = lock(&self.st).server_reqs.remove(&gid) else { return };
+        let Some(gid) = msg.get("id").and_then(Value::as_i64) else {
+            return;
+        };
+        let Some((idx, orig)) = lock(&self.st).server_reqs.remove(&gid) else {
+            return;
+        };
         let Some(u) = self.up(idx) else { return };
         let mut m = msg;
         m["id"] = orig;
@@ -879,7 +1005,11 @@ impl Session {
                 let mut st = lock(&self.st);
                 if cap.is_empty() || st.client_caps.get(cap).is_none() {
                     drop(st);
-                    u.send(jsonrpc::error(id, jsonrpc::METHOD_NOT_FOUND, format!("method {method:?} not available")));
+                    u.send(jsonrpc::error(
+                        id,
+                        jsonrpc::METHOD_NOT_FOUND,
+                        format!("method {method:?} not available"),
+                    ));
                     return;
                 }
                 st.next_server_req += 1;
@@ -897,7 +1027,8 @@ impl Session {
                         lock(&self.st).tools.retain(|(i, _), _| *i != idx);
                         self.send(jsonrpc::notification(method, None));
                     }
-                    "notifications/prompts/list_changed" | "notifications/resources/list_changed" => {
+                    "notifications/prompts/list_changed"
+                    | "notifications/resources/list_changed" => {
                         self.send(jsonrpc::notification(method, None));
                     }
                     "notifications/resources/updated" => {
@@ -928,7 +1059,9 @@ impl Session {
                         self.send(m);
                     }
                     "notifications/cancelled" => {
-                        let Some(rid) = msg.pointer("/params/requestId").cloned() else { return };
+                        let Some(rid) = msg.pointer("/params/requestId").cloned() else {
+                            return;
+                        };
                         let mut st = lock(&self.st);
                         let gid = st
                             .server_reqs
@@ -964,17 +1097,28 @@ impl Session {
         lock(&self.st).tools.retain(|(i, _), _| *i != idx);
         let pending: Vec<i64> = {
             let mut st = lock(&self.st);
-            let g: Vec<i64> = st.server_reqs.iter().filter(|(_, (i, _))| *i == idx).map(|(g, _)| *g).collect();
+            let g: Vec<i64> = st
+                .server_reqs
+                .iter()
+                .filter(|(_, (i, _))| *i == idx)
+                .map(|(g, _)| *g)
+                .collect();
             for x in &g {
                 st.server_reqs.remove(x);
             }
             g
         };
         for g in pending {
-            self.send(jsonrpc::notification("notifications/cancelled", Some(json!({"requestId": g, "reason": "server stopped"}))));
+            self.send(jsonrpc::notification(
+                "notifications/cancelled",
+                Some(json!({"requestId": g, "reason": "server stopped"})),
+            ));
         }
         if was_ready {
-            self.send(jsonrpc::notification("notifications/tools/list_changed", None));
+            self.send(jsonrpc::notification(
+                "notifications/tools/list_changed",
+                None,
+            ));
         }
     }
 }

@@ -30,8 +30,11 @@ pub const MAX_MESSAGE: usize = 16 * 1024 * 1024;
 /// `crates/warden/src/cmd/mcp.rs`). See docs/mcp.md.
 pub trait UpstreamLauncher: Send + Sync {
     /// The command that runs `server` (stdio piped by the caller).
-    fn command(&self, server: &ServerConfig, argv: &[String])
-    -> Result<tokio::process::Command, GatewayError>;
+    fn command(
+        &self,
+        server: &ServerConfig,
+        argv: &[String],
+    ) -> Result<tokio::process::Command, GatewayError>;
 }
 
 /// Not sandboxed: a child process whose environment is cleared except PATH, HOME,
@@ -45,10 +48,12 @@ impl UpstreamLauncher for PlainLauncher {
         server: &ServerConfig,
         argv: &[String],
     ) -> Result<tokio::process::Command, GatewayError> {
-        let (prog, args) = argv.split_first().ok_or_else(|| GatewayError::BadTransport {
-            name: server.name.clone(),
-            reason: "command is empty".into(),
-        })?;
+        let (prog, args) = argv
+            .split_first()
+            .ok_or_else(|| GatewayError::BadTransport {
+                name: server.name.clone(),
+                reason: "command is empty".into(),
+            })?;
         let mut cmd = tokio::process::Command::new(prog);
         cmd.args(args).env_clear();
         for k in ["PATH", "HOME", "LANG"] {
@@ -110,7 +115,9 @@ pub struct Upstream {
 
 impl std::fmt::Debug for Upstream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Upstream").field("name", &self.name).finish()
+        f.debug_struct("Upstream")
+            .field("name", &self.name)
+            .finish()
     }
 }
 
@@ -263,18 +270,21 @@ async fn dispatch(
                 Kind::Invalid => {
                     tracing::warn!(server = %up.name, "invalid JSON-RPC message from upstream; dropped");
                     if let Some(id) = msg.get("id").filter(|i| !i.is_null()).cloned() {
-                        up.send(jsonrpc::error(id, jsonrpc::INVALID_REQUEST, "invalid JSON-RPC message"));
+                        up.send(jsonrpc::error(
+                            id,
+                            jsonrpc::INVALID_REQUEST,
+                            "invalid JSON-RPC message",
+                        ));
                     }
                 }
             },
             UpEvent::Closed(mut reason) => {
                 let child = lock(&up.child).take();
-                if let Some(mut c) = child {
-                    if let Ok(Ok(status)) =
+                if let Some(mut c) = child
+                    && let Ok(Ok(status)) =
                         tokio::time::timeout(Duration::from_secs(2), c.wait()).await
-                    {
-                        reason = format!("exited with {status}");
-                    }
+                {
+                    reason = format!("exited with {status}");
                 }
                 up.mark_closed(reason.clone());
                 let _ = sink.send((idx, UpEvent::Closed(reason)));
@@ -284,7 +294,10 @@ async fn dispatch(
     }
 }
 
-async fn stdio_writer(mut stdin: tokio::process::ChildStdin, mut rx: mpsc::UnboundedReceiver<Value>) {
+async fn stdio_writer(
+    mut stdin: tokio::process::ChildStdin,
+    mut rx: mpsc::UnboundedReceiver<Value>,
+) {
     while let Some(msg) = rx.recv().await {
         let mut line = msg.to_string().into_bytes();
         line.push(b'\n');

@@ -3,6 +3,8 @@
 //! Streamable HTTP, in front of `@modelcontextprotocol/server-everything` and
 //! warden-mcp's test server. The peers are installed by scripts/test.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use serde_json::Value;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -16,9 +18,11 @@ fn fixtures() -> PathBuf {
 }
 
 fn python() -> PathBuf {
-    let p = std::env::var_os("WARDEN_TEST_PYTHON").map(PathBuf::from).unwrap_or_else(|| {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/mcp-venv/bin/python")
-    });
+    let p = std::env::var_os("WARDEN_TEST_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/mcp-venv/bin/python")
+        });
     assert!(
         p.exists(),
         "the Python MCP SDK is missing: run scripts/test (it creates target/mcp-venv), or set WARDEN_TEST_PYTHON; looked for {}",
@@ -29,7 +33,8 @@ fn python() -> PathBuf {
 
 fn setup() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    let js = fixtures().join("node/node_modules/@modelcontextprotocol/server-everything/dist/index.js");
+    let js =
+        fixtures().join("node/node_modules/@modelcontextprotocol/server-everything/dist/index.js");
     assert!(
         js.exists(),
         "server-everything is missing: run `npm ci --prefix crates/warden-mcp/tests/fixtures/node` (scripts/test does)"
@@ -86,7 +91,10 @@ fn check_main(r: &Value) {
         .iter()
         .map(|t| t["name"].as_str().unwrap())
         .collect();
-    assert!(names.contains(&"everything__echo") && names.contains(&"test__read_file"), "{names:?}");
+    assert!(
+        names.contains(&"everything__echo") && names.contains(&"test__read_file"),
+        "{names:?}"
+    );
     assert!(!names.contains(&"everything__get-env"), "{names:?}");
     assert_eq!(r["echo"]["ok"]["content"][0]["text"], "Echo: hello gateway");
     assert!(r["structured"]["ok"].get("structuredContent").is_some());
@@ -95,10 +103,21 @@ fn check_main(r: &Value) {
     assert!(m.contains("policy.toml:7"), "{m}");
     let m = r["read_etc"]["error"]["message"].as_str().unwrap();
     assert!(m.contains("rules/mcp.cedar:1"), "{m}");
-    assert_eq!(r["read_ok"]["ok"]["structuredContent"]["path"], "/tmp/ok.txt");
-    assert!(r["secret_arg"]["error"]["message"].as_str().unwrap().contains("secret scan"));
+    assert_eq!(
+        r["read_ok"]["ok"]["structuredContent"]["path"],
+        "/tmp/ok.txt"
+    );
+    assert!(
+        r["secret_arg"]["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("secret scan")
+    );
     assert_eq!(r["crash"]["error"]["code"], -32011);
-    assert_eq!(r["echo_after_crash"]["ok"]["content"][0]["text"], "Echo: still here");
+    assert_eq!(
+        r["echo_after_crash"]["ok"]["content"][0]["text"],
+        "Echo: still here"
+    );
     assert!(r["notifications"].to_string().contains("list_changed"));
 }
 
@@ -131,7 +150,11 @@ fn stdio_gateway_with_policy_and_cedar_rules() {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn raw_http(port: u16, request: &str) -> String {
@@ -178,25 +201,40 @@ fn http_gateway_auth_origin_host_and_python_client() {
             body.len()
         )
     };
-    assert!(raw_http(port, &req("")).starts_with("HTTP/1.1 401"), "no token");
+    assert!(
+        raw_http(port, &req("")).starts_with("HTTP/1.1 401"),
+        "no token"
+    );
     assert!(raw_http(port, &req("Authorization: Bearer wrong\r\n")).starts_with("HTTP/1.1 401"));
     let evil_origin = req("Authorization: Bearer test-token-1\r\nOrigin: http://evil.example\r\n");
-    assert!(raw_http(port, &evil_origin).starts_with("HTTP/1.1 403"), "bad Origin");
+    assert!(
+        raw_http(port, &evil_origin).starts_with("HTTP/1.1 403"),
+        "bad Origin"
+    );
     let rebound = format!(
         "POST /mcp HTTP/1.1\r\nHost: attacker.example:{port}\r\nAuthorization: Bearer test-token-1\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
-    assert!(raw_http(port, &rebound).starts_with("HTTP/1.1 403"), "DNS rebinding Host");
+    assert!(
+        raw_http(port, &rebound).starts_with("HTTP/1.1 403"),
+        "DNS rebinding Host"
+    );
     let big = format!(
         "POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer test-token-1\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         64 * 1024 * 1024
     );
-    assert!(raw_http(port, &big).starts_with("HTTP/1.1 413"), "body limit");
+    assert!(
+        raw_http(port, &big).starts_with("HTTP/1.1 413"),
+        "body limit"
+    );
     let junk = format!(
         "POST /mcp HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer test-token-1\r\nContent-Length: 4\r\nConnection: close\r\n\r\n{{nop"
     );
     let resp = raw_http(port, &junk);
-    assert!(resp.starts_with("HTTP/1.1 400") && resp.contains("-32700"), "{resp}");
+    assert!(
+        resp.starts_with("HTTP/1.1 400") && resp.contains("-32700"),
+        "{resp}"
+    );
 
     let url = format!("http://127.0.0.1:{port}/mcp");
     let r = client(dir.path(), "main", &["--http", &url, "test-token-1"]);
@@ -225,7 +263,11 @@ fn pins_ls_approve_reset() {
         serde_json::from_str::<Value>(&std::fs::read_to_string(out).unwrap()).unwrap()
     };
     let warden = |args: &[&str]| {
-        Command::new(WARDEN).args(args).env("WARDEN_HOME", &home).output().unwrap()
+        Command::new(WARDEN)
+            .args(args)
+            .env("WARDEN_HOME", &home)
+            .output()
+            .unwrap()
     };
     // PlainLauncher clears the environment, so the description file path reaches the
     // server only through the policy; use the default description instead and change
@@ -235,7 +277,12 @@ fn pins_ls_approve_reset() {
     let out = warden(&["mcp", "pins", "ls", "--json"]);
     assert!(out.status.success());
     let pins: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let entry = pins.as_array().unwrap().iter().find(|p| p["tool"] == "test/describe").unwrap();
+    let entry = pins
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["tool"] == "test/describe")
+        .unwrap();
     assert_eq!(entry["status"], "pinned");
 
     // Tamper: pretend the first-seen definition was different (a rug pull since).
@@ -244,17 +291,32 @@ fn pins_ls_approve_reset() {
     store["pins"]["test/describe"]["digest"] = Value::String("sha256:00".into());
     std::fs::write(&file, store.to_string()).unwrap();
     let r = run("pins");
-    let m = r["describe"]["error"]["message"].as_str().unwrap_or_default().to_string();
+    let m = r["describe"]["error"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     assert!(m.contains("pins approve test/describe"), "{r:#}");
     let out = warden(&["mcp", "pins", "ls"]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("changed"));
-    assert!(warden(&["mcp", "pins", "approve", "test/describe"]).status.success());
+    assert!(
+        warden(&["mcp", "pins", "approve", "test/describe"])
+            .status
+            .success()
+    );
     let r = run("pins");
     assert_eq!(r["describe"]["ok"]["content"][0]["text"], "described");
-    assert_eq!(warden(&["mcp", "pins", "approve", "nope/nope"]).status.code(), Some(1));
+    assert_eq!(
+        warden(&["mcp", "pins", "approve", "nope/nope"])
+            .status
+            .code(),
+        Some(1)
+    );
     assert!(warden(&["mcp", "pins", "reset"]).status.success());
     let out = warden(&["mcp", "pins", "ls", "--json"]);
-    assert_eq!(serde_json::from_slice::<Value>(&out.stdout).unwrap(), serde_json::json!([]));
+    assert_eq!(
+        serde_json::from_slice::<Value>(&out.stdout).unwrap(),
+        serde_json::json!([])
+    );
     let events = audit(dir.path());
     assert!(events.iter().any(|e| e["action"] == "tool_changed"));
     assert!(events.iter().any(|e| e["action"] == "pin_approve"));
@@ -264,7 +326,11 @@ fn pins_ls_approve_reset() {
 fn bad_policy_fails_closed_with_125() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("bad.toml");
-    std::fs::write(&p, "version = 1\n[[mcp.servers]]\nname = \"x\"\nbogus = 1\n").unwrap();
+    std::fs::write(
+        &p,
+        "version = 1\n[[mcp.servers]]\nname = \"x\"\nbogus = 1\n",
+    )
+    .unwrap();
     let out = Command::new(WARDEN)
         .args(["mcp", "--policy"])
         .arg(&p)
@@ -272,5 +338,10 @@ fn bad_policy_fails_closed_with_125() {
         .stdin(Stdio::null())
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(125), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(125),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -6,6 +6,8 @@
 //! are refused with 413 before they are buffered. The client's `Authorization`
 //! header is consumed here and never reaches an upstream.
 
+#![allow(clippy::result_large_err)] // early-return HTTP responses; built once per rejected request
+
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited, combinators::BoxBody};
 use hyper::body::{Frame, Incoming};
@@ -116,13 +118,17 @@ fn is_loopback_host(host: &str) -> bool {
         || h.ends_with(".localhost")
         || h == "[::1]"
         || h == "::1"
-        || h.parse::<std::net::Ipv4Addr>().is_ok_and(|a| a.is_loopback())
+        || h.parse::<std::net::Ipv4Addr>()
+            .is_ok_and(|a| a.is_loopback())
 }
 
 /// The host part of `host[:port]` / `[v6][:port]`.
 fn host_part(authority: &str) -> &str {
     if authority.starts_with('[') {
-        return authority.split_once(']').map(|(h, _)| &authority[..h.len() + 1]).unwrap_or(authority);
+        return authority
+            .split_once(']')
+            .map(|(h, _)| &authority[..h.len() + 1])
+            .unwrap_or(authority);
     }
     match authority.rsplit_once(':') {
         Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) => h,
@@ -147,28 +153,28 @@ impl Server {
         let Some(host) = header(req, "host") else {
             return Err(text(StatusCode::BAD_REQUEST, "missing Host header"));
         };
-        let host_ok = is_loopback_host(host_part(host))
-            || self
-                .opts
-                .allowed_hosts
-                .iter()
-                .any(|h| h.eq_ignore_ascii_case(host) || h.eq_ignore_ascii_case(host_part(host)));
+        let host_ok =
+            is_loopback_host(host_part(host))
+                || self.opts.allowed_hosts.iter().any(|h| {
+                    h.eq_ignore_ascii_case(host) || h.eq_ignore_ascii_case(host_part(host))
+                });
         if !host_ok {
             return Err(text(StatusCode::FORBIDDEN, "Host not allowed"));
         }
         if let Some(origin) = req.headers().get("origin") {
             let origin = origin.to_str().unwrap_or("null");
-            let loopback = origin
-                .split_once("://")
-                .is_some_and(|(scheme, rest)| {
-                    (scheme == "http" || scheme == "https") && is_loopback_host(host_part(rest))
-                });
+            let loopback = origin.split_once("://").is_some_and(|(scheme, rest)| {
+                (scheme == "http" || scheme == "https") && is_loopback_host(host_part(rest))
+            });
             if !(loopback || self.opts.allowed_origins.iter().any(|o| o == origin)) {
                 return Err(text(StatusCode::FORBIDDEN, "Origin not allowed"));
             }
         }
         let presented = header(req, "authorization")
-            .and_then(|a| a.strip_prefix("Bearer ").or_else(|| a.strip_prefix("bearer ")))
+            .and_then(|a| {
+                a.strip_prefix("Bearer ")
+                    .or_else(|| a.strip_prefix("bearer "))
+            })
             .unwrap_or("");
         if !token_eq(presented.trim().as_bytes(), self.opts.token.as_bytes()) {
             let mut r = text(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
@@ -183,7 +189,10 @@ impl Server {
 
     fn session_of(&self, req: &Request<Incoming>) -> Result<Arc<HttpSession>, Response<Body>> {
         let Some(id) = header(req, "mcp-session-id") else {
-            return Err(text(StatusCode::BAD_REQUEST, "missing Mcp-Session-Id header"));
+            return Err(text(
+                StatusCode::BAD_REQUEST,
+                "missing Mcp-Session-Id header",
+            ));
         };
         lock(&self.sessions)
             .get(id)
@@ -198,10 +207,10 @@ impl Server {
         if req.uri().path() != "/mcp" {
             return text(StatusCode::NOT_FOUND, "the MCP endpoint is /mcp");
         }
-        if let Some(v) = header(&req, "mcp-protocol-version") {
-            if !jsonrpc::supported_versions().any(|s| s == v) {
-                return text(StatusCode::BAD_REQUEST, "unsupported MCP-Protocol-Version");
-            }
+        if let Some(v) = header(&req, "mcp-protocol-version")
+            && !jsonrpc::supported_versions().any(|s| s == v)
+        {
+            return text(StatusCode::BAD_REQUEST, "unsupported MCP-Protocol-Version");
         }
         match *req.method() {
             Method::POST => self.post(req).await,
@@ -245,7 +254,13 @@ impl Server {
         };
         let msg: Value = match serde_json::from_slice(&body) {
             Ok(v) => v,
-            Err(_) => return json_error(StatusCode::BAD_REQUEST, jsonrpc::PARSE_ERROR, "parse error: not JSON"),
+            Err(_) => {
+                return json_error(
+                    StatusCode::BAD_REQUEST,
+                    jsonrpc::PARSE_ERROR,
+                    "parse error: not JSON",
+                );
+            }
         };
         let is_init = jsonrpc::method(&msg) == "initialize";
         let (hs, new_id) = match (&existing, is_init) {
@@ -260,7 +275,12 @@ impl Server {
                 lock(&self.sessions).insert(id.clone(), hs.clone());
                 (hs, Some(id))
             }
-            (None, false) => return text(StatusCode::BAD_REQUEST, "missing Mcp-Session-Id header (initialize first)"),
+            (None, false) => {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    "missing Mcp-Session-Id header (initialize first)",
+                );
+            }
             (Some(id), _) => match lock(&self.sessions).get(id).cloned() {
                 Some(s) => (s, None),
                 None => return text(StatusCode::NOT_FOUND, "unknown or ended session"),
@@ -275,10 +295,10 @@ impl Server {
                 r
             }
         };
-        if let Some(id) = new_id {
-            if let Ok(v) = hyper::header::HeaderValue::from_str(&id) {
-                resp.headers_mut().insert("mcp-session-id", v);
-            }
+        if let Some(id) = new_id
+            && let Ok(v) = hyper::header::HeaderValue::from_str(&id)
+        {
+            resp.headers_mut().insert("mcp-session-id", v);
         }
         resp
     }
@@ -289,18 +309,26 @@ impl Server {
             Err(r) => return r,
         };
         if !header(&req, "accept").is_some_and(|a| a.contains("text/event-stream")) {
-            return text(StatusCode::NOT_ACCEPTABLE, "GET needs Accept: text/event-stream");
+            return text(
+                StatusCode::NOT_ACCEPTABLE,
+                "GET needs Accept: text/event-stream",
+            );
         }
         let Ok(guard) = hs.events.clone().try_lock_owned() else {
-            return text(StatusCode::CONFLICT, "this session already has a GET stream");
+            return text(
+                StatusCode::CONFLICT,
+                "this session already has a GET stream",
+            );
         };
         let mut r = Response::new(BodyExt::boxed(SseBody { guard }));
         r.headers_mut().insert(
             "content-type",
             hyper::header::HeaderValue::from_static("text/event-stream"),
         );
-        r.headers_mut()
-            .insert("cache-control", hyper::header::HeaderValue::from_static("no-cache"));
+        r.headers_mut().insert(
+            "cache-control",
+            hyper::header::HeaderValue::from_static("no-cache"),
+        );
         r
     }
 }

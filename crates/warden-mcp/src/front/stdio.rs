@@ -39,13 +39,21 @@ where
             continue;
         }
         if line.len() > MAX_MESSAGE {
-            let _ = tx.send(jsonrpc::error(Value::Null, jsonrpc::INVALID_REQUEST, "message too large"));
+            let _ = tx.send(jsonrpc::error(
+                Value::Null,
+                jsonrpc::INVALID_REQUEST,
+                "message too large",
+            ));
             continue;
         }
         let msg = match serde_json::from_slice::<Value>(text) {
             Ok(v) => v,
             Err(_) => {
-                let _ = tx.send(jsonrpc::error(Value::Null, jsonrpc::PARSE_ERROR, "parse error: not JSON"));
+                let _ = tx.send(jsonrpc::error(
+                    Value::Null,
+                    jsonrpc::PARSE_ERROR,
+                    "parse error: not JSON",
+                ));
                 continue;
             }
         };

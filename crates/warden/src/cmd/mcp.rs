@@ -256,8 +256,14 @@ fn servers_and_secrets(
                     );
                     continue;
                 }
-                let header = cred.header.clone().unwrap_or_else(|| "authorization".into());
-                let format = cred.format.clone().unwrap_or_else(|| "Bearer {secret}".into());
+                let header = cred
+                    .header
+                    .clone()
+                    .unwrap_or_else(|| "authorization".into());
+                let format = cred
+                    .format
+                    .clone()
+                    .unwrap_or_else(|| "Bearer {secret}".into());
                 let (pre, post) = format.split_once("{secret}").unwrap_or(("", ""));
                 let mut v = pre.as_bytes().to_vec();
                 v.extend_from_slice(value.expose());
@@ -319,7 +325,11 @@ fn pins(cmd: Pins, audit: Option<PathBuf>) -> anyhow::Result<ExitCode> {
             } else {
                 println!("{:<40} {:<8} {:<20} FIRST SEEN", "TOOL", "STATUS", "DIGEST");
                 for (k, p) in list {
-                    let status = if p.changed.is_some() { "changed" } else { "pinned" };
+                    let status = if p.changed.is_some() {
+                        "changed"
+                    } else {
+                        "pinned"
+                    };
                     let short: String = p.digest.chars().take(19).collect();
                     println!("{k:<40} {status:<8} {short:<20} {}", p.first_seen);
                 }
@@ -344,7 +354,11 @@ fn pins(cmd: Pins, audit: Option<PathBuf>) -> anyhow::Result<ExitCode> {
         },
         Pins::Reset { tool } => match store.reset(tool.as_deref()) {
             Ok(n) => {
-                record("pin_reset", tool.as_deref().unwrap_or("*"), &format!("{n} pin(s) removed"))?;
+                record(
+                    "pin_reset",
+                    tool.as_deref().unwrap_or("*"),
+                    &format!("{n} pin(s) removed"),
+                )?;
                 println!("{n} pin(s) removed");
                 Ok(ExitCode::SUCCESS)
             }
