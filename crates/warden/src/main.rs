@@ -31,6 +31,9 @@ enum Command {
     Mcp(cmd::mcp::Args),
     /// The control plane: API and web console.
     Server(cmd::server::Args),
+    /// Manage secrets (the local store; values are read from stdin, never argv).
+    #[command(subcommand)]
+    Secret(cmd::secret::Command),
 }
 
 /// Exit status for Warden's own failures (bad policy, sandbox setup failed).
@@ -48,6 +51,7 @@ fn main() -> ExitCode {
         Command::Proxy(args) => cmd::proxy::main(args),
         Command::Mcp(args) => cmd::mcp::main(args),
         Command::Server(args) => cmd::server::main(args),
+        Command::Secret(c) => cmd::secret::main(c),
     };
     match result {
         Ok(code) => code,

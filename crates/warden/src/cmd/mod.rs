@@ -5,4 +5,5 @@ pub mod mcp;
 pub mod policy;
 pub mod proxy;
 pub mod run;
+pub mod secret;
 pub mod server;
