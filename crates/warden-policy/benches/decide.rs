@@ -22,17 +22,25 @@ fn build(dir: &std::path::Path) -> Policy {
         let _ = writeln!(allow, "  \"{entry}\",");
     }
     let mut cedar = String::new();
-    // 60 rules about specific hosts, 10 general connect rules, 30 for other actions.
+    // 60 rules about specific hosts, 10 general connect rules (8 about the principal
+    // only, 2 reading the request's context, so every Connect evaluates Cedar), 30 for
+    // other actions.
     for i in 0..60 {
         let _ = writeln!(
             cedar,
             "permit (principal, action == Warden::Action::\"connect\", resource == Warden::Host::\"svc-{i}.internal\")\nwhen {{ context.port == 5432 && principal.labels has team }};"
         );
     }
-    for i in 0..10 {
+    for i in 0..8 {
         let _ = writeln!(
             cedar,
             "forbid (principal, action == Warden::Action::\"connect\", resource)\nwhen {{ principal.user == \"blocked-user-{i}\" }};"
+        );
+    }
+    for port in [25, 6667] {
+        let _ = writeln!(
+            cedar,
+            "forbid (principal, action == Warden::Action::\"connect\", resource)\nwhen {{ context.port == {port} && !(principal.labels has smtp) }};"
         );
     }
     for i in 0..10 {

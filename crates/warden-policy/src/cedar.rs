@@ -9,18 +9,21 @@
 //!
 //! Entity model:
 //! - principal `Warden::Session::"<id>"` { user, machine, agent: String, labels: Record }
-//! - `Warden::Host::"<name or ip>"` { name: String, is_ip: Bool }
-//! - `Warden::Path::"/abs"` { path: String, tilde: String (the path with home as `~`) }
-//! - `Warden::Credential::"<name>"`, `Warden::Tool::"<server>/<tool>"` (no attributes)
+//! - resources `Warden::Host::"<name or ip>"`, `Warden::Path::"/abs"`,
+//!   `Warden::Credential::"<name>"`, `Warden::Tool::"<server>/<tool>"`. Resources carry
+//!   no attributes (what is known about them is in the context), so the entity store is
+//!   the principal alone and is built once per principal, not per request.
 //!
 //! Context per action:
-//! - connect: port: Long, protocol: "tcp", ip: ipaddr (only for IP literals)
-//! - http: method, path (normalized), path_ok: Bool, path_depth: Long, scheme, port, ip?
-//! - mount: mode ("ro" | "rw"), root / root_tilde (host path of the workspace or mount
-//!   exposing the path, "" if none), root_kind ("workspace" | "mount" | "")
+//! - connect: host: String, port: Long, protocol: "tcp", ip: ipaddr (only for IP literals)
+//! - http: host, method, path (normalized), path_ok: Bool, path_depth: Long, scheme, port, ip?
+//! - mount: path, tilde (the path with home written `~`), mode ("ro" | "rw"), root /
+//!   root_tilde (host path of the workspace or mount exposing the path, "" if none),
+//!   root_kind ("workspace" | "mount" | "")
 //! - use_credential: host: String, ip?
 //! - call_tool: server, tool, args (the JSON arguments; null dropped, floats as strings)
 
+use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -164,6 +167,12 @@ struct Bucket {
 #[derive(Debug, Default)]
 pub(crate) struct UserCedar {
     buckets: [Bucket; 5],
+    /// Per action: policies whose outcome depends on the principal alone (no
+    /// `resource ==`/`in` scope, no `context`/`resource` in conditions). Evaluated once
+    /// per principal and action, then reused for every request of that session.
+    principal_only: [Option<PolicySet>; 5],
+    /// Distinguishes policies in the per-thread cache of principal-only outcomes.
+    instance: u64,
     pub rules: HashMap<PolicyId, UserRule>,
     /// (display name, text) of each file, for `to_cedar`.
     pub texts: Vec<(String, String)>,
@@ -235,6 +244,8 @@ impl UserCedar {
             }
             uc.texts.push((display, text));
         }
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        uc.instance = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         uc.partition(parsed);
         (uc, digest_input)
     }
@@ -242,7 +253,9 @@ impl UserCedar {
     fn partition(&mut self, policies: Vec<CedarPolicy>) {
         let mut general: [Vec<CedarPolicy>; 5] = Default::default();
         let mut specific: [HashMap<String, Vec<CedarPolicy>>; 5] = Default::default();
+        let mut by_principal: [Vec<CedarPolicy>; 5] = Default::default();
         for p in policies {
+            let p_only = principal_only(&p);
             let acts: Vec<usize> = match p.action_constraint() {
                 ActionConstraint::Any => (0..5).collect(),
                 ActionConstraint::Eq(a) => action_index(&a).into_iter().collect(),
@@ -259,11 +272,25 @@ impl UserCedar {
                                 .push(p.clone());
                         }
                     }
+                    ResourceConstraint::Any if p_only => by_principal[a].push(p.clone()),
+                    ResourceConstraint::Is(t)
+                        if p_only && t.to_string() == format!("Warden::{}", RESOURCE_TYPES[a]) =>
+                    {
+                        by_principal[a].push(p.clone())
+                    }
                     _ => general[a].push(p.clone()),
                 }
             }
         }
         for a in 0..5 {
+            let po = std::mem::take(&mut by_principal[a]);
+            if !po.is_empty() {
+                let mut set = PolicySet::new();
+                for p in po {
+                    let _ = set.add(p);
+                }
+                self.principal_only[a] = Some(set);
+            }
             let gen_list = std::mem::take(&mut general[a]);
             let make = |extra: &[CedarPolicy]| {
                 let mut set = PolicySet::new();
@@ -287,6 +314,28 @@ impl UserCedar {
     pub fn relevant(&self, act: Act, rid: &str) -> Option<&PolicySet> {
         let b = &self.buckets[act as usize];
         b.by_resource.get(rid).or(b.general.as_ref())
+    }
+}
+
+/// Does this policy's condition read only the principal? (Its EST names no variable
+/// but `principal`.) Unknown shapes count as "no", which only costs speed.
+fn principal_only(p: &CedarPolicy) -> bool {
+    fn vars_ok(v: &serde_json::Value) -> bool {
+        match v {
+            serde_json::Value::Object(m) => m.iter().all(|(k, v)| {
+                if k == "Var" {
+                    v.as_str() == Some("principal")
+                } else {
+                    vars_ok(v)
+                }
+            }),
+            serde_json::Value::Array(a) => a.iter().all(vars_ok),
+            _ => true,
+        }
+    }
+    match p.to_json() {
+        Ok(j) => j.get("conditions").is_some_and(vars_ok),
+        Err(_) => false,
     }
 }
 
@@ -391,7 +440,6 @@ impl CedarNames {
 pub(crate) struct CedarInput {
     pub act: Act,
     pub resource_id: String,
-    pub resource_attrs: Vec<(&'static str, Val)>,
     pub context: Vec<(&'static str, Val)>,
 }
 
@@ -448,12 +496,10 @@ fn json_expr(j: &serde_json::Value, depth: usize) -> Result<RestrictedExpression
     })
 }
 
-/// Build the Cedar request and entities for one request.
-pub(crate) fn build_request(
+fn principal_entities(
     names: &CedarNames,
     principal: &crate::Principal,
-    input: &CedarInput,
-) -> Result<(cedar_policy::Request, Entities), String> {
+) -> Result<(EntityUid, Entities), String> {
     let err = |e: &dyn std::fmt::Display| e.to_string();
     let p_uid =
         EntityUid::from_type_name_and_id(names.session.clone(), EntityId::new(&principal.session));
@@ -480,16 +526,102 @@ pub(crate) fn build_request(
         ("labels".to_owned(), labels),
     ]);
     let p_ent = Entity::new(p_uid.clone(), p_attrs, HashSet::new()).map_err(|e| err(&e))?;
+    let entities = Entities::from_entities([p_ent], None).map_err(|e| err(&e))?;
+    Ok((p_uid, entities))
+}
+
+/// Per-thread cache for the principal of the last decision: its entity store and the
+/// principal-only outcomes computed so far, keyed by (policy instance, action).
+struct PrincipalCache {
+    principal: crate::Principal,
+    uid: EntityUid,
+    entities: Entities,
+    outcomes: Vec<(u64, Act, CedarOutcome)>,
+}
+
+thread_local! {
+    // A session asks many questions as the same principal: building its entity store
+    // and evaluating principal-only policies is most of the cost of a Cedar
+    // evaluation, so each thread keeps the last principal. Thread-local: no lock on
+    // the decision path.
+    static PRINCIPAL: RefCell<Option<PrincipalCache>> = const { RefCell::new(None) };
+}
+
+/// Evaluate the user's Cedar policies for one request: the principal-only ones from
+/// the per-thread cache, the others (`set`) against a freshly built request.
+pub(crate) fn evaluate_user(
+    names: &CedarNames,
+    user: &UserCedar,
+    principal: &crate::Principal,
+    input: &CedarInput,
+    set: Option<&PolicySet>,
+) -> Result<CedarOutcome, String> {
+    let po_set = user.principal_only[input.act as usize].as_ref();
+    if po_set.is_none() && set.is_none() {
+        return Ok(CedarOutcome::default());
+    }
+    PRINCIPAL.with(|cell| {
+        let mut slot = cell
+            .try_borrow_mut()
+            .map_err(|_| "re-entrant Cedar evaluation".to_owned())?;
+        if slot.as_ref().is_none_or(|c| &c.principal != principal) {
+            let (uid, entities) = principal_entities(names, principal)?;
+            *slot = Some(PrincipalCache {
+                principal: principal.clone(),
+                uid,
+                entities,
+                outcomes: Vec::new(),
+            });
+        }
+        let Some(cache) = slot.as_mut() else {
+            return Err("no principal".to_owned());
+        };
+        let mut po = CedarOutcome::default();
+        if let Some(po_set) = po_set {
+            let key = (user.instance, input.act);
+            match cache.outcomes.iter().find(|(i, a, _)| (*i, *a) == key) {
+                Some((_, _, o)) => po = o.clone(),
+                None => {
+                    // Any request of this action will do: these policies never look at it.
+                    let probe = CedarInput {
+                        act: input.act,
+                        resource_id: String::new(),
+                        context: Vec::new(),
+                    };
+                    let req = build_request(names, &cache.uid, &probe)?;
+                    po = evaluate(user, po_set, &req, &cache.entities);
+                    if cache.outcomes.len() > 64 {
+                        cache.outcomes.clear();
+                    }
+                    cache.outcomes.push((key.0, key.1, po.clone()));
+                }
+            }
+        }
+        let rest = match set {
+            Some(set) => {
+                let req = build_request(names, &cache.uid, input)?;
+                evaluate(user, set, &req, &cache.entities)
+            }
+            None => CedarOutcome::default(),
+        };
+        Ok(CedarOutcome {
+            forbid: po.forbid.clone().or(rest.forbid),
+            permit: po.permit.or(rest.permit),
+        })
+    })
+}
+
+/// The Cedar request (principal, action, resource, context) for one request.
+pub(crate) fn build_request(
+    names: &CedarNames,
+    p_uid: &EntityUid,
+    input: &CedarInput,
+) -> Result<cedar_policy::Request, String> {
+    let err = |e: &dyn std::fmt::Display| e.to_string();
     let r_uid = EntityUid::from_type_name_and_id(
         names.resource_type(input.act).clone(),
         EntityId::new(&input.resource_id),
     );
-    let r_attrs = input
-        .resource_attrs
-        .iter()
-        .map(|(k, v)| Ok(((*k).to_owned(), to_expr(v)?)))
-        .collect::<Result<HashMap<_, _>, String>>()?;
-    let r_ent = Entity::new(r_uid.clone(), r_attrs, HashSet::new()).map_err(|e| err(&e))?;
     let ctx = Context::from_pairs(
         input
             .context
@@ -503,13 +635,21 @@ pub(crate) fn build_request(
         .get(input.act as usize)
         .cloned()
         .ok_or_else(|| "unknown action".to_owned())?;
-    let req = cedar_policy::Request::new(p_uid, action, r_uid, ctx, None).map_err(|e| err(&e))?;
-    let entities = Entities::from_entities([p_ent, r_ent], None).map_err(|e| err(&e))?;
-    Ok((req, entities))
+    cedar_policy::Request::new(p_uid.clone(), action, r_uid, ctx, None).map_err(|e| err(&e))
+}
+
+/// Request and entity store, owned (for callers outside the decision path).
+pub(crate) fn build_owned(
+    names: &CedarNames,
+    principal: &crate::Principal,
+    input: &CedarInput,
+) -> Result<(cedar_policy::Request, Entities), String> {
+    let (uid, ents) = principal_entities(names, principal)?;
+    Ok((build_request(names, &uid, input)?, ents))
 }
 
 /// What the user's Cedar policies said about one request.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub(crate) struct CedarOutcome {
     pub forbid: Option<(PolicyId, bool)>,
     pub permit: Option<PolicyId>,
@@ -707,7 +847,7 @@ fn http_rule_cond(r: &crate::doc::HttpRule) -> String {
         Some(format!("({})", list.join(" || ")))
     };
     and(&[
-        Some(format!("({})", host_cond(&r.host.kind, "resource.name"))),
+        Some(format!("({})", host_cond(&r.host.kind, "context.host"))),
         methods,
         paths,
     ])
@@ -718,14 +858,14 @@ fn http_rule_cond(r: &crate::doc::HttpRule) -> String {
 fn fs_pattern_conds(pat: &str) -> (String, String) {
     if pat == "~" {
         return (
-            "(resource.tilde == \"~\" || resource.tilde like \"~/*\")".into(),
+            "(context.tilde == \"~\" || context.tilde like \"~/*\")".into(),
             "context.root_tilde like \"~/*\"".into(),
         );
     }
     let (subject, root) = if pat.starts_with('~') {
-        ("resource.tilde", "context.root_tilde")
+        ("context.tilde", "context.root_tilde")
     } else {
-        ("resource.path", "context.root")
+        ("context.path", "context.root")
     };
     let pat = pat.trim_end_matches('/');
     let is_glob = pat.contains(['*', '?', '[']);
@@ -779,7 +919,7 @@ pub(crate) fn compile(doc: &PolicyDoc, origin: &str, id: &str) -> String {
                 if effect == "forbid" { "deny" } else { "allow" },
                 e.written.replace('\n', " "),
                 rule_ann(origin, e.line),
-                and(&[Some(host_cond(&e.pattern.kind, "resource.name")), ports])
+                and(&[Some(host_cond(&e.pattern.kind, "context.host")), ports])
             );
         }
     };
@@ -789,7 +929,7 @@ pub(crate) fn compile(doc: &PolicyDoc, origin: &str, id: &str) -> String {
     for r in &net.http {
         let ann = rule_ann(origin, r.line);
         let hp = and(&[
-            Some(host_cond(&r.host.kind, "resource.name")),
+            Some(host_cond(&r.host.kind, "context.host")),
             port_cond(r.host.ports),
         ]);
         let _ = writeln!(
@@ -806,7 +946,7 @@ pub(crate) fn compile(doc: &PolicyDoc, origin: &str, id: &str) -> String {
         let _ = writeln!(
             o,
             "{ann}forbid (principal, action == Warden::Action::\"http\", resource is Warden::Host)\nwhen {{ {} }}\nunless {{ context.path_ok && ({}) }};\n",
-            host_cond(&r.host.kind, "resource.name"),
+            host_cond(&r.host.kind, "context.host"),
             all_rules.join(" || ")
         );
     }

@@ -304,12 +304,17 @@ impl Policy {
 
     fn finish(&self, principal: &Principal, v: Verdict, input: CedarInput) -> Decision {
         let mut outcome = cedar::CedarOutcome::default();
-        if let Some(set) = self.user.relevant(input.act, &input.resource_id) {
+        // A TOML deny already decides (forbid wins): Cedar cannot change the answer.
+        let relevant = match v.forbid {
+            Some(_) => None,
+            None => self.user.relevant(input.act, &input.resource_id),
+        };
+        if v.forbid.is_none() && !self.user.rules.is_empty() {
             let Some(names) = &self.names else {
                 return Decision::deny_default("Cedar is unavailable; failing closed");
             };
-            match cedar::build_request(names, principal, &input) {
-                Ok((req, ents)) => outcome = cedar::evaluate(&self.user, set, &req, &ents),
+            match cedar::evaluate_user(names, &self.user, principal, &input, relevant) {
+                Ok(o) => outcome = o,
                 Err(e) => {
                     return Decision::deny_default(format!(
                         "cannot evaluate the Cedar rules for this request ({e}); failing closed"
@@ -378,7 +383,7 @@ impl Policy {
     ) -> Result<(cedar_policy::Request, cedar_policy::Entities), String> {
         let (_, input) = self.native(request).map_err(|d| d.reason)?;
         let names = self.names.as_ref().ok_or("Cedar is unavailable")?;
-        cedar::build_request(names, principal, &input)
+        cedar::build_owned(names, principal, &input)
     }
 
     fn native(&self, request: &Request<'_>) -> Result<(Verdict, CedarInput), Decision> {
@@ -401,17 +406,13 @@ impl Policy {
         host: &RequestHost,
         mut context: Vec<(&'static str, Val)>,
     ) -> CedarInput {
-        let is_ip = matches!(host, RequestHost::Ip(_));
         if let RequestHost::Ip(ip) = host {
             context.push(("ip", Val::Ip(ip.to_string())));
         }
         let name = host.to_string();
+        context.push(("host", Val::Str(name.clone())));
         CedarInput {
             act,
-            resource_attrs: vec![
-                ("name", Val::Str(name.clone())),
-                ("is_ip", Val::Bool(is_ip)),
-            ],
             resource_id: name,
             context,
         }
@@ -630,12 +631,10 @@ impl Policy {
         let ps = p.to_string_lossy().into_owned();
         let input = CedarInput {
             act: Act::Mount,
-            resource_attrs: vec![
-                ("path", Val::Str(ps.clone())),
-                ("tilde", Val::Str(fs::tilde_form(&p, &home))),
-            ],
-            resource_id: ps,
+            resource_id: ps.clone(),
             context: vec![
+                ("path", Val::Str(ps)),
+                ("tilde", Val::Str(fs::tilde_form(&p, &home))),
                 ("mode", Val::Str(if write { "rw" } else { "ro" }.into())),
                 ("root", Val::Str(root_s)),
                 ("root_tilde", Val::Str(root_tilde)),
@@ -655,7 +654,6 @@ impl Policy {
         let input = CedarInput {
             act: Act::CallTool,
             resource_id: format!("{server}/{tool}"),
-            resource_attrs: Vec::new(),
             context: vec![
                 ("server", Val::Str(server.into())),
                 ("tool", Val::Str(tool.into())),
@@ -714,7 +712,6 @@ impl Policy {
         let input = CedarInput {
             act: Act::UseCredential,
             resource_id: name.to_owned(),
-            resource_attrs: Vec::new(),
             context,
         };
         let Some(c) = self.doc.credentials.iter().find(|c| c.name == name) else {

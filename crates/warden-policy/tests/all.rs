@@ -85,7 +85,12 @@ mod hosts {
 
     fn label() -> impl Strategy<Value = String> {
         "[a-z0-9]([a-z0-9-]{0,10}[a-z0-9])?".prop_filter("not numeric", |l| {
-            !l.chars().all(|c| c.is_ascii_digit()) && !l.starts_with("xn--")
+            // Numeric labels (decimal or 0x-hex) are rejected by design: resolvers read
+            // them as IPv4 addresses.
+            let hex = l
+                .strip_prefix("0x")
+                .is_some_and(|h| h.chars().all(|c| c.is_ascii_hexdigit()));
+            !l.chars().all(|c| c.is_ascii_digit()) && !hex && !l.starts_with("xn--")
         })
     }
 
@@ -930,7 +935,7 @@ url = "https://mcp.example.com/mcp"
         std::fs::create_dir(dir.path().join("rules")).unwrap();
         std::fs::write(
             dir.path().join("rules/a.cedar"),
-            "// infra may reach the db\npermit (principal, action == Warden::Action::\"connect\", resource == Warden::Host::\"db.internal\")\nwhen { principal.labels.team == \"infra\" && context.port == 5432 };\n\nforbid (principal, action, resource == Warden::Host::\"api.anthropic.com\")\nwhen { principal.agent == \"evil\" };\n\nforbid (principal, action == Warden::Action::\"call_tool\", resource)\nwhen { context.args has owner && context.args.owner == \"secret-org\" };\n",
+            "// infra may reach the db\npermit (principal, action == Warden::Action::\"connect\", resource == Warden::Host::\"db.internal\")\nwhen { principal.labels.team == \"infra\" && context.port == 5432 };\n\nforbid (principal, action, resource == Warden::Host::\"api.anthropic.com\")\nwhen { principal.agent == \"evil\" };\n\nforbid (principal, action == Warden::Action::\"call_tool\", resource)\nwhen { context.args has owner && context.args.owner == \"secret-org\" };\n\nforbid (principal, action == Warden::Action::\"connect\", resource is Warden::Host)\nwhen { principal.user == \"mallory\" };\n",
         )
         .unwrap();
         let src = "version = 1\n[network]\nallow = [\"api.anthropic.com\"]\n[[mcp.servers]]\nname = \"github\"\nurl = \"https://x.example/mcp\"\n[cedar]\nfiles = [\"rules/*.cedar\"]\n";
@@ -996,6 +1001,30 @@ url = "https://mcp.example.com/mcp"
             )
             .allow
         );
+        // Principal-only rules are cached per principal: alternate principals.
+        let mut mallory = principal();
+        mallory.user = "mallory".into();
+        for _ in 0..3 {
+            let d = p.decide(
+                &mallory,
+                &Request::Connect {
+                    host: "api.anthropic.com",
+                    port: 443,
+                },
+            );
+            assert!(!d.allow);
+            assert_eq!(d.rule.to_string(), "rules/a.cedar:11");
+            assert!(
+                p.decide(
+                    &who,
+                    &Request::Connect {
+                        host: "api.anthropic.com",
+                        port: 443
+                    }
+                )
+                .allow
+            );
+        }
         // The id covers the cedar files.
         let before = p.id().to_owned();
         std::fs::write(
