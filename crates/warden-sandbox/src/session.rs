@@ -105,6 +105,11 @@ fn validate(spec: &SandboxSpec) -> Result<(), SandboxError> {
             )));
         }
     }
+    if spec.home.parent().is_none() {
+        return Err(SandboxError::InvalidSpec(
+            "the session's home cannot be `/`".into(),
+        ));
+    }
     if spec.hostname.is_empty() || spec.hostname.len() > 64 {
         return Err(SandboxError::InvalidSpec(
             "hostname must be 1 to 64 bytes".into(),

@@ -2,6 +2,8 @@
 //! boundary"): each test runs a real session and tries to get out; the attempt must fail,
 //! and where the policy decided something, the audit log must say so.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
+
 mod run_common;
 
 use run_common::*;
@@ -90,6 +92,29 @@ fn deny_pattern_hides_a_directory_and_a_home_path_inside_a_mount() {
         !out.contains("SSH-KEY") && !out.contains("id_rsa\n"),
         "{}",
         text(&o)
+    );
+}
+
+#[test]
+fn a_mount_the_policy_denies_is_not_mounted_and_is_recorded() {
+    let env = Env::new(&format!(
+        "{BASE}\n[[filesystem.mounts]]\nhost = \"~/.ssh\"\npath = \"/keys\"\nmode = \"ro\"\n"
+    ));
+    std::fs::create_dir_all(env.home.join(".ssh")).unwrap();
+    std::fs::write(env.home.join(".ssh/id_rsa"), "SSH-KEY").unwrap();
+    let o = env.sh("cat /keys/id_rsa 2>&1; ls -A /keys 2>&1; exit 0");
+    assert!(!stdout(&o).contains("SSH-KEY"), "{}", text(&o));
+    let ev = env.audit_events();
+    let ssh = env.home.join(".ssh").display().to_string();
+    assert!(
+        ev.iter().any(|e| e["surface"] == "filesystem"
+            && e["action"] == "mount"
+            && e["target"] == ssh.as_str()
+            && e["decision"] == "deny"
+            && e["rule"]
+                .as_str()
+                .is_some_and(|r| r.contains("policy.toml"))),
+        "no deny decision for {ssh}: {ev:#?}"
     );
 }
 

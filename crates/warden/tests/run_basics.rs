@@ -1,6 +1,8 @@
 //! `warden run` behaving normally: exit codes, pipes, the terminal, the environment, real
 //! programs in the workspace, workspace modes, and Warden's own failures (SPEC §3).
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
+
 mod run_common;
 
 use run_common::*;

@@ -65,11 +65,13 @@ fn session_id() -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
+/// The host's home (`$HOME`); the session gets an empty tmpfs at the same path. When
+/// `$HOME` is unset, relative or `/`, the session's home is `/home/<uid>` instead.
 fn home_dir() -> PathBuf {
     std::env::var_os("HOME")
-        .filter(|h| !h.is_empty() && Path::new(h).is_absolute())
+        .filter(|h| Path::new(h).is_absolute() && Path::new(h) != Path::new("/"))
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/"))
+        .unwrap_or_else(|| PathBuf::from(format!("/home/{}", rustix::process::getuid().as_raw())))
 }
 
 fn is_glob(p: &str) -> bool {
@@ -319,8 +321,12 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
     }
 
     // The start is on disk before the command can run.
+    // One fsync covers them all: the log commits in order, and the start below waits.
     for ev in events {
-        log.record(&stamp, ev).context("audit")?.wait().ok();
+        drop(
+            log.record(&stamp, ev)
+                .context("recording a filesystem decision")?,
+        );
     }
     log.record_durable(
         &stamp,
