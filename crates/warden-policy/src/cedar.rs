@@ -137,10 +137,10 @@ fn split_policies(src: &str) -> Vec<(usize, usize)> {
             i += 1;
             continue;
         }
-        if c == b';' {
-            if let Some(s) = start.take() {
-                out.push((s, i + 1));
-            }
+        if c == b';'
+            && let Some(s) = start.take()
+        {
+            out.push((s, i + 1));
         }
         i += 1;
     }

@@ -452,12 +452,15 @@ impl Policy {
                 ),
             ));
         }
-        v.otherwise = match &h {
-            RequestHost::Ip(_) => format!(
-                "{target} matches no IP or CIDR entry in network.allow (name entries never allow IP literals)"
-            ),
-            RequestHost::Name(_) => format!("{target} matches no network.allow entry"),
-        };
+        // Only needed when nothing native matched: spare the allocation otherwise.
+        if v.permit.is_none() && v.forbid.is_none() {
+            v.otherwise = match &h {
+                RequestHost::Ip(_) => format!(
+                    "{target} matches no IP or CIDR entry in network.allow (name entries never allow IP literals)"
+                ),
+                RequestHost::Name(_) => format!("{target} matches no network.allow entry"),
+            };
+        }
         let input = Self::host_input(
             Act::Connect,
             &h,

@@ -253,3 +253,52 @@ pub(crate) fn star_matches(glob: &str, s: &str) -> bool {
     }
     go(glob.as_bytes(), s.as_bytes())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn http_paths_normalize() {
+        let n = |s| normalize_http_path(s);
+        assert_eq!(n("/a/./b/../c").as_deref(), Some("/a/c"));
+        assert_eq!(n("/a/%2e%2e/b").as_deref(), Some("/b"));
+        assert_eq!(n("//a///b/").as_deref(), Some("/a/b/"));
+        assert_eq!(n("/../../etc").as_deref(), Some("/etc"));
+        assert_eq!(n("/%41bc").as_deref(), Some("/Abc"));
+        assert_eq!(n("/a%2Fb"), None);
+        assert_eq!(n("/a%5cb"), None);
+        assert_eq!(n("/a\\b"), None);
+        assert_eq!(n("/a%00"), None);
+        assert_eq!(n("/a%ff"), None);
+        assert_eq!(n("/a%zz"), None);
+    }
+
+    #[test]
+    fn path_globs() {
+        assert!(path_glob_matches("/repos/acme/**", "/repos/acme"));
+        assert!(path_glob_matches("/repos/acme/**", "/repos/acme/x/y"));
+        assert!(!path_glob_matches("/repos/acme/**", "/repos/acmex"));
+        assert!(path_glob_matches("/users/*", "/users/octocat"));
+        assert!(!path_glob_matches("/users/*", "/users/octocat/repos"));
+        assert!(path_glob_matches("/a/**/b", "/a/b"));
+        assert!(path_glob_matches("/a/**/b", "/a/x/y/b"));
+        assert!(path_glob_matches("/v1/*/items", "/v1/x/items"));
+        assert!(!path_glob_matches("/v1/*/items", "/v1/x/y/items"));
+        assert!(star_matches("get_*", "get_issue"));
+        assert!(!star_matches("get_*", "list_issue"));
+    }
+
+    #[test]
+    fn urls() {
+        let u = parse_url("HTTPS://user:pw@Api.GitHub.com./x/../y?q=1#f").unwrap();
+        assert_eq!(u.host, RequestHost::Name("api.github.com".into()));
+        assert_eq!((u.port, u.path.as_str(), u.scheme), (443, "/y", "https"));
+        let u = parse_url("http://[::ffff:10.0.0.1]:8080").unwrap();
+        assert_eq!(u.host, RequestHost::Ip("10.0.0.1".parse().unwrap()));
+        assert_eq!((u.port, u.path.as_str()), (8080, "/"));
+        assert!(parse_url("ftp://x.example/").is_err());
+        assert!(parse_url("https://a b/").is_err());
+        assert!(parse_url("https://x.example:99999/").is_err());
+    }
+}

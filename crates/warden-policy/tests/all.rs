@@ -1,5 +1,8 @@
 //! Integration tests for warden-policy, as one binary.
 
+// Test helpers outside #[test] fns are test code too.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::path::Path;
 
 use warden_policy::*;
