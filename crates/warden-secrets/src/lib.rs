@@ -11,6 +11,8 @@
 //! - [`source`]: loading a value from `env:`, `file:`, `command:` or `vault:`.
 //! - [`store`]: the local secret store under `WARDEN_HOME/secrets/`.
 //! - [`placeholder`]: the random, same-shaped stand-in the session sees.
+//! - [`patterns`]: well-known token formats (AWS, GitHub, Anthropic, OpenAI, Slack, PEM
+//!   private keys), recognised without knowing a value.
 //! - [`scan`]: finding and rewriting real values and placeholders, in every encoding,
 //!   in one pass and in bounded-memory streams.
 //! - [`presets`]: the provider variables the `balanced` preset binds.
@@ -34,6 +36,7 @@
 //! let s = format!("{secret}");
 //! ```
 
+pub mod patterns;
 pub mod placeholder;
 pub mod presets;
 pub mod scan;
