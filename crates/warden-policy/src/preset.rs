@@ -128,8 +128,11 @@ deny = [                      # never visible, even inside the workspace
   "**/*.key",
 ]
 
-[limits]
-pids = 4096                   # at most this many processes and threads
+# No [limits]: they need cgroups (root, or a delegated cgroup for other users), and
+# the default policy must work for everyone. Add them in your own policy, e.g.
+# [limits]
+# pids = 4096
+# memory = "8GiB"
 "#;
 
 const LOCKED: &str = r#"# Warden policy: the "locked" preset.
