@@ -1,0 +1,772 @@
+//! The policy path every front end shares: decide, resolve once, check every
+//! address, dial a checked address, and record it all.
+//!
+//! Audit records (see the crate docs for the full list):
+//! - a **deny** is recorded durably (`record_durable`) before the client learns of
+//!   it: the 403, the NXDOMAIN, the reset all come after the fsync;
+//! - an **allowed connection** gives two events sharing a `conn` id: `connect` at
+//!   decision time (name, addresses, the dialled address, rule) and `close` when it
+//!   ends (bytes each way, duration, error). Both go through the log's group commit
+//!   (on disk within ~100 ms) rather than an fsync per connection, so the proxy adds
+//!   no disk latency to allowed traffic, and a crash mid-connection still leaves the
+//!   decision on disk.
+
+use crate::EgressError;
+use crate::dns::SyntheticPool;
+use crate::io::Counters;
+use crate::resolve::Resolve;
+use crate::sni::Hello;
+use crate::target::{Target, printable};
+use arc_swap::ArcSwap;
+use serde_json::Value;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use tokio::net::TcpStream;
+use warden_audit::{AuditLog, Event, Stamp, Surface, Verdict};
+use warden_policy::host::{PortSpec, RequestHost, canonical_host};
+use warden_policy::{Mode, Policy, Principal, Request};
+
+/// Which front end saw the traffic; recorded as the event's `via` field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Front {
+    /// The explicit proxy (HTTP_PROXY / CONNECT).
+    Proxy,
+    /// The TUN device (transparent capture).
+    Tun,
+    /// The DNS front end.
+    Dns,
+}
+
+impl Front {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Front::Proxy => "proxy",
+            Front::Tun => "tun",
+            Front::Dns => "dns",
+        }
+    }
+}
+
+/// Who asked, through which front end.
+#[derive(Debug, Clone, Copy)]
+pub struct Ctx {
+    pub front: Front,
+    pub client: Option<SocketAddr>,
+}
+
+/// Identity fields of every event this egress records; the policy id is added from
+/// the policy in force at each decision.
+#[derive(Debug, Clone, Default)]
+pub struct Identity {
+    pub session: String,
+    pub machine: String,
+    pub user: String,
+}
+
+/// How an [`Egress`] is set up.
+pub struct EgressConfig {
+    pub identity: Identity,
+    /// The principal decisions are made for.
+    pub principal: Principal,
+    /// Where the policy came from, named in refusal messages ("add ... in FILE").
+    pub policy_source: String,
+    pub audit: AuditLog,
+    pub resolver: Arc<dyn Resolve>,
+    /// Give up dialing one address after this long.
+    pub connect_timeout: Duration,
+}
+
+/// The policy in force, with the stamp its events carry.
+struct Loaded {
+    policy: Policy,
+    stamp: Stamp,
+    source: String,
+}
+
+pub(crate) struct Inner {
+    state: ArcSwap<Loaded>,
+    audit: AuditLog,
+    resolver: Arc<dyn Resolve>,
+    principal: Principal,
+    identity: Identity,
+    connect_timeout: Duration,
+    pub(crate) pool: SyntheticPool,
+    limiter: RateLimit,
+}
+
+/// The policy-enforcing core shared by all front ends. Cheap to clone.
+///
+/// The policy sits behind an [`ArcSwap`]: a decision loads it without a lock, and
+/// [`Egress::reload`] swaps it for new connections while connections already open
+/// keep the decision they were made under.
+#[derive(Clone)]
+pub struct Egress {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Egress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Egress")
+            .field("policy", &self.inner.state.load().stamp.policy)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the policy said, flattened for events and messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ruling {
+    pub allow: bool,
+    pub rule: String,
+    pub reason: String,
+}
+
+impl Ruling {
+    fn from_decision(d: warden_policy::Decision) -> Ruling {
+        Ruling {
+            allow: d.allow,
+            rule: d.rule.to_string(),
+            reason: d.reason,
+        }
+    }
+
+    fn proxy(reason: &str) -> Ruling {
+        Ruling {
+            allow: false,
+            rule: "proxy".into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Why a connection or request was refused: an HTTP status for the explicit proxy
+/// and a message for the client (never a secret, never internal detail beyond the
+/// rule that decided).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub status: u16,
+    pub message: String,
+}
+
+impl Refusal {
+    fn internal(what: &str) -> Refusal {
+        Refusal {
+            status: 502,
+            message: format!("warden: {what}\n"),
+        }
+    }
+}
+
+/// An allowed, dialled upstream connection and its audit guard.
+#[derive(Debug)]
+pub struct Upstream {
+    pub stream: TcpStream,
+    pub guard: ConnGuard,
+}
+
+/// Records the `close` event of an allowed connection when dropped: bytes each way
+/// (from the shared [`Counters`]), duration and any error noted with
+/// [`ConnGuard::fail`].
+#[derive(Debug)]
+pub struct ConnGuard {
+    egress: Egress,
+    pub conn: String,
+    pub target: Target,
+    pub address: SocketAddr,
+    pub ruling: Ruling,
+    pub enforced: bool,
+    pub counters: Arc<Counters>,
+    stamp: Stamp,
+    ctx: Ctx,
+    started: Instant,
+    error: Option<String>,
+}
+
+impl ConnGuard {
+    /// Note why the connection ended abnormally (recorded in the close event).
+    pub fn fail(&mut self, why: impl Into<String>) {
+        self.error = Some(why.into());
+    }
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        let (up, down) = self.counters.get();
+        let verdict = if self.ruling.allow {
+            Verdict::Allow
+        } else {
+            Verdict::Deny
+        };
+        let mut ev = Event::new(
+            Surface::Network,
+            "close",
+            &self.target.to_string(),
+            verdict,
+        )
+        .rule(&self.ruling.rule)
+        .reason(&self.ruling.reason)
+        .enforced(self.enforced)
+        .field("conn", self.conn.as_str())
+        .field("address", self.address.to_string())
+        .field("bytes_up", up)
+        .field("bytes_down", down)
+        .field(
+            "duration_ms",
+            u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        );
+        ev = with_ctx(ev, &self.target, &self.ctx);
+        if let Some(e) = &self.error {
+            ev = ev.field("error", e.as_str());
+        }
+        if let Err(e) = self.egress.inner.audit.record(&self.stamp, ev) {
+            tracing::error!("could not record the end of connection {}: {e}", self.conn);
+        }
+    }
+}
+
+fn with_ctx(ev: Event, target: &Target, ctx: &Ctx) -> Event {
+    let mut ev = ev
+        .field("via", ctx.front.as_str())
+        .field("host", target.host_str())
+        .field("port", target.port);
+    if let Some(c) = ctx.client {
+        ev = ev.field("client", c.to_string());
+    }
+    ev
+}
+
+impl Egress {
+    /// An egress enforcing `policy`.
+    pub fn new(policy: Policy, config: EgressConfig) -> Egress {
+        let loaded = load(policy, &config.identity, config.policy_source);
+        Egress {
+            inner: Arc::new(Inner {
+                state: ArcSwap::from_pointee(loaded),
+                audit: config.audit,
+                resolver: config.resolver,
+                principal: config.principal,
+                identity: config.identity,
+                connect_timeout: config.connect_timeout,
+                pool: SyntheticPool::default(),
+                limiter: RateLimit::default(),
+            }),
+        }
+    }
+
+    /// Make `policy` the one new decisions follow. Connections already open keep
+    /// going under the decision they were made with. Records a `session`-surface
+    /// `policy_reload` event.
+    pub fn reload(&self, policy: Policy, source: String) {
+        let loaded = load(policy, &self.inner.identity, source);
+        let ev = Event::new(
+            Surface::Session,
+            "policy_reload",
+            &loaded.source,
+            Verdict::Allow,
+        )
+        .reason("policy file changed");
+        let stamp = loaded.stamp.clone();
+        self.inner.state.store(Arc::new(loaded));
+        if let Err(e) = self.inner.audit.record(&stamp, ev) {
+            tracing::error!("could not record the policy reload: {e}");
+        }
+    }
+
+    /// `name@digest` of the policy in force.
+    pub fn policy_id(&self) -> String {
+        self.inner.state.load().stamp.policy.clone()
+    }
+
+    /// The audit log events go to.
+    pub fn audit(&self) -> &AuditLog {
+        &self.inner.audit
+    }
+
+    fn connect_ruling(&self, l: &Loaded, host: &str, port: u16) -> Ruling {
+        Ruling::from_decision(
+            l.policy
+                .decide(&self.inner.principal, &Request::Connect { host, port }),
+        )
+    }
+
+    /// Record a deny. Enforcing: durably, then `Err` with the client's refusal.
+    /// Audit mode: recorded with `enforced: false`, then `Ok` (go on).
+    async fn deny(
+        &self,
+        l: &Loaded,
+        action: &str,
+        target_text: &str,
+        ruling: &Ruling,
+        help: &str,
+        fields: Vec<(&'static str, Value)>,
+    ) -> Result<(), Refusal> {
+        let enforce = l.policy.mode() == Mode::Enforce;
+        let mut ev = Event::new(Surface::Network, action, target_text, Verdict::Deny)
+            .rule(&ruling.rule)
+            .reason(&ruling.reason)
+            .enforced(enforce);
+        for (k, v) in fields {
+            ev = ev.field(k, v);
+        }
+        if enforce {
+            self.record_durable(&l.stamp, ev).await?;
+            let rule = if ruling.rule.is_empty() {
+                "proxy"
+            } else {
+                &ruling.rule
+            };
+            Err(Refusal {
+                status: 403,
+                message: format!(
+                    "warden: {action} {target_text} denied by {rule}: {}\n{help}\n",
+                    ruling.reason
+                ),
+            })
+        } else {
+            self.record(&l.stamp, ev)?;
+            Ok(())
+        }
+    }
+
+    /// Record an event durably. A failure refuses the connection (fail closed).
+    async fn record_durable(&self, stamp: &Stamp, ev: Event) -> Result<(), Refusal> {
+        let log = self.inner.audit.clone();
+        let stamp = stamp.clone();
+        match tokio::task::spawn_blocking(move || log.record_durable(&stamp, ev)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => {
+                tracing::error!("audit log failed; refusing: {e}");
+                Err(Refusal::internal("the audit log is failing; refusing"))
+            }
+            Err(e) => {
+                tracing::error!("audit task failed; refusing: {e}");
+                Err(Refusal::internal("the audit log is failing; refusing"))
+            }
+        }
+    }
+
+    fn record(&self, stamp: &Stamp, ev: Event) -> Result<(), Refusal> {
+        match self.inner.audit.record(stamp, ev) {
+            Ok(_ticket) => Ok(()),
+            Err(e) => {
+                tracing::error!("audit log failed; refusing: {e}");
+                Err(Refusal::internal("the audit log is failing; refusing"))
+            }
+        }
+    }
+
+    fn help_allow(l: &Loaded, ruling: &Ruling, entry: &str) -> String {
+        if ruling.rule == "default deny" || ruling.rule.is_empty() {
+            format!(
+                "to allow it, add \"{entry}\" to [network] allow in {}",
+                l.source
+            )
+        } else {
+            format!("see the rule at {} ({})", ruling.rule, l.source)
+        }
+    }
+
+    /// The decision path for a connection to `target`: policy, resolve once, check
+    /// every address, dial one of the checked addresses. A refusal has been recorded
+    /// (durably when enforced) by the time this returns.
+    pub async fn open(&self, target: &Target, ctx: Ctx) -> Result<Upstream, Refusal> {
+        let l = self.inner.state.load_full();
+        let text = target.to_string();
+        let ruling = self.connect_ruling(&l, &target.host_str(), target.port);
+        let enforced = l.policy.mode() == Mode::Enforce;
+        if !ruling.allow {
+            let help = Self::help_allow(&l, &ruling, &text);
+            let fields = ctx_fields(target, &ctx);
+            self.deny(&l, "connect", &text, &ruling, &help, fields)
+                .await?;
+        }
+        let conn = warden_audit::new_id();
+
+        // Resolve once; every address is checked; only checked addresses are dialled.
+        let addrs = match &target.host {
+            RequestHost::Ip(ip) => vec![*ip],
+            RequestHost::Name(name) => {
+                match self.inner.resolver.resolve(name, target.port).await {
+                    Ok(a) if !a.is_empty() => a,
+                    Ok(_) | Err(_) => {
+                        let ev = with_ctx(
+                            Event::new(Surface::Network, "connect", &text, verdict(&ruling))
+                                .rule(&ruling.rule)
+                                .reason(&ruling.reason)
+                                .enforced(enforced)
+                                .field("conn", conn.as_str())
+                                .field("error", "name does not resolve"),
+                            target,
+                            &ctx,
+                        );
+                        self.record(&l.stamp, ev)?;
+                        return Err(Refusal {
+                            status: 502,
+                            message: format!("warden: {} does not resolve\n", printable(name)),
+                        });
+                    }
+                }
+            }
+        };
+        let addrs: Vec<IpAddr> = addrs.into_iter().map(|ip| ip.to_canonical()).collect();
+        let addr_list: Vec<Value> = addrs.iter().map(|a| Value::from(a.to_string())).collect();
+        for ip in &addrs {
+            if let Some(d) = l.policy.check_address(*ip, target.port) {
+                let r = Ruling::from_decision(d);
+                if r.allow {
+                    continue;
+                }
+                let entry = Target::ip(*ip, target.port).to_string();
+                let help = format!(
+                    "{} resolves to {ip}; to allow that address, add \"{entry}\" (or its CIDR) to [network] allow in {}",
+                    text, l.source
+                );
+                let mut fields = ctx_fields(target, &ctx);
+                fields.push(("address", Value::from(ip.to_string())));
+                fields.push(("addresses", Value::from(addr_list.clone())));
+                self.deny(&l, "connect", &text, &r, &help, fields).await?;
+            }
+        }
+
+        let mut last_err = None;
+        let mut dialled = None;
+        for ip in &addrs {
+            let sa = SocketAddr::new(*ip, target.port);
+            match tokio::time::timeout(self.inner.connect_timeout, TcpStream::connect(sa)).await {
+                Ok(Ok(s)) => {
+                    dialled = Some((s, sa));
+                    break;
+                }
+                Ok(Err(e)) => last_err = Some(e.to_string()),
+                Err(_) => last_err = Some("connect timed out".into()),
+            }
+        }
+        let ev = Event::new(Surface::Network, "connect", &text, verdict(&ruling))
+            .rule(&ruling.rule)
+            .reason(&ruling.reason)
+            .enforced(enforced)
+            .field("conn", conn.as_str())
+            .field("addresses", Value::from(addr_list));
+        let ev = with_ctx(ev, target, &ctx);
+        let Some((stream, address)) = dialled else {
+            let why = last_err.unwrap_or_else(|| "no address".into());
+            self.record(&l.stamp, ev.field("error", why.as_str()))?;
+            return Err(Refusal {
+                status: 502,
+                message: format!("warden: could not connect to {text}: {why}\n"),
+            });
+        };
+        self.record(&l.stamp, ev.field("address", address.to_string()))?;
+        let _ = stream.set_nodelay(true);
+        Ok(Upstream {
+            stream,
+            guard: ConnGuard {
+                egress: self.clone(),
+                conn,
+                target: target.clone(),
+                address,
+                ruling,
+                enforced,
+                counters: Arc::new(Counters::default()),
+                stamp: l.stamp.clone(),
+                ctx,
+                started: Instant::now(),
+                error: None,
+            },
+        })
+    }
+
+    /// The domain-fronting check on a tunnel's first bytes. For a name, a TLS
+    /// ClientHello's SNI, when present, must be that name. For an address, an SNI
+    /// must itself be a name the policy allows on that port (an allowed address must
+    /// not front for an arbitrary name). A ClientHello that does not parse one
+    /// unambiguous way is denied.
+    pub async fn check_hello(&self, guard: &ConnGuard, hello: &Hello) -> Result<(), Refusal> {
+        let l = self.inner.state.load_full();
+        let target = &guard.target;
+        let text = target.to_string();
+        let (ruling, sni_text) = match hello {
+            Hello::NotTls | Hello::NeedMore => return Ok(()),
+            Hello::ClientHello { sni: None, .. } => return Ok(()),
+            Hello::Malformed(why) => (
+                Ruling::proxy(&format!("unparseable TLS ClientHello: {why}")),
+                String::new(),
+            ),
+            Hello::ClientHello { sni: Some(sni), .. } => {
+                let shown = printable(sni);
+                match canonical_host(sni) {
+                    Err(e) => (Ruling::proxy(&format!("invalid SNI: {e}")), shown),
+                    Ok(canon) => match &target.host {
+                        RequestHost::Name(n) if *n == canon => return Ok(()),
+                        RequestHost::Name(n) => (
+                            Ruling::proxy(&format!(
+                                "TLS SNI {shown} does not match the destination {n} (domain fronting)"
+                            )),
+                            shown,
+                        ),
+                        RequestHost::Ip(_) => {
+                            let r = self.connect_ruling(&l, &canon, target.port);
+                            if r.allow {
+                                return Ok(());
+                            }
+                            (
+                                Ruling {
+                                    allow: false,
+                                    rule: r.rule,
+                                    reason: format!(
+                                        "TLS SNI {shown} sent to an address is not an allowed name: {}",
+                                        r.reason
+                                    ),
+                                },
+                                shown,
+                            )
+                        }
+                    },
+                }
+            }
+        };
+        let mut fields = ctx_fields(target, &guard.ctx);
+        fields.push(("conn", Value::from(guard.conn.as_str())));
+        fields.push(("sni", Value::from(sni_text)));
+        let help = "the TLS server name must be the host the connection was made to".to_string();
+        self.deny(&l, "tls", &text, &ruling, &help, fields).await
+    }
+
+    /// `[[network.http]]` method and path rules for a plain-HTTP request.
+    /// `url` is the absolute URL (`http://host:port/path?query`); the audit event
+    /// records it without the query, which may carry tokens.
+    pub async fn check_http(
+        &self,
+        method: &str,
+        url: &str,
+        target: &Target,
+        ctx: Ctx,
+    ) -> Result<(), Refusal> {
+        let l = self.inner.state.load_full();
+        let ruling = Ruling::from_decision(
+            l.policy
+                .decide(&self.inner.principal, &Request::Http { method, url }),
+        );
+        let shown = url.split(['?', '#']).next().unwrap_or(url);
+        let shown = printable(shown);
+        if ruling.allow {
+            let ev = Event::new(Surface::Network, "http", &shown, Verdict::Allow)
+                .rule(&ruling.rule)
+                .reason(&ruling.reason)
+                .field("method", method);
+            return self.record(&l.stamp, with_ctx(ev, target, &ctx));
+        }
+        let help = if ruling.rule == "default deny" {
+            format!(
+                "to allow it, add a [[network.http]] rule for {} with method {method} in {}",
+                target.host_str(),
+                l.source
+            )
+        } else {
+            format!("see the rule at {} ({})", ruling.rule, l.source)
+        };
+        let mut fields = ctx_fields(target, &ctx);
+        fields.push(("method", Value::from(method)));
+        self.deny(&l, "http", &format!("{method} {shown}"), &ruling, &help, fields)
+            .await
+    }
+
+    /// Record a request the proxy rejects as malformed or ambiguous (a Host header
+    /// that disagrees with the URI, a target with userinfo). Not a policy question,
+    /// so it is refused in audit mode too.
+    pub async fn reject(
+        &self,
+        action: &str,
+        target_text: &str,
+        reason: &str,
+        ctx: Ctx,
+    ) -> Refusal {
+        let l = self.inner.state.load_full();
+        let mut ev = Event::new(
+            Surface::Network,
+            action,
+            &printable(target_text),
+            Verdict::Deny,
+        )
+        .rule("proxy")
+        .reason(reason)
+        .field("via", ctx.front.as_str());
+        if let Some(c) = ctx.client {
+            ev = ev.field("client", c.to_string());
+        }
+        if let Err(r) = self.record_durable(&l.stamp, ev).await {
+            return r;
+        }
+        Refusal {
+            status: 400,
+            message: format!("warden: {reason}\n"),
+        }
+    }
+
+    /// Could any rule allow a connection to `name` on some port? Decides the DNS
+    /// front end's answer: a name no rule could allow gets NXDOMAIN.
+    ///
+    /// The candidate ports are taken from every `[network] allow` entry and
+    /// `[[network.http]]` rule whose host pattern covers the name (80 and 443 for
+    /// entries without a port, 443 and 80 for `:*`); the name is allowed if the
+    /// policy's connect decision allows any of them, so `deny` entries and Cedar
+    /// `forbid`s are honoured exactly as for a connection.
+    pub async fn dns_decide(&self, name: &str, qtype: &str, ctx: Ctx) -> DnsRuling {
+        let l = self.inner.state.load_full();
+        let host = RequestHost::Name(name.to_string());
+        let mut ports: Vec<u16> = Vec::new();
+        let doc = l.policy.doc();
+        let patterns = doc
+            .network
+            .allow
+            .iter()
+            .map(|e| &e.pattern)
+            .chain(doc.network.http.iter().map(|r| &r.host));
+        for p in patterns {
+            let candidates = match p.ports {
+                PortSpec::Web | PortSpec::Any => [443, 80],
+                PortSpec::One(n) => [n, n],
+            };
+            for port in candidates {
+                if p.matches_host(&host, port) && !ports.contains(&port) {
+                    ports.push(port);
+                }
+            }
+        }
+        let mut ruling = None;
+        for &port in &ports {
+            let r = self.connect_ruling(&l, name, port);
+            if r.allow {
+                ruling = Some(r);
+                break;
+            }
+            ruling.get_or_insert(r);
+        }
+        let ruling = ruling.unwrap_or_else(|| self.connect_ruling(&l, name, 443));
+        let enforced = l.policy.mode() == Mode::Enforce;
+        let mut ev = Event::new(Surface::Network, "dns", name, verdict(&ruling))
+            .rule(&ruling.rule)
+            .reason(&ruling.reason)
+            .enforced(enforced)
+            .field("qtype", qtype)
+            .field("via", ctx.front.as_str());
+        if let Some(c) = ctx.client {
+            ev = ev.field("client", c.to_string());
+        }
+        let recorded = if !ruling.allow && enforced {
+            self.record_durable(&l.stamp, ev).await
+        } else {
+            self.record(&l.stamp, ev)
+        };
+        match recorded {
+            Err(_) => DnsRuling::Fail,
+            Ok(()) if ruling.allow || !enforced => DnsRuling::Answer,
+            Ok(()) => DnsRuling::NxDomain,
+        }
+    }
+
+    /// Record a dropped datagram or packet (UDP other than DNS, ICMP, anything not
+    /// TCP). Rate-limited: at most [`RateLimit::PER_SECOND`] events a second; the
+    /// next event carries how many were not recorded.
+    pub fn record_dropped(&self, action: &str, src: SocketAddr, dst: SocketAddr, detail: &str) {
+        let Some(suppressed) = self.inner.limiter.admit() else {
+            return;
+        };
+        let l = self.inner.state.load();
+        let target = Target::ip(dst.ip(), dst.port());
+        let mut ev = Event::new(
+            Surface::Network,
+            action,
+            &target.to_string(),
+            Verdict::Deny,
+        )
+        .rule("proxy")
+        .reason(detail)
+        .field("via", Front::Tun.as_str())
+        .field("client", src.to_string());
+        if suppressed > 0 {
+            ev = ev.field("suppressed", suppressed);
+        }
+        if let Err(e) = self.inner.audit.record(&l.stamp, ev) {
+            tracing::error!("could not record a dropped packet: {e}");
+        }
+    }
+}
+
+/// The DNS front end's answer for a name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DnsRuling {
+    /// Answer with synthetic addresses.
+    Answer,
+    /// NXDOMAIN: no rule could allow the name.
+    NxDomain,
+    /// The decision could not be recorded: SERVFAIL.
+    Fail,
+}
+
+fn verdict(r: &Ruling) -> Verdict {
+    if r.allow { Verdict::Allow } else { Verdict::Deny }
+}
+
+fn ctx_fields(target: &Target, ctx: &Ctx) -> Vec<(&'static str, Value)> {
+    let mut v = vec![
+        ("via", Value::from(ctx.front.as_str())),
+        ("host", Value::from(target.host_str())),
+        ("port", Value::from(target.port)),
+    ];
+    if let Some(c) = ctx.client {
+        v.push(("client", Value::from(c.to_string())));
+    }
+    v
+}
+
+fn load(policy: Policy, identity: &Identity, source: String) -> Loaded {
+    let stamp = Stamp {
+        session: identity.session.clone(),
+        machine: identity.machine.clone(),
+        user: identity.user.clone(),
+        policy: policy.id().to_string(),
+    };
+    Loaded {
+        policy,
+        stamp,
+        source,
+    }
+}
+
+/// A lock-free rate limit for drop records: a one-second window and a counter.
+#[derive(Debug, Default)]
+pub struct RateLimit {
+    window: AtomicU64,
+    count: AtomicU64,
+    suppressed: AtomicU64,
+}
+
+impl RateLimit {
+    pub const PER_SECOND: u64 = 20;
+
+    /// `Some(n)` to record now (`n` events were suppressed since the last one),
+    /// `None` to skip.
+    fn admit(&self) -> Option<u64> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        if self.window.swap(now, Ordering::Relaxed) != now {
+            self.count.store(0, Ordering::Relaxed);
+        }
+        if self.count.fetch_add(1, Ordering::Relaxed) < Self::PER_SECOND {
+            Some(self.suppressed.swap(0, Ordering::Relaxed))
+        } else {
+            self.suppressed.fetch_add(1, Ordering::Relaxed);
+            None
+        }
+    }
+}
+
+impl From<EgressError> for Refusal {
+    fn from(e: EgressError) -> Refusal {
+        Refusal::internal(&e.to_string())
+    }
+}

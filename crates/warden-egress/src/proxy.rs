@@ -1,0 +1,329 @@
+//! The explicit proxy front end (what `HTTP_PROXY`/`HTTPS_PROXY` point at): HTTP/1.1
+//! absolute-form forwarding of plain `http://`, CONNECT tunnels (TLS or plain TCP),
+//! and WebSocket upgrades over plain HTTP.
+//!
+//! Each request makes its own upstream connection through [`Egress::open`], so every
+//! request to a new host is a fresh decision and every upstream connection has its
+//! own `connect`/`close` audit pair.
+
+use crate::egress::{Ctx, Egress, Front, Refusal};
+use crate::io::Counted;
+use crate::target::{Target, parse_authority, printable};
+use crate::tunnel;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, combinators::BoxBody};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+
+type Body = BoxBody<Bytes, hyper::Error>;
+
+/// Serve the explicit proxy on `listener` until it fails.
+pub async fn serve_proxy(egress: Egress, listener: TcpListener) -> std::io::Result<()> {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(v) => v,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning or exiting.
+                tracing::warn!("proxy accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let egress = egress.clone();
+        tokio::spawn(async move { serve_connection(egress, stream, peer).await });
+    }
+}
+
+/// Serve one client connection of the explicit proxy.
+pub async fn serve_connection(egress: Egress, stream: TcpStream, peer: SocketAddr) {
+    let _ = stream.set_nodelay(true);
+    let svc = hyper::service::service_fn(move |req| {
+        let egress = egress.clone();
+        async move { Ok::<_, Infallible>(handle(egress, req, peer).await) }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .preserve_header_case(true)
+        .serve_connection(TokioIo::new(stream), svc)
+        .with_upgrades();
+    if let Err(e) = conn.await {
+        tracing::debug!("proxy connection from {peer}: {e}");
+    }
+}
+
+async fn handle(egress: Egress, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    let ctx = Ctx {
+        front: Front::Proxy,
+        client: Some(peer),
+    };
+    if req.method() == Method::CONNECT {
+        connect(egress, req, ctx).await
+    } else {
+        forward(egress, req, ctx).await
+    }
+}
+
+fn text(status: StatusCode, body: String) -> Response<Body> {
+    let mut resp = Response::new(full(body));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+fn full(body: String) -> Body {
+    Full::new(Bytes::from(body))
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+fn refusal(r: Refusal) -> Response<Body> {
+    let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::FORBIDDEN);
+    let mut resp = text(status, r.message);
+    resp.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    resp
+}
+
+async fn connect(egress: Egress, req: Request<Incoming>, ctx: Ctx) -> Response<Body> {
+    let raw = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .unwrap_or_else(|| req.uri().to_string());
+    let target = match parse_authority(&raw, None) {
+        Ok(t) => t,
+        Err(e) => return refusal(egress.reject("connect", &raw, &e.to_string(), ctx).await),
+    };
+    let upstream = match egress.open(&target, ctx).await {
+        Ok(u) => u,
+        Err(r) => return refusal(r),
+    };
+    tokio::spawn(async move {
+        match hyper::upgrade::on(req).await {
+            Ok(upgraded) => tunnel::relay(&egress, TokioIo::new(upgraded), upstream).await,
+            Err(e) => {
+                let mut upstream = upstream;
+                upstream.guard.fail(format!("client upgrade failed: {e}"));
+            }
+        }
+    });
+    Response::new(full(String::new()))
+}
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1) and the proxy's own; never forwarded.
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-authenticate",
+];
+
+/// Remove hop-by-hop headers, those the `Connection` header names, and every
+/// `Proxy-*` header. Returns whether this was a WebSocket upgrade, whose `Upgrade`
+/// and `Connection: upgrade` are put back.
+fn strip_hop_by_hop(headers: &mut HeaderMap) -> bool {
+    let is_ws = headers
+        .get_all(header::UPGRADE)
+        .iter()
+        .any(|v| v.to_str().is_ok_and(|s| s.eq_ignore_ascii_case("websocket")))
+        && headers.get_all(header::CONNECTION).iter().any(|v| {
+            v.to_str().is_ok_and(|s| {
+                s.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+            })
+        });
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|s| s.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for n in named {
+        headers.remove(n);
+    }
+    for h in HOP_BY_HOP {
+        headers.remove(h);
+    }
+    let proxy: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| k.as_str().starts_with("proxy-"))
+        .cloned()
+        .collect();
+    for k in proxy {
+        headers.remove(k);
+    }
+    if is_ws {
+        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+    is_ws
+}
+
+async fn forward(egress: Egress, mut req: Request<Incoming>, ctx: Ctx) -> Response<Body> {
+    let uri = req.uri().clone();
+    let shown = printable(&uri.to_string());
+    match uri.scheme_str() {
+        Some(s) if s.eq_ignore_ascii_case("http") => {}
+        Some(_) => {
+            return refusal(
+                egress
+                    .reject(
+                        "http",
+                        &shown,
+                        "only http:// URLs are forwarded; use CONNECT for https",
+                        ctx,
+                    )
+                    .await,
+            );
+        }
+        None => {
+            return refusal(
+                egress
+                    .reject(
+                        "http",
+                        &shown,
+                        "this is a proxy: requests need an absolute http:// URL",
+                        ctx,
+                    )
+                    .await,
+            );
+        }
+    }
+    let raw = uri.authority().map(|a| a.as_str()).unwrap_or("");
+    let target = match parse_authority(raw, Some(80)) {
+        Ok(t) => t,
+        Err(e) => return refusal(egress.reject("http", &shown, &e.to_string(), ctx).await),
+    };
+    // The Host header must name the same host and port as the URI: an upstream may
+    // route on either (virtual hosting, CDNs), so they must not disagree.
+    let hosts: Vec<&HeaderValue> = req.headers().get_all(header::HOST).iter().collect();
+    match hosts.as_slice() {
+        [] => {}
+        [h] => {
+            let same = h
+                .to_str()
+                .ok()
+                .and_then(|h| parse_authority(h, Some(80)).ok())
+                .is_some_and(|t| t == target);
+            if !same {
+                let why = format!(
+                    "the Host header `{}` does not match the URI host {target}",
+                    printable(&String::from_utf8_lossy(h.as_bytes()))
+                );
+                return refusal(egress.reject("http", &shown, &why, ctx).await);
+            }
+        }
+        _ => {
+            return refusal(
+                egress
+                    .reject("http", &shown, "more than one Host header", ctx)
+                    .await,
+            );
+        }
+    }
+    let path = uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .filter(|p| !p.is_empty())
+        .unwrap_or("/");
+    let url = format!("http://{target}{path}");
+    // Connect decision (and dial) first, so a host that is not allowed at all is
+    // refused with the connect rule; then the request-level rules.
+    let mut upstream = match egress.open(&target, ctx).await {
+        Ok(u) => u,
+        Err(r) => return refusal(r),
+    };
+    if let Err(r) = egress
+        .check_http(req.method().as_str(), &url, &target, ctx)
+        .await
+    {
+        upstream.guard.fail("request denied by [[network.http]] rules");
+        return refusal(r);
+    }
+
+    let client_upgrade = hyper::upgrade::on(&mut req);
+    let (mut parts, body) = req.into_parts();
+    let is_ws = strip_hop_by_hop(&mut parts.headers);
+    parts.headers.insert(
+        header::HOST,
+        HeaderValue::from_str(&host_header(&target)).unwrap_or(HeaderValue::from_static("")),
+    );
+    parts.uri = match path.parse() {
+        Ok(u) => u,
+        Err(_) => {
+            return refusal(
+                egress
+                    .reject("http", &shown, "the request path does not parse", ctx)
+                    .await,
+            );
+        }
+    };
+    parts.version = hyper::Version::HTTP_11;
+    let out = Request::from_parts(parts, body);
+
+    let counters = upstream.guard.counters.clone();
+    let io = Counted::new(upstream.stream, counters, upstream.guard);
+    let (mut sender, conn) = match hyper::client::conn::http1::Builder::new()
+        .preserve_header_case(true)
+        .handshake(TokioIo::new(io))
+        .await
+    {
+        Ok(v) => v,
+        Err(e) => return text(StatusCode::BAD_GATEWAY, format!("warden: upstream: {e}\n")),
+    };
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!("upstream connection: {e}");
+        }
+    });
+    let mut resp = match sender.send_request(out).await {
+        Ok(r) => r,
+        Err(e) => {
+            return text(
+                StatusCode::BAD_GATEWAY,
+                format!("warden: upstream {target} failed: {e}\n"),
+            );
+        }
+    };
+    if is_ws && resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        let upstream_upgrade = hyper::upgrade::on(&mut resp);
+        tokio::spawn(async move {
+            if let (Ok(c), Ok(u)) = (client_upgrade.await, upstream_upgrade.await) {
+                let mut c = TokioIo::new(c);
+                let mut u = TokioIo::new(u);
+                let _ = tokio::io::copy_bidirectional(&mut c, &mut u).await;
+            }
+        });
+        let (mut parts, _body) = resp.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        parts.headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        return Response::from_parts(parts, full(String::new()));
+    }
+    let (mut parts, body) = resp.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    Response::from_parts(parts, body.boxed())
+}
+
+/// The Host header for `target`: the port only when it is not 80.
+fn host_header(target: &Target) -> String {
+    let t = target.to_string();
+    if target.port == 80 {
+        t.strip_suffix(":80").unwrap_or(&t).to_string()
+    } else {
+        t
+    }
+}

@@ -1,0 +1,184 @@
+//! The TUN front end: every packet of the session that is not for `lo` — programs
+//! that ignore proxy variables, raw IPs, UDP, ICMP — arrives here as IP packets.
+//!
+//! A userspace TCP/IP stack (`ipstack`) terminates TCP; each flow goes through the
+//! same [`Egress::open`] path as the explicit proxy, with its destination read as:
+//! a synthetic address from the DNS pool → the name it was handed out for; any other
+//! address → that address (IP rules). The TLS ClientHello check then runs as for
+//! CONNECT. UDP to port 53 is answered by the DNS front end (no query leaves);
+//! other UDP and all non-TCP/UDP packets (ICMP) are dropped and recorded
+//! (rate-limited).
+//!
+//! Note that the stack completes the TCP handshake before the decision, so a denied
+//! flow sees an accepted connection that is then closed; nothing reaches upstream.
+
+use crate::dns::{self, SyntheticPool};
+use crate::egress::{Ctx, Egress, Front};
+use crate::target::Target;
+use crate::tunnel;
+use ipstack::{IpStack, IpStackConfig, IpStackStream};
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::OwnedFd;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use tokio::io::unix::AsyncFd;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use warden_policy::host::RequestHost;
+
+/// A TUN device fd (IFF_TUN | IFF_NO_PI: one raw IP packet per read and write) as an
+/// async stream.
+pub struct TunDevice {
+    fd: AsyncFd<OwnedFd>,
+}
+
+impl TunDevice {
+    /// Wrap `fd`, making it non-blocking.
+    pub fn new(fd: OwnedFd) -> io::Result<TunDevice> {
+        rustix::io::ioctl_fionbio(&fd, true)?;
+        // `AsyncFd::new` is deprecated because an arbitrary `AsRawFd` may hand out a
+        // different or closed fd over its lifetime. An `OwnedFd` cannot: it owns one
+        // fd and closes it only on drop, after the `AsyncFd` deregistered it. The
+        // replacement, `AsyncFd::register`, is `unsafe`, which this crate forbids.
+        #[allow(deprecated)]
+        let fd = AsyncFd::new(fd)?;
+        Ok(TunDevice { fd })
+    }
+}
+
+impl AsyncRead for TunDevice {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        loop {
+            let mut guard = ready!(self.fd.poll_read_ready(cx))?;
+            let unfilled = buf.initialize_unfilled();
+            match guard.try_io(|fd| rustix::io::read(fd.get_ref(), &mut *unfilled).map_err(io::Error::from)) {
+                Ok(Ok(n)) => {
+                    buf.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                Ok(Err(e)) => return Poll::Ready(Err(e)),
+                Err(_would_block) => continue,
+            }
+        }
+    }
+}
+
+impl AsyncWrite for TunDevice {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        loop {
+            let mut guard = ready!(self.fd.poll_write_ready(cx))?;
+            match guard.try_io(|fd| rustix::io::write(fd.get_ref(), buf).map_err(io::Error::from)) {
+                Ok(r) => return Poll::Ready(r),
+                Err(_would_block) => continue,
+            }
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// Serve the TUN device `fd` (MTU `mtu`, which must match the device's) until the
+/// stack stops. Needs a multi-threaded tokio runtime (the stack blocks in place when
+/// a flow is dropped).
+pub async fn serve_tun(egress: Egress, fd: OwnedFd, mtu: u16) -> io::Result<()> {
+    let device = TunDevice::new(fd)?;
+    let mut config = IpStackConfig::default();
+    config.mtu_unchecked(mtu);
+    let mut stack = IpStack::new(config, device);
+    loop {
+        let stream = stack
+            .accept()
+            .await
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        match stream {
+            IpStackStream::Tcp(tcp) => {
+                let egress = egress.clone();
+                tokio::spawn(async move {
+                    let client = tcp.local_addr();
+                    let dst = tcp.peer_addr();
+                    let target = target_for(&egress, dst);
+                    let ctx = Ctx {
+                        front: Front::Tun,
+                        client: Some(client),
+                    };
+                    match egress.open(&target, ctx).await {
+                        Ok(upstream) => tunnel::relay(&egress, tcp, upstream).await,
+                        Err(_refused) => {
+                            // Close at once (FIN); merely dropping the flow would
+                            // leave the client waiting for its own timeout.
+                            let mut tcp = tcp;
+                            let _ = tokio::time::timeout(
+                                std::time::Duration::from_secs(5),
+                                tcp.shutdown(),
+                            )
+                            .await;
+                        }
+                    }
+                });
+            }
+            IpStackStream::Udp(mut udp) => {
+                let egress = egress.clone();
+                tokio::spawn(async move {
+                    let client = udp.local_addr();
+                    let dst = udp.peer_addr();
+                    if dst.port() != 53 {
+                        egress.record_dropped("udp", client, dst, "UDP is not forwarded (only DNS, answered by Warden)");
+                        return;
+                    }
+                    // DNS to any address is answered by Warden itself.
+                    let mut buf = vec![0u8; 4096];
+                    while let Ok(n) = udp.read(&mut buf).await {
+                        if n == 0 {
+                            break;
+                        }
+                        if let Some(resp) = dns::answer(&egress, &buf[..n], Some(client)).await
+                            && udp.write_all(&resp).await.is_err()
+                        {
+                            break;
+                        }
+                    }
+                });
+            }
+            IpStackStream::UnknownTransport(pkt) => {
+                let proto = pkt.ip_protocol();
+                let action = if proto == ipstack::IpNumber::ICMP || proto == ipstack::IpNumber::IPV6_ICMP {
+                    "icmp"
+                } else {
+                    "ip"
+                };
+                egress.record_dropped(
+                    action,
+                    SocketAddr::new(pkt.src_addr(), 0),
+                    SocketAddr::new(pkt.dst_addr(), 0),
+                    &format!("IP protocol {} is not forwarded", u8::from(proto)),
+                );
+            }
+            IpStackStream::UnknownNetwork(_) => {}
+        }
+    }
+}
+
+/// The destination of a captured flow: the name behind a synthetic address, or the
+/// address itself. An unmapped pool address stays an address (and the IP rules,
+/// which never allow the benchmarking range unless the policy names it, decide).
+fn target_for(egress: &Egress, dst: SocketAddr) -> Target {
+    let ip: IpAddr = dst.ip().to_canonical();
+    if SyntheticPool::contains(ip)
+        && let Some(name) = egress.inner.pool.name_of(ip)
+    {
+        return Target::new(RequestHost::Name(name), dst.port());
+    }
+    Target::ip(ip, dst.port())
+}
