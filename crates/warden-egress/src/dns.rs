@@ -131,7 +131,11 @@ pub async fn answer(egress: &Egress, query: &[u8], client: Option<SocketAddr>) -
         return None;
     }
     if msg.metadata.op_code != OpCode::Query {
-        return encode(Message::error_msg(id, msg.metadata.op_code, ResponseCode::NotImp));
+        return encode(Message::error_msg(
+            id,
+            msg.metadata.op_code,
+            ResponseCode::NotImp,
+        ));
     }
     let [q] = msg.queries.as_slice() else {
         return encode(Message::error_msg(id, OpCode::Query, ResponseCode::FormErr));
@@ -231,7 +235,12 @@ mod tests {
         assert_eq!(pool.name_of(IpAddr::V6(a6)).as_deref(), Some("a.test"));
         assert!(a6.to_string().starts_with("fd7a:7761:7264:"), "{a6}");
         assert!(a.to_string().starts_with("198.18."), "{a}");
-        assert_eq!(pool.name_of("198.19.255.254".parse().unwrap_or(IpAddr::V4(a))), None);
-        assert!(!SyntheticPool::contains("198.20.0.1".parse().unwrap_or(IpAddr::V4(a))));
+        assert_eq!(
+            pool.name_of("198.19.255.254".parse().unwrap_or(IpAddr::V4(a))),
+            None
+        );
+        assert!(!SyntheticPool::contains(
+            "198.20.0.1".parse().unwrap_or(IpAddr::V4(a))
+        ));
     }
 }

@@ -198,23 +198,18 @@ impl Drop for ConnGuard {
         } else {
             Verdict::Deny
         };
-        let mut ev = Event::new(
-            Surface::Network,
-            "close",
-            &self.target.to_string(),
-            verdict,
-        )
-        .rule(&self.ruling.rule)
-        .reason(&self.ruling.reason)
-        .enforced(self.enforced)
-        .field("conn", self.conn.as_str())
-        .field("address", self.address.to_string())
-        .field("bytes_up", up)
-        .field("bytes_down", down)
-        .field(
-            "duration_ms",
-            u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX),
-        );
+        let mut ev = Event::new(Surface::Network, "close", &self.target.to_string(), verdict)
+            .rule(&self.ruling.rule)
+            .reason(&self.ruling.reason)
+            .enforced(self.enforced)
+            .field("conn", self.conn.as_str())
+            .field("address", self.address.to_string())
+            .field("bytes_up", up)
+            .field("bytes_down", down)
+            .field(
+                "duration_ms",
+                u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            );
         ev = with_ctx(ev, &self.target, &self.ctx);
         if let Some(e) = &self.error {
             ev = ev.field("error", e.as_str());
@@ -386,28 +381,26 @@ impl Egress {
         // Resolve once; every address is checked; only checked addresses are dialled.
         let addrs = match &target.host {
             RequestHost::Ip(ip) => vec![*ip],
-            RequestHost::Name(name) => {
-                match self.inner.resolver.resolve(name, target.port).await {
-                    Ok(a) if !a.is_empty() => a,
-                    Ok(_) | Err(_) => {
-                        let ev = with_ctx(
-                            Event::new(Surface::Network, "connect", &text, verdict(&ruling))
-                                .rule(&ruling.rule)
-                                .reason(&ruling.reason)
-                                .enforced(enforced)
-                                .field("conn", conn.as_str())
-                                .field("error", "name does not resolve"),
-                            target,
-                            &ctx,
-                        );
-                        self.record(&l.stamp, ev)?;
-                        return Err(Refusal {
-                            status: 502,
-                            message: format!("warden: {} does not resolve\n", printable(name)),
-                        });
-                    }
+            RequestHost::Name(name) => match self.inner.resolver.resolve(name, target.port).await {
+                Ok(a) if !a.is_empty() => a,
+                Ok(_) | Err(_) => {
+                    let ev = with_ctx(
+                        Event::new(Surface::Network, "connect", &text, verdict(&ruling))
+                            .rule(&ruling.rule)
+                            .reason(&ruling.reason)
+                            .enforced(enforced)
+                            .field("conn", conn.as_str())
+                            .field("error", "name does not resolve"),
+                        target,
+                        &ctx,
+                    );
+                    self.record(&l.stamp, ev)?;
+                    return Err(Refusal {
+                        status: 502,
+                        message: format!("warden: {} does not resolve\n", printable(name)),
+                    });
                 }
-            }
+            },
         };
         let addrs: Vec<IpAddr> = addrs.into_iter().map(|ip| ip.to_canonical()).collect();
         let addr_list: Vec<Value> = addrs.iter().map(|a| Value::from(a.to_string())).collect();
@@ -568,20 +561,21 @@ impl Egress {
         };
         let mut fields = ctx_fields(target, &ctx);
         fields.push(("method", Value::from(method)));
-        self.deny(&l, "http", &format!("{method} {shown}"), &ruling, &help, fields)
-            .await
+        self.deny(
+            &l,
+            "http",
+            &format!("{method} {shown}"),
+            &ruling,
+            &help,
+            fields,
+        )
+        .await
     }
 
     /// Record a request the proxy rejects as malformed or ambiguous (a Host header
     /// that disagrees with the URI, a target with userinfo). Not a policy question,
     /// so it is refused in audit mode too.
-    pub async fn reject(
-        &self,
-        action: &str,
-        target_text: &str,
-        reason: &str,
-        ctx: Ctx,
-    ) -> Refusal {
+    pub async fn reject(&self, action: &str, target_text: &str, reason: &str, ctx: Ctx) -> Refusal {
         let l = self.inner.state.load_full();
         let mut ev = Event::new(
             Surface::Network,
@@ -675,16 +669,11 @@ impl Egress {
         };
         let l = self.inner.state.load();
         let target = Target::ip(dst.ip(), dst.port());
-        let mut ev = Event::new(
-            Surface::Network,
-            action,
-            &target.to_string(),
-            Verdict::Deny,
-        )
-        .rule("proxy")
-        .reason(detail)
-        .field("via", Front::Tun.as_str())
-        .field("client", src.to_string());
+        let mut ev = Event::new(Surface::Network, action, &target.to_string(), Verdict::Deny)
+            .rule("proxy")
+            .reason(detail)
+            .field("via", Front::Tun.as_str())
+            .field("client", src.to_string());
         if suppressed > 0 {
             ev = ev.field("suppressed", suppressed);
         }
@@ -706,7 +695,11 @@ pub enum DnsRuling {
 }
 
 fn verdict(r: &Ruling) -> Verdict {
-    if r.allow { Verdict::Allow } else { Verdict::Deny }
+    if r.allow {
+        Verdict::Allow
+    } else {
+        Verdict::Deny
+    }
 }
 
 fn ctx_fields(target: &Target, ctx: &Ctx) -> Vec<(&'static str, Value)> {

@@ -134,16 +134,15 @@ const HOP_BY_HOP: [&str; 8] = [
 /// `Proxy-*` header. Returns whether this was a WebSocket upgrade, whose `Upgrade`
 /// and `Connection: upgrade` are put back.
 fn strip_hop_by_hop(headers: &mut HeaderMap) -> bool {
-    let is_ws = headers
-        .get_all(header::UPGRADE)
-        .iter()
-        .any(|v| v.to_str().is_ok_and(|s| s.eq_ignore_ascii_case("websocket")))
-        && headers.get_all(header::CONNECTION).iter().any(|v| {
-            v.to_str().is_ok_and(|s| {
-                s.split(',')
-                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
-            })
-        });
+    let is_ws = headers.get_all(header::UPGRADE).iter().any(|v| {
+        v.to_str()
+            .is_ok_and(|s| s.eq_ignore_ascii_case("websocket"))
+    }) && headers.get_all(header::CONNECTION).iter().any(|v| {
+        v.to_str().is_ok_and(|s| {
+            s.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+        })
+    });
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -250,7 +249,9 @@ async fn forward(egress: Egress, mut req: Request<Incoming>, ctx: Ctx) -> Respon
         .check_http(req.method().as_str(), &url, &target, ctx)
         .await
     {
-        upstream.guard.fail("request denied by [[network.http]] rules");
+        upstream
+            .guard
+            .fail("request denied by [[network.http]] rules");
         return refusal(r);
     }
 
@@ -309,8 +310,12 @@ async fn forward(egress: Egress, mut req: Request<Incoming>, ctx: Ctx) -> Respon
         });
         let (mut parts, _body) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers);
-        parts.headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-        parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        parts
+            .headers
+            .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         return Response::from_parts(parts, full(String::new()));
     }
     let (mut parts, body) = resp.into_parts();

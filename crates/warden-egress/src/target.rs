@@ -123,7 +123,8 @@ pub fn parse_authority(s: &str, default_port: Option<u16>) -> Result<Target, Tar
         Some(p) => parse_port(p).ok_or_else(|| TargetError::BadPort(printable(s)))?,
         None => default_port.ok_or_else(|| TargetError::BadPort(printable(s)))?,
     };
-    let host = parse_request_host(&host).map_err(|e| TargetError::Host(printable(s), e.to_string()))?;
+    let host =
+        parse_request_host(&host).map_err(|e| TargetError::Host(printable(s), e.to_string()))?;
     let v6_literal = inner.parse::<std::net::Ipv6Addr>().is_ok();
     if v6_literal != bracketed {
         return Err(TargetError::Brackets(printable(s)));
@@ -154,8 +155,14 @@ mod tests {
 
     #[test]
     fn canonical_names_and_ports() {
-        assert_eq!(parse_authority("Allowed.TEST.:443", None), Ok(name("allowed.test", 443)));
-        assert_eq!(parse_authority("allowed.test", Some(80)), Ok(name("allowed.test", 80)));
+        assert_eq!(
+            parse_authority("Allowed.TEST.:443", None),
+            Ok(name("allowed.test", 443))
+        );
+        assert_eq!(
+            parse_authority("allowed.test", Some(80)),
+            Ok(name("allowed.test", 80))
+        );
         assert_eq!(
             parse_authority("[::ffff:127.0.0.1]:80", None),
             Ok(Target::ip(IpAddr::V4(Ipv4Addr::LOCALHOST), 80))

@@ -55,7 +55,9 @@ impl AsyncRead for TunDevice {
         loop {
             let mut guard = ready!(self.fd.poll_read_ready(cx))?;
             let unfilled = buf.initialize_unfilled();
-            match guard.try_io(|fd| rustix::io::read(fd.get_ref(), &mut *unfilled).map_err(io::Error::from)) {
+            match guard.try_io(|fd| {
+                rustix::io::read(fd.get_ref(), &mut *unfilled).map_err(io::Error::from)
+            }) {
                 Ok(Ok(n)) => {
                     buf.advance(n);
                     return Poll::Ready(Ok(()));
@@ -134,7 +136,12 @@ pub async fn serve_tun(egress: Egress, fd: OwnedFd, mtu: u16) -> io::Result<()> 
                     let client = udp.local_addr();
                     let dst = udp.peer_addr();
                     if dst.port() != 53 {
-                        egress.record_dropped("udp", client, dst, "UDP is not forwarded (only DNS, answered by Warden)");
+                        egress.record_dropped(
+                            "udp",
+                            client,
+                            dst,
+                            "UDP is not forwarded (only DNS, answered by Warden)",
+                        );
                         return;
                     }
                     // DNS to any address is answered by Warden itself.
@@ -153,11 +160,12 @@ pub async fn serve_tun(egress: Egress, fd: OwnedFd, mtu: u16) -> io::Result<()> 
             }
             IpStackStream::UnknownTransport(pkt) => {
                 let proto = pkt.ip_protocol();
-                let action = if proto == ipstack::IpNumber::ICMP || proto == ipstack::IpNumber::IPV6_ICMP {
-                    "icmp"
-                } else {
-                    "ip"
-                };
+                let action =
+                    if proto == ipstack::IpNumber::ICMP || proto == ipstack::IpNumber::IPV6_ICMP {
+                        "icmp"
+                    } else {
+                        "ip"
+                    };
                 egress.record_dropped(
                     action,
                     SocketAddr::new(pkt.src_addr(), 0),

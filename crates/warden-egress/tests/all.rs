@@ -113,24 +113,28 @@ async fn http_upstream(addr: &str) -> SocketAddr {
                 return;
             };
             tokio::spawn(async move {
-                let svc = hyper::service::service_fn(|req: Request<hyper::body::Incoming>| async move {
-                    let names: Vec<String> =
-                        req.headers().keys().map(|k| k.as_str().to_string()).collect();
-                    let host = req
-                        .headers()
-                        .get("host")
-                        .and_then(|h| h.to_str().ok())
-                        .unwrap_or("")
-                        .to_string();
-                    let body = format!(
-                        "upstream saw {} {} host={} headers={}",
-                        req.method(),
-                        req.uri(),
-                        host,
-                        names.join(",")
-                    );
-                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(body))))
-                });
+                let svc =
+                    hyper::service::service_fn(|req: Request<hyper::body::Incoming>| async move {
+                        let names: Vec<String> = req
+                            .headers()
+                            .keys()
+                            .map(|k| k.as_str().to_string())
+                            .collect();
+                        let host = req
+                            .headers()
+                            .get("host")
+                            .and_then(|h| h.to_str().ok())
+                            .unwrap_or("")
+                            .to_string();
+                        let body = format!(
+                            "upstream saw {} {} host={} headers={}",
+                            req.method(),
+                            req.uri(),
+                            host,
+                            names.join(",")
+                        );
+                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(body))))
+                    });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(s), svc)
                     .await;
@@ -198,7 +202,8 @@ async fn raw(proxy: SocketAddr, bytes: &[u8]) -> String {
 async fn read_some(s: &mut TcpStream) -> String {
     let mut out = Vec::new();
     let mut buf = [0u8; 4096];
-    while let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(1500), s.read(&mut buf)).await {
+    while let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(1500), s.read(&mut buf)).await
+    {
         if n == 0 {
             break;
         }
@@ -208,7 +213,10 @@ async fn read_some(s: &mut TcpStream) -> String {
 }
 
 fn status_of(resp: &str) -> u16 {
-    resp.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0)
+    resp.split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
 }
 
 fn policy(allow: &[String], extra: &str) -> String {
@@ -241,7 +249,13 @@ async fn http_forwarding_allows_denies_and_audits() {
     // Allowed, with a Proxy-Authorization that must not reach upstream.
     let (code, body) = curl(
         h.proxy,
-        &["-U", "user:pw", "-H", "X-Custom: 1", &format!("http://allowed.test:{p}/hello?q=secret")],
+        &[
+            "-U",
+            "user:pw",
+            "-H",
+            "X-Custom: 1",
+            &format!("http://allowed.test:{p}/hello?q=secret"),
+        ],
     )
     .await;
     assert_eq!(code, 200, "{body}");
@@ -268,10 +282,20 @@ async fn http_forwarding_allows_denies_and_audits() {
     );
     let (code, body) = curl(h.proxy, &[&format!("http://blocked.test:{p}/")]).await;
     assert_eq!(code, 403, "{body}");
-    assert!(body.contains("policy.toml:"), "deny entry's line named: {body}");
+    assert!(
+        body.contains("policy.toml:"),
+        "deny entry's line named: {body}"
+    );
 
     // Port rules: the same host on another port is denied.
-    let (code, _) = curl(h.proxy, &[&format!("http://allowed.test:{}/", p.wrapping_add(1).max(1))]).await;
+    let (code, _) = curl(
+        h.proxy,
+        &[&format!(
+            "http://allowed.test:{}/",
+            p.wrapping_add(1).max(1)
+        )],
+    )
+    .await;
     assert_eq!(code, 403);
 
     // Audit: connect + close with bytes and duration; an http event without query.
@@ -295,7 +319,10 @@ async fn http_forwarding_allows_denies_and_audits() {
     assert!(close[0]["duration_ms"].is_u64());
     let http: Vec<&Value> = evs.iter().filter(|e| e["action"] == "http").collect();
     assert!(!http.is_empty());
-    assert!(evs.iter().all(|e| !e.to_string().contains("secret")), "query leaked into audit");
+    assert!(
+        evs.iter().all(|e| !e.to_string().contains("secret")),
+        "query leaked into audit"
+    );
     assert!(evs.iter().all(|e| e["session"] == "s-test" && e["policy"].as_str().unwrap().starts_with("test@")));
 }
 
@@ -325,7 +352,13 @@ async fn special_addresses_need_an_explicit_ip_entry() {
     let (code, body) = curl(h.proxy, &[&format!("http://allowed.test:{p}/")]).await;
     assert_eq!(code, 200, "{body}");
     // Names resolving to loopback, metadata, private, mapped loopback, or a mix: denied.
-    for name in ["loopy.test", "meta.test", "priv.test", "mapped.test", "mixed.test"] {
+    for name in [
+        "loopy.test",
+        "meta.test",
+        "priv.test",
+        "mapped.test",
+        "mixed.test",
+    ] {
         let (code, body) = curl(h.proxy, &[&format!("http://{name}:{p}/")]).await;
         assert_eq!(code, 403, "{name}: {body}");
         assert!(body.contains("resolves to"), "{name}: {body}");
@@ -343,11 +376,18 @@ async fn special_addresses_need_an_explicit_ip_entry() {
     assert_eq!(code, 200, "{body}");
     // Same through CONNECT.
     for target in [format!("[::ffff:127.0.0.3]:{p}"), format!("loopy.test:{p}")] {
-        let resp = raw(h.proxy, format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes()).await;
+        let resp = raw(
+            h.proxy,
+            format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes(),
+        )
+        .await;
         assert_eq!(status_of(&resp), 403, "{target}: {resp}");
     }
     let denies = h.find(|e| e["decision"] == "deny" && e["action"] == "connect");
-    assert!(denies.iter().any(|e| e["address"] == "169.254.169.254"), "{denies:#?}");
+    assert!(
+        denies.iter().any(|e| e["address"] == "169.254.169.254"),
+        "{denies:#?}"
+    );
     assert!(denies.iter().all(|e| e["enforced"] == true));
 }
 
@@ -356,15 +396,25 @@ async fn hostname_tricks_are_refused() {
     let (up, seen) = raw_upstream("127.0.0.2:0").await;
     let p = up.port();
     let h = harness(
-        &policy(&[format!("allowed.test:{p}"), format!("127.0.0.2/32:{p}")], ""),
+        &policy(
+            &[format!("allowed.test:{p}"), format!("127.0.0.2/32:{p}")],
+            "",
+        ),
         Arc::new(resolver()),
     )
     .await;
     // Canonical spellings of the allowed name work.
     for target in [format!("ALLOWED.test:{p}"), format!("allowed.test.:{p}")] {
-        let resp = raw(h.proxy, format!("CONNECT {target} HTTP/1.1\r\n\r\n").as_bytes()).await;
+        let resp = raw(
+            h.proxy,
+            format!("CONNECT {target} HTTP/1.1\r\n\r\n").as_bytes(),
+        )
+        .await;
         assert_eq!(status_of(&resp), 200, "{target}: {resp}");
-        assert!(resp.contains("banner"), "server-first protocol relayed: {resp}");
+        assert!(
+            resp.contains("banner"),
+            "server-first protocol relayed: {resp}"
+        );
     }
     // Tricks: userinfo, backslash, percent-encoding, NUL, unbracketed IPv6.
     for target in [
@@ -374,11 +424,15 @@ async fn hostname_tricks_are_refused() {
         format!("allowed%2etest:{p}"),
         format!("allowed.test%00.evil.test:{p}"),
     ] {
-        let resp = raw(h.proxy, format!("CONNECT {target} HTTP/1.1\r\n\r\n").as_bytes()).await;
+        let resp = raw(
+            h.proxy,
+            format!("CONNECT {target} HTTP/1.1\r\n\r\n").as_bytes(),
+        )
+        .await;
         let code = status_of(&resp);
         assert!(code == 400 || code == 403, "{target}: {resp}");
     }
-    let mut nul = format!("CONNECT allowed.test").into_bytes();
+    let mut nul = b"CONNECT allowed.test".to_vec();
     nul.push(0);
     nul.extend_from_slice(format!(".evil.test:{p} HTTP/1.1\r\n\r\n").as_bytes());
     let resp = raw(h.proxy, &nul).await;
@@ -389,7 +443,11 @@ async fn hostname_tricks_are_refused() {
         format!("http://allowed.test:{p}@evil.test/"),
         format!("http://allowed%2etest:{p}/"),
     ] {
-        let resp = raw(h.proxy, format!("GET {url} HTTP/1.1\r\nHost: allowed.test:{p}\r\n\r\n").as_bytes()).await;
+        let resp = raw(
+            h.proxy,
+            format!("GET {url} HTTP/1.1\r\nHost: allowed.test:{p}\r\n\r\n").as_bytes(),
+        )
+        .await;
         assert!(matches!(status_of(&resp), 400 | 403), "{url}: {resp}");
     }
     // Only the two allowed CONNECTs ever reached upstream.
@@ -431,8 +489,17 @@ async fn sni_must_match_the_connect_host() {
     tokio::time::sleep(Duration::from_millis(800)).await;
     let seen = seen.lock().unwrap().clone();
     assert_eq!(seen.len(), 2, "both connections were dialled");
-    assert_eq!(seen.iter().filter(|b| b.as_slice() == hello.as_slice()).count(), 0, "fronted hello never sent upstream");
-    assert!(seen.iter().any(|b| b.len() > 20 && b[0] == 0x16), "matching hello relayed");
+    assert_eq!(
+        seen.iter()
+            .filter(|b| b.as_slice() == hello.as_slice())
+            .count(),
+        0,
+        "fronted hello never sent upstream"
+    );
+    assert!(
+        seen.iter().any(|b| b.len() > 20 && b[0] == 0x16),
+        "matching hello relayed"
+    );
     let tls = h.find(|e| e["action"] == "tls");
     assert_eq!(tls.len(), 1, "{tls:#?}");
     assert_eq!(tls[0]["decision"], "deny");
@@ -445,7 +512,17 @@ async fn real_tls_through_connect_with_curl() {
     let key = dir.path().join("k.pem");
     let cert = dir.path().join("c.pem");
     let st = std::process::Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=allowed.test"])
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=allowed.test",
+        ])
         .arg("-keyout")
         .arg(&key)
         .arg("-out")
@@ -476,7 +553,13 @@ async fn real_tls_through_connect_with_curl() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let h = harness(
-        &policy(&[format!("allowed.test:{port}"), format!("127.0.0.2/32:{port}")], ""),
+        &policy(
+            &[
+                format!("allowed.test:{port}"),
+                format!("127.0.0.2/32:{port}"),
+            ],
+            "",
+        ),
         Arc::new(resolver()),
     )
     .await;
@@ -501,7 +584,10 @@ async fn host_header_and_http_rules() {
     );
     let h = harness(&pol, Arc::new(resolver())).await;
     // Host disagreeing with the URI host (or port) is a 400.
-    for host in ["evil.test".to_string(), format!("allowed.test:{}", p.wrapping_add(1))] {
+    for host in [
+        "evil.test".to_string(),
+        format!("allowed.test:{}", p.wrapping_add(1)),
+    ] {
         let resp = raw(
             h.proxy,
             format!("GET http://allowed.test:{p}/ HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes(),
@@ -511,18 +597,32 @@ async fn host_header_and_http_rules() {
     }
     let resp = raw(
         h.proxy,
-        format!("GET http://allowed.test:{p}/ HTTP/1.1\r\nHost: ALLOWED.test.:{p}\r\n\r\n").as_bytes(),
+        format!("GET http://allowed.test:{p}/ HTTP/1.1\r\nHost: ALLOWED.test.:{p}\r\n\r\n")
+            .as_bytes(),
     )
     .await;
     assert_eq!(status_of(&resp), 200, "{resp}");
     // Method/path rules.
-    let (code, body) = curl(h.proxy, &[&format!("http://api.test:{p}/repos/acme/widgets")]).await;
+    let (code, body) = curl(
+        h.proxy,
+        &[&format!("http://api.test:{p}/repos/acme/widgets")],
+    )
+    .await;
     assert_eq!(code, 200, "{body}");
-    let (code, _) = curl(h.proxy, &["-X", "POST", &format!("http://api.test:{p}/repos/acme/widgets")]).await;
+    let (code, _) = curl(
+        h.proxy,
+        &[
+            "-X",
+            "POST",
+            &format!("http://api.test:{p}/repos/acme/widgets"),
+        ],
+    )
+    .await;
     assert_eq!(code, 403);
     let (code, _) = curl(h.proxy, &[&format!("http://api.test:{p}/repos/other/x")]).await;
     assert_eq!(code, 403);
-    let denies = h.find(|e| e["action"] == "http" && e["decision"] == "deny" && e["rule"] != "proxy");
+    let denies =
+        h.find(|e| e["action"] == "http" && e["decision"] == "deny" && e["rule"] != "proxy");
     assert_eq!(denies.len(), 2, "{denies:#?}");
     // origin-form requests and https absolute URIs are not forwarded
     let resp = raw(h.proxy, b"GET / HTTP/1.1\r\nHost: allowed.test\r\n\r\n").await;
@@ -557,7 +657,10 @@ async fn rebinding_dials_the_checked_address() {
         calls: AtomicUsize::new(0),
     });
     let h = harness(
-        &policy(&[format!("allowed.test:{p}"), format!("127.0.0.2/32:{p}")], ""),
+        &policy(
+            &[format!("allowed.test:{p}"), format!("127.0.0.2/32:{p}")],
+            "",
+        ),
         r.clone(),
     )
     .await;
@@ -594,7 +697,11 @@ async fn audit_mode_records_but_does_not_block() {
     let evs = h.events();
     let would = evs.iter().filter(|e| e["decision"] == "deny").count();
     assert!(would >= 2, "{evs:#?}");
-    assert!(evs.iter().filter(|e| e["surface"] == "network").all(|e| e["enforced"] == false));
+    assert!(
+        evs.iter()
+            .filter(|e| e["surface"] == "network")
+            .all(|e| e["enforced"] == false)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -644,7 +751,10 @@ async fn websocket_upgrade_over_plain_http() {
         }
     });
     let h = harness(
-        &policy(&[format!("allowed.test:{p}"), format!("127.0.0.2/32:{p}")], ""),
+        &policy(
+            &[format!("allowed.test:{p}"), format!("127.0.0.2/32:{p}")],
+            "",
+        ),
         Arc::new(resolver()),
     )
     .await;
@@ -662,7 +772,10 @@ async fn websocket_upgrade_over_plain_http() {
     let head = String::from_utf8_lossy(&buf[..n]).into_owned();
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
     s.write_all(b"ping-frame").await.unwrap();
-    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.unwrap().unwrap();
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(&buf[..n], b"ping-frame");
 }
 
@@ -699,7 +812,14 @@ async fn dns_answers_allowed_names_synthetically_and_nothing_leaves() {
         calls: AtomicUsize::new(0),
     });
     let h = harness(
-        &policy(&["allowed.test".into(), "ssh.test:22".into(), "**.cdn.test".into()], ""),
+        &policy(
+            &[
+                "allowed.test".into(),
+                "ssh.test:22".into(),
+                "**.cdn.test".into(),
+            ],
+            "",
+        ),
         counting.clone(),
     )
     .await;
@@ -710,7 +830,10 @@ async fn dns_answers_allowed_names_synthetically_and_nothing_leaves() {
     let ask = |name: &'static str, qt: RecordType| {
         let client = &client;
         async move {
-            client.send_to(&dns_query(7, name, qt), dns_addr).await.unwrap();
+            client
+                .send_to(&dns_query(7, name, qt), dns_addr)
+                .await
+                .unwrap();
             let mut buf = vec![0u8; 2048];
             let (n, _) = tokio::time::timeout(Duration::from_secs(5), client.recv_from(&mut buf))
                 .await
@@ -720,7 +843,12 @@ async fn dns_answers_allowed_names_synthetically_and_nothing_leaves() {
         }
     };
     let mut answers: HashMap<&str, IpAddr> = HashMap::new();
-    for name in ["allowed.test.", "ssh.test.", "a.b.cdn.test.", "ALLOWED.TEST."] {
+    for name in [
+        "allowed.test.",
+        "ssh.test.",
+        "a.b.cdn.test.",
+        "ALLOWED.TEST.",
+    ] {
         let m = ask(name, RecordType::A).await;
         assert_eq!(m.metadata.response_code, ResponseCode::NoError, "{name}");
         let RData::A(a) = &m.answers[0].data else {
@@ -739,7 +867,12 @@ async fn dns_answers_allowed_names_synthetically_and_nothing_leaves() {
     let m = ask("allowed.test.", RecordType::TXT).await;
     assert_eq!(m.metadata.response_code, ResponseCode::NoError);
     assert!(m.answers.is_empty());
-    for name in ["evil.test.", "c2VjcmV0.exfil.evil.test.", "blocked.test.", "cdn.test."] {
+    for name in [
+        "evil.test.",
+        "c2VjcmV0.exfil.evil.test.",
+        "blocked.test.",
+        "cdn.test.",
+    ] {
         let m = ask(name, RecordType::A).await;
         assert_eq!(m.metadata.response_code, ResponseCode::NXDomain, "{name}");
         assert!(m.answers.is_empty());
@@ -753,15 +886,25 @@ async fn dns_answers_allowed_names_synthetically_and_nothing_leaves() {
             .is_err()
     );
     let dns = h.find(|e| e["action"] == "dns");
-    assert_eq!(dns.iter().filter(|e| e["decision"] == "deny").count(), 4, "{dns:#?}");
-    assert!(dns.iter().any(|e| e["target"] == "c2VjcmV0.exfil.evil.test".to_lowercase()));
+    assert_eq!(
+        dns.iter().filter(|e| e["decision"] == "deny").count(),
+        4,
+        "{dns:#?}"
+    );
+    assert!(
+        dns.iter()
+            .any(|e| e["target"] == "c2VjcmV0.exfil.evil.test".to_lowercase())
+    );
     // Garbage never crashes the server.
     client.send_to(b"", dns_addr).await.unwrap();
     client.send_to(b"\x00\x01garbage", dns_addr).await.unwrap();
     let mut buf = vec![0u8; 512];
     let (n, _) = client.recv_from(&mut buf).await.unwrap();
     let m = Message::from_vec(&buf[..n]).unwrap();
-    assert_eq!((m.metadata.id, m.metadata.response_code), (1, ResponseCode::FormErr));
+    assert_eq!(
+        (m.metadata.id, m.metadata.response_code),
+        (1, ResponseCode::FormErr)
+    );
     let m = ask("allowed.test.", RecordType::A).await;
     assert_eq!(m.metadata.response_code, ResponseCode::NoError);
 }
@@ -794,7 +937,10 @@ async fn tun_governs_programs_that_ignore_proxies() {
     let up = http_upstream("127.0.0.2:0").await;
     let p = up.port();
     let h = harness(
-        &policy(&[format!("allowed.test:{p}"), format!("127.0.0.2/32:{p}")], ""),
+        &policy(
+            &[format!("allowed.test:{p}"), format!("127.0.0.2/32:{p}")],
+            "",
+        ),
         Arc::new(resolver()),
     )
     .await;
@@ -824,33 +970,58 @@ async fn tun_governs_programs_that_ignore_proxies() {
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     eprintln!("{stdout}");
-    assert!(out.status.success(), "stdout: {stdout}\nstderr: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "stdout: {stdout}\nstderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let results: HashMap<String, Value> = stdout
         .lines()
         .map(|l| serde_json::from_str::<Value>(l).unwrap())
         .map(|v| (v["name"].as_str().unwrap().to_string(), v))
         .collect();
-    let r = |n: &str| results.get(n).unwrap_or_else(|| panic!("{n} missing: {stdout}")).clone();
+    let r = |n: &str| {
+        results
+            .get(n)
+            .unwrap_or_else(|| panic!("{n} missing: {stdout}"))
+            .clone()
+    };
 
     let addrs = r("resolve_allowed")["addrs"].clone();
     assert!(
-        addrs.as_array().unwrap().iter().any(|a| a.as_str().unwrap().starts_with("198.18.")),
+        addrs
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a.as_str().unwrap().starts_with("198.18.")),
         "{addrs}"
     );
     assert!(r("resolve_denied").get("error").is_some(), "{stdout}");
     let ok = r("allowed_by_name");
     assert_eq!(ok["code"], "200", "{ok}");
-    assert!(ok["body"].as_str().unwrap().contains("upstream saw GET /via-tun"), "{ok}");
+    assert!(
+        ok["body"]
+            .as_str()
+            .unwrap()
+            .contains("upstream saw GET /via-tun"),
+        "{ok}"
+    );
     for n in ["denied_by_name", "raw_ip", "unmapped_pool_ip", "raw_ipv6"] {
         let v = r(n);
         assert_ne!(v["code"], "200", "{n}: {v}");
-        assert!(!v["body"].as_str().unwrap().contains("upstream saw"), "{n}: {v}");
+        assert!(
+            !v["body"].as_str().unwrap().contains("upstream saw"),
+            "{n}: {v}"
+        );
     }
 
     // The audit log has each decision.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let evs = h.events();
-    let tun_allow = evs.iter().filter(|e| e["via"] == "tun" && e["action"] == "connect" && e["decision"] == "allow").count();
+    let tun_allow = evs
+        .iter()
+        .filter(|e| e["via"] == "tun" && e["action"] == "connect" && e["decision"] == "allow")
+        .count();
     assert_eq!(tun_allow, 1, "{evs:#?}");
     for target in ["192.0.2.99", "198.18.200.200", "[2001:db8::99]"] {
         assert!(
@@ -860,8 +1031,14 @@ async fn tun_governs_programs_that_ignore_proxies() {
             "{target}: {evs:#?}"
         );
     }
-    assert!(evs.iter().any(|e| e["action"] == "dns" && e["decision"] == "deny" && e["target"] == "c2vjcmv0.exfil.evil.test"));
-    assert!(evs.iter().any(|e| e["action"] == "udp" && e["target"] == "192.0.2.99:9999"), "{evs:#?}");
+    assert!(evs.iter().any(|e| e["action"] == "dns"
+        && e["decision"] == "deny"
+        && e["target"] == "c2vjcmv0.exfil.evil.test"));
+    assert!(
+        evs.iter()
+            .any(|e| e["action"] == "udp" && e["target"] == "192.0.2.99:9999"),
+        "{evs:#?}"
+    );
     if results.contains_key("icmp_sent") {
         assert!(evs.iter().any(|e| e["action"] == "icmp"), "{evs:#?}");
     }
