@@ -294,6 +294,19 @@ fn agent_main(req: &InitRequest, chan: &OwnedFd) -> Result<std::convert::Infalli
     // Resolve the command in the session (after Landlock, so an execute denial shows).
     let exe = resolve(&spec.command[0], path_var.as_deref())?;
     setup("close_range", sys::cloexec_from(3))?;
+    // Everything is in place: wait for the parent's go-ahead (it records the session start
+    // durably meanwhile). End-of-file instead means the parent gave up: do not run.
+    report(chan, &Report::Prepared);
+    let mut stream = setup("channel", proto::stream_of(chan))?;
+    match proto::read_frame::<proto::Control>(&mut stream) {
+        Ok(Some(proto::Control::Go)) => {}
+        _ => {
+            return Err(AgentError::Setup(
+                "the parent did not confirm the start".into(),
+            ));
+        }
+    }
+    drop(stream);
     report(chan, &Report::Ready);
     let exe_c = CString::new(exe.as_os_str().as_bytes())
         .map_err(|_| AgentError::Setup("NUL in path".into()))?;

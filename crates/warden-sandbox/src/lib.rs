@@ -52,7 +52,7 @@ pub use env::{DEFAULT_ENV_PASSTHROUGH, session_env};
 pub use error::SandboxError;
 pub use init::init_main;
 pub use preflight::{Check, preflight, preflight_report};
-pub use session::{Session, SessionExit, spawn};
+pub use session::{Prepared, Session, SessionExit, prepare, spawn};
 
 /// `argv[1]` of a process started as a session init. The `warden` binary checks it first
 /// thing in `main` and calls [`init_main`].

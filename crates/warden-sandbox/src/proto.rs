@@ -38,6 +38,13 @@ pub(crate) enum FdKind {
     UnixDiag,
 }
 
+/// Parent → agent, after [`Report::Prepared`].
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum Control {
+    /// Execute the command.
+    Go,
+}
+
 /// Init/agent → parent.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum Report {
@@ -45,7 +52,9 @@ pub(crate) enum Report {
     Warning(String),
     /// A descriptor follows as one byte with `SCM_RIGHTS` (see [`send_fd`]).
     Fd(FdKind),
-    /// All layers are in place; the next thing is `execve`.
+    /// All layers are in place; the agent waits for [`Control::Go`].
+    Prepared,
+    /// Go received; the next thing is `execve`.
     Ready,
     /// Setup failed; the command did not run.
     SetupFailed(String),

@@ -138,8 +138,25 @@ fn userns_error(e: io::Error) -> SandboxError {
 
 /// Starts a session. Returns once the command has been executed (or failed to be, which
 /// [`Session::wait`] then reports as 126/127). Any failure before that is an error and the
-/// command did not run.
+/// command did not run. Same as [`prepare`] followed by [`Prepared::start`].
 pub fn spawn(spec: &SandboxSpec) -> Result<Session, SandboxError> {
+    prepare(spec)?.start()
+}
+
+/// A session whose boundary is fully set up, stopped right before `execve` of the command.
+/// The caller records what it must (the session start, durably) and then calls
+/// [`Prepared::start`]; dropping it instead kills the session without running anything.
+#[derive(Debug)]
+pub struct Prepared {
+    session: Session,
+    stream: std::os::unix::net::UnixStream,
+    unix_guard: bool,
+    listener: Option<OwnedFd>,
+    diag: Option<OwnedFd>,
+}
+
+/// Builds the session up to the point where only `execve` of the command is left.
+pub fn prepare(spec: &SandboxSpec) -> Result<Prepared, SandboxError> {
     validate(spec)?;
     let use_pty = match spec.tty {
         TtyMode::Auto => sys::isatty(0) && sys::isatty(1),
@@ -269,7 +286,13 @@ pub fn spawn(spec: &SandboxSpec) -> Result<Session, SandboxError> {
         reaped: None,
     };
     match session.handshake(spec, parent_end, use_pty) {
-        Ok(()) => Ok(session),
+        Ok((stream, unix_guard, listener, diag)) => Ok(Prepared {
+            session,
+            stream,
+            unix_guard,
+            listener,
+            diag,
+        }),
         Err(e) => {
             session.kill();
             session.reap();
@@ -278,13 +301,95 @@ pub fn spawn(spec: &SandboxSpec) -> Result<Session, SandboxError> {
     }
 }
 
+impl Prepared {
+    /// Warnings reported by the init so far.
+    pub fn warnings(&self) -> &[String] {
+        &self.session.warnings
+    }
+
+    /// Lets the agent execute the command; returns once it did (or failed to, see
+    /// [`SessionExit::message`]).
+    pub fn start(self) -> Result<Session, SandboxError> {
+        let Prepared {
+            mut session,
+            mut stream,
+            unix_guard,
+            listener,
+            diag,
+        } = self;
+        let r = (|| {
+            if session.exec_error.is_some() {
+                return Ok(());
+            }
+            if unix_guard {
+                match (listener, diag) {
+                    (Some(l), Some(d)) => session.guard = Some(crate::unixsock::start(l, d)),
+                    _ => {
+                        return Err(SandboxError::Setup(
+                            "the unix-socket guard was not set up".into(),
+                        ));
+                    }
+                }
+            }
+            proto::write_frame(&mut stream, &proto::Control::Go)
+                .map_err(|e| SandboxError::Setup(format!("starting the command: {e}")))?;
+            let mut ready = false;
+            loop {
+                let msg: Option<Report> = proto::read_frame(&mut stream)
+                    .map_err(|e| SandboxError::Setup(format!("reading the init's report: {e}")))?;
+                match msg {
+                    None => break,
+                    Some(Report::Ready) => ready = true,
+                    Some(Report::Warning(w)) => session.warnings.push(w),
+                    Some(Report::SetupFailed(m)) => return Err(SandboxError::Setup(m)),
+                    Some(Report::ExecFailed { code, message }) => {
+                        session.exec_error = Some((code, message));
+                        ready = true;
+                    }
+                    Some(other) => {
+                        return Err(SandboxError::Setup(format!("unexpected report {other:?}")));
+                    }
+                }
+            }
+            if !ready {
+                let status = session.reap();
+                return Err(SandboxError::NoReport(format!(
+                    " (init exit status {status})"
+                )));
+            }
+            if let Some(p) = &mut session.pty {
+                // The command runs: put the host terminal in raw mode for the relay.
+                p.saved = enter_raw_mode();
+            }
+            Ok(())
+        })();
+        match r {
+            Ok(()) => Ok(session),
+            Err(e) => {
+                session.kill();
+                session.reap();
+                Err(e)
+            }
+        }
+    }
+}
+
 impl Session {
+    #[allow(clippy::type_complexity)]
     fn handshake(
         &mut self,
         spec: &SandboxSpec,
         chan: OwnedFd,
         use_pty: bool,
-    ) -> Result<(), SandboxError> {
+    ) -> Result<
+        (
+            std::os::unix::net::UnixStream,
+            bool,
+            Option<OwnedFd>,
+            Option<OwnedFd>,
+        ),
+        SandboxError,
+    > {
         // SAFETY: getuid/getgid cannot fail.
         let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
         let base = format!("/proc/{}", self.pid);
@@ -307,14 +412,18 @@ impl Session {
         let mut stream = std::os::unix::net::UnixStream::from(chan);
         proto::write_frame(&mut stream, &req)
             .map_err(|e| SandboxError::Setup(format!("sending the spec to the init: {e}")))?;
-        let mut ready = false;
         let mut listener = None;
         let mut diag = None;
         loop {
             let msg: Option<Report> = proto::read_frame(&mut stream)
                 .map_err(|e| SandboxError::Setup(format!("reading the init's report: {e}")))?;
             match msg {
-                None => break,
+                None => {
+                    let status = self.reap();
+                    return Err(SandboxError::NoReport(format!(
+                        " (init exit status {status})"
+                    )));
+                }
                 Some(Report::Warning(w)) => self.warnings.push(w),
                 Some(Report::Fd(kind)) => {
                     let fd = proto::recv_fd(stream.as_raw_fd()).map_err(|e| {
@@ -325,35 +434,20 @@ impl Session {
                         proto::FdKind::UnixDiag => diag = Some(fd),
                     }
                 }
-                Some(Report::Ready) => ready = true,
+                Some(Report::Prepared) => break,
                 Some(Report::SetupFailed(m)) => return Err(SandboxError::Setup(m)),
                 Some(Report::ExecFailed { code, message }) => {
                     self.exec_error = Some((code, message));
-                    ready = true;
+                    break;
                 }
-            }
-        }
-        if !ready {
-            let status = self.reap();
-            return Err(SandboxError::NoReport(format!(
-                " (init exit status {status})"
-            )));
-        }
-        if unix_guard && self.exec_error.is_none() {
-            match (listener, diag) {
-                (Some(l), Some(d)) => self.guard = Some(crate::unixsock::start(l, d)),
-                _ => {
+                Some(Report::Ready) => {
                     return Err(SandboxError::Setup(
-                        "the unix-socket guard was not set up".into(),
+                        "the agent reported ready before the go-ahead".into(),
                     ));
                 }
             }
         }
-        if let Some(p) = &mut self.pty {
-            // The command runs: put the host terminal in raw mode for the relay.
-            p.saved = enter_raw_mode();
-        }
-        Ok(())
+        Ok((stream, unix_guard, listener, diag))
     }
 
     /// Warnings reported by the init (e.g. the `hide_patterns` walk hit its bound).

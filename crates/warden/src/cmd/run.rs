@@ -140,8 +140,13 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
         .audit
         .clone()
         .unwrap_or_else(crate::home::default_audit_file);
-    let log = AuditLog::open(&audit_path)
-        .with_context(|| format!("opening the audit log {}", audit_path.display()))?;
+    let open_log = {
+        let audit_path = audit_path.clone();
+        move || {
+            AuditLog::open(&audit_path)
+                .with_context(|| format!("opening the audit log {}", audit_path.display()))
+        }
+    };
     let agent = args
         .command
         .first()
@@ -317,28 +322,49 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
         Ok(ExitCode::from(EXIT_FAILED))
     };
     if let Err(e) = warden_sandbox::preflight(&spec) {
-        return fail(&log, e.to_string());
+        return fail(&open_log()?, e.to_string());
     }
 
-    // The start is on disk before the command can run.
-    // One fsync covers them all: the log commits in order, and the start below waits.
-    for ev in events {
-        drop(
-            log.record(&stamp, ev)
-                .context("recording a filesystem decision")?,
-        );
-    }
-    log.record_durable(
-        &stamp,
-        Event::new(Surface::Session, "start", &command_line, Verdict::Allow)
-            .field("backend", "namespaces")
-            .field("workspace", workspace.to_string_lossy().into_owned())
-            .field("name", args.name.clone().unwrap_or_default())
-            .field("mode", policy.mode().as_str()),
-    )
-    .context("recording the session start in the audit log")?;
-
-    let sess = match warden_sandbox::spawn(&spec) {
+    // The audit log is opened, and the decisions and the session start recorded durably,
+    // on a helper thread while the sandbox is being built; the command only runs once
+    // both are done (`Prepared::start`).
+    let start_event = Event::new(Surface::Session, "start", &command_line, Verdict::Allow)
+        .field("backend", "namespaces")
+        .field("workspace", workspace.to_string_lossy().into_owned())
+        .field("name", args.name.clone().unwrap_or_default())
+        .field("mode", policy.mode().as_str());
+    let recorder = {
+        let stamp = stamp.clone();
+        std::thread::spawn(move || -> anyhow::Result<AuditLog> {
+            let log = open_log()?;
+            // One fsync covers them all: the log commits in order and the start waits.
+            for ev in events {
+                drop(
+                    log.record(&stamp, ev)
+                        .context("recording a filesystem decision")?,
+                );
+            }
+            log.record_durable(&stamp, start_event)
+                .context("recording the session start in the audit log")?;
+            Ok(log)
+        })
+    };
+    let prepared = warden_sandbox::prepare(&spec);
+    let recorded = recorder
+        .join()
+        .unwrap_or_else(|_| Err(anyhow::anyhow!("the audit recorder panicked")));
+    let log = match recorded {
+        Ok(log) => log,
+        Err(e) => {
+            drop(prepared); // kills the session: nothing runs unrecorded
+            return Err(e);
+        }
+    };
+    let prepared = match prepared {
+        Ok(p) => p,
+        Err(e) => return fail(&log, e.to_string()),
+    };
+    let sess = match prepared.start() {
         Ok(s) => s,
         Err(e) => return fail(&log, e.to_string()),
     };
