@@ -34,46 +34,50 @@ pub enum Command {
     /// Say whether a policy allows one request, and which rule decided.
     ///
     /// Exits 0 when allowed, 1 when denied.
-    #[command(group(clap::ArgGroup::new("request").required(true)
-        .args(["net", "http", "path", "tool", "credential"])))]
-    Explain {
-        /// The policy file (default: the built-in `balanced` preset).
-        #[arg(long, conflicts_with = "preset")]
-        policy: Option<PathBuf>,
-        /// A built-in preset instead of a file.
-        #[arg(long, value_parser = parse_preset)]
-        preset: Option<Preset>,
-        /// A connection: HOST[:PORT] (port 443 when omitted; names are not resolved).
-        #[arg(long, value_name = "HOST[:PORT]")]
-        net: Option<String>,
-        /// An HTTP request: METHOD URL.
-        #[arg(long, num_args = 2, value_names = ["METHOD", "URL"])]
-        http: Option<Vec<String>>,
-        /// A host path: is it visible in a session (and writable with --write)?
-        #[arg(long)]
-        path: Option<PathBuf>,
-        /// With --path: ask about writing.
-        #[arg(long, requires = "path")]
-        write: bool,
-        /// With --path: the session's workspace (default: the current directory).
-        #[arg(long, requires = "path")]
-        workspace: Option<PathBuf>,
-        /// An MCP tool call: SERVER/TOOL.
-        #[arg(long, value_name = "SERVER/TOOL")]
-        tool: Option<String>,
-        /// With --tool: the call's arguments as a JSON object.
-        #[arg(long, requires = "tool", default_value = "{}")]
-        args: String,
-        /// A credential use: NAME (with --host).
-        #[arg(long, requires = "host")]
-        credential: Option<String>,
-        /// With --credential: the destination host.
-        #[arg(long, requires = "credential")]
-        host: Option<String>,
-        /// Print the decision as JSON.
-        #[arg(long)]
-        json: bool,
-    },
+    Explain(Box<ExplainArgs>),
+}
+
+/// Arguments of `warden policy explain`.
+#[derive(clap::Args)]
+#[command(group(clap::ArgGroup::new("request").required(true)
+    .args(["net", "http", "path", "tool", "credential"])))]
+pub struct ExplainArgs {
+    /// The policy file (default: the built-in `balanced` preset).
+    #[arg(long, conflicts_with = "preset")]
+    pub policy: Option<PathBuf>,
+    /// A built-in preset instead of a file.
+    #[arg(long, value_parser = parse_preset)]
+    pub preset: Option<Preset>,
+    /// A connection: HOST[:PORT] (port 443 when omitted; names are not resolved).
+    #[arg(long, value_name = "HOST[:PORT]", value_parser = split_host_port)]
+    pub net: Option<(String, u16)>,
+    /// An HTTP request: METHOD URL.
+    #[arg(long, num_args = 2, value_names = ["METHOD", "URL"])]
+    pub http: Option<Vec<String>>,
+    /// A host path: is it visible in a session (and writable with --write)?
+    #[arg(long)]
+    pub path: Option<PathBuf>,
+    /// With --path: ask about writing.
+    #[arg(long, requires = "path")]
+    pub write: bool,
+    /// With --path: the session's workspace (default: the current directory).
+    #[arg(long, requires = "path")]
+    pub workspace: Option<PathBuf>,
+    /// An MCP tool call: SERVER/TOOL.
+    #[arg(long, value_name = "SERVER/TOOL", value_parser = split_tool)]
+    pub tool: Option<(String, String)>,
+    /// With --tool: the call's arguments as a JSON object.
+    #[arg(long, requires = "tool", default_value = "{}", value_parser = parse_args_json)]
+    pub args: serde_json::Value,
+    /// A credential use: NAME (with --host).
+    #[arg(long, requires = "host")]
+    pub credential: Option<String>,
+    /// With --credential: the destination host.
+    #[arg(long, requires = "credential")]
+    pub host: Option<String>,
+    /// Print the decision as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 fn parse_preset(s: &str) -> Result<Preset, String> {
@@ -89,20 +93,21 @@ pub fn main(cmd: Command) -> anyhow::Result<ExitCode> {
             force,
         } => init(preset, &file, force),
         Command::Check { files, json } => check(&files, json),
-        Command::Explain {
-            policy,
-            preset,
-            net,
-            http,
-            path,
-            write,
-            workspace,
-            tool,
-            args,
-            credential,
-            host,
-            json,
-        } => {
+        Command::Explain(args) => {
+            let ExplainArgs {
+                policy,
+                preset,
+                net,
+                http,
+                path,
+                write,
+                workspace,
+                tool,
+                args,
+                credential,
+                host,
+                json,
+            } = *args;
             let policy = match (policy, preset) {
                 (Some(file), _) => match Policy::load(&file) {
                     Ok(p) => p,
@@ -115,7 +120,9 @@ pub fn main(cmd: Command) -> anyhow::Result<ExitCode> {
                 (None, None) => Policy::preset(Preset::Balanced),
             };
             let cwd = std::env::current_dir().context("reading the current directory")?;
-            let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default();
+            let home = std::env::var_os("HOME")
+                .map(PathBuf::from)
+                .unwrap_or_default();
             let workspace = workspace.unwrap_or_else(|| cwd.clone());
             let principal = Principal {
                 user: crate::home::user_name(),
@@ -123,10 +130,7 @@ pub fn main(cmd: Command) -> anyhow::Result<ExitCode> {
                 agent: "explain".into(),
                 ..Principal::default()
             };
-            let args_json: serde_json::Value = serde_json::from_str(&args)
-                .with_context(|| format!("--args is not valid JSON: {args}"))?;
-            let decision = if let Some(net) = net {
-                let (host, port) = split_host_port(&net)?;
+            let decision = if let Some((host, port)) = net {
                 policy.decide(&principal, &Request::Connect { host: &host, port })
             } else if let Some(http) = http {
                 let [method, url] = http.as_slice() else {
@@ -148,20 +152,23 @@ pub fn main(cmd: Command) -> anyhow::Result<ExitCode> {
                         home: &home,
                     },
                 )
-            } else if let Some(tool) = tool {
-                let Some((server, tool)) = tool.split_once('/') else {
-                    bail!("--tool takes SERVER/TOOL, e.g. --tool github/get_issue (got `{tool}`)");
-                };
+            } else if let Some((server, tool)) = tool {
                 policy.decide(
                     &principal,
                     &Request::Tool {
-                        server,
-                        tool,
-                        args: &args_json,
+                        server: &server,
+                        tool: &tool,
+                        args: &args,
                     },
                 )
             } else if let (Some(name), Some(host)) = (credential, host) {
-                policy.decide(&principal, &Request::Credential { name: &name, host: &host })
+                policy.decide(
+                    &principal,
+                    &Request::Credential {
+                        name: &name,
+                        host: &host,
+                    },
+                )
             } else {
                 bail!("say what to explain: --net, --http, --path, --tool or --credential");
             };
@@ -246,19 +253,41 @@ fn print_decision(d: &Decision, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn split_tool(s: &str) -> Result<(String, String), String> {
+    match s.split_once('/') {
+        Some((server, tool)) if !server.is_empty() && !tool.is_empty() => {
+            Ok((server.to_string(), tool.to_string()))
+        }
+        _ => Err(format!("`{s}` is not SERVER/TOOL, e.g. github/get_issue")),
+    }
+}
+
+fn parse_args_json(s: &str) -> Result<serde_json::Value, String> {
+    match serde_json::from_str::<serde_json::Value>(s) {
+        Ok(v) if v.is_object() => Ok(v),
+        Ok(_) => {
+            Err("the tool arguments must be a JSON object, e.g. '{\"path\": \"/tmp\"}'".into())
+        }
+        Err(e) => Err(format!("not valid JSON ({e})")),
+    }
+}
+
 /// `host`, `host:port`, `[v6]`, `[v6]:port`, or a bare IPv6 literal; port 443 by default.
 fn split_host_port(s: &str) -> anyhow::Result<(String, u16)> {
-    let bad_port = |p: &str| {
-        anyhow::anyhow!("--net {s}: `{p}` is not a port (1-65535); write HOST or HOST:PORT")
-    };
+    let bad_port =
+        |p: &str| anyhow::anyhow!("`{p}` is not a port (1-65535); write HOST or HOST:PORT");
     if let Some(rest) = s.strip_prefix('[') {
         let Some((addr, after)) = rest.split_once(']') else {
-            bail!("--net {s}: missing `]` after the IPv6 address; write [2001:db8::1]:443");
+            bail!("missing `]` after the IPv6 address; write [2001:db8::1]:443");
         };
         let port = match after.strip_prefix(':') {
-            Some(p) => p.parse().ok().filter(|&n| n != 0).ok_or_else(|| bad_port(p))?,
+            Some(p) => p
+                .parse()
+                .ok()
+                .filter(|&n| n != 0)
+                .ok_or_else(|| bad_port(p))?,
             None if after.is_empty() => 443,
-            None => bail!("--net {s}: unexpected `{after}` after `]`"),
+            None => bail!("unexpected `{after}` after `]`"),
         };
         return Ok((addr.to_string(), port));
     }
@@ -268,7 +297,10 @@ fn split_host_port(s: &str) -> anyhow::Result<(String, u16)> {
     match s.rsplit_once(':') {
         Some((host, p)) => Ok((
             host.to_string(),
-            p.parse().ok().filter(|&n| n != 0).ok_or_else(|| bad_port(p))?,
+            p.parse()
+                .ok()
+                .filter(|&n| n != 0)
+                .ok_or_else(|| bad_port(p))?,
         )),
         None => Ok((s.to_string(), 443)),
     }
@@ -284,7 +316,10 @@ mod tests {
         assert_eq!(split_host_port("a.b:22").unwrap(), ("a.b".into(), 22));
         assert_eq!(split_host_port("[::1]:80").unwrap(), ("::1".into(), 80));
         assert_eq!(split_host_port("[::1]").unwrap(), ("::1".into(), 443));
-        assert_eq!(split_host_port("2001:db8::1").unwrap(), ("2001:db8::1".into(), 443));
+        assert_eq!(
+            split_host_port("2001:db8::1").unwrap(),
+            ("2001:db8::1".into(), 443)
+        );
         assert!(split_host_port("a.b:0").is_err());
         assert!(split_host_port("a.b:x").is_err());
         assert!(split_host_port("[::1").is_err());
