@@ -6,7 +6,7 @@ use serde_json::Value;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
-use warden_secrets::Secret;
+use warden_secrets::{Placeholder, Secret};
 
 use crate::GatewayError;
 
@@ -27,11 +27,29 @@ pub struct ServerConfig {
     pub transport: Transport,
     /// Names of the credentials this server is bound to.
     pub credentials: Vec<String>,
-    /// Environment for a stdio server besides PATH/HOME/LANG (credential placeholders).
+    /// Environment for a stdio server besides PATH/HOME/LANG.
     pub env: Vec<(String, String)>,
-    /// Headers the gateway adds to requests to an HTTP server (credentials). The
+    /// `(VARIABLE, credential)`: the gateway sets VARIABLE to the credential's
+    /// placeholder (never the real value) in a stdio server's environment.
+    pub credential_env: Vec<(String, String)>,
+    /// Headers the gateway adds to requests to an HTTP server, already rendered. The
     /// client's own `Authorization` header is never forwarded.
     pub headers: Vec<(String, Secret)>,
+    /// Credential headers the gateway renders from the credential's real value
+    /// (`warden_secrets::scan::render_header`). The caller adds one only when the
+    /// credential's `hosts` allow the server's URL.
+    pub credential_headers: Vec<CredentialHeader>,
+}
+
+/// A header carrying a credential to an HTTP upstream.
+#[derive(Debug, Clone)]
+pub struct CredentialHeader {
+    /// The credential's name.
+    pub credential: String,
+    /// Header name (`authorization` unless the credential says otherwise).
+    pub header: String,
+    /// `{secret}` exactly once (`Bearer {secret}` by default).
+    pub format: String,
 }
 
 impl ServerConfig {
@@ -42,7 +60,9 @@ impl ServerConfig {
             transport,
             credentials: Vec::new(),
             env: Vec::new(),
+            credential_env: Vec::new(),
             headers: Vec::new(),
+            credential_headers: Vec::new(),
         }
     }
 }
@@ -86,15 +106,18 @@ pub trait Authorizer: Send + Sync {
     }
 }
 
-/// One secret of the session, for the scanner.
+/// One credential of the session (loaded by the caller with `warden_secrets::load`).
 #[derive(Debug, Clone)]
-pub struct SessionSecret {
+pub struct GatewayCredential {
     /// The credential's name in the policy.
     pub name: String,
-    /// The real value, when the gateway knows it.
-    pub value: Option<Secret>,
-    /// The placeholder the session sees instead of the value.
-    pub placeholder: Option<String>,
+    /// The real value.
+    pub secret: Secret,
+    /// The session's placeholder when one exists already (a `warden run` session
+    /// handing its own to the gateway); `None`: the gateway makes a fresh one.
+    pub placeholder: Option<Placeholder>,
+    /// The host patterns it is bound to, as written in the policy (opaque here).
+    pub hosts: Vec<String>,
 }
 
 /// Audit identity of the gateway's events.
@@ -113,7 +136,11 @@ pub struct GatewayConfig {
     pub authorizer: Arc<dyn Authorizer>,
     /// `false` in the policy's audit mode: decisions are recorded, nothing is blocked.
     pub enforce: bool,
-    pub secrets: Vec<SessionSecret>,
+    /// The session's credentials: scanned for in arguments (real values and
+    /// placeholders, every encoding) and scrubbed from results.
+    pub credentials: Vec<GatewayCredential>,
+    /// `tls.extra_roots`: trusted for `https://` upstreams besides the system roots.
+    pub extra_roots: Vec<PathBuf>,
     /// Pin store file (`WARDEN_HOME/mcp-pins.json`).
     pub pins_file: PathBuf,
     pub audit: AuditConfig,

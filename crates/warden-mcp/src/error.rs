@@ -30,6 +30,13 @@ pub enum GatewayError {
     /// A pin named on the command line does not exist.
     #[error("no pin for {key:?}; `warden mcp pins ls` lists the known tools")]
     UnknownPin { key: String },
+    /// The session's credentials could not be prepared (too short, duplicate name,
+    /// unknown credential named by a server, a header that cannot be rendered).
+    #[error("credentials: {0}")]
+    Credentials(String),
+    /// The trust store for `https://` upstreams could not be loaded.
+    #[error("TLS trust for https upstreams: {0}")]
+    Tls(#[from] warden_tls::TlsError),
     /// The audit log failed; the gateway fails closed.
     #[error("audit log: {0}")]
     Audit(#[from] warden_audit::AuditError),

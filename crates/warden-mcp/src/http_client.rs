@@ -4,7 +4,9 @@
 //! SSE stream. After `initialize` the session id is sent back on every request, and a
 //! GET stream carries the server's own requests and notifications. The gateway adds
 //! the server's credential headers; the client's `Authorization` never gets here.
-//! Plain `http://` only for now (TLS upstreams are listed as missing in docs/mcp.md).
+//! `https://` upstreams are verified against the gateway's `UpstreamTrust` (system
+//! roots plus `tls.extra_roots`, from `warden-tls`), chain and name; there is no way
+//! to turn verification off.
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -13,15 +15,21 @@ use hyper_util::rt::TokioIo;
 use serde_json::Value;
 use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
+use tokio_rustls::TlsConnector;
 use warden_secrets::Secret;
+use warden_tls::rustls::ClientConfig;
+use warden_tls::rustls::pki_types::ServerName;
 
 use crate::config::ServerConfig;
 use crate::upstream::{MAX_MESSAGE, UpEvent};
 use crate::{GatewayError, jsonrpc, lock};
 
 struct Target {
+    /// `host:port`, for connecting and the `Host` header.
     authority: String,
     path: String,
+    /// For `https://`: the name the certificate must carry.
+    tls_name: Option<ServerName<'static>>,
 }
 
 fn parse_url(name: &str, url: &str) -> Result<Target, GatewayError> {
@@ -29,14 +37,12 @@ fn parse_url(name: &str, url: &str) -> Result<Target, GatewayError> {
         name: name.to_string(),
         reason: format!("url {url:?}: {reason}"),
     };
-    let rest = if let Some(r) = url.strip_prefix("http://") {
-        r
-    } else if url.starts_with("https://") {
-        return Err(bad(
-            "https upstreams are not supported yet; use http:// on loopback or a local TLS terminator",
-        ));
+    let (rest, tls, default_port) = if let Some(r) = url.strip_prefix("http://") {
+        (r, false, 80)
+    } else if let Some(r) = url.strip_prefix("https://") {
+        (r, true, 443)
     } else {
-        return Err(bad("not an http:// URL"));
+        return Err(bad("not an http:// or https:// URL"));
     };
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
@@ -45,18 +51,33 @@ fn parse_url(name: &str, url: &str) -> Result<Target, GatewayError> {
     if authority.is_empty() || authority.contains('@') {
         return Err(bad("missing host, or userinfo in the URL"));
     }
-    let authority = if authority
+    let has_port = authority
         .rsplit_once(':')
         .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
-        && !authority.ends_with(']')
-    {
+        && !authority.ends_with(']');
+    let host = if has_port {
+        authority.rsplit_once(':').map_or(authority, |(h, _)| h)
+    } else {
+        authority
+    };
+    let authority = if has_port {
         authority.to_string()
     } else {
-        format!("{authority}:80")
+        format!("{authority}:{default_port}")
+    };
+    let tls_name = if tls {
+        let bare = host.trim_start_matches('[').trim_end_matches(']');
+        Some(
+            ServerName::try_from(bare.to_string())
+                .map_err(|_| bad("the host is not a valid TLS server name"))?,
+        )
+    } else {
+        None
     };
     Ok(Target {
         authority,
         path: path.to_string(),
+        tls_name,
     })
 }
 
@@ -64,6 +85,7 @@ fn parse_url(name: &str, url: &str) -> Result<Target, GatewayError> {
 pub struct HttpUpstream {
     name: String,
     target: Arc<Target>,
+    tls: Option<TlsConnector>,
     headers: Arc<Vec<(String, Secret)>>,
     session: Arc<Mutex<Option<String>>>,
     version: Arc<Mutex<Option<String>>>,
@@ -74,11 +96,24 @@ impl HttpUpstream {
     pub fn new(
         server: &ServerConfig,
         url: &str,
+        tls: Option<Arc<ClientConfig>>,
         tx: mpsc::UnboundedSender<UpEvent>,
     ) -> Result<Self, GatewayError> {
+        let target = parse_url(&server.name, url)?;
+        let tls = match (&target.tls_name, tls) {
+            (None, _) => None,
+            (Some(_), Some(config)) => Some(TlsConnector::from(config)),
+            (Some(_), None) => {
+                return Err(GatewayError::BadTransport {
+                    name: server.name.clone(),
+                    reason: format!("url {url:?}: no TLS trust configured for https upstreams"),
+                });
+            }
+        };
         Ok(Self {
             name: server.name.clone(),
-            target: Arc::new(parse_url(&server.name, url)?),
+            target: Arc::new(target),
+            tls,
             headers: Arc::new(server.headers.clone()),
             session: Arc::new(Mutex::new(None)),
             version: Arc::new(Mutex::new(None)),
@@ -90,6 +125,7 @@ impl HttpUpstream {
         Self {
             name: self.name.clone(),
             target: self.target.clone(),
+            tls: self.tls.clone(),
             headers: self.headers.clone(),
             session: self.session.clone(),
             version: self.version.clone(),
@@ -150,7 +186,26 @@ impl HttpUpstream {
             .await
             .map_err(|e| format!("connect {}: {e}", self.target.authority))?;
         let _ = stream.set_nodelay(true);
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        match (&self.tls, &self.target.tls_name) {
+            (Some(connector), Some(name)) => {
+                let tls = connector
+                    .connect(name.clone(), stream)
+                    .await
+                    .map_err(|e| format!("TLS handshake with {}: {e}", self.target.authority))?;
+                Self::exchange(TokioIo::new(tls), req).await
+            }
+            _ => Self::exchange(TokioIo::new(stream), req).await,
+        }
+    }
+
+    async fn exchange<T>(
+        io: TokioIo<T>,
+        req: Request<Full<Bytes>>,
+    ) -> Result<hyper::Response<hyper::body::Incoming>, String>
+    where
+        T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
             .await
             .map_err(|e| format!("HTTP handshake: {e}"))?;
         tokio::spawn(conn);

@@ -23,7 +23,8 @@ mod session;
 pub mod upstream;
 
 pub use config::{
-    AuditConfig, Authorizer, GatewayConfig, ServerConfig, SessionSecret, ToolDecision, Transport,
+    AuditConfig, Authorizer, CredentialHeader, GatewayConfig, GatewayCredential, ServerConfig,
+    ToolDecision, Transport,
 };
 pub use error::GatewayError;
 pub use front::http::HttpOptions;

@@ -13,10 +13,10 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use warden_audit::{AuditLog, Event, Surface, Verdict};
 
-use crate::config::{GatewayConfig, ToolDecision};
+use crate::config::{GatewayConfig, ToolDecision, Transport};
 use crate::jsonrpc::{self, Kind};
 use crate::pins::{self, PinCheck, PinStore};
-use crate::scan::Scanner;
+use crate::scan::Secrets;
 use crate::upstream::{CallError, UpEvent, Upstream, UpstreamLauncher};
 use crate::{GatewayError, lock};
 
@@ -28,7 +28,9 @@ pub struct Gateway {
     pub(crate) cfg: GatewayConfig,
     audit: AuditLog,
     pins: PinStore,
-    scanner: Scanner,
+    secrets: Secrets,
+    /// Client config for `https://` upstreams (system roots + `tls.extra_roots`).
+    pub(crate) tls: Option<Arc<warden_tls::rustls::ClientConfig>>,
     launcher: Arc<dyn UpstreamLauncher>,
 }
 
@@ -53,14 +55,34 @@ impl Gateway {
         }
         let audit = AuditLog::open(&cfg.audit.file)?;
         let pins = PinStore::new(cfg.pins_file.clone());
-        let scanner = Scanner::new(&cfg.secrets);
+        let mut cfg = cfg;
+        let secrets = Secrets::new(&cfg.credentials, &cfg.servers)
+            .map_err(|e| GatewayError::Credentials(e.to_string()))?;
+        resolve_credentials(&mut cfg, &secrets)?;
+        let needs_tls = cfg
+            .servers
+            .iter()
+            .any(|s| matches!(&s.transport, Transport::Url(u) if u.starts_with("https://")));
+        let tls = if needs_tls {
+            let trust = warden_tls::UpstreamTrust::load(&cfg.extra_roots)?;
+            // The HTTP client speaks HTTP/1.1 only.
+            Some(trust.client_config(warden_tls::Alpn::Http1)?)
+        } else {
+            None
+        };
         Ok(Arc::new(Gateway {
             cfg,
             audit,
             pins,
-            scanner,
+            secrets,
+            tls,
             launcher,
         }))
+    }
+
+    /// The placeholder the session holds for `credential`.
+    pub fn placeholder(&self, credential: &str) -> Option<&warden_secrets::Placeholder> {
+        self.secrets.placeholder(credential)
     }
 
     /// Record an event; denials wait until they are on disk.
@@ -87,7 +109,13 @@ impl Gateway {
         let (sink_tx, sink_rx) = mpsc::unbounded_channel();
         let mut ups = Vec::new();
         for (idx, s) in self.cfg.servers.iter().enumerate() {
-            match Upstream::start(s, self.launcher.as_ref(), idx, sink_tx.clone()) {
+            match Upstream::start(
+                s,
+                self.launcher.as_ref(),
+                self.tls.clone(),
+                idx,
+                sink_tx.clone(),
+            ) {
                 Ok(u) => ups.push(Ok(u)),
                 Err(e) => {
                     eprintln!("warden mcp: {e}");
@@ -398,15 +426,17 @@ impl Session {
                             ));
                             u.notify("notifications/initialized", None);
                         } else {
-                            eprintln!(
-                                "warden mcp: server {name:?} answered with protocol revision {v:?}, which the gateway does not speak; not used"
+                            let why = format!(
+                                "it answered initialize with protocol revision {v:?}, which the gateway does not speak"
                             );
-                            u.shutdown();
+                            eprintln!("warden mcp: server {name:?}: {why}; not used");
+                            u.stop(why);
                         }
                     }
                     Err(e) => {
-                        eprintln!("warden mcp: server {name:?} did not initialize: {}", e.describe());
-                        u.shutdown();
+                        let why = format!("it did not initialize: {}", e.describe());
+                        eprintln!("warden mcp: server {name:?}: {why}");
+                        u.stop(why);
                     }
                 }
             }));
@@ -671,6 +701,19 @@ impl Session {
         };
         let tool = tool.to_string();
         let server = self.server_name(idx).to_string();
+        // A server that is down (did not start, failed its handshake, crashed) says
+        // why, instead of looking like it lacks the tool.
+        let down = match self.ups.get(idx) {
+            Some(Ok(u)) => u.closed(),
+            Some(Err(e)) => Some(e.clone()),
+            None => None,
+        };
+        if let Some(why) = down {
+            return Err(err(
+                jsonrpc::UPSTREAM_FAILED,
+                format!("warden: server {server:?} is not running: {why}"),
+            ));
+        }
         let args = params.get("arguments").cloned().unwrap_or(json!({}));
         let args_digest = sha256_hex(&args);
         let enforce = self.gw.cfg.enforce;
@@ -686,19 +729,11 @@ impl Session {
         }
         // 3. secrets in the arguments
         if decision.allow {
-            let bound = &self
-                .gw
-                .cfg
-                .servers
-                .get(idx)
-                .map(|s| s.credentials.clone())
-                .unwrap_or_default();
             let bad: Vec<String> = self
                 .gw
-                .scanner
-                .scan(&args)
+                .secrets
+                .refusals(idx, &args)
                 .into_iter()
-                .filter(|f| !(f.credential && bound.contains(&f.name)))
                 .map(|f| f.name)
                 .collect();
             if !bad.is_empty() {
@@ -730,7 +765,7 @@ impl Session {
         .field("args_sha256", args_digest);
         if self.gw.cfg.audit.record_args {
             let mut redacted = args.clone();
-            self.gw.scanner.redact(&mut redacted);
+            self.gw.secrets.scrub(&mut redacted);
             ev = ev.field("args", redacted);
         }
         if !decision.allow && enforce {
@@ -750,7 +785,7 @@ impl Session {
         let elapsed = started.elapsed().as_secs_f64() * 1000.0;
         match res {
             Ok(mut result) => {
-                let redacted = self.gw.scanner.redact(&mut result);
+                let redacted = self.gw.secrets.scrub(&mut result);
                 self.rewrite_content_uris(&server, &mut result);
                 let size = result.to_string().len();
                 let mut ev = ev
@@ -858,7 +893,7 @@ impl Session {
             res.as_ref().err(),
         );
         let mut r = res.map_err(|e| Self::call_error(&e))?;
-        self.gw.scanner.redact(&mut r);
+        self.gw.secrets.scrub(&mut r);
         Ok(r)
     }
 
@@ -901,7 +936,7 @@ impl Session {
                 }
             }
         }
-        self.gw.scanner.redact(&mut r);
+        self.gw.secrets.scrub(&mut r);
         Ok(r)
     }
 
@@ -980,6 +1015,34 @@ impl Session {
             return;
         };
         let Some(u) = self.up(idx) else { return };
+        // The client's answer (a sampling result, roots, form data) goes to this
+        // server: the same secret rules as for tool arguments.
+        let bad: Vec<String> = self
+            .gw
+            .secrets
+            .refusals(idx, &msg)
+            .into_iter()
+            .map(|f| f.name)
+            .collect();
+        if !bad.is_empty() && self.gw.cfg.enforce {
+            let server = self.server_name(idx).to_string();
+            self.gw.record(
+                Event::new(Surface::Mcp, "client_response", &server, Verdict::Deny)
+                    .rule("secret scan")
+                    .reason(&format!(
+                        "the client's answer carries a secret ({}) that server {server:?} is not bound to",
+                        bad.join(", ")
+                    ))
+                    .field("server", server.as_str()),
+                true,
+            );
+            u.send(jsonrpc::error(
+                orig,
+                jsonrpc::POLICY_DENIED,
+                "warden: the client's answer was withheld: it carries a secret this server is not bound to",
+            ));
+            return;
+        }
         let mut m = msg;
         m["id"] = orig;
         u.send(m);
@@ -1018,6 +1081,7 @@ impl Session {
                 drop(st);
                 let mut m = msg;
                 m["id"] = json!(gid);
+                self.gw.secrets.scrub(&mut m);
                 self.send(m);
             }
             Kind::Notification => {
@@ -1042,7 +1106,9 @@ impl Session {
                         let tok = msg.pointer("/params/progressToken").map(Value::to_string);
                         let ok = tok.is_some_and(|t| lock(&self.st).progress.get(&t) == Some(&idx));
                         if ok {
-                            self.send(msg);
+                            let mut m = msg;
+                            self.gw.secrets.scrub(&mut m);
+                            self.send(m);
                         }
                     }
                     "notifications/message" => {
@@ -1055,7 +1121,7 @@ impl Session {
                         if let Some(p) = m.get_mut("params").and_then(Value::as_object_mut) {
                             p.insert("logger".into(), Value::String(logger));
                         }
-                        self.gw.scanner.redact(&mut m);
+                        self.gw.secrets.scrub(&mut m);
                         self.send(m);
                     }
                     "notifications/cancelled" => {
@@ -1142,4 +1208,35 @@ async fn upstream_events(
             UpEvent::Closed(reason) => s.upstream_closed(idx, &reason),
         }
     }
+}
+
+/// Put each server's credentials in place: placeholders into a stdio server's
+/// environment, rendered headers for an HTTP server. A server naming a credential the
+/// session does not have is a configuration error (fail closed).
+fn resolve_credentials(cfg: &mut GatewayConfig, secrets: &Secrets) -> Result<(), GatewayError> {
+    let unknown = |server: &str, credential: &str| {
+        GatewayError::Credentials(format!(
+            "MCP server {server:?} uses credential {credential:?}, which the session does not have"
+        ))
+    };
+    for s in &mut cfg.servers {
+        for (var, credential) in std::mem::take(&mut s.credential_env) {
+            let ph = secrets
+                .placeholder(&credential)
+                .ok_or_else(|| unknown(&s.name, &credential))?;
+            s.env.push((var, ph.to_string()));
+        }
+        for h in std::mem::take(&mut s.credential_headers) {
+            let c = cfg
+                .credentials
+                .iter()
+                .find(|c| c.name == h.credential)
+                .ok_or_else(|| unknown(&s.name, &h.credential))?;
+            let value = warden_secrets::scan::render_header(&c.name, Some(&h.format), &c.secret)
+                .map_err(|e| GatewayError::Credentials(e.to_string()))?;
+            s.headers
+                .push((h.header, warden_secrets::Secret::new(value.to_vec())));
+        }
+    }
+    Ok(())
 }

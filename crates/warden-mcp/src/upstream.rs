@@ -126,6 +126,7 @@ impl Upstream {
     pub fn start(
         server: &ServerConfig,
         launcher: &dyn UpstreamLauncher,
+        tls: Option<Arc<warden_tls::rustls::ClientConfig>>,
         idx: usize,
         sink: mpsc::UnboundedSender<(usize, UpEvent)>,
     ) -> Result<Arc<Upstream>, GatewayError> {
@@ -154,7 +155,7 @@ impl Upstream {
                 child_slot = Some(child);
             }
             Transport::Url(url) => {
-                let http = HttpUpstream::new(server, url, in_tx)?;
+                let http = HttpUpstream::new(server, url, tls, in_tx)?;
                 tokio::spawn(http.run(out_rx));
             }
         }
@@ -228,10 +229,15 @@ impl Upstream {
 
     /// Stop the server (kills a stdio child).
     pub fn shutdown(&self) {
+        self.stop("stopped by the gateway".into());
+    }
+
+    /// Stop the server, remembering why (calls to it then report the reason).
+    pub fn stop(&self, reason: String) {
         if let Some(mut c) = lock(&self.child).take() {
             let _ = c.start_kill();
         }
-        self.mark_closed("stopped by the gateway".into());
+        self.mark_closed(reason);
     }
 
     fn mark_closed(&self, reason: String) {

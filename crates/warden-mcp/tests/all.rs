@@ -10,9 +10,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use warden_mcp::{
-    AuditConfig, Authorizer, GatewayConfig, PlainLauncher, ServerConfig, SessionSecret,
+    AuditConfig, Authorizer, GatewayConfig, GatewayCredential, PlainLauncher, ServerConfig,
     ToolDecision, Transport,
 };
+
+/// The real value of the test credential `github` (the servers only ever get its
+/// placeholder, except the test server's `LEAKED` variable, which plays a server
+/// echoing the real value back).
+const REAL_SECRET: &str = "s3cr3t-github-value";
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
@@ -100,11 +105,13 @@ impl Env {
             servers,
             authorizer: Arc::new(TestAuthz),
             enforce: true,
-            secrets: vec![SessionSecret {
+            credentials: vec![GatewayCredential {
                 name: "github".into(),
-                value: Some(warden_secrets::Secret::new(b"s3cr3t-github-value".to_vec())),
-                placeholder: Some("WARDEN_PLACEHOLDER_github_0011223344".into()),
+                secret: warden_secrets::Secret::new(REAL_SECRET.as_bytes().to_vec()),
+                placeholder: None,
+                hosts: vec!["api.github.com".into()],
             }],
+            extra_roots: Vec::new(),
             pins_file: self.dir.path().join("mcp-pins.json"),
             audit: AuditConfig {
                 file: self.dir.path().join("audit.jsonl"),
@@ -123,12 +130,10 @@ impl Env {
 
     fn servers(&self) -> Vec<ServerConfig> {
         let mut test = ServerConfig::new("test", Transport::Command(test_server()));
+        test.credential_env = vec![("GH_TOKEN".into(), "github".into())];
         test.env = vec![
-            ("TEST_SECRET_ENV".into(), "GH_TOKEN".into()),
-            (
-                "GH_TOKEN".into(),
-                "WARDEN_PLACEHOLDER_github_0011223344".into(),
-            ),
+            ("TEST_SECRET_ENV".into(), "LEAKED".into()),
+            ("LEAKED".into(), REAL_SECRET.into()),
             (
                 "TEST_DESC_FILE".into(),
                 self.dir.path().join("desc.txt").display().to_string(),
@@ -274,13 +279,22 @@ async fn python_sdk_through_gateway_to_real_servers() {
         sec["message"].as_str().unwrap().contains("secret scan"),
         "{sec}"
     );
+    // The result: a token format is redacted; the real value of a session credential
+    // becomes the session's placeholder — the very one the server got in GH_TOKEN
+    // (its vendor-less shape differs from the value).
     let leak = text_of(&r["leak"]);
     assert!(leak.contains("[REDACTED:aws-access-key]"), "{leak}");
-    assert!(leak.contains("[REDACTED:github]"), "{leak}");
-    assert!(
-        !leak.contains("AKIA") && !leak.contains("WARDEN_PLACEHOLDER"),
-        "{leak}"
-    );
+    assert!(!leak.contains("AKIA"), "{leak}");
+    assert!(!leak.contains(REAL_SECRET), "the real value came back");
+    let field = |name: &str| {
+        leak.split_whitespace()
+            .find_map(|w| w.strip_prefix(&format!("{name}=")))
+            .unwrap_or_default()
+            .to_string()
+    };
+    let (scrubbed, given) = (field("placeholder"), field("gh"));
+    assert!(scrubbed.len() >= REAL_SECRET.len(), "{leak}");
+    assert_eq!(scrubbed, given, "{leak}");
 
     // Upstream errors pass through; malformed upstream output is dropped, not fatal.
     assert_eq!(
@@ -357,6 +371,8 @@ async fn python_sdk_through_gateway_to_real_servers() {
     assert_eq!(echo["args_sha256"].as_str().unwrap().len(), 64);
     assert!(echo["result_bytes"].as_u64().unwrap() > 0);
     assert!(echo.get("duration_ms").is_some());
+    let leak_ev = calls.iter().find(|e| e["target"] == "test/leak").unwrap();
+    assert_eq!(leak_ev["redacted"], json!(["github", "aws-access-key"]));
     let raw = std::fs::read_to_string(env.dir.path().join("audit.jsonl")).unwrap();
     assert!(
         !raw.contains("s3cr3t-github-value") && !raw.contains("ghp_abcdef"),
@@ -561,4 +577,272 @@ fn bench_tools_call_through_gateway_vs_direct() {
         println!("  gateway: median {gm:.3} ms  p90 {:.3} ms  {:.0} calls/s", p90(&g), 1000.0 * g.len() as f64 / g.iter().sum::<f64>());
         println!("  added median: {:.3} ms (target <= 0.3 ms)", gm - dm);
     });
+}
+
+fn sdk_server() -> Vec<String> {
+    vec![
+        python().display().to_string(),
+        fixtures().join("py/sdk_server.py").display().to_string(),
+    ]
+}
+
+/// Checks the `routing` scenario's report: server→client requests (sampling, roots,
+/// elicitation) reached the client's callbacks and their answers reached the server;
+/// progress notifications of the call came through in order.
+fn check_routing(r: &Value) {
+    assert!(r.get("fatal").is_none(), "{r:#}");
+    assert_eq!(text_of(&r["echo"]), "sdk echo: over https", "{r:#}");
+    assert_eq!(
+        text_of(&r["sampling"]),
+        "model said: hi from the client (model test-model)",
+        "{r:#}"
+    );
+    assert_eq!(text_of(&r["roots"]), "roots: file:///work/project", "{r:#}");
+    assert_eq!(text_of(&r["elicit"]), "hello Ada", "{r:#}");
+    assert_eq!(
+        r["callbacks"],
+        json!(["sampling:say hi", "roots", "elicitation:What is your name?"])
+    );
+    assert_eq!(text_of(&r["count"]), "counted to 3", "{r:#}");
+    let progress: Vec<(f64, String)> = r["progress"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["progress"].as_f64().unwrap(),
+                p["message"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        progress,
+        vec![
+            (1.0, "step 1".to_string()),
+            (2.0, "step 2".to_string()),
+            (3.0, "step 3".to_string())
+        ]
+    );
+}
+
+/// The Python SDK on both sides (client with sampling/roots/elicitation callbacks,
+/// server using them mid-call) with the gateway between them over stdio.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_to_client_requests_and_progress_are_routed() {
+    let env = Env::new();
+    let cfg = env.config(vec![ServerConfig::new(
+        "sdk",
+        Transport::Command(sdk_server()),
+    )]);
+    let r = run_client(cfg, "routing", env.dir.path()).await;
+    check_routing(&r);
+}
+
+/// A test CA, and a TLS terminator for `localhost` (leaf signed by that CA) in front
+/// of a plain loopback port.
+struct TlsFront {
+    port: u16,
+    ca_pem: String,
+}
+
+async fn tls_front(backend: u16) -> TlsFront {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    use warden_tls::rustls;
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "warden-mcp test CA");
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .signed_by(&leaf_key, &issuer)
+        .unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![leaf.der().clone()],
+        rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into()),
+    )
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let Ok(mut plain) = tokio::net::TcpStream::connect(("127.0.0.1", backend)).await
+                else {
+                    return;
+                };
+                let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+            });
+        }
+    });
+    TlsFront {
+        port,
+        ca_pem: ca_cert.pem(),
+    }
+}
+
+/// The SDK server over Streamable HTTP on a free loopback port.
+async fn sdk_http_server() -> (tokio::process::Child, u16) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let argv = sdk_server();
+    let child = tokio::process::Command::new(&argv[0])
+        .arg(&argv[1])
+        .args(["--http", &port.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            return (child, port);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the SDK server did not listen on {port}");
+}
+
+/// An `https://` upstream whose certificate is signed by a CA given in
+/// `tls.extra_roots`: verified and used, including server→client requests and
+/// progress over the HTTP transport.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_upstream_trusted_through_extra_roots() {
+    let env = Env::new();
+    let (_server, port) = sdk_http_server().await;
+    let front = tls_front(port).await;
+    let ca = env.dir.path().join("test-ca.pem");
+    std::fs::write(&ca, &front.ca_pem).unwrap();
+    let mut cfg = env.config(vec![ServerConfig::new(
+        "sdk",
+        Transport::Url(format!("https://localhost:{}/mcp", front.port)),
+    )]);
+    cfg.extra_roots = vec![ca];
+    let r = run_client(cfg, "routing", env.dir.path()).await;
+    check_routing(&r);
+}
+
+/// The same upstream without its CA in `extra_roots`: the handshake is refused and a
+/// call says why (certificate not trusted), instead of talking to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_upstream_with_untrusted_certificate_is_refused() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let env = Env::new();
+    let (_server, port) = sdk_http_server().await;
+    let front = tls_front(port).await;
+    let cfg = env.config(vec![ServerConfig::new(
+        "sdk",
+        Transport::Url(format!("https://localhost:{}/mcp", front.port)),
+    )]);
+    let gw = warden_mcp::Gateway::new(cfg, Arc::new(PlainLauncher)).unwrap();
+    let (client, server) = tokio::io::duplex(1 << 16);
+    let (sr, sw) = tokio::io::split(server);
+    tokio::spawn(warden_mcp::front::stdio::serve(gw, sr, sw));
+    let (cr, mut cw) = tokio::io::split(client);
+    let mut lines = BufReader::new(cr).lines();
+    let mut ask = async |line: &str| -> Value {
+        cw.write_all(format!("{line}\n").as_bytes()).await.unwrap();
+        let l = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        serde_json::from_str(&l).unwrap()
+    };
+    let r = ask(r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"raw","version":"0"}}}"#).await;
+    assert_eq!(r["result"]["protocolVersion"], "2025-11-25", "{r}");
+    let r = ask(r#"{"jsonrpc":"2.0","id":2,"method":"tools/list"}"#).await;
+    assert_eq!(r["result"]["tools"], json!([]), "{r}");
+    let r = ask(r#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"sdk__echo","arguments":{"message":"x"}}}"#).await;
+    assert_eq!(r["error"]["code"], -32011, "{r}");
+    let m = r["error"]["message"].as_str().unwrap();
+    assert!(
+        m.contains("is not running") && m.contains("TLS handshake with localhost"),
+        "{m}"
+    );
+    assert!(
+        m.contains("certificate") && m.contains("UnknownIssuer"),
+        "{m}"
+    );
+}
+
+/// A credential's real value in the arguments of a call to a server that is not bound
+/// to it is refused (raw and encoded); its placeholder too; the bound server gets it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credential_values_refused_towards_unbound_servers() {
+    use base64::Engine;
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let env = Env::new();
+    let mut bound = ServerConfig::new("bound", Transport::Command(test_server()));
+    bound.credentials = vec!["github".into()];
+    bound.credential_env = vec![("GH_TOKEN".into(), "github".into())];
+    let other = ServerConfig::new("other", Transport::Command(test_server()));
+    let gw =
+        warden_mcp::Gateway::new(env.config(vec![bound, other]), Arc::new(PlainLauncher)).unwrap();
+    let ph = gw.placeholder("github").unwrap().to_string();
+    assert_ne!(ph, REAL_SECRET);
+    let (client, server) = tokio::io::duplex(1 << 16);
+    let (sr, sw) = tokio::io::split(server);
+    tokio::spawn(warden_mcp::front::stdio::serve(gw, sr, sw));
+    let (cr, mut cw) = tokio::io::split(client);
+    let mut lines = BufReader::new(cr).lines();
+    let mut ask = async |msg: Value| -> Value {
+        cw.write_all(format!("{msg}\n").as_bytes()).await.unwrap();
+        let l = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        serde_json::from_str(&l).unwrap()
+    };
+    let r = ask(json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{}}})).await;
+    assert!(r.get("result").is_some(), "{r}");
+    let b64 = base64::engine::general_purpose::STANDARD.encode(format!("user:{REAL_SECRET}"));
+    for (i, path) in [
+        REAL_SECRET.to_string(),
+        format!("/tmp/{}", b64),
+        ph.clone(),
+        ph.bytes().map(|b| format!("{b:02x}")).collect(),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let call = |server: &str, id: usize| {
+            json!({"jsonrpc":"2.0","id":id,"method":"tools/call",
+                   "params":{"name":format!("{server}__read_file"),"arguments":{"path":path}}})
+        };
+        let r = ask(call("other", 10 + i)).await;
+        assert_eq!(r["error"]["code"], -32010, "case {i}: {r}");
+        let m = r["error"]["message"].as_str().unwrap();
+        assert!(m.contains("secret scan") && m.contains("github"), "{m}");
+        assert!(
+            !m.contains(REAL_SECRET) && !m.contains(&ph),
+            "value in the error"
+        );
+        let r = ask(call("bound", 20 + i)).await;
+        assert!(r.get("result").is_some(), "case {i}: {r}");
+    }
+    let raw = std::fs::read_to_string(env.dir.path().join("audit.jsonl")).unwrap();
+    assert!(!raw.contains(REAL_SECRET), "secret in audit");
 }

@@ -10,11 +10,11 @@ use std::time::Duration;
 use warden_audit::{AuditLog, Event, Stamp, Surface, Verdict};
 use warden_mcp::pins::PinStore;
 use warden_mcp::{
-    AuditConfig, Authorizer, GatewayConfig, HttpOptions, PlainLauncher, ServerConfig,
-    SessionSecret, ToolDecision, Transport, UpstreamLauncher,
+    AuditConfig, Authorizer, CredentialHeader, GatewayConfig, GatewayCredential, HttpOptions,
+    PlainLauncher, ServerConfig, ToolDecision, Transport, UpstreamLauncher,
 };
 use warden_policy::{CredentialSource, Mode, Policy, Principal, Request};
-use warden_secrets::Secret;
+use warden_secrets::{LeaseId, LoadContext, LocalStore, Source, VaultClient};
 
 use crate::home;
 
@@ -127,11 +127,27 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
         agent: "mcp".into(),
         labels: Default::default(),
     };
-    let (servers, secrets) = servers_and_secrets(&policy, &principal);
+    let base_dir = args
+        .policy
+        .as_deref()
+        .and_then(|p| p.parent())
+        .map(std::path::Path::to_path_buf);
+    let store = LocalStore::open(&home::warden_home()).ok();
+    let (credentials, leases) =
+        match load_credentials(&policy, base_dir.as_deref(), store.as_ref(), &session) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("warden mcp: {e}");
+                return Ok(ExitCode::from(crate::EXIT_WARDEN_FAILED));
+            }
+        };
+    let servers = servers(&policy, &principal);
+    let extra_roots = policy.doc().tls.extra_roots.clone();
     let cfg = GatewayConfig {
         servers,
         enforce: policy.mode() == Mode::Enforce,
-        secrets,
+        credentials,
+        extra_roots,
         pins_file: pins_file(),
         audit: AuditConfig {
             file: args.audit.clone().unwrap_or_else(home::default_audit_file),
@@ -150,8 +166,15 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    rt.block_on(async move {
-        let gw = warden_mcp::Gateway::new(cfg, launcher)?;
+    let served = rt.block_on(async move {
+        let gw = match warden_mcp::Gateway::new(cfg, launcher) {
+            Ok(gw) => gw,
+            Err(e) => {
+                // Fail closed: never serve with less than the policy says.
+                eprintln!("warden mcp: {e}");
+                return Ok(false);
+            }
+        };
         match args.listen {
             None => {
                 warden_mcp::front::stdio::serve(gw, tokio::io::stdin(), tokio::io::stdout())
@@ -184,9 +207,84 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
                 warden_mcp::front::http::serve(gw, listener, opts).await?;
             }
         }
-        Ok::<(), anyhow::Error>(())
-    })?;
+        Ok::<bool, anyhow::Error>(true)
+    });
+    // The session is over: end its vault leases (a no-op for the local store).
+    if let Some(store) = &store {
+        for lease in &leases {
+            let _ = store.revoke(lease);
+        }
+    }
+    if !served? {
+        return Ok(ExitCode::from(crate::EXIT_WARDEN_FAILED));
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Load the policy's credentials with `warden_secrets::load` (`env:`, `file:`,
+/// `command:`, and `vault:` from the local store). A credential an MCP server uses
+/// must load, or the gateway does not start; the others are loaded so that their
+/// values are recognised in arguments and results, and skipped with a warning when
+/// they cannot be. Errors name the credential and its source, never a value.
+fn load_credentials(
+    policy: &Policy,
+    base_dir: Option<&std::path::Path>,
+    store: Option<&LocalStore>,
+    session: &str,
+) -> anyhow::Result<(Vec<GatewayCredential>, Vec<LeaseId>)> {
+    let doc = policy.doc();
+    let env: std::collections::HashMap<String, String> = std::env::vars().collect();
+    let ctx = LoadContext {
+        env: &env,
+        base_dir,
+        vault: store.map(|s| s as &dyn VaultClient),
+        session,
+        command_timeout: warden_secrets::source::DEFAULT_COMMAND_TIMEOUT,
+    };
+    let mut out = Vec::new();
+    let mut leases = Vec::new();
+    for c in &doc.credentials {
+        let required = doc
+            .mcp
+            .servers
+            .iter()
+            .any(|s| s.credentials.iter().any(|n| n == &c.name));
+        let source = match &c.source {
+            CredentialSource::Env(v) => Source::Env(v.clone()),
+            CredentialSource::File(p) => Source::File(p.clone()),
+            CredentialSource::Command(cmd) => Source::Command(cmd.clone()),
+            CredentialSource::Vault(n) => Source::Vault(n.clone()),
+        };
+        let loaded = warden_secrets::load(&c.name, &source, &ctx)
+            .map_err(|e| e.to_string())
+            .and_then(|l| {
+                if l.secret.len() < warden_secrets::scan::MIN_SECRET_LEN {
+                    Err(format!(
+                        "credential {:?}: the value from {source} is shorter than {} bytes, too short to recognise safely",
+                        c.name,
+                        warden_secrets::scan::MIN_SECRET_LEN
+                    ))
+                } else {
+                    Ok(l)
+                }
+            });
+        match loaded {
+            Ok(l) => {
+                leases.extend(l.lease);
+                out.push(GatewayCredential {
+                    name: c.name.clone(),
+                    secret: l.secret,
+                    placeholder: None,
+                    hosts: c.hosts.iter().map(ToString::to_string).collect(),
+                });
+            }
+            Err(e) if required => anyhow::bail!("{e} (an MCP server of the policy uses it)"),
+            Err(e) => {
+                eprintln!("warden mcp: {e}; its value is not scanned for (no MCP server uses it)")
+            }
+        }
+    }
+    Ok((out, leases))
 }
 
 fn hex_id() -> String {
@@ -204,28 +302,10 @@ fn rand_bytes() -> [u8; 8] {
 }
 
 /// The servers of the policy with their credentials: placeholders in the environment
-/// of stdio servers; real values as headers only for HTTP servers whose host the
-/// credential is bound to.
-fn servers_and_secrets(
-    policy: &Policy,
-    principal: &Principal,
-) -> (Vec<ServerConfig>, Vec<SessionSecret>) {
+/// of stdio servers; credential headers (rendered by the gateway from the real value)
+/// only for HTTP servers whose host the credential is bound to.
+fn servers(policy: &Policy, principal: &Principal) -> Vec<ServerConfig> {
     let doc = policy.doc();
-    let mut secrets = Vec::new();
-    for c in &doc.credentials {
-        let value = match &c.source {
-            CredentialSource::Env(var) => std::env::var(var).ok().map(Secret::from_string),
-            CredentialSource::File(p) => std::fs::read(p).ok().map(|v| Secret::new(v).trim_end()),
-            // command: and vault: sources are resolved by the credential service; the
-            // gateway scans for the placeholder only.
-            _ => None,
-        };
-        secrets.push(SessionSecret {
-            name: c.name.clone(),
-            value: value.filter(|v| !v.is_empty()),
-            placeholder: Some(format!("WARDEN_PLACEHOLDER_{}_{}", c.name, hex_id())),
-        });
-    }
     let mut servers = Vec::new();
     for s in &doc.mcp.servers {
         let transport = match &s.transport {
@@ -235,16 +315,13 @@ fn servers_and_secrets(
         let mut sc = ServerConfig::new(s.name.clone(), transport.clone());
         sc.credentials = s.credentials.clone();
         for name in &s.credentials {
-            let (Some(cred), Some(sec)) = (
-                doc.credentials.iter().find(|c| &c.name == name),
-                secrets.iter().find(|x| &x.name == name),
-            ) else {
+            let Some(cred) = doc.credentials.iter().find(|c| &c.name == name) else {
                 continue;
             };
-            if let (Some(env), Some(ph)) = (&cred.env, &sec.placeholder) {
-                sc.env.push((env.clone(), ph.clone()));
+            if let Some(env) = &cred.env {
+                sc.credential_env.push((env.clone(), name.clone()));
             }
-            if let (Transport::Url(url), Some(value)) = (&transport, &sec.value) {
+            if let Transport::Url(url) = &transport {
                 let host = url_host(url);
                 let ok = policy
                     .decide(principal, &Request::Credential { name, host: &host })
@@ -256,24 +333,22 @@ fn servers_and_secrets(
                     );
                     continue;
                 }
-                let header = cred
-                    .header
-                    .clone()
-                    .unwrap_or_else(|| "authorization".into());
-                let format = cred
-                    .format
-                    .clone()
-                    .unwrap_or_else(|| "Bearer {secret}".into());
-                let (pre, post) = format.split_once("{secret}").unwrap_or(("", ""));
-                let mut v = pre.as_bytes().to_vec();
-                v.extend_from_slice(value.expose());
-                v.extend_from_slice(post.as_bytes());
-                sc.headers.push((header, Secret::new(v)));
+                sc.credential_headers.push(CredentialHeader {
+                    credential: name.clone(),
+                    header: cred
+                        .header
+                        .clone()
+                        .unwrap_or_else(|| "authorization".into()),
+                    format: cred
+                        .format
+                        .clone()
+                        .unwrap_or_else(|| "Bearer {secret}".into()),
+                });
             }
         }
         servers.push(sc);
     }
-    (servers, secrets)
+    servers
 }
 
 fn url_host(url: &str) -> String {
