@@ -111,6 +111,14 @@ impl Secrets {
         out
     }
 
+    /// The names of [`Secrets::refusals`], for a refusal's reason.
+    pub fn refused_names(&self, idx: usize, args: &Value) -> Vec<String> {
+        self.refusals(idx, args)
+            .into_iter()
+            .map(|f| f.name)
+            .collect()
+    }
+
     /// Token-format matches in `bytes` that are not a session credential's value.
     fn unexplained_tokens(&self, bytes: &[u8]) -> Vec<TokenMatch> {
         let tokens = patterns::find_tokens(bytes);

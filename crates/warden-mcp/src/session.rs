@@ -729,13 +729,7 @@ impl Session {
         }
         // 3. secrets in the arguments
         if decision.allow {
-            let bad: Vec<String> = self
-                .gw
-                .secrets
-                .refusals(idx, &args)
-                .into_iter()
-                .map(|f| f.name)
-                .collect();
+            let bad = self.gw.secrets.refused_names(idx, &args);
             if !bad.is_empty() {
                 decision = ToolDecision {
                     allow: false,
@@ -1017,13 +1011,7 @@ impl Session {
         let Some(u) = self.up(idx) else { return };
         // The client's answer (a sampling result, roots, form data) goes to this
         // server: the same secret rules as for tool arguments.
-        let bad: Vec<String> = self
-            .gw
-            .secrets
-            .refusals(idx, &msg)
-            .into_iter()
-            .map(|f| f.name)
-            .collect();
+        let bad = self.gw.secrets.refused_names(idx, &msg);
         if !bad.is_empty() && self.gw.cfg.enforce {
             let server = self.server_name(idx).to_string();
             self.gw.record(

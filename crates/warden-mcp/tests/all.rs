@@ -428,10 +428,44 @@ async fn changed_tool_definition_is_hidden_and_refused_until_approved() {
     assert_eq!(text_of(&r3["describe"]), "described");
 }
 
+/// A raw JSON-RPC client on the stdio front end of an in-process gateway.
+struct Raw {
+    lines: tokio::io::Lines<tokio::io::BufReader<tokio::io::ReadHalf<tokio::io::DuplexStream>>>,
+    w: tokio::io::WriteHalf<tokio::io::DuplexStream>,
+}
+
+impl Raw {
+    fn start(gw: Arc<warden_mcp::Gateway>) -> Self {
+        use tokio::io::AsyncBufReadExt;
+        let (client, server) = tokio::io::duplex(1 << 20);
+        let (sr, sw) = tokio::io::split(server);
+        tokio::spawn(warden_mcp::front::stdio::serve(gw, sr, sw));
+        let (cr, w) = tokio::io::split(client);
+        Self {
+            lines: tokio::io::BufReader::new(cr).lines(),
+            w,
+        }
+    }
+
+    /// Send one line, read the next line back.
+    async fn ask(&mut self, line: &str) -> Value {
+        use tokio::io::AsyncWriteExt;
+        self.w
+            .write_all(format!("{line}\n").as_bytes())
+            .await
+            .unwrap();
+        let l = tokio::time::timeout(Duration::from_secs(30), self.lines.next_line())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        serde_json::from_str(&l).unwrap()
+    }
+}
+
 /// Raw JSON-RPC against the stdio front end: malformed input, batches, ordering.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_client_input_gets_json_rpc_errors() {
-    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
     let env = Env::new();
     let only_test = env
         .servers()
@@ -439,20 +473,8 @@ async fn malformed_client_input_gets_json_rpc_errors() {
         .filter(|s| s.name == "test")
         .collect();
     let gw = warden_mcp::Gateway::new(env.config(only_test), Arc::new(PlainLauncher)).unwrap();
-    let (client, server) = tokio::io::duplex(1 << 20);
-    let (sr, sw) = tokio::io::split(server);
-    tokio::spawn(warden_mcp::front::stdio::serve(gw, sr, sw));
-    let (cr, mut cw) = tokio::io::split(client);
-    let mut lines = BufReader::new(cr).lines();
-    let mut ask = async |line: &str| -> Value {
-        cw.write_all(format!("{line}\n").as_bytes()).await.unwrap();
-        let l = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        serde_json::from_str(&l).unwrap()
-    };
+    let mut raw = Raw::start(gw);
+    let mut ask = async |line: &str| raw.ask(line).await;
     let r = ask("{not json").await;
     assert_eq!(r["error"]["code"], -32700);
     let r = ask(r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#).await;
@@ -747,7 +769,6 @@ async fn https_upstream_trusted_through_extra_roots() {
 /// call says why (certificate not trusted), instead of talking to it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_upstream_with_untrusted_certificate_is_refused() {
-    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
     let env = Env::new();
     let (_server, port) = sdk_http_server().await;
     let front = tls_front(port).await;
@@ -756,20 +777,8 @@ async fn https_upstream_with_untrusted_certificate_is_refused() {
         Transport::Url(format!("https://localhost:{}/mcp", front.port)),
     )]);
     let gw = warden_mcp::Gateway::new(cfg, Arc::new(PlainLauncher)).unwrap();
-    let (client, server) = tokio::io::duplex(1 << 16);
-    let (sr, sw) = tokio::io::split(server);
-    tokio::spawn(warden_mcp::front::stdio::serve(gw, sr, sw));
-    let (cr, mut cw) = tokio::io::split(client);
-    let mut lines = BufReader::new(cr).lines();
-    let mut ask = async |line: &str| -> Value {
-        cw.write_all(format!("{line}\n").as_bytes()).await.unwrap();
-        let l = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        serde_json::from_str(&l).unwrap()
-    };
+    let mut raw = Raw::start(gw);
+    let mut ask = async |line: &str| raw.ask(line).await;
     let r = ask(r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"raw","version":"0"}}}"#).await;
     assert_eq!(r["result"]["protocolVersion"], "2025-11-25", "{r}");
     let r = ask(r#"{"jsonrpc":"2.0","id":2,"method":"tools/list"}"#).await;
@@ -792,7 +801,6 @@ async fn https_upstream_with_untrusted_certificate_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn credential_values_refused_towards_unbound_servers() {
     use base64::Engine;
-    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
     let env = Env::new();
     let mut bound = ServerConfig::new("bound", Transport::Command(test_server()));
     bound.credentials = vec!["github".into()];
@@ -802,20 +810,8 @@ async fn credential_values_refused_towards_unbound_servers() {
         warden_mcp::Gateway::new(env.config(vec![bound, other]), Arc::new(PlainLauncher)).unwrap();
     let ph = gw.placeholder("github").unwrap().to_string();
     assert_ne!(ph, REAL_SECRET);
-    let (client, server) = tokio::io::duplex(1 << 16);
-    let (sr, sw) = tokio::io::split(server);
-    tokio::spawn(warden_mcp::front::stdio::serve(gw, sr, sw));
-    let (cr, mut cw) = tokio::io::split(client);
-    let mut lines = BufReader::new(cr).lines();
-    let mut ask = async |msg: Value| -> Value {
-        cw.write_all(format!("{msg}\n").as_bytes()).await.unwrap();
-        let l = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        serde_json::from_str(&l).unwrap()
-    };
+    let mut raw = Raw::start(gw);
+    let mut ask = async |msg: Value| raw.ask(&msg.to_string()).await;
     let r = ask(json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{}}})).await;
     assert!(r.get("result").is_some(), "{r}");
     let b64 = base64::engine::general_purpose::STANDARD.encode(format!("user:{REAL_SECRET}"));

@@ -34,7 +34,7 @@ enum Body {
     /// `[0-9A-Za-z]`
     Alnum,
     /// `[0-9A-Za-z_]`
-    AlnumUnderscore,
+    Word,
     /// `[0-9A-Za-z_-]`
     AlnumDash,
     /// `[A-Z ]*` then `PRIVATE KEY-----`.
@@ -46,65 +46,35 @@ impl Body {
         match self {
             Body::UpperDigit => b.is_ascii_uppercase() || b.is_ascii_digit(),
             Body::Alnum => b.is_ascii_alphanumeric(),
-            Body::AlnumUnderscore => b.is_ascii_alphanumeric() || b == b'_',
+            Body::Word => b.is_ascii_alphanumeric() || b == b'_',
             Body::AlnumDash => b.is_ascii_alphanumeric() || b == b'_' || b == b'-',
             Body::PemHeader => b.is_ascii_uppercase() || b == b' ',
         }
     }
 }
 
-struct Format {
-    prefix: &'static [u8],
-    kind: &'static str,
-    body: Body,
-    min: usize,
-    max: usize,
-    /// The body must end at a word boundary (fixed-length formats).
-    bounded: bool,
-}
-
-const fn f(
-    prefix: &'static [u8],
-    kind: &'static str,
-    body: Body,
-    min: usize,
-    max: usize,
-    bounded: bool,
-) -> Format {
-    Format {
-        prefix,
-        kind,
-        body,
-        min,
-        max,
-        bounded,
-    }
-}
+/// One format: `(prefix, kind, body, min, max, bounded)` — the prefix, the kind
+/// reported, the bytes the body is made of, its length range, and whether the body
+/// must end at a word boundary (fixed-length formats).
+type Format = (&'static [u8], &'static str, Body, usize, usize, bool);
 
 /// Longest prefixes first, so `sk-ant-` wins over `sk-`.
 const FORMATS: &[Format] = &[
-    f(b"-----BEGIN ", "private-key", Body::PemHeader, 0, 40, false),
-    f(
-        b"github_pat_",
-        "github-token",
-        Body::AlnumUnderscore,
-        22,
-        255,
-        true,
-    ),
-    f(b"sk-ant-", "anthropic-key", Body::AlnumDash, 20, 512, false),
-    f(b"AKIA", "aws-access-key", Body::UpperDigit, 16, 16, true),
-    f(b"ASIA", "aws-access-key", Body::UpperDigit, 16, 16, true),
-    f(b"ghp_", "github-token", Body::Alnum, 36, 36, true),
-    f(b"gho_", "github-token", Body::Alnum, 36, 36, true),
-    f(b"ghu_", "github-token", Body::Alnum, 36, 36, true),
-    f(b"ghs_", "github-token", Body::Alnum, 36, 36, true),
-    f(b"ghr_", "github-token", Body::Alnum, 36, 36, true),
-    f(b"xoxb-", "slack-token", Body::AlnumDash, 10, 512, false),
-    f(b"xoxp-", "slack-token", Body::AlnumDash, 10, 512, false),
-    f(b"xoxa-", "slack-token", Body::AlnumDash, 10, 512, false),
-    f(b"xoxs-", "slack-token", Body::AlnumDash, 10, 512, false),
-    f(b"sk-", "openai-key", Body::AlnumDash, 20, 512, false),
+    (b"-----BEGIN ", "private-key", Body::PemHeader, 0, 40, false),
+    (b"github_pat_", "github-token", Body::Word, 22, 255, true),
+    (b"sk-ant-", "anthropic-key", Body::AlnumDash, 20, 512, false),
+    (b"AKIA", "aws-access-key", Body::UpperDigit, 16, 16, true),
+    (b"ASIA", "aws-access-key", Body::UpperDigit, 16, 16, true),
+    (b"ghp_", "github-token", Body::Alnum, 36, 36, true),
+    (b"gho_", "github-token", Body::Alnum, 36, 36, true),
+    (b"ghu_", "github-token", Body::Alnum, 36, 36, true),
+    (b"ghs_", "github-token", Body::Alnum, 36, 36, true),
+    (b"ghr_", "github-token", Body::Alnum, 36, 36, true),
+    (b"xoxb-", "slack-token", Body::AlnumDash, 10, 512, false),
+    (b"xoxp-", "slack-token", Body::AlnumDash, 10, 512, false),
+    (b"xoxa-", "slack-token", Body::AlnumDash, 10, 512, false),
+    (b"xoxs-", "slack-token", Body::AlnumDash, 10, 512, false),
+    (b"sk-", "openai-key", Body::AlnumDash, 20, 512, false),
 ];
 
 const PEM_LABEL_END: &[u8] = b"PRIVATE KEY";
@@ -116,22 +86,23 @@ fn is_word(b: u8) -> bool {
 
 /// The end of a match of `fmt` whose prefix starts at `start`, if it is one.
 fn match_at(fmt: &Format, haystack: &[u8], start: usize) -> Option<usize> {
+    let &(prefix, _, body_kind, min, max, bounded) = fmt;
     let rest = haystack.get(start..)?;
-    if !rest.starts_with(fmt.prefix) {
+    if !rest.starts_with(prefix) {
         return None;
     }
     // A token starts at a word boundary (the PEM header starts with '-', no boundary).
-    if fmt.prefix[0] != b'-' && start > 0 && haystack.get(start - 1).is_some_and(|&b| is_word(b)) {
+    if prefix[0] != b'-' && start > 0 && haystack.get(start - 1).is_some_and(|&b| is_word(b)) {
         return None;
     }
-    let body_start = start + fmt.prefix.len();
+    let body_start = start + prefix.len();
     let body = haystack.get(body_start..).unwrap_or_default();
     let run = body
         .iter()
-        .take(fmt.max + 1)
-        .take_while(|&&b| fmt.body.accepts(b))
+        .take(max + 1)
+        .take_while(|&&b| body_kind.accepts(b))
         .count();
-    if let Body::PemHeader = fmt.body {
+    if let Body::PemHeader = body_kind {
         // `[A-Z ]*PRIVATE KEY-----`: the run must end in "PRIVATE KEY".
         let label = body.get(..run)?;
         if !label.ends_with(PEM_LABEL_END) || !body.get(run..)?.starts_with(PEM_DASHES) {
@@ -139,12 +110,12 @@ fn match_at(fmt: &Format, haystack: &[u8], start: usize) -> Option<usize> {
         }
         return Some(body_start + run + PEM_DASHES.len());
     }
-    if run < fmt.min || (fmt.bounded && run > fmt.max) {
+    if run < min || (bounded && run > max) {
         return None;
     }
-    let run = run.min(fmt.max);
+    let run = run.min(max);
     let end = body_start + run;
-    if fmt.bounded && haystack.get(end).is_some_and(|&b| is_word(b)) {
+    if bounded && haystack.get(end).is_some_and(|&b| is_word(b)) {
         return None;
     }
     Some(end)
@@ -163,7 +134,7 @@ pub fn find_tokens(haystack: &[u8]) -> Vec<TokenMatch> {
         }
         let hit = FORMATS
             .iter()
-            .find_map(|fmt| match_at(fmt, haystack, i).map(|end| (fmt.kind, end)));
+            .find_map(|fmt| match_at(fmt, haystack, i).map(|end| (fmt.1, end)));
         match hit {
             Some((kind, end)) => {
                 out.push(TokenMatch {

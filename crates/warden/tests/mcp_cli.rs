@@ -227,9 +227,7 @@ fn http_gateway_auth_origin_host_and_python_client() {
         raw_http(port, &big).starts_with("HTTP/1.1 413"),
         "body limit"
     );
-    let junk = format!(
-        "POST /mcp HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer test-token-1\r\nContent-Length: 4\r\nConnection: close\r\n\r\n{{nop"
-    );
+    let junk = "POST /mcp HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer test-token-1\r\nContent-Length: 4\r\nConnection: close\r\n\r\n{nop".to_string();
     let resp = raw_http(port, &junk);
     assert!(
         resp.starts_with("HTTP/1.1 400") && resp.contains("-32700"),
@@ -344,4 +342,133 @@ fn bad_policy_fails_closed_with_125() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// Credentials from `command:`, `file:` and `vault:` (the local store) are loaded by
+/// the gateway: the bound server gets a placeholder, never the value; a value it
+/// echoes comes back as that placeholder; the other credentials' values are refused
+/// in its arguments. A credential a server needs that cannot load stops the gateway
+/// (125) with an error naming it, never a value.
+#[test]
+fn credentials_from_every_source_kind() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    let (cmd_value, file_value, vault_value) = (
+        "s3cr3t-command-value",
+        "s3cr3t-file-value-0001",
+        "s3cr3t-vault-value-0002",
+    );
+    let token = dir.path().join("token.txt");
+    std::fs::write(&token, format!("{file_value}\n")).unwrap();
+    std::fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let mut set = Command::new(WARDEN)
+        .args(["secret", "set", "vaulted"])
+        .env("WARDEN_HOME", &home)
+        .env_remove("WARDEN_SERVER")
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    set.stdin
+        .take()
+        .unwrap()
+        .write_all(vault_value.as_bytes())
+        .unwrap();
+    assert!(set.wait().unwrap().success());
+    let srv = fixtures().join("py/test_server.py");
+    let policy = format!(
+        r#"version = 1
+name = "creds"
+
+[[credentials]]
+name = "gh"
+source = "command:printf %s {cmd_value}"
+hosts = ["api.github.com"]
+env = "GH_TOKEN"
+
+[[credentials]]
+name = "filed"
+source = "file:token.txt"
+hosts = ["example.com"]
+
+[[credentials]]
+name = "vaulted"
+source = "vault:vaulted"
+hosts = ["example.com"]
+
+[[mcp.servers]]
+name = "test"
+command = ["python3", "{srv}"]
+credentials = ["gh"]
+tools.allow = ["*"]
+"#,
+        srv = srv.display()
+    );
+    let policy_path = dir.path().join("policy.toml");
+    std::fs::write(&policy_path, policy).unwrap();
+    let out = dir.path().join("report-creds.json");
+    let status = Command::new(python())
+        .arg(fixtures().join("py/client.py"))
+        .arg(&out)
+        .arg("creds")
+        .args([
+            "--cmd",
+            WARDEN,
+            "mcp",
+            "--policy",
+            policy_path.to_str().unwrap(),
+        ])
+        .env("WARDEN_HOME", &home)
+        .env(
+            "CREDS_PATHS",
+            serde_json::json!([cmd_value, file_value, vault_value]).to_string(),
+        )
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let r: Value = serde_json::from_str(&std::fs::read_to_string(out).unwrap()).unwrap();
+    assert!(r.get("fatal").is_none(), "{r:#}");
+    let leak = r["leak"]["ok"]["content"][0]["text"].as_str().unwrap();
+    let placeholder = leak
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("gh="))
+        .unwrap();
+    assert!(
+        !placeholder.is_empty() && placeholder != cmd_value,
+        "{leak}"
+    );
+    // The bound server's echo of the real value comes back as the placeholder.
+    let echoed = r["read0"]["ok"]["content"][0]["text"].as_str().unwrap();
+    assert_eq!(echoed, format!("contents of {placeholder}"));
+    for (step, name) in [("read1", "filed"), ("read2", "vaulted")] {
+        let m = r[step]["error"]["message"].as_str().unwrap();
+        assert!(m.contains("secret scan") && m.contains(name), "{step}: {m}");
+    }
+    let raw = std::fs::read_to_string(home.join("audit.jsonl")).unwrap();
+    for v in [cmd_value, file_value, vault_value] {
+        assert!(!raw.contains(v), "a secret value in the audit log");
+    }
+
+    // A credential the server needs that cannot be loaded: fail closed.
+    let broken = std::fs::read_to_string(&policy_path).unwrap().replace(
+        &format!("command:printf %s {cmd_value}"),
+        "env:WARDEN_TEST_SURELY_UNSET",
+    );
+    std::fs::write(&policy_path, broken).unwrap();
+    let out = Command::new(WARDEN)
+        .args(["mcp", "--policy"])
+        .arg(&policy_path)
+        .env("WARDEN_HOME", &home)
+        .env_remove("WARDEN_TEST_SURELY_UNSET")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(125));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("\"gh\"") && err.contains("WARDEN_TEST_SURELY_UNSET"),
+        "{err}"
+    );
+    for v in [file_value, vault_value] {
+        assert!(!err.contains(v), "a secret value in the error");
+    }
 }

@@ -132,7 +132,24 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
         .as_deref()
         .and_then(|p| p.parent())
         .map(std::path::Path::to_path_buf);
-    let store = LocalStore::open(&home::warden_home()).ok();
+    // The local store serves `vault:` sources on a standalone machine; opened only
+    // when the policy has one (opening creates WARDEN_HOME/secrets).
+    let wants_vault = policy
+        .doc()
+        .credentials
+        .iter()
+        .any(|c| matches!(c.source, CredentialSource::Vault(_)));
+    let store = if wants_vault {
+        match LocalStore::open(&home::warden_home()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                eprintln!("warden mcp: the local secret store: {e}");
+                None
+            }
+        }
+    } else {
+        None
+    };
     let (credentials, leases) =
         match load_credentials(&policy, base_dir.as_deref(), store.as_ref(), &session) {
             Ok(c) => c,
