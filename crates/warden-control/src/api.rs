@@ -1108,10 +1108,18 @@ async fn node_stream(
         machine: m.id.clone(),
     };
     let rx = app.serial.subscribe();
-    let stream =
-        futures_util::stream::unfold((rx, true, guard), |(mut rx, first, guard)| async move {
-            if !first && rx.changed().await.is_err() {
+    let stopping = app.stopping.subscribe();
+    let stream = futures_util::stream::unfold(
+        (rx, true, guard, stopping),
+        |(mut rx, first, guard, mut stopping)| async move {
+            if *stopping.borrow() {
                 return None;
+            }
+            if !first {
+                tokio::select! {
+                    changed = rx.changed() => changed.ok()?,
+                    _ = stopping.wait_for(|s| *s) => return None,
+                }
             }
             let s = *rx.borrow_and_update();
             if !first {
@@ -1124,8 +1132,9 @@ async fn node_stream(
             let data = serde_json::to_string(&StreamNotice { serial: s.value })
                 .unwrap_or_else(|_| "{}".into());
             let ev = SseEvent::default().event("bundle").data(data);
-            Some((Ok::<_, Infallible>(ev), (rx, false, guard)))
-        });
+            Some((Ok::<_, Infallible>(ev), (rx, false, guard, stopping)))
+        },
+    );
     Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response()

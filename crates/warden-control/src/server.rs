@@ -72,6 +72,8 @@ pub struct AppInner {
     /// Active policies, cached for one serial.
     pub policies: RwLock<(i64, Arc<Vec<PolicyRow>>)>,
     pub config: Config,
+    /// Set when the server stops: node streams end so that shutdown can finish.
+    pub stopping: watch::Sender<bool>,
     /// Where pushed policies are validated from: nothing relative resolves there.
     pub policy_base: PathBuf,
 }
@@ -135,10 +137,18 @@ pub struct Running {
 impl Running {
     /// Stop accepting connections and wait for the listener to finish.
     pub async fn stop(mut self) {
+        self.app.stopping.send_replace(true);
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
-        let _ = (&mut self.task).await;
+        // Streams end on `stopping`; anything still open after the grace period is cut.
+        if tokio::time::timeout(Duration::from_secs(5), &mut self.task)
+            .await
+            .is_err()
+        {
+            self.task.abort();
+        }
+        flush_seen(&self.app).await;
     }
 
     /// Wait until the server stops on its own (it does not, short of an error).
@@ -230,6 +240,7 @@ pub async fn start(config: Config) -> Result<Running, ControlError> {
         connected: Mutex::new(HashMap::new()),
         policies: RwLock::new((-1, Arc::new(Vec::new()))),
         config: config.clone(),
+        stopping: watch::channel(false).0,
         policy_base,
     });
 

@@ -370,14 +370,26 @@ impl Store {
         Ok(())
     }
 
-    /// Insert or replace the token with this id (admin bootstrap from the environment).
+    /// Insert or replace the token with this id (admin bootstrap from the
+    /// environment). One statement: replicas starting together may both run it.
     pub async fn upsert_token(&self, t: &TokenRow) -> Result<(), ControlError> {
-        sqlx::query("DELETE FROM tokens WHERE id = $1 OR hash = $2")
-            .bind(&t.id)
-            .bind(&t.hash)
-            .execute(&self.pool)
-            .await?;
-        self.insert_token(t).await
+        sqlx::query(
+            "INSERT INTO tokens (id, hash, role, name, labels, created_at, expires_at, one_time, \
+             used_at, used_by) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, NULL, NULL) \
+             ON CONFLICT (id) DO UPDATE SET hash = excluded.hash, role = excluded.role, \
+             name = excluded.name, expires_at = excluded.expires_at",
+        )
+        .bind(&t.id)
+        .bind(&t.hash)
+        .bind(&t.role)
+        .bind(&t.name)
+        .bind(labels_text(&t.labels))
+        .bind(t.created_at)
+        .bind(t.expires_at)
+        .bind(i64::from(t.one_time))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 
     pub async fn token_by_hash(&self, hash: &str) -> Result<Option<TokenRow>, ControlError> {
@@ -615,7 +627,8 @@ impl Store {
     /// Tell the other replicas the serial changed (PostgreSQL only).
     pub async fn notify(&self, channel: &str, payload: &str) -> Result<(), ControlError> {
         if self.backend == Backend::Postgres {
-            sqlx::query("SELECT pg_notify($1, $2)")
+            // pg_notify returns `void`, which the Any driver cannot decode: count instead.
+            sqlx::query("SELECT COUNT(*) AS n FROM (SELECT pg_notify($1, $2)) AS notified")
                 .bind(channel)
                 .bind(payload)
                 .execute(&self.pool)

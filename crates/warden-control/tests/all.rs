@@ -738,3 +738,117 @@ async fn first_start_prints_one_admin_token_once() {
     assert!(String::from_utf8_lossy(&r.body).contains("warden_machines_connected"));
     s.stop().await;
 }
+
+/// Two replicas on one PostgreSQL database: a push through one reaches a node
+/// streaming from the other (LISTEN/NOTIFY), and both see the same state. Runs when
+/// WARDEN_TEST_PG_URL names a server (scripts/test starts one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_two_replicas_fan_out() {
+    use http_body_util::BodyExt;
+    let Ok(url) = std::env::var("WARDEN_TEST_PG_URL") else {
+        eprintln!("skipping: WARDEN_TEST_PG_URL is not set");
+        return;
+    };
+    use sqlx::Executor;
+    sqlx::any::install_default_drivers();
+    let db = format!(
+        "wt_{}",
+        hex::encode(warden_control::crypto::random_bytes::<6>().unwrap())
+    );
+    let admin_pool = sqlx::AnyPool::connect(&url).await.unwrap();
+    admin_pool
+        .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}")))
+        .await
+        .unwrap();
+    let (prefix, _) = url.rsplit_once('/').unwrap();
+    let db_url = format!("{prefix}/{db}");
+    let master = hex::encode([5u8; 32]);
+    let mk = |db_url: String, master: String| {
+        move |c: &mut Config| {
+            c.database = Some(db_url);
+            c.master_key = Some(master);
+            // Only LISTEN/NOTIFY can make the second replica notice in time.
+            c.serial_poll = Duration::from_secs(3600);
+        }
+    };
+    let (a, b) = tokio::join!(
+        start_with(mk(db_url.clone(), master.clone())),
+        start_with(mk(db_url.clone(), master.clone()))
+    );
+    let m = enroll(&a, json!({"team": "ml"})).await;
+    // Same signing key on both replicas: the bundle from B verifies with the key from A.
+    let c_b = machine_client(&b, &m);
+    let resp = c_b.open_stream("/api/v1/node/stream").await.unwrap();
+    let mut body = resp.into_body();
+    let mut parser = warden_control::client::SseParser::default();
+    let mut serials = Vec::new();
+    let wait_serial = |serials: &Vec<i64>, min: i64| serials.iter().any(|s| *s >= min);
+    // The initial notice.
+    while serials.is_empty() {
+        let frame = tokio::time::timeout(Duration::from_secs(60), body.frame())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        if let Ok(d) = frame.into_data() {
+            for (_, data) in parser.feed(&d) {
+                serials.push(
+                    serde_json::from_str::<Value>(&data).unwrap()["serial"]
+                        .as_i64()
+                        .unwrap(),
+                );
+            }
+        }
+    }
+    assert_eq!(push(&a, POLICY, "label:team=ml").await.status.as_u16(), 201);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !wait_serial(&serials, 1) {
+        let frame = tokio::time::timeout_at(deadline, body.frame())
+            .await
+            .expect("replica B never announced the push made on replica A")
+            .unwrap()
+            .unwrap();
+        if let Ok(d) = frame.into_data() {
+            for (_, data) in parser.feed(&d) {
+                serials.push(
+                    serde_json::from_str::<Value>(&data).unwrap()["serial"]
+                        .as_i64()
+                        .unwrap(),
+                );
+            }
+        }
+    }
+    let bundle: SignedBundle = c_b
+        .get("/api/v1/node/bundle")
+        .await
+        .unwrap()
+        .json()
+        .unwrap();
+    let key = warden_control::proto::decode_public_key(&m.server_key).unwrap();
+    assert_eq!(
+        bundle.verify(&key).unwrap().policy.unwrap().name,
+        "team-default"
+    );
+    // Audit through B is visible through A, exactly once.
+    let batch = json!({"events": [event("pg-1", "s", "network", "connect")]});
+    c_b.post_json("/api/v1/node/audit", &batch)
+        .await
+        .unwrap()
+        .ok()
+        .unwrap();
+    machine_client(&a, &m)
+        .post_json("/api/v1/node/audit", &batch)
+        .await
+        .unwrap()
+        .ok()
+        .unwrap();
+    let all: Vec<Value> = admin(&a)
+        .get("/api/v1/audit")
+        .await
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(all.len(), 1);
+    a.server.stop().await;
+    b.server.stop().await;
+}
