@@ -39,17 +39,11 @@ const ETC_ALLOW: &[&str] = &[
     "bash.bashrc",
     "ca-certificates.conf",
     "debian_version",
-    "environment",
     "gai.conf",
     "host.conf",
     "inputrc",
     "ld.so.cache",
-    "ld.so.conf",
-    "locale.alias",
     "localtime",
-    "login.defs",
-    "mime.types",
-    "networks",
     "nsswitch.conf",
     "os-release",
     "profile",
@@ -60,10 +54,6 @@ const ETC_ALLOW: &[&str] = &[
     "ssl/certs",
     "ssl/openssl.cnf",
     "timezone",
-    "magic",
-    "magic.mime",
-    "mailcap",
-    "papersize",
 ];
 
 /// `/etc` entries never exposed, even if a later edit adds a parent to [`ETC_ALLOW`].

@@ -292,7 +292,26 @@ fn ctrl_c_reaches_the_session() {
 }
 
 #[test]
-fn sigterm_to_warden_kills_the_session() {
+fn sigterm_is_forwarded_to_the_session() {
+    let env = Env::new(BASE);
+    let mut child = env
+        .cmd(&[], &["sh", "-c", "echo started; exec sleep 30"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    assert_eq!(line, "started\n");
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    assert_eq!(child.wait().unwrap().code(), Some(143));
+}
+
+#[test]
+fn sigkill_to_warden_kills_the_session() {
     let env = Env::new(BASE);
     let marker = env.ws.join("still-running");
     let mut child = env

@@ -161,10 +161,13 @@ pub fn assert_code(o: &Output, code: i32) {
 pub fn attack_binary() -> Option<&'static Path> {
     static BIN: OnceLock<Option<PathBuf>> = OnceLock::new();
     BIN.get_or_init(|| {
-        let out = std::env::temp_dir().join(format!("warden-attack-{}", std::process::id()));
+        // Under target/ (not /tmp): nothing is left behind outside the build directory.
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
+        let out = dir.join("warden-attack");
+        let tmp = dir.join(format!("warden-attack.{}", std::process::id()));
         let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/run_common/attack.c");
-        match Command::new("cc").arg("-O1").arg("-o").arg(&out).arg(&src).status() {
-            Ok(s) if s.success() => Some(out),
+        match Command::new("cc").arg("-O1").arg("-o").arg(&tmp).arg(&src).status() {
+            Ok(s) if s.success() && std::fs::rename(&tmp, &out).is_ok() => Some(out),
             other => {
                 eprintln!("\n!!!!! SKIPPING syscall attacks: cannot compile {} with cc: {other:?} !!!!!\n", src.display());
                 None
