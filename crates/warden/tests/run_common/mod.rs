@@ -17,6 +17,8 @@ pub struct Env {
     pub warden_home: PathBuf,
     pub policy: PathBuf,
     pub unpriv: bool,
+    /// The `warden` binary this environment runs.
+    pub warden: PathBuf,
 }
 
 pub fn is_root() -> bool {
@@ -63,10 +65,18 @@ impl Env {
             format!("version = 1\nname = \"test\"\n{policy}"),
         )
         .unwrap();
+        let mut warden = PathBuf::from(WARDEN);
         if unpriv {
             for d in [&ws, &home, &warden_home] {
                 chown_r(d, NOBODY);
             }
+            // The build directory may not be reachable by `nobody` (a checkout under /root):
+            // run a link (or copy) of the binary that lives in this world-readable dir.
+            let link = root.join("warden");
+            if std::fs::hard_link(WARDEN, &link).is_err() {
+                std::fs::copy(WARDEN, &link).unwrap();
+            }
+            warden = link;
         }
         Env {
             dir,
@@ -75,6 +85,7 @@ impl Env {
             warden_home,
             policy: policy_path,
             unpriv,
+            warden,
         }
     }
 
@@ -86,13 +97,8 @@ impl Env {
     pub fn cmd(&self, extra: &[&str], cmd: &[&str]) -> Command {
         let mut c = if self.unpriv {
             let mut c = Command::new("setpriv");
-            c.args([
-                "--reuid=65534",
-                "--regid=65534",
-                "--clear-groups",
-                "--",
-                WARDEN,
-            ]);
+            c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+                .arg(&self.warden);
             c
         } else {
             Command::new(WARDEN)
