@@ -166,15 +166,19 @@ impl AuditLog {
                 .create(parent)
                 .map_err(open_err)?;
         }
-        let mut file = OpenOptions::new()
-            .read(true)
-            .append(true)
-            .create(true)
-            .mode(0o600)
-            .open(path)
-            .map_err(open_err)?;
+        let mut options = OpenOptions::new();
+        options.read(true).append(true).mode(0o600);
+        // Create the file only if it is new, so the directory is fsynced only then:
+        // that fsync costs milliseconds, and every session start opens the log.
+        let (mut file, created) = match options.clone().create_new(true).open(path) {
+            Ok(file) => (file, true),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                (options.open(path).map_err(open_err)?, false)
+            }
+            Err(e) => return Err(open_err(e)),
+        };
         terminate_torn_line(&mut file).map_err(open_err)?;
-        if let Some(parent) = parent {
+        if let (true, Some(parent)) = (created, parent) {
             // Make the new file's directory entry durable too. Some filesystems do
             // not support fsync on directories; the file's own fsyncs still hold.
             let _ = File::open(parent).and_then(|d| d.sync_all());
