@@ -48,7 +48,7 @@ pub use io::Counters;
 pub use proxy::{serve_connection, serve_proxy};
 pub use resolve::{Lookup, Resolve, StaticResolver, SystemResolver};
 pub use target::{Target, TargetError, parse_authority};
-pub use tun::{TunDevice, serve_tun};
+pub use tun::{TunDevice, serve_tun, serve_tun_until};
 
 /// Errors of the egress front ends' setup. Connection-level failures are not errors
 /// here: they are refusals, recorded and answered to the client.

@@ -17,10 +17,12 @@ use crate::egress::{Ctx, Egress, Front};
 use crate::target::Target;
 use crate::tunnel;
 use ipstack::{IpStack, IpStackConfig, IpStackStream};
+use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::OwnedFd;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
@@ -30,6 +32,16 @@ use warden_policy::host::RequestHost;
 /// async stream.
 pub struct TunDevice {
     fd: AsyncFd<OwnedFd>,
+    /// Set, with the error, when a read fails for good (the device or its namespace
+    /// went away). The stack retries failed reads in a tight loop, so after that the
+    /// device reports nothing more (pending forever) and [`serve_tun`] returns.
+    dead: Arc<Dead>,
+}
+
+#[derive(Default)]
+struct Dead {
+    error: std::sync::OnceLock<String>,
+    notify: tokio::sync::Notify,
 }
 
 impl TunDevice {
@@ -42,7 +54,10 @@ impl TunDevice {
         // replacement, `AsyncFd::register`, is `unsafe`, which this crate forbids.
         #[allow(deprecated)]
         let fd = AsyncFd::new(fd)?;
-        Ok(TunDevice { fd })
+        Ok(TunDevice {
+            fd,
+            dead: Arc::new(Dead::default()),
+        })
     }
 }
 
@@ -52,20 +67,36 @@ impl AsyncRead for TunDevice {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        if self.dead.error.get().is_some() {
+            return Poll::Pending;
+        }
         loop {
-            let mut guard = ready!(self.fd.poll_read_ready(cx))?;
+            let mut guard = match ready!(self.fd.poll_read_ready(cx)) {
+                Ok(g) => g,
+                Err(e) => return self.die(e),
+            };
             let unfilled = buf.initialize_unfilled();
             match guard.try_io(|fd| {
                 rustix::io::read(fd.get_ref(), &mut *unfilled).map_err(io::Error::from)
             }) {
+                Ok(Ok(0)) => return self.die(io::Error::other("TUN device closed")),
                 Ok(Ok(n)) => {
                     buf.advance(n);
                     return Poll::Ready(Ok(()));
                 }
-                Ok(Err(e)) => return Poll::Ready(Err(e)),
+                Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Ok(Err(e)) => return self.die(e),
                 Err(_would_block) => continue,
             }
         }
+    }
+}
+
+impl TunDevice {
+    fn die(&self, e: io::Error) -> Poll<io::Result<()>> {
+        let _ = self.dead.error.set(e.to_string());
+        self.dead.notify.notify_one();
+        Poll::Pending
     }
 }
 
@@ -92,71 +123,115 @@ impl AsyncWrite for TunDevice {
 }
 
 /// Serve the TUN device `fd` (MTU `mtu`, which must match the device's) until the
-/// stack stops. Needs a multi-threaded tokio runtime (the stack blocks in place when
-/// a flow is dropped).
+/// device fails. Needs a multi-threaded tokio runtime. See [`serve_tun_until`] for
+/// shutting it down before the runtime goes away.
 pub async fn serve_tun(egress: Egress, fd: OwnedFd, mtu: u16) -> io::Result<()> {
+    serve_tun_until(egress, fd, mtu, std::future::pending()).await
+}
+
+/// Like [`serve_tun`], and stops when `stop` completes: every flow is ended, then
+/// the stack dropped, and only then does this return.
+///
+/// Callers must let this return before dropping the runtime: `ipstack` blocks in
+/// place in the destructor of a TCP flow until the flow's own task finishes, which
+/// never happens while the runtime is shutting down (a flow still alive at runtime
+/// shutdown hangs it). Ending flows here, while the runtime runs, avoids that.
+pub async fn serve_tun_until(
+    egress: Egress,
+    fd: OwnedFd,
+    mtu: u16,
+    stop: impl Future<Output = ()>,
+) -> io::Result<()> {
     let device = TunDevice::new(fd)?;
+    let dead = device.dead.clone();
     let mut config = IpStackConfig::default();
     config.mtu_unchecked(mtu);
     let mut stack = IpStack::new(config, device);
-    loop {
-        let stream = stack
-            .accept()
-            .await
-            .map_err(|e| io::Error::other(e.to_string()))?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut flows = tokio::task::JoinSet::new();
+    let spawn = |flows: &mut tokio::task::JoinSet<()>,
+                 flow: Pin<Box<dyn Future<Output = ()> + Send>>| {
+        let mut rx = stop_rx.clone();
+        flows.spawn(async move {
+            tokio::select! {
+                () = flow => {}
+                _ = rx.wait_for(|stopped| *stopped) => {}
+            }
+        });
+    };
+    tokio::pin!(stop);
+    let result = loop {
+        let stream = tokio::select! {
+            s = stack.accept() => match s {
+                Ok(s) => s,
+                Err(e) => break Err(io::Error::other(e.to_string())),
+            },
+            () = dead.notify.notified() => {
+                let why = dead.error.get().cloned().unwrap_or_default();
+                break Err(io::Error::other(format!("TUN device failed: {why}")));
+            }
+            () = &mut stop => break Ok(()),
+            Some(_) = flows.join_next(), if !flows.is_empty() => continue,
+        };
         match stream {
             IpStackStream::Tcp(tcp) => {
                 let egress = egress.clone();
-                tokio::spawn(async move {
-                    let client = tcp.local_addr();
-                    let dst = tcp.peer_addr();
-                    let target = target_for(&egress, dst);
-                    let ctx = Ctx {
-                        front: Front::Tun,
-                        client: Some(client),
-                    };
-                    match egress.open(&target, ctx).await {
-                        Ok(upstream) => tunnel::relay(&egress, tcp, upstream).await,
-                        Err(_refused) => {
-                            // Close at once (FIN); merely dropping the flow would
-                            // leave the client waiting for its own timeout.
-                            let mut tcp = tcp;
-                            let _ = tokio::time::timeout(
-                                std::time::Duration::from_secs(5),
-                                tcp.shutdown(),
-                            )
-                            .await;
+                spawn(
+                    &mut flows,
+                    Box::pin(async move {
+                        let client = tcp.local_addr();
+                        let dst = tcp.peer_addr();
+                        let target = target_for(&egress, dst);
+                        let ctx = Ctx {
+                            front: Front::Tun,
+                            client: Some(client),
+                        };
+                        match egress.open(&target, ctx).await {
+                            Ok(upstream) => tunnel::relay(&egress, tcp, upstream).await,
+                            Err(_refused) => {
+                                // Close at once (FIN); merely dropping the flow would
+                                // leave the client waiting for its own timeout.
+                                let mut tcp = tcp;
+                                let _ = tokio::time::timeout(
+                                    std::time::Duration::from_secs(5),
+                                    tcp.shutdown(),
+                                )
+                                .await;
+                            }
                         }
-                    }
-                });
+                    }),
+                );
             }
             IpStackStream::Udp(mut udp) => {
                 let egress = egress.clone();
-                tokio::spawn(async move {
-                    let client = udp.local_addr();
-                    let dst = udp.peer_addr();
-                    if dst.port() != 53 {
-                        egress.record_dropped(
-                            "udp",
-                            client,
-                            dst,
-                            "UDP is not forwarded (only DNS, answered by Warden)",
-                        );
-                        return;
-                    }
-                    // DNS to any address is answered by Warden itself.
-                    let mut buf = vec![0u8; 4096];
-                    while let Ok(n) = udp.read(&mut buf).await {
-                        if n == 0 {
-                            break;
+                spawn(
+                    &mut flows,
+                    Box::pin(async move {
+                        let client = udp.local_addr();
+                        let dst = udp.peer_addr();
+                        if dst.port() != 53 {
+                            egress.record_dropped(
+                                "udp",
+                                client,
+                                dst,
+                                "UDP is not forwarded (only DNS, answered by Warden)",
+                            );
+                            return;
                         }
-                        if let Some(resp) = dns::answer(&egress, &buf[..n], Some(client)).await
-                            && udp.write_all(&resp).await.is_err()
-                        {
-                            break;
+                        // DNS to any address is answered by Warden itself.
+                        let mut buf = vec![0u8; 4096];
+                        while let Ok(n) = udp.read(&mut buf).await {
+                            if n == 0 {
+                                break;
+                            }
+                            if let Some(resp) = dns::answer(&egress, &buf[..n], Some(client)).await
+                                && udp.write_all(&resp).await.is_err()
+                            {
+                                break;
+                            }
                         }
-                    }
-                });
+                    }),
+                );
             }
             IpStackStream::UnknownTransport(pkt) => {
                 let proto = pkt.ip_protocol();
@@ -175,7 +250,11 @@ pub async fn serve_tun(egress: Egress, fd: OwnedFd, mtu: u16) -> io::Result<()> 
             }
             IpStackStream::UnknownNetwork(_) => {}
         }
-    }
+    };
+    let _ = stop_tx.send(true);
+    while flows.join_next().await.is_some() {}
+    drop(stack);
+    result
 }
 
 /// The destination of a captured flow: the name behind a synthetic address, or the

@@ -945,7 +945,7 @@ async fn tun_governs_programs_that_ignore_proxies() {
     )
     .await;
     let sock_path = h._dir.path().join("tun.sock");
-    let listener = std::os::unix::net::UnixListener::bind(&sock_path).unwrap();
+    let listener = tokio::net::UnixListener::bind(&sock_path).unwrap();
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/tun_netns.py");
     let child = tokio::process::Command::new("unshare")
         .args(["-Urnm", "--propagation", "private", "python3", script])
@@ -956,12 +956,27 @@ async fn tun_governs_programs_that_ignore_proxies() {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let (stream, _) = tokio::task::spawn_blocking(move || listener.accept())
-        .await
-        .unwrap()
-        .unwrap();
+    let mut child = child;
+    let stream = tokio::select! {
+        accepted = listener.accept() => accepted.unwrap().0,
+        _ = child.wait() => {
+            let out = child.wait_with_output().await.unwrap();
+            panic!("namespace setup failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        _ = tokio::time::sleep(Duration::from_secs(60)) => panic!("namespace helper never connected"),
+    };
+    let stream = stream.into_std().unwrap();
+    stream.set_nonblocking(false).unwrap();
     let fd = recv_fd(&stream);
-    tokio::spawn(warden_egress::serve_tun(h.egress.clone(), fd, 1500));
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let tun = tokio::spawn(warden_egress::serve_tun_until(
+        h.egress.clone(),
+        fd,
+        1500,
+        async move {
+            let _ = stop_rx.await;
+        },
+    ));
     let mut stream = stream;
     std::io::Write::write_all(&mut stream, b"go\n").unwrap();
     let out = tokio::time::timeout(Duration::from_secs(120), child.wait_with_output())
@@ -969,7 +984,6 @@ async fn tun_governs_programs_that_ignore_proxies() {
         .expect("namespace clients finished")
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    eprintln!("{stdout}");
     assert!(
         out.status.success(),
         "stdout: {stdout}\nstderr: {}",
@@ -1042,4 +1056,10 @@ async fn tun_governs_programs_that_ignore_proxies() {
     if results.contains_key("icmp_sent") {
         assert!(evs.iter().any(|e| e["action"] == "icmp"), "{evs:#?}");
     }
+    // Shut the stack down while the runtime runs (see serve_tun_until). The device
+    // may already have failed when the namespace went away; either way it returns.
+    let _ = stop_tx.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(30), tun)
+        .await
+        .expect("TUN front end stops");
 }
