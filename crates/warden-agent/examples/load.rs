@@ -179,6 +179,7 @@ async fn run(n: usize, events: usize, base: String, pid: u32) {
     let push_at = Arc::new(std::sync::Mutex::new(None::<Instant>));
     let last = Arc::new(std::sync::Mutex::new(Duration::ZERO));
     let mut clients = Vec::with_capacity(n);
+    let fetch_slots = Arc::new(Semaphore::new(4000));
     for (id, key, server_key) in machines {
         let c = Client::new(
             &base,
@@ -197,6 +198,7 @@ async fn run(n: usize, events: usize, base: String, pid: u32) {
             last.clone(),
         );
         let pinned = decode_public_key(&server_key).unwrap();
+        let fetch_slots = fetch_slots.clone();
         tokio::spawn(async move {
             let resp = loop {
                 match c.open_stream("/api/v1/node/stream").await {
@@ -217,8 +219,22 @@ async fn run(n: usize, events: usize, base: String, pid: u32) {
                         .as_i64()
                         .unwrap_or(0);
                     if !done && serial >= target.load(Ordering::Relaxed) {
-                        let b: SignedBundle =
-                            c.get("/api/v1/node/bundle").await.unwrap().json().unwrap();
+                        // 10,000 fetches at once overflow the listen backlog; a
+                        // refused connect is retried, as the agent's resync would.
+                        // This process may hold at most 20,000 descriptors (hard
+                        // limit here): 10,000 streams plus at most 4,000 fetches at once.
+                        let _permit = fetch_slots.acquire().await.unwrap();
+                        let mut tries = 0;
+                        let b: SignedBundle = loop {
+                            match c.get("/api/v1/node/bundle").await {
+                                Ok(a) => break a.json().unwrap(),
+                                Err(e) => {
+                                    tries += 1;
+                                    assert!(tries < 50, "bundle fetch: {e}");
+                                    tokio::time::sleep(Duration::from_millis(20 * tries)).await;
+                                }
+                            }
+                        };
                         assert!(b.verify(&pinned).unwrap().serial >= serial);
                         done = true;
                         if let Some(at) = *push_at.lock().unwrap() {
