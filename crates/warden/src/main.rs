@@ -34,6 +34,21 @@ enum Command {
     /// Manage secrets (the local store; values are read from stdin, never argv).
     #[command(subcommand)]
     Secret(cmd::secret::Command),
+    /// Join a control plane.
+    Enroll(cmd::enroll::Args),
+    /// The node daemon: keeps the signed policy current and delivers the audit spool.
+    Agent(cmd::agent::Args),
+    /// Show which policy is in force on this machine and where it came from.
+    Status(cmd::status::Args),
+    /// Create enrollment and API tokens on a control plane.
+    #[command(subcommand)]
+    Token(cmd::remote::TokenCommand),
+    /// Machines enrolled in a control plane.
+    #[command(subcommand)]
+    Machines(cmd::remote::MachinesCommand),
+    /// Sessions on enrolled machines.
+    #[command(subcommand)]
+    Sessions(cmd::remote::SessionsCommand),
 }
 
 /// Exit status for Warden's own failures (bad policy, sandbox setup failed).
@@ -52,6 +67,12 @@ fn main() -> ExitCode {
         Command::Mcp(args) => cmd::mcp::main(args),
         Command::Server(args) => cmd::server::main(args),
         Command::Secret(c) => cmd::secret::main(c),
+        Command::Enroll(args) => cmd::enroll::main(args),
+        Command::Agent(args) => cmd::agent::main(args),
+        Command::Status(args) => cmd::status::main(args),
+        Command::Token(c) => cmd::remote::token(c),
+        Command::Machines(c) => cmd::remote::machines(c),
+        Command::Sessions(c) => cmd::remote::sessions(c),
     };
     match result {
         Ok(code) => code,

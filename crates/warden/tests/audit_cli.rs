@@ -280,17 +280,22 @@ fn missing_log_is_empty_not_an_error() {
 }
 
 #[test]
-fn central_query_says_it_needs_the_control_plane() {
-    let out = warden(&["audit", "query", "--server", "https://warden.example"]);
-    assert_eq!(out.status.code(), Some(125), "{out:?}");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("needs the control plane"));
+fn central_query_needs_an_api_token() {
     let out = Command::new(env!("CARGO_BIN_EXE_warden"))
-        .args(["audit", "query"])
-        .env("WARDEN_SERVER", "https://warden.example")
+        .args(["audit", "query", "--server", "https://warden.example"])
+        .env_remove("WARDEN_TOKEN")
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(125), "{out:?}");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("needs the control plane"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("WARDEN_TOKEN"));
+    let out = Command::new(env!("CARGO_BIN_EXE_warden"))
+        .args(["audit", "query"])
+        .env("WARDEN_SERVER", "https://warden.example")
+        .env_remove("WARDEN_TOKEN")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(125), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("WARDEN_TOKEN"));
 }
 
 #[test]

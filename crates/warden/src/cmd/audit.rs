@@ -94,18 +94,30 @@ impl Common {
         }
     }
 
-    /// The local file to read, or an error when the central log was asked for.
-    fn local_file(&self) -> anyhow::Result<PathBuf> {
-        if self.server.as_deref().is_some_and(|s| !s.trim().is_empty()) {
+    /// The control plane whose central log to query, when `--server`/WARDEN_SERVER
+    /// names one; the API token comes from WARDEN_TOKEN (never from argv).
+    fn remote(&self) -> anyhow::Result<Option<super::remote::Conn>> {
+        let Some(server) = self.server.as_deref().filter(|s| !s.trim().is_empty()) else {
+            return Ok(None);
+        };
+        let token = std::env::var("WARDEN_TOKEN").unwrap_or_default();
+        if token.is_empty() {
             anyhow::bail!(
-                "central audit query needs the control plane (not available in this build); \
+                "--server {server} needs an API token (admin or auditor) in WARDEN_TOKEN; \
                  unset WARDEN_SERVER or drop --server to read the local log"
             );
         }
-        Ok(self
-            .file
+        Ok(Some(super::remote::Conn {
+            server: server.to_string(),
+            token,
+        }))
+    }
+
+    /// The local file to read.
+    fn local_file(&self) -> PathBuf {
+        self.file
             .clone()
-            .unwrap_or_else(crate::home::default_audit_file))
+            .unwrap_or_else(crate::home::default_audit_file)
     }
 }
 
@@ -128,7 +140,17 @@ pub fn main(cmd: Command) -> anyhow::Result<ExitCode> {
 }
 
 fn query(common: &Common) -> anyhow::Result<ExitCode> {
-    let path = common.local_file()?;
+    if let Some(conn) = common.remote()? {
+        let params = warden_control::api::AuditParams {
+            surface: common.surface.map(|s| s.to_string()),
+            decision: common.decision.map(|d| d.to_string()),
+            session: common.session.clone(),
+            since: common.since.map(warden_audit::format_time),
+            ..Default::default()
+        };
+        return super::remote::audit_query(&conn, &params);
+    }
+    let path = common.local_file();
     let Some(mut reader) = open(&path)? else {
         return Ok(ExitCode::SUCCESS);
     };
@@ -152,7 +174,16 @@ fn query(common: &Common) -> anyhow::Result<ExitCode> {
 
 fn tail(args: &TailArgs) -> anyhow::Result<ExitCode> {
     let common = &args.common;
-    let path = common.local_file()?;
+    if common
+        .server
+        .as_deref()
+        .is_some_and(|s| !s.trim().is_empty())
+    {
+        anyhow::bail!(
+            "following the central log is not supported yet; use `warden audit query --server URL`"
+        );
+    }
+    let path = common.local_file();
     let filter = common.filter();
     let follow = !args.no_follow;
     let mut out = Printer::new(common.json, io::stdout().lock());

@@ -35,6 +35,14 @@ pub enum Command {
     ///
     /// Exits 0 when allowed, 1 when denied.
     Explain(Box<ExplainArgs>),
+    /// Validate and publish a policy on the control plane; prints the new version.
+    Push(super::remote::PushArgs),
+    /// List the policies on the control plane.
+    Ls(super::remote::ListArgs),
+    /// Show a policy's versions on the control plane.
+    History(super::remote::HistoryArgs),
+    /// Make an earlier version current again (recorded as a new version).
+    Rollback(super::remote::RollbackArgs),
 }
 
 /// Arguments of `warden policy explain`.
@@ -93,6 +101,10 @@ pub fn main(cmd: Command) -> anyhow::Result<ExitCode> {
             force,
         } => init(preset, &file, force),
         Command::Check { files, json } => check(&files, json),
+        Command::Push(a) => super::remote::policy_push(a),
+        Command::Ls(a) => super::remote::policy_ls(a),
+        Command::History(a) => super::remote::policy_history(a),
+        Command::Rollback(a) => super::remote::policy_rollback(a),
         Command::Explain(args) => {
             let ExplainArgs {
                 policy,

@@ -61,14 +61,23 @@ struct ServerArg {
 }
 
 impl ServerArg {
-    fn local_only(&self) -> anyhow::Result<()> {
-        if self.server.as_deref().is_some_and(|s| !s.trim().is_empty()) {
+    /// The control plane to talk to, when `--server`/WARDEN_SERVER names one; its API
+    /// token comes from WARDEN_TOKEN (never from argv).
+    fn remote(&self) -> anyhow::Result<Option<super::remote::Conn>> {
+        let Some(server) = self.server.as_deref().filter(|s| !s.trim().is_empty()) else {
+            return Ok(None);
+        };
+        let token = std::env::var("WARDEN_TOKEN").unwrap_or_default();
+        if token.is_empty() {
             anyhow::bail!(
-                "managing the control plane's vault needs the control plane client (not available in this build); \
-                 unset WARDEN_SERVER or drop --server to use the local store"
+                "--server {server} needs an admin API token in WARDEN_TOKEN \
+                 (create one with `warden token create`, or unset WARDEN_SERVER to use the local store)"
             );
         }
-        Ok(())
+        Ok(Some(super::remote::Conn {
+            server: server.to_string(),
+            token,
+        }))
     }
 }
 
@@ -98,7 +107,9 @@ fn usage(err: &StoreError) -> Option<ExitCode> {
 }
 
 fn set(args: &SetArgs) -> anyhow::Result<ExitCode> {
-    args.server.local_only()?;
+    if let Some(conn) = args.server.remote()? {
+        return super::remote::secret_set(&conn, &args.name);
+    }
     if let Err(err) = warden_secrets::store::validate_name(&args.name) {
         return usage(&err).map_or_else(|| Err(err.into()), Ok);
     }
@@ -154,7 +165,9 @@ fn read_value(name: &str) -> anyhow::Result<Secret> {
 }
 
 fn ls(args: &LsArgs) -> anyhow::Result<ExitCode> {
-    args.server.local_only()?;
+    if let Some(conn) = args.server.remote()? {
+        return super::remote::secret_ls(&conn, args.json);
+    }
     let names = open_store()?.list()?;
     let mut out = io::stdout().lock();
     if args.json {
@@ -168,7 +181,9 @@ fn ls(args: &LsArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn rm(args: &RmArgs) -> anyhow::Result<ExitCode> {
-    args.server.local_only()?;
+    if let Some(conn) = args.server.remote()? {
+        return super::remote::secret_rm(&conn, &args.name);
+    }
     let store = open_store()?;
     match store.remove(&args.name) {
         Ok(true) => Ok(ExitCode::SUCCESS),
