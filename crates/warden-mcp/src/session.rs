@@ -1194,6 +1194,9 @@ async fn upstream_events(
         match ev {
             UpEvent::Message(m) => s.upstream_message(idx, m),
             UpEvent::Closed(reason) => s.upstream_closed(idx, &reason),
+            UpEvent::Reply(waiter, reply) => {
+                let _ = waiter.send(reply);
+            }
         }
     }
 }

@@ -73,6 +73,9 @@ impl UpstreamLauncher for PlainLauncher {
 pub enum UpEvent {
     Message(Value),
     Closed(String),
+    /// A response, resolved by the session's event loop so that it stays ordered after
+    /// the notifications (progress, logs) the upstream sent before it.
+    Reply(oneshot::Sender<Reply>, Reply),
 }
 
 /// Why a request to an upstream did not produce a result.
@@ -267,7 +270,13 @@ async fn dispatch(
                             Some(e) => Err(e.clone()),
                             None => Ok(msg.get("result").cloned().unwrap_or(Value::Null)),
                         };
-                        let _ = w.send(reply);
+                        // Through the same queue as the notifications before it: resolving
+                        // the waiter here let a result overtake its own progress updates.
+                        if let Err(mpsc::error::SendError((_, UpEvent::Reply(w, reply)))) =
+                            sink.send((idx, UpEvent::Reply(w, reply)))
+                        {
+                            let _ = w.send(reply);
+                        }
                     }
                 }
                 Kind::Request | Kind::Notification => {
@@ -284,6 +293,10 @@ async fn dispatch(
                     }
                 }
             },
+            // Transports never produce replies; pass one on unchanged if it ever comes.
+            UpEvent::Reply(w, reply) => {
+                let _ = sink.send((idx, UpEvent::Reply(w, reply)));
+            }
             UpEvent::Closed(mut reason) => {
                 let child = lock(&up.child).take();
                 if let Some(mut c) = child
