@@ -7,7 +7,6 @@
 //! exits the kernel kills everything left in the PID namespace.
 
 use crate::mounts;
-use crate::net::NetworkSetup;
 use crate::proto::{self, InitRequest, Report};
 use crate::seccomp;
 use crate::sys;
@@ -88,9 +87,19 @@ fn run_init(slot: &mut Option<OwnedFd>) -> Result<i32, String> {
     if unsafe { libc::sethostname(host.as_ptr(), req.spec.hostname.len()) } != 0 {
         return Err(format!("sethostname: {}", std::io::Error::last_os_error()));
     }
-    NetworkSetup
-        .run(chan.as_raw_fd())
-        .map_err(|e| format!("network namespace (bring up lo): {e}"))?;
+    let egress = req.spec.network == crate::Network::Egress;
+    if let Some(fds) = crate::net::setup(egress).map_err(|e| format!("session network: {e}"))? {
+        // The parent holds the only copies once these are dropped.
+        for (kind, fd) in [
+            (proto::FdKind::Tun, fds.tun),
+            (proto::FdKind::ProxyListener, fds.proxy),
+            (proto::FdKind::Dns, fds.dns),
+        ] {
+            report(chan, &Report::Fd(kind));
+            proto::send_fd(chan.as_raw_fd(), fd.as_raw_fd())
+                .map_err(|e| format!("passing the session's {kind:?} descriptor: {e}"))?;
+        }
+    }
     if req.unix_guard {
         // The guard asks the kernel which unix sockets belong to the session: through a
         // sock_diag socket of the session's network namespace, opened here.

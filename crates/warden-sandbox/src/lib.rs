@@ -51,6 +51,7 @@ use std::path::PathBuf;
 pub use env::{DEFAULT_ENV_PASSTHROUGH, session_env};
 pub use error::SandboxError;
 pub use init::init_main;
+pub use net::{DNS_ADDR, NetworkFds, PROXY_ADDR, TUN_MTU, TUN_NAME, TUN_V4, TUN_V6};
 pub use preflight::{Check, preflight, preflight_report};
 pub use session::{Prepared, Session, SessionExit, prepare, spawn};
 
@@ -136,6 +137,22 @@ pub struct SandboxSpec {
     pub tty: TtyMode,
     /// Unique session id; names the cgroup (`warden-<id>`). Letters, digits, `-`, `_`.
     pub session_id: String,
+    /// What the session's network namespace holds besides `lo`.
+    pub network: Network,
+}
+
+/// The session's network. Either way the session has its own network namespace with
+/// no interface of the host in it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Network {
+    /// Loopback only: nothing leaves the session.
+    #[default]
+    Loopback,
+    /// Loopback plus the doors to an egress proxy run by the caller: a TUN device with
+    /// the default routes, a proxy listener and a DNS socket inside the namespace, handed
+    /// to the caller as [`NetworkFds`] by [`Prepared::take_network`]. Serve them before
+    /// [`Prepared::start`]; when they are closed the session has no route out.
+    Egress,
 }
 
 /// Bound on the number of directory entries examined per mount when looking for

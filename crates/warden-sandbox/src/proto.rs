@@ -36,6 +36,12 @@ pub(crate) enum FdKind {
     ConnectGuard,
     /// A `NETLINK_SOCK_DIAG` socket opened inside the session's network namespace.
     UnixDiag,
+    /// The session's TUN device ([`crate::Network::Egress`]).
+    Tun,
+    /// The listening socket at [`crate::PROXY_ADDR`].
+    ProxyListener,
+    /// The UDP socket at [`crate::DNS_ADDR`].
+    Dns,
 }
 
 /// Parent → agent, after [`Report::Prepared`].

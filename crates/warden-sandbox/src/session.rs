@@ -151,8 +151,17 @@ pub struct Prepared {
     session: Session,
     stream: std::os::unix::net::UnixStream,
     unix_guard: bool,
+    fds: Received,
+}
+
+/// Descriptors the init handed back during setup.
+#[derive(Debug, Default)]
+struct Received {
     listener: Option<OwnedFd>,
     diag: Option<OwnedFd>,
+    tun: Option<OwnedFd>,
+    proxy: Option<OwnedFd>,
+    dns: Option<OwnedFd>,
 }
 
 /// Builds the session up to the point where only `execve` of the command is left.
@@ -286,13 +295,24 @@ pub fn prepare(spec: &SandboxSpec) -> Result<Prepared, SandboxError> {
         reaped: None,
     };
     match session.handshake(spec, parent_end, use_pty) {
-        Ok((stream, unix_guard, listener, diag)) => Ok(Prepared {
-            session,
-            stream,
-            unix_guard,
-            listener,
-            diag,
-        }),
+        Ok((stream, unix_guard, fds)) => {
+            if spec.network == crate::Network::Egress
+                && (fds.tun.is_none() || fds.proxy.is_none() || fds.dns.is_none())
+                && session.exec_error.is_none()
+            {
+                session.kill();
+                session.reap();
+                return Err(SandboxError::Setup(
+                    "the init did not hand over the session's network descriptors".into(),
+                ));
+            }
+            Ok(Prepared {
+                session,
+                stream,
+                unix_guard,
+                fds,
+            })
+        }
         Err(e) => {
             session.kill();
             session.reap();
@@ -302,6 +322,17 @@ pub fn prepare(spec: &SandboxSpec) -> Result<Prepared, SandboxError> {
 }
 
 impl Prepared {
+    /// The session's network descriptors ([`crate::Network::Egress`]), once. The caller
+    /// serves them (the egress proxy) before [`Prepared::start`]; closing them leaves
+    /// the session without any route out.
+    pub fn take_network(&mut self) -> Option<crate::NetworkFds> {
+        Some(crate::NetworkFds {
+            tun: self.fds.tun.take()?,
+            proxy: self.fds.proxy.take()?,
+            dns: self.fds.dns.take()?,
+        })
+    }
+
     /// Warnings reported by the init so far.
     pub fn warnings(&self) -> &[String] {
         &self.session.warnings
@@ -314,15 +345,14 @@ impl Prepared {
             mut session,
             mut stream,
             unix_guard,
-            listener,
-            diag,
+            fds,
         } = self;
         let r = (|| {
             if session.exec_error.is_some() {
                 return Ok(());
             }
             if unix_guard {
-                match (listener, diag) {
+                match (fds.listener, fds.diag) {
                     (Some(l), Some(d)) => session.guard = Some(crate::unixsock::start(l, d)),
                     _ => {
                         return Err(SandboxError::Setup(
@@ -375,21 +405,12 @@ impl Prepared {
 }
 
 impl Session {
-    #[allow(clippy::type_complexity)]
     fn handshake(
         &mut self,
         spec: &SandboxSpec,
         chan: OwnedFd,
         use_pty: bool,
-    ) -> Result<
-        (
-            std::os::unix::net::UnixStream,
-            bool,
-            Option<OwnedFd>,
-            Option<OwnedFd>,
-        ),
-        SandboxError,
-    > {
+    ) -> Result<(std::os::unix::net::UnixStream, bool, Received), SandboxError> {
         // SAFETY: getuid/getgid cannot fail.
         let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
         let base = format!("/proc/{}", self.pid);
@@ -412,8 +433,7 @@ impl Session {
         let mut stream = std::os::unix::net::UnixStream::from(chan);
         proto::write_frame(&mut stream, &req)
             .map_err(|e| SandboxError::Setup(format!("sending the spec to the init: {e}")))?;
-        let mut listener = None;
-        let mut diag = None;
+        let mut fds = Received::default();
         loop {
             let msg: Option<Report> = proto::read_frame(&mut stream)
                 .map_err(|e| SandboxError::Setup(format!("reading the init's report: {e}")))?;
@@ -429,10 +449,14 @@ impl Session {
                     let fd = proto::recv_fd(stream.as_raw_fd()).map_err(|e| {
                         SandboxError::Setup(format!("receiving a descriptor from the init: {e}"))
                     })?;
-                    match kind {
-                        proto::FdKind::ConnectGuard => listener = Some(fd),
-                        proto::FdKind::UnixDiag => diag = Some(fd),
-                    }
+                    let slot = match kind {
+                        proto::FdKind::ConnectGuard => &mut fds.listener,
+                        proto::FdKind::UnixDiag => &mut fds.diag,
+                        proto::FdKind::Tun => &mut fds.tun,
+                        proto::FdKind::ProxyListener => &mut fds.proxy,
+                        proto::FdKind::Dns => &mut fds.dns,
+                    };
+                    *slot = Some(fd);
                 }
                 Some(Report::Prepared) => break,
                 Some(Report::SetupFailed(m)) => return Err(SandboxError::Setup(m)),
@@ -447,7 +471,7 @@ impl Session {
                 }
             }
         }
-        Ok((stream, unix_guard, listener, diag))
+        Ok((stream, unix_guard, fds))
     }
 
     /// Warnings reported by the init (e.g. the `hide_patterns` walk hit its bound).

@@ -24,6 +24,7 @@ fn spec(ws: &Path, cmd: &[&str]) -> SandboxSpec {
         hostname: "warden".into(),
         tty: TtyMode::Inherit,
         session_id: format!("t{}", std::process::id()),
+        network: warden_sandbox::Network::Loopback,
     }
 }
 
@@ -36,6 +37,49 @@ fn run(spec: &SandboxSpec) -> i32 {
     }
     e.code
 }
+
+/// Runs `spec` with [`warden_sandbox::Network::Egress`]; the network descriptors are
+/// held (unserved) for the session's life when `keep`, else closed before it starts.
+fn run_net(spec: &SandboxSpec, keep: bool) -> i32 {
+    let mut spec = spec.clone();
+    spec.network = warden_sandbox::Network::Egress;
+    warden_sandbox::preflight(&spec).unwrap();
+    let mut p = warden_sandbox::prepare(&spec).unwrap();
+    let fds = p.take_network().expect("network descriptors");
+    let held = keep.then_some(fds);
+    let s = p.start().unwrap();
+    let code = s.wait().unwrap().code;
+    drop(held);
+    code
+}
+
+const NET_UP: &str = r#"
+import socket, sys
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.connect(("192.0.2.1", 9))
+assert u.getsockname()[0] == "10.87.0.2", u.getsockname()
+u6 = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM); u6.connect(("2001:db8::1", 9))
+assert u6.getsockname()[0] == "fd7a:7761:7265::2", u6.getsockname()
+socket.create_connection(("127.0.0.1", 3128), timeout=5).close()
+b = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+try:
+    b.bind(("127.0.0.1", 53)); sys.exit("the DNS port was free")
+except OSError:
+    pass
+"#;
+
+const NET_GONE: &str = r#"
+import errno, socket, sys
+for fam, addr in ((socket.AF_INET, ("192.0.2.1", 9)), (socket.AF_INET6, ("2001:db8::1", 9))):
+    u = socket.socket(fam, socket.SOCK_DGRAM)
+    try:
+        u.connect(addr); sys.exit("route out after the proxy closed: %r" % (u.getsockname(),))
+    except OSError as e:
+        assert e.errno == errno.ENETUNREACH, e
+try:
+    socket.create_connection(("127.0.0.1", 3128), timeout=5); sys.exit("proxy port open")
+except ConnectionRefusedError:
+    pass
+"#;
 
 fn main() {
     if warden_sandbox::is_init_invocation() {
@@ -107,6 +151,16 @@ fn main() {
     )
     .unwrap();
     check("unix guard", run(&spec(&ws, &["python3", "u.py"])), 0);
+    check(
+        "egress doors: TUN routes v4+v6, proxy listener, DNS socket",
+        run_net(&spec(&ws, &["python3", "-c", NET_UP]), true),
+        0,
+    );
+    check(
+        "proxy gone: no route, no listener",
+        run_net(&spec(&ws, &["python3", "-c", NET_GONE]), false),
+        0,
+    );
     drop(host);
     println!("{passed} passed, {failed} failed");
     std::process::exit(if failed == 0 { 0 } else { 1 });
