@@ -3,6 +3,7 @@
 
 mod cmd;
 mod home;
+mod reload;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;

@@ -7,10 +7,12 @@ use std::ffi::OsString;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 use warden_audit::{AuditLog, Event, Stamp, Surface, Verdict};
+use warden_egress::{Egress, EgressConfig, Identity, SystemResolver};
 use warden_policy::{MountMode, Policy, Preset, Principal, Request, WorkspaceMode};
-use warden_sandbox::{Limits, Mount, SandboxSpec, TtyMode};
+use warden_sandbox::{Limits, Mount, Network, NetworkFds, SandboxSpec, TtyMode};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Backend {
@@ -56,6 +58,9 @@ pub fn maybe_sandbox_init() {
 }
 
 const EXIT_FAILED: u8 = crate::EXIT_WARDEN_FAILED;
+
+/// The system's CA bundle (Debian and derivatives), visible read-only in sessions.
+const SYSTEM_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 
 fn session_id() -> String {
     let mut b = [0u8; 8];
@@ -284,7 +289,27 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    let env = warden_sandbox::session_env(std::env::vars_os(), extra, &home);
+    // Proxy variables first, so that an explicit `--env` still wins; programs that
+    // ignore them are captured by the session's TUN device all the same.
+    let proxy_url = format!("http://{}", warden_sandbox::PROXY_ADDR);
+    let mut vars: Vec<(OsString, OsString)> = Vec::new();
+    for k in ["HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"] {
+        vars.push((k.into(), proxy_url.clone().into()));
+        vars.push((k.to_ascii_lowercase().into(), proxy_url.clone().into()));
+    }
+    for k in ["NO_PROXY", "no_proxy"] {
+        vars.push((k.into(), "localhost,127.0.0.1,::1".into()));
+    }
+    // Clients that ship their own trust store (Node, pip, requests, ...) are pointed at
+    // the system's, which the session sees read-only: every runtime trusts the same CAs.
+    let system_bundle = Path::new(SYSTEM_BUNDLE);
+    if system_bundle.is_file() {
+        for (k, v) in warden_tls::ca_env(system_bundle) {
+            vars.push((k.into(), v.into()));
+        }
+    }
+    vars.extend(extra);
+    let env = warden_sandbox::session_env(std::env::vars_os(), vars, &home);
     let lim = &policy.doc().limits;
     let spec = SandboxSpec {
         command: args.command.clone(),
@@ -302,6 +327,7 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
         hostname: "warden".into(),
         tty: TtyMode::Auto,
         session_id: session.clone(),
+        network: Network::Egress,
     };
 
     let command_line = args
@@ -360,9 +386,36 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
             return Err(e);
         }
     };
-    let prepared = match prepared {
+    let mut prepared = match prepared {
         Ok(p) => p,
         Err(e) => return fail(&log, e.to_string()),
+    };
+    // The session's only way out: the egress proxy serving the doors the sandbox built
+    // in its network namespace. It runs until the session has ended.
+    let Some(fds) = prepared.take_network() else {
+        return fail(&log, "the session's network was not set up".into());
+    };
+    let egress = Egress::new(
+        policy,
+        EgressConfig {
+            identity: Identity {
+                session: session.clone(),
+                machine: stamp.machine.clone(),
+                user: stamp.user.clone(),
+            },
+            principal: principal.clone(),
+            policy_source: args.policy.as_ref().map_or_else(
+                || "a policy file (--policy)".to_string(),
+                |p| p.display().to_string(),
+            ),
+            audit: log.clone(),
+            resolver: Arc::new(SystemResolver),
+            connect_timeout: Duration::from_secs(10),
+        },
+    );
+    let net = match SessionEgress::start(fds, egress, args.policy.clone()) {
+        Ok(n) => n,
+        Err(e) => return fail(&log, format!("starting the session's egress proxy: {e:#}")),
     };
     let sess = match prepared.start() {
         Ok(s) => s,
@@ -371,7 +424,9 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
     for w in sess.warnings() {
         eprintln!("warden: warning: {w}");
     }
-    let exit = match sess.wait() {
+    let exit = sess.wait();
+    drop(net);
+    let exit = match exit {
         Ok(x) => x,
         Err(e) => return fail(&log, e.to_string()),
     };
@@ -387,6 +442,93 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::from(
         u8::try_from(exit.code).unwrap_or(EXIT_FAILED),
     ))
+}
+
+/// The egress proxy of one session, on a runtime of its own: the explicit proxy, the
+/// DNS front end and the TUN stack serve the descriptors the sandbox handed over, and
+/// the policy file (if any) is watched for live reloads. Dropping it ends every flow and
+/// then the runtime; the session, if still running, is left without a route.
+struct SessionEgress {
+    runtime: Option<tokio::runtime::Runtime>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    tun: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+impl SessionEgress {
+    fn start(
+        fds: NetworkFds,
+        egress: Egress,
+        policy_file: Option<PathBuf>,
+    ) -> anyhow::Result<SessionEgress> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .thread_name("warden-egress")
+            .build()
+            .context("starting the proxy runtime")?;
+        let _entered = runtime.enter();
+        let proxy = std::net::TcpListener::from(fds.proxy);
+        proxy.set_nonblocking(true)?;
+        let proxy = tokio::net::TcpListener::from_std(proxy)?;
+        let dns = std::net::UdpSocket::from(fds.dns);
+        dns.set_nonblocking(true)?;
+        let dns = tokio::net::UdpSocket::from_std(dns)?;
+        runtime.spawn(report_end(
+            "proxy",
+            warden_egress::serve_proxy(egress.clone(), proxy),
+        ));
+        runtime.spawn(report_end(
+            "DNS",
+            warden_egress::serve_dns(egress.clone(), dns),
+        ));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let tun = runtime.spawn(warden_egress::serve_tun_until(
+            egress.clone(),
+            fds.tun,
+            warden_sandbox::TUN_MTU,
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        if let Some(path) = policy_file {
+            runtime.spawn(crate::reload::watch_policy(
+                egress,
+                path,
+                false,
+                "warden run",
+            ));
+        }
+        drop(_entered);
+        Ok(SessionEgress {
+            runtime: Some(runtime),
+            stop: Some(stop),
+            tun: Some(tun),
+        })
+    }
+}
+
+/// A front end that stops while the session runs leaves that door closed (fail
+/// closed); say so.
+async fn report_end(what: &str, f: impl std::future::Future<Output = std::io::Result<()>>) {
+    if let Err(e) = f.await {
+        eprintln!("warden: the session's {what} front end stopped: {e}\r");
+    }
+}
+
+impl Drop for SessionEgress {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(rt) = self.runtime.take() {
+            if let Some(tun) = self.tun.take() {
+                // The TUN stack must end its flows while the runtime still runs
+                // (see `warden_egress::serve_tun_until`).
+                let _ =
+                    rt.block_on(async { tokio::time::timeout(Duration::from_secs(5), tun).await });
+            }
+            rt.shutdown_timeout(Duration::from_secs(1));
+        }
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,75 @@
+//! Live policy reload for the commands that run an egress proxy (`warden proxy`,
+//! `warden run`): the policy file is watched (size, mtime and contents, every
+//! [`POLL`]) and, when asked, re-read on SIGHUP. A valid new policy applies to new
+//! connections at once; an invalid one is reported on stderr with its diagnostics and
+//! the policy in force stays.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+use warden_egress::Egress;
+use warden_policy::Policy;
+
+/// How often the policy file is checked for changes.
+pub const POLL: Duration = Duration::from_millis(500);
+
+/// What identifies a version of the policy file: size, mtime and contents.
+#[derive(PartialEq, Eq)]
+struct Seen {
+    len: u64,
+    mtime: Option<SystemTime>,
+    contents: Vec<u8>,
+}
+
+fn seen(path: &Path) -> Option<Seen> {
+    let meta = std::fs::metadata(path).ok()?;
+    let contents = std::fs::read(path).ok()?;
+    Some(Seen {
+        len: meta.len(),
+        mtime: meta.modified().ok(),
+        contents,
+    })
+}
+
+/// Watches `path` until the task is dropped; `who` prefixes the messages
+/// (`warden proxy`, `warden run`). With `on_hup`, SIGHUP forces a re-read.
+pub async fn watch_policy(egress: Egress, path: PathBuf, on_hup: bool, who: &'static str) {
+    let mut hup = if on_hup {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                eprintln!("{who}: SIGHUP reloads are unavailable: {e}");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let mut last = seen(&path);
+    let mut tick = tokio::time::interval(POLL);
+    loop {
+        let why = tokio::select! {
+            _ = tick.tick() => "file changed",
+            Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => "SIGHUP",
+        };
+        let now = seen(&path);
+        if why != "SIGHUP" && now == last {
+            continue;
+        }
+        last = now;
+        match Policy::load(&path) {
+            Ok(p) => {
+                egress.reload(p, path.display().to_string());
+                eprintln!(
+                    "{who}: reloaded {} ({why}); now enforcing {}\r",
+                    path.display(),
+                    egress.policy_id()
+                );
+            }
+            Err(e) => eprintln!(
+                "{who}: {} is invalid ({why}); keeping {} in force:\n{e}\r",
+                path.display(),
+                egress.policy_id()
+            ),
+        }
+    }
+}
