@@ -87,14 +87,17 @@ fn run_init(slot: &mut Option<OwnedFd>) -> Result<i32, String> {
     if unsafe { libc::sethostname(host.as_ptr(), req.spec.hostname.len()) } != 0 {
         return Err(format!("sethostname: {}", std::io::Error::last_os_error()));
     }
+    let mut warnings = Vec::new();
     let egress = req.spec.network == crate::Network::Egress;
-    if let Some(fds) = crate::net::setup(egress).map_err(|e| format!("session network: {e}"))? {
+    let net =
+        crate::net::setup(egress, &mut warnings).map_err(|e| format!("session network: {e}"))?;
+    if let Some(fds) = net {
         // The parent holds the only copies once these are dropped.
-        for (kind, fd) in [
-            (proto::FdKind::Tun, fds.tun),
+        let tun = fds.tun.map(|fd| (proto::FdKind::Tun, fd));
+        for (kind, fd) in tun.into_iter().chain([
             (proto::FdKind::ProxyListener, fds.proxy),
             (proto::FdKind::Dns, fds.dns),
-        ] {
+        ]) {
             report(chan, &Report::Fd(kind));
             proto::send_fd(chan.as_raw_fd(), fd.as_raw_fd())
                 .map_err(|e| format!("passing the session's {kind:?} descriptor: {e}"))?;
@@ -123,7 +126,6 @@ fn run_init(slot: &mut Option<OwnedFd>) -> Result<i32, String> {
         proto::send_fd(chan.as_raw_fd(), d.as_raw_fd())
             .map_err(|e| format!("passing the sock_diag socket: {e}"))?;
     }
-    let mut warnings = Vec::new();
     mounts::build_root(&req, &mut warnings)?;
     for w in warnings {
         report(chan, &Report::Warning(w));

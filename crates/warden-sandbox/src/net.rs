@@ -37,8 +37,10 @@ pub const DNS_ADDR: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::LOCALHOST, 53);
 /// What the init hands back for the proxy to serve.
 #[derive(Debug)]
 pub struct NetworkFds {
-    /// The TUN device (one raw IP packet per read/write).
-    pub tun: OwnedFd,
+    /// The TUN device (one raw IP packet per read/write). `None` when it could not be
+    /// created (e.g. `/dev/net/tun` not accessible to an unprivileged user): then the
+    /// session has no default route, only the proxy and DNS doors.
+    pub tun: Option<OwnedFd>,
     /// Listening TCP socket at [`PROXY_ADDR`].
     pub proxy: OwnedFd,
     /// Bound UDP socket at [`DNS_ADDR`].
@@ -47,17 +49,47 @@ pub struct NetworkFds {
 
 /// Runs in the init, inside the new network namespace, while it holds `CAP_NET_ADMIN`
 /// over it and before the root is pivoted (`/dev/net/tun` and `/proc/sys` are the
-/// host's). Returns the descriptors for the parent when `egress` is set.
-pub(crate) fn setup(egress: bool) -> Result<Option<NetworkFds>, String> {
+/// host's). Returns the descriptors for the parent when `egress` is set; what could not
+/// be set up without weakening the boundary goes to `warnings`.
+pub(crate) fn setup(
+    egress: bool,
+    warnings: &mut Vec<String>,
+) -> Result<Option<NetworkFds>, String> {
     let ctl = Ctl::new(libc::AF_INET).map_err(|e| format!("network control socket: {e}"))?;
     ctl.set_up("lo")
         .map_err(|e| format!("bringing up lo: {e}"))?;
     if !egress {
         return Ok(None);
     }
-    let tun = open_tun().map_err(|e| {
-        format!("creating the session's TUN device ({e}); load the `tun` kernel module (`modprobe tun`) and make sure /dev/net/tun exists")
-    })?;
+    let tun = match open_tun() {
+        Ok(fd) => {
+            route_through_tun(&ctl)?;
+            Some(fd)
+        }
+        Err(e) => {
+            // Fail closed, not open: without the device there is no default route, so
+            // programs that ignore the proxy variables reach nothing at all.
+            let who = rustix::process::getuid().as_raw();
+            warnings.push(format!(
+                "programs that ignore HTTP_PROXY have no network in this session: the TUN device could not be created ({e}). \
+                 Make /dev/net/tun usable by uid {who} (`modprobe tun`; Debian's default mode is 0666: `chmod 0666 /dev/net/tun`)"
+            ));
+            None
+        }
+    };
+    let proxy = TcpListener::bind(SocketAddr::V4(PROXY_ADDR))
+        .map_err(|e| format!("session proxy listener {PROXY_ADDR}: {e}"))?;
+    let dns = UdpSocket::bind(SocketAddr::V4(DNS_ADDR))
+        .map_err(|e| format!("session DNS socket {DNS_ADDR}: {e}"))?;
+    Ok(Some(NetworkFds {
+        tun,
+        proxy: proxy.into(),
+        dns: dns.into(),
+    }))
+}
+
+/// Addresses on the TUN device and the IPv4 and IPv6 default routes through it.
+fn route_through_tun(ctl: &Ctl) -> Result<(), String> {
     // A fresh address would be "tentative" for a second of duplicate address detection
     // and unusable as a source meanwhile; there is nobody to collide with on this link.
     let _ = std::fs::write(
@@ -77,17 +109,7 @@ pub(crate) fn setup(egress: bool) -> Result<Option<NetworkFds>, String> {
     step("IPv4 default route", ctl.default_route_v4(TUN_NAME))?;
     let ctl6 = Ctl::new(libc::AF_INET6).map_err(|e| format!("IPv6 control socket: {e}"))?;
     step("TUN IPv6 address", ctl6.set_addr_v6(index, TUN_V6))?;
-    step("IPv6 default route", ctl6.default_route_v6(index))?;
-
-    let proxy = TcpListener::bind(SocketAddr::V4(PROXY_ADDR))
-        .map_err(|e| format!("session proxy listener {PROXY_ADDR}: {e}"))?;
-    let dns = UdpSocket::bind(SocketAddr::V4(DNS_ADDR))
-        .map_err(|e| format!("session DNS socket {DNS_ADDR}: {e}"))?;
-    Ok(Some(NetworkFds {
-        tun,
-        proxy: proxy.into(),
-        dns: dns.into(),
-    }))
+    step("IPv6 default route", ctl6.default_route_v6(index))
 }
 
 fn name_into(dst: &mut [libc::c_char; libc::IFNAMSIZ], name: &str) {

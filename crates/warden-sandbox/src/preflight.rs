@@ -119,18 +119,6 @@ pub fn preflight_report(spec: &SandboxSpec) -> Vec<Check> {
         problem: cg,
     });
 
-    if spec.network == crate::Network::Egress {
-        let tun = std::path::Path::new("/dev/net/tun");
-        out.push(Check {
-            layer: "network",
-            problem: (!tun.exists()).then(|| {
-                (
-                    "/dev/net/tun does not exist: the session's only route out is a TUN device".to_string(),
-                    "Load the module (`modprobe tun`), or in a container pass the device (`--device /dev/net/tun`).".to_string(),
-                )
-            }),
-        });
-    }
     out
 }
 

@@ -297,7 +297,7 @@ pub fn prepare(spec: &SandboxSpec) -> Result<Prepared, SandboxError> {
     match session.handshake(spec, parent_end, use_pty) {
         Ok((stream, unix_guard, fds)) => {
             if spec.network == crate::Network::Egress
-                && (fds.tun.is_none() || fds.proxy.is_none() || fds.dns.is_none())
+                && (fds.proxy.is_none() || fds.dns.is_none())
                 && session.exec_error.is_none()
             {
                 session.kill();
@@ -327,7 +327,7 @@ impl Prepared {
     /// the session without any route out.
     pub fn take_network(&mut self) -> Option<crate::NetworkFds> {
         Some(crate::NetworkFds {
-            tun: self.fds.tun.take()?,
+            tun: self.fds.tun.take(),
             proxy: self.fds.proxy.take()?,
             dns: self.fds.dns.take()?,
         })

@@ -46,6 +46,7 @@ fn run_net(spec: &SandboxSpec, keep: bool) -> i32 {
     warden_sandbox::preflight(&spec).unwrap();
     let mut p = warden_sandbox::prepare(&spec).unwrap();
     let fds = p.take_network().expect("network descriptors");
+    assert!(fds.tun.is_some(), "no TUN device: {:?}", p.warnings());
     let held = keep.then_some(fds);
     let s = p.start().unwrap();
     let code = s.wait().unwrap().code;

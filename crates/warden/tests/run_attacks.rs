@@ -501,12 +501,15 @@ fn allocation_over_the_memory_limit_is_killed() {
 // ---- network ----------------------------------------------------------------------------
 
 #[test]
-fn no_network_but_loopback_works() {
+fn nothing_leaves_without_a_rule_but_loopback_works() {
+    // No network rule at all: raw IPs reach nothing (the session's TUN stack may accept
+    // the handshake, but the flow is closed before a byte moves and nothing is dialled),
+    // names do not resolve, and the session's own loopback works.
     let env = Env::new(BASE);
     std::fs::write(
         env.ws.join("net.py"),
         "import socket, threading\n\
-         for host in [('1.1.1.1', 53), ('8.8.8.8', 443)]:\n  s = socket.socket(); s.settimeout(2)\n  try:\n    s.connect(host); print('CONNECTED', host)\n  except OSError as e:\n    print('blocked', e)\n\
+         for host in [('1.1.1.1', 53), ('8.8.8.8', 443)]:\n  s = socket.socket(); s.settimeout(5)\n  try:\n    s.connect(host); s.sendall(b'GET / HTTP/1.0\\r\\n\\r\\n')\n    d = s.recv(100)\n    print('GOT-DATA' if d else 'closed', host)\n  except OSError as e:\n    print('blocked', e)\n\
          try:\n  socket.getaddrinfo('example.com', 443); print('RESOLVED')\nexcept OSError as e:\n  print('dns blocked', e)\n\
          l = socket.socket(); l.bind(('127.0.0.1', 0)); l.listen(1)\n\
          threading.Thread(target=lambda: l.accept()[0].sendall(b'LOOP-OK')).start()\n\
@@ -516,13 +519,34 @@ fn no_network_but_loopback_works() {
     let o = env.run(&["python3", "net.py"]);
     let out = stdout(&o);
     assert!(
-        !out.contains("CONNECTED") && !out.contains("RESOLVED"),
+        !out.contains("GOT-DATA") && !out.contains("RESOLVED"),
         "{}",
         text(&o)
     );
     assert!(out.contains("LOOP-OK"), "{}", text(&o));
-    let o = env.sh("ip -o link 2>/dev/null | awk '{print $2}' || cat /proc/net/dev");
-    assert!(!stdout(&o).contains("eth"), "{}", text(&o));
+    // Each attempt is a recorded deny.
+    let events = env.audit_events();
+    for ip in ["1.1.1.1", "8.8.8.8", "example.com"] {
+        assert!(
+            events.iter().any(|e| e["surface"] == "network"
+                && e["decision"] == "deny"
+                && e["target"].as_str().unwrap_or("").contains(ip)),
+            "no deny recorded for {ip}: {events:#?}"
+        );
+    }
+    // The only interfaces are loopback and Warden's TUN device.
+    let o = env.sh("cat /proc/net/dev");
+    let ifaces: Vec<String> = stdout(&o)
+        .lines()
+        .skip(2)
+        .filter_map(|l| l.split(':').next().map(|n| n.trim().to_string()))
+        .collect();
+    assert_eq!(ifaces.len(), 2, "{}", text(&o));
+    assert!(
+        ifaces.contains(&"lo".to_string()) && ifaces.contains(&"warden0".to_string()),
+        "{}",
+        text(&o)
+    );
 }
 
 #[test]

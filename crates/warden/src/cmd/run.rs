@@ -481,14 +481,16 @@ impl SessionEgress {
             warden_egress::serve_dns(egress.clone(), dns),
         ));
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let tun = runtime.spawn(warden_egress::serve_tun_until(
-            egress.clone(),
-            fds.tun,
-            warden_sandbox::TUN_MTU,
-            async {
-                let _ = stopped.await;
-            },
-        ));
+        let tun = fds.tun.map(|tun| {
+            runtime.spawn(warden_egress::serve_tun_until(
+                egress.clone(),
+                tun,
+                warden_sandbox::TUN_MTU,
+                async {
+                    let _ = stopped.await;
+                },
+            ))
+        });
         if let Some(path) = policy_file {
             runtime.spawn(crate::reload::watch_policy(
                 egress,
@@ -501,7 +503,7 @@ impl SessionEgress {
         Ok(SessionEgress {
             runtime: Some(runtime),
             stop: Some(stop),
-            tun: Some(tun),
+            tun,
         })
     }
 }
