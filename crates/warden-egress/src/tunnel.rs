@@ -82,5 +82,8 @@ where
     };
     if let Err(e) = tokio::try_join!(up, down) {
         guard.fail(e.to_string());
+        // End the client's side at once: a TUN flow that is merely dropped leaves the
+        // client waiting for its own timeout.
+        let _ = tokio::time::timeout(HELLO_TIMEOUT, cw.shutdown()).await;
     }
 }

