@@ -22,12 +22,9 @@ pub const MAX_MESSAGE: usize = 16 * 1024 * 1024;
 
 /// Starts stdio upstream servers.
 ///
-/// SANDBOX SEAM: today [`PlainLauncher`] starts the server as a plain child process
-/// with a cleared environment. When `warden run`'s library API is ready, a
-/// `SandboxLauncher` implementing this trait will start each server inside its own
-/// Warden sandbox with the server's own `network`, `filesystem` and `limits`; the CLI
-/// then passes that launcher instead of `PlainLauncher` (one line in
-/// `crates/warden/src/cmd/mcp.rs`). See docs/mcp.md.
+/// The `warden` CLI's launcher starts each server inside a Warden session of its own
+/// (`warden run --mcp-server NAME`, see `crates/warden/src/cmd/mcp.rs` and
+/// docs/mcp.md); [`PlainLauncher`] starts a plain child process (library tests).
 pub trait UpstreamLauncher: Send + Sync {
     /// The command that runs `server` (stdio piped by the caller).
     fn command(

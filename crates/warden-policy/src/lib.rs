@@ -134,7 +134,7 @@ pub struct Policy {
     allow: HostIndex,
     deny: HostIndex,
     deny_set: Arc<DenySet>,
-    user: UserCedar,
+    user: Arc<UserCedar>,
     names: Option<CedarNames>,
 }
 
@@ -193,7 +193,13 @@ impl Policy {
                 h.update(&cedar_digest);
                 let digest = hex::encode(h.finalize());
                 let id = format!("{}@{}", doc.name, &digest[..12]);
-                Ok(Policy::build(origin.to_owned(), id, doc, user, names))
+                Ok(Policy::build(
+                    origin.to_owned(),
+                    id,
+                    doc,
+                    Arc::new(user),
+                    names,
+                ))
             }
             _ => Err(PolicyError::new(origin, diags)),
         }
@@ -203,7 +209,7 @@ impl Policy {
         origin: String,
         id: String,
         doc: PolicyDoc,
-        user: UserCedar,
+        user: Arc<UserCedar>,
         names: Option<CedarNames>,
     ) -> Policy {
         let mut allow = HostIndex::default();
@@ -241,6 +247,44 @@ impl Policy {
         }
     }
 
+    /// The policy an MCP server's own sandbox runs under (SPEC §4: each server takes its
+    /// own `network`, `filesystem` and `limits` tables): those tables of `[[mcp.servers]]`
+    /// entry `server` in place of the top-level ones, the top-level `filesystem.deny`
+    /// patterns added to the server's (secrets directories stay invisible everywhere),
+    /// only the credentials the server names, no MCP servers of its own, and the same
+    /// mode and Cedar rules. Its id is `<id>#mcp:<server>`. `None` when the policy has
+    /// no such server.
+    pub fn for_mcp_server(&self, server: &str) -> Option<Policy> {
+        let s = self.doc.mcp.servers.iter().find(|s| s.name == server)?;
+        let mut doc = self.doc.clone();
+        doc.network = s.network.clone();
+        doc.limits = s.limits;
+        let mut fs = s.filesystem.clone();
+        for (p, line) in self
+            .doc
+            .filesystem
+            .deny
+            .iter()
+            .zip(&self.doc.filesystem.deny_lines)
+        {
+            if !fs.deny.contains(p) {
+                fs.deny.push(p.clone());
+                fs.deny_lines.push(*line);
+            }
+        }
+        doc.filesystem = fs;
+        doc.credentials.retain(|c| s.credentials.contains(&c.name));
+        doc.mcp = Mcp::default();
+        doc.name = format!("{}/mcp:{server}", self.doc.name);
+        Some(Policy::build(
+            self.origin.clone(),
+            format!("{}#mcp:{server}", self.id),
+            doc,
+            self.user.clone(),
+            CedarNames::new(),
+        ))
+    }
+
     /// A built-in preset. Infallible: the preset texts are tested to compile; should
     /// one ever fail, the result denies everything rather than panicking.
     pub fn preset(preset: Preset) -> Policy {
@@ -258,7 +302,7 @@ impl Policy {
                     ..PolicyDoc::default()
                 };
                 let id = format!("{preset}@000000000000");
-                Policy::build(origin, id, doc, UserCedar::default(), CedarNames::new())
+                Policy::build(origin, id, doc, Arc::default(), CedarNames::new())
             }
         }
     }

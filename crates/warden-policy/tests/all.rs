@@ -1042,6 +1042,37 @@ url = "https://mcp.example.com/mcp"
     }
 
     #[test]
+    fn an_mcp_server_gets_its_own_sandbox_policy() {
+        let p = spec_policy();
+        assert!(p.for_mcp_server("nope").is_none());
+        let gh = p.for_mcp_server("github").unwrap();
+        assert_eq!(gh.id(), format!("{}#mcp:github", p.id()));
+        let pr = principal();
+        let net =
+            |pol: &Policy, host: &str| pol.decide(&pr, &Request::Connect { host, port: 443 }).allow;
+        // Its own network: api.github.com only; the session's hosts are not its.
+        assert!(net(&gh, "api.github.com"));
+        assert!(!net(&gh, "api.anthropic.com"));
+        assert!(net(&p, "api.anthropic.com"));
+        // Only its own credentials, no servers of its own, no workspace by default,
+        // and the session's secrets directories hidden from it too.
+        let d = gh.doc();
+        assert_eq!(
+            d.credentials
+                .iter()
+                .map(|c| c.name.as_str())
+                .collect::<Vec<_>>(),
+            ["github"]
+        );
+        assert!(d.mcp.servers.is_empty());
+        assert_eq!(d.filesystem.workspace, WorkspaceMode::None);
+        for pat in &p.doc().filesystem.deny {
+            assert!(d.filesystem.deny.contains(pat), "{pat}");
+        }
+        assert_eq!(d.limits, Limits::default());
+    }
+
+    #[test]
     fn doc_tables() {
         let p = spec_policy();
         let d = p.doc();

@@ -30,9 +30,23 @@ fn seen(path: &Path) -> Option<Seen> {
     })
 }
 
+/// How a policy file becomes the policy to enforce (e.g. an MCP server's own part of it).
+pub type Loader = Box<dyn Fn(&Path) -> Result<Policy, String> + Send + Sync>;
+
+/// The whole file, as `Policy::load` reads it.
+pub fn whole_file() -> Loader {
+    Box::new(|p| Policy::load(p).map_err(|e| e.to_string()))
+}
+
 /// Watches `path` until the task is dropped; `who` prefixes the messages
 /// (`warden proxy`, `warden run`). With `on_hup`, SIGHUP forces a re-read.
-pub async fn watch_policy(egress: Egress, path: PathBuf, on_hup: bool, who: &'static str) {
+pub async fn watch_policy(
+    egress: Egress,
+    path: PathBuf,
+    load: Loader,
+    on_hup: bool,
+    who: &'static str,
+) {
     let mut hup = if on_hup {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
             Ok(s) => Some(s),
@@ -56,7 +70,7 @@ pub async fn watch_policy(egress: Egress, path: PathBuf, on_hup: bool, who: &'st
             continue;
         }
         last = now;
-        match Policy::load(&path) {
+        match load(&path) {
             Ok(p) => {
                 egress.reload(p, path.display().to_string());
                 eprintln!(

@@ -14,7 +14,19 @@ use std::time::Duration;
 const WARDEN: &str = env!("CARGO_BIN_EXE_warden");
 
 fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../warden-mcp/tests/fixtures")
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../warden-mcp/tests/fixtures")
+        .canonicalize()
+        .unwrap()
+}
+
+/// What a test server's own sandbox must see: the fixtures, read-only (SPEC §4: a
+/// server sees the system directories and nothing else unless its policy mounts it).
+fn fixture_mounts() -> String {
+    format!(
+        "filesystem.mounts = [{{ host = \"{}\", mode = \"ro\" }}]",
+        fixtures().display()
+    )
 }
 
 fn python() -> PathBuf {
@@ -47,16 +59,19 @@ name = "mcp-test"
 name = "everything"
 command = ["node", "{js}", "stdio"]
 tools.deny = ["get-env"]
+{mounts}
 
 [[mcp.servers]]
 name = "test"
 command = ["python3", "{srv}"]
+{mounts}
 
 [cedar]
 files = ["rules/*.cedar"]
 "#,
         js = js.display(),
-        srv = fixtures().join("py/test_server.py").display()
+        srv = fixtures().join("py/test_server.py").display(),
+        mounts = fixture_mounts(),
     );
     std::fs::write(dir.path().join("policy.toml"), policy).unwrap();
     std::fs::create_dir(dir.path().join("rules")).unwrap();
@@ -400,8 +415,10 @@ name = "test"
 command = ["python3", "{srv}"]
 credentials = ["gh"]
 tools.allow = ["*"]
+{mounts}
 "#,
-        srv = srv.display()
+        srv = srv.display(),
+        mounts = fixture_mounts(),
     );
     let policy_path = dir.path().join("policy.toml");
     std::fs::write(&policy_path, policy).unwrap();
@@ -471,4 +488,165 @@ tools.allow = ["*"]
     for v in [file_value, vault_value] {
         assert!(!err.contains(v), "a secret value in the error");
     }
+}
+
+/// A line-oriented JSON-RPC conversation with `warden mcp` over stdio.
+struct Conversation {
+    child: std::process::Child,
+    out: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl Conversation {
+    fn start(policy: &Path, home: &Path, cwd: &Path) -> Conversation {
+        let mut child = Command::new(WARDEN)
+            .args(["mcp", "--policy"])
+            .arg(policy)
+            .env("WARDEN_HOME", home)
+            .current_dir(cwd)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let out = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut s = Conversation { child, out };
+        let init = s.request(
+            1,
+            "initialize",
+            serde_json::json!({"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}),
+        );
+        assert!(init.get("result").is_some(), "{init}");
+        s.send(serde_json::json!({"jsonrpc": "2.0", "method": "notifications/initialized"}));
+        s
+    }
+
+    fn send(&mut self, msg: Value) {
+        let stdin = self.child.stdin.as_mut().unwrap();
+        writeln!(stdin, "{msg}").unwrap();
+        stdin.flush().unwrap();
+    }
+
+    fn request(&mut self, id: u64, method: &str, params: Value) -> Value {
+        self.send(
+            serde_json::json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}),
+        );
+        loop {
+            let mut line = String::new();
+            let n = std::io::BufRead::read_line(&mut self.out, &mut line).unwrap();
+            assert!(n > 0, "the gateway closed its output");
+            let v: Value = serde_json::from_str(&line).unwrap();
+            if v["id"] == id {
+                return v;
+            }
+        }
+    }
+
+    fn call(&mut self, id: u64, tool: &str, args: Value) -> String {
+        let r = self.request(
+            id,
+            "tools/call",
+            serde_json::json!({"name": tool, "arguments": args}),
+        );
+        r["result"]["content"][0]["text"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{r}"))
+            .to_string()
+    }
+}
+
+impl Drop for Conversation {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A stdio server runs in a Warden session of its own, under its own `network` and
+/// `filesystem`: what the session may reach (the gateway's directory, the host's
+/// files, hosts only the top-level policy allows) it cannot, and what its own table
+/// allows it can.
+#[test]
+fn a_stdio_server_runs_in_its_own_sandbox_under_its_own_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().canonicalize().unwrap();
+    std::fs::write(root.join("gateway-secret.txt"), "TOP-SECRET").unwrap();
+    // A host service the server's own policy allows by IP (nobody else's does).
+    let listener = std::net::TcpListener::bind("127.0.0.2:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for s in listener.incoming() {
+            let Ok(mut s) = s else { return };
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf);
+            let _ = s.write_all(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 13\r\nConnection: close\r\n\r\nfrom the host",
+            );
+        }
+    });
+    let policy = root.join("policy.toml");
+    std::fs::write(
+        &policy,
+        format!(
+            r#"version = 1
+name = "sandboxed"
+
+[network]
+allow = ["example.com"]
+
+[[mcp.servers]]
+name = "probe"
+command = ["python3", "{srv}"]
+network.allow = ["127.0.0.2:{port}"]
+{mounts}
+"#,
+            srv = fixtures().join("py/test_server.py").display(),
+            mounts = fixture_mounts(),
+        ),
+    )
+    .unwrap();
+    let home = root.join("home");
+    let mut gw = Conversation::start(&policy, &home, &root);
+    let own = gw.call(
+        2,
+        "probe__fetch",
+        serde_json::json!({"url": format!("http://127.0.0.2:{port}/")}),
+    );
+    assert_eq!(own, "status 200: from the host");
+    // The session's own host is not the server's.
+    let denied = gw.call(
+        3,
+        "probe__fetch",
+        serde_json::json!({"url": "http://example.com/"}),
+    );
+    assert!(denied.contains("403"), "{denied}");
+    let ls = gw.call(
+        4,
+        "probe__listdir",
+        serde_json::json!({"path": root.display().to_string()}),
+    );
+    assert!(ls.starts_with("error:"), "{ls}");
+    let ls = gw.call(5, "probe__listdir", serde_json::json!({"path": "/proc"}));
+    assert!(
+        ls.split_whitespace()
+            .filter(|e| e.parse::<u32>().is_ok())
+            .count()
+            <= 4,
+        "the server sees host processes: {ls}"
+    );
+    drop(gw);
+    let events = audit(&root);
+    let deny = events
+        .iter()
+        .find(|e| e["surface"] == "network" && e["target"] == "example.com:80")
+        .unwrap_or_else(|| panic!("{events:#?}"));
+    assert_eq!(deny["decision"], "deny");
+    assert!(
+        deny["policy"].as_str().unwrap().ends_with("#mcp:probe"),
+        "{deny}"
+    );
+    assert!(
+        events.iter().any(|e| e["action"] == "start"
+            && e["name"] == "mcp:probe"
+            && e["backend"] == "namespaces"),
+        "{events:#?}"
+    );
 }

@@ -283,6 +283,7 @@ t not-allowed-tun curl -sS -m 5 --noproxy '*' http://other.test/hello/other
 t port curl -sS -m 5 -p http://api.test:2222/
 t port-tun curl -sS -m 5 --noproxy '*' http://api.test:2222/
 t userinfo curl -sS -m 5 'http://api.test@other.test/hello/userinfo'
+t idn curl -sS -m 5 http://аpi.test/hello/idn
 t case-dot curl -sS -m 5 http://API.Test./hello/case
 python3 - <<'EOF'
 import socket, ssl
@@ -347,6 +348,7 @@ EOF
         "not-allowed",
         "port",
         "userinfo",
+        "idn",
     ] {
         let l = line(&out, label);
         assert!(

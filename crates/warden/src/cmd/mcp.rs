@@ -10,8 +10,8 @@ use std::time::Duration;
 use warden_audit::{AuditLog, Event, Stamp, Surface, Verdict};
 use warden_mcp::pins::PinStore;
 use warden_mcp::{
-    AuditConfig, Authorizer, CredentialHeader, GatewayConfig, GatewayCredential, HttpOptions,
-    PlainLauncher, ServerConfig, ToolDecision, Transport, UpstreamLauncher,
+    AuditConfig, Authorizer, CredentialHeader, GatewayConfig, GatewayCredential, GatewayError,
+    HttpOptions, ServerConfig, ToolDecision, Transport, UpstreamLauncher,
 };
 use warden_policy::{CredentialSource, Mode, Policy, Principal, Request};
 use warden_secrets::{LeaseId, LoadContext, LocalStore, Source, VaultClient};
@@ -175,9 +175,13 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
         startup_timeout: Duration::from_secs(60),
         authorizer: Arc::new(PolicyAuthorizer { policy, principal }),
     };
-    // SANDBOX SEAM: replace PlainLauncher with the sandboxed launcher once `warden run`
-    // exposes its library API (see docs/mcp.md, "Upstream sandboxing").
-    let launcher: Arc<dyn UpstreamLauncher> = Arc::new(PlainLauncher);
+    // Every stdio server runs in its own Warden session under its own part of the
+    // policy (docs/mcp.md, "Upstream sandboxing").
+    let launcher: Arc<dyn UpstreamLauncher> = Arc::new(SandboxLauncher {
+        exe: std::env::current_exe().context("locating the warden binary")?,
+        policy: args.policy.clone(),
+        audit: args.audit.clone(),
+    });
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -460,5 +464,52 @@ fn pins(cmd: Pins, audit: Option<PathBuf>) -> anyhow::Result<ExitCode> {
             }
             Err(e) => Err(e.into()),
         },
+    }
+}
+
+/// Starts a stdio server as `warden run --mcp-server NAME --policy FILE -- COMMAND`: a
+/// session of its own with the server's `network`, `filesystem` and `limits`, its own
+/// egress proxy, and the same audit log. Its environment is a session's (the default
+/// pass-through list) plus the server's variables (credential placeholders), given
+/// with `--env`.
+struct SandboxLauncher {
+    exe: PathBuf,
+    policy: Option<PathBuf>,
+    audit: Option<PathBuf>,
+}
+
+impl UpstreamLauncher for SandboxLauncher {
+    fn command(
+        &self,
+        server: &ServerConfig,
+        argv: &[String],
+    ) -> Result<tokio::process::Command, GatewayError> {
+        let bad = |reason: &str| GatewayError::BadTransport {
+            name: server.name.clone(),
+            reason: reason.into(),
+        };
+        let policy = self
+            .policy
+            .as_ref()
+            .ok_or_else(|| bad("a stdio server needs a policy file (--policy)"))?;
+        if argv.is_empty() {
+            return Err(bad("command is empty"));
+        }
+        let mut cmd = tokio::process::Command::new(&self.exe);
+        cmd.arg("run")
+            .arg("--policy")
+            .arg(policy)
+            .arg("--mcp-server")
+            .arg(&server.name)
+            .arg("--name")
+            .arg(format!("mcp:{}", server.name));
+        if let Some(a) = &self.audit {
+            cmd.arg("--audit").arg(a);
+        }
+        for (k, v) in &server.env {
+            cmd.arg("--env").arg(format!("{k}={v}"));
+        }
+        cmd.arg("--").args(argv);
+        Ok(cmd)
     }
 }

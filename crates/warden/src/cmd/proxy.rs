@@ -69,6 +69,7 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
         tokio::spawn(crate::reload::watch_policy(
             egress.clone(),
             args.policy.clone(),
+            crate::reload::whole_file(),
             true,
             "warden proxy",
         ));

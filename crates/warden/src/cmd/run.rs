@@ -45,9 +45,29 @@ pub struct Args {
     /// Pass an environment variable: KEY=VAL sets it, KEY copies it from the host.
     #[arg(long = "env", value_name = "KEY[=VAL]")]
     pub env: Vec<OsString>,
+    /// Run under the own policy of this `[[mcp.servers]]` entry of --policy (its
+    /// `network`, `filesystem` and `limits`): how `warden mcp` sandboxes a stdio server.
+    #[arg(long, value_name = "SERVER", requires = "policy", hide = true)]
+    pub mcp_server: Option<String>,
     /// The command to run, and its arguments.
     #[arg(last = true, required = true)]
     pub command: Vec<OsString>,
+}
+
+/// How `--policy` (and its live reloads) becomes the session's policy.
+fn loader(mcp_server: Option<String>) -> crate::reload::Loader {
+    Box::new(move |path| {
+        let policy = Policy::load(path).map_err(|e| e.to_string())?;
+        match &mcp_server {
+            None => Ok(policy),
+            Some(name) => policy.for_mcp_server(name).ok_or_else(|| {
+                format!(
+                    "{} has no [[mcp.servers]] entry named {name:?}",
+                    path.display()
+                )
+            }),
+        }
+    })
 }
 
 /// Dispatch to the sandbox init when this process was started as one.
@@ -113,7 +133,7 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
         bail!("the gvisor backend is not available yet; use --backend namespaces (the default)");
     }
     let policy = match &args.policy {
-        Some(p) => Policy::load(p).map_err(|e| anyhow::anyhow!("{e}"))?,
+        Some(p) => loader(args.mcp_server.clone())(p).map_err(|e| anyhow::anyhow!("{e}"))?,
         None => Policy::preset(Preset::Balanced),
     };
     let home = home_dir();
@@ -413,7 +433,11 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
             connect_timeout: Duration::from_secs(10),
         },
     );
-    let net = match SessionEgress::start(fds, egress, args.policy.clone()) {
+    let reload = args
+        .policy
+        .clone()
+        .map(|p| (p, loader(args.mcp_server.clone())));
+    let net = match SessionEgress::start(fds, egress, reload) {
         Ok(n) => n,
         Err(e) => return fail(&log, format!("starting the session's egress proxy: {e:#}")),
     };
@@ -458,7 +482,7 @@ impl SessionEgress {
     fn start(
         fds: NetworkFds,
         egress: Egress,
-        policy_file: Option<PathBuf>,
+        reload: Option<(PathBuf, crate::reload::Loader)>,
     ) -> anyhow::Result<SessionEgress> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
@@ -491,10 +515,11 @@ impl SessionEgress {
                 },
             ))
         });
-        if let Some(path) = policy_file {
+        if let Some((path, load)) = reload {
             runtime.spawn(crate::reload::watch_policy(
                 egress,
                 path,
+                load,
                 false,
                 "warden run",
             ));
