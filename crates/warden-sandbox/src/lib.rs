@@ -139,7 +139,15 @@ pub struct SandboxSpec {
     pub session_id: String,
     /// What the session's network namespace holds besides `lo`.
     pub network: Network,
+    /// PEM certificates the session trusts instead of the host's bundle: shown at
+    /// [`SESSION_TRUST_BUNDLE`] (the system bundle's path, overlaid read-only), e.g. the
+    /// host's roots plus the session CA of an intercepting proxy. `None`: the host's.
+    pub trust_bundle: Option<String>,
 }
+
+/// Where the session's CA bundle is (Debian's system bundle path; see
+/// [`SandboxSpec::trust_bundle`]).
+pub const SESSION_TRUST_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 
 /// The session's network. Either way the session has its own network namespace with
 /// no interface of the host in it.

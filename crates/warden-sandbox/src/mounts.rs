@@ -435,6 +435,21 @@ fn build_etc(req: &InitRequest, old: &OwnedFd, root: &OwnedFd) -> Result<(), Str
             )?;
         }
     }
+    if let Some(bundle) = &req.spec.trust_bundle {
+        // Staged on the /etc tmpfs, then bound read-only over the system bundle (which
+        // may sit inside the read-only bind of the host's /etc/ssl/certs).
+        const STAGED: &str = "/etc/ssl/warden-session-bundle.crt";
+        write_file(root, STAGED, bundle.as_bytes(), 0o644)?;
+        let src = open_path(&format!("{NEW}{STAGED}"), libc::O_NOFOLLOW)?;
+        let target = Path::new(crate::SESSION_TRUST_BUNDLE);
+        let dst = ensure_target(root, target, Kind::File)?;
+        bind(
+            &src,
+            &dst,
+            MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
+            target,
+        )?;
+    }
     let (passwd, group) = synth_passwd(req);
     write_file(root, "/etc/passwd", passwd.as_bytes(), 0o644)?;
     write_file(root, "/etc/group", group.as_bytes(), 0o644)?;

@@ -25,6 +25,7 @@ fn spec(ws: &Path, cmd: &[&str]) -> SandboxSpec {
         tty: TtyMode::Inherit,
         session_id: format!("t{}", std::process::id()),
         network: warden_sandbox::Network::Loopback,
+        trust_bundle: None,
     }
 }
 
@@ -152,6 +153,16 @@ fn main() {
     )
     .unwrap();
     check("unix guard", run(&spec(&ws, &["python3", "u.py"])), 0);
+    let mut trusting = spec(
+        &ws,
+        &[
+            "sh",
+            "-c",
+            "grep -qx 'SESSION-CA' /etc/ssl/certs/ca-certificates.crt && ! echo x >> /etc/ssl/certs/ca-certificates.crt",
+        ],
+    );
+    trusting.trust_bundle = Some("SESSION-CA\n".into());
+    check("trust bundle overlaid read-only", run(&trusting), 0);
     check(
         "egress doors: TUN routes v4+v6, proxy listener, DNS socket",
         run_net(&spec(&ws, &["python3", "-c", NET_UP]), true),

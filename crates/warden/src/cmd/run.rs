@@ -348,6 +348,7 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
         tty: TtyMode::Auto,
         session_id: session.clone(),
         network: Network::Egress,
+        trust_bundle: None,
     };
 
     let command_line = args
