@@ -38,6 +38,8 @@ impl std::fmt::Debug for Auth {
 #[derive(Debug)]
 pub struct Answer {
     pub status: StatusCode,
+    /// Every response header (e.g. `set-cookie`, `location`).
+    pub headers: hyper::HeaderMap,
     pub etag: Option<String>,
     pub content_type: Option<String>,
     pub body: Bytes,
@@ -125,7 +127,10 @@ impl Client {
             .method(method.clone())
             .uri(format!("{}{}", self.base, path))
             .header("user-agent", concat!("warden/", env!("CARGO_PKG_VERSION")));
-        if !body.is_empty() {
+        let typed = extra
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case("content-type"));
+        if !body.is_empty() && !typed {
             b = b.header("content-type", "application/json");
         }
         match &self.auth {
@@ -169,6 +174,7 @@ impl Client {
         };
         let etag = header(hyper::header::ETAG);
         let content_type = header(hyper::header::CONTENT_TYPE);
+        let headers = resp.headers().clone();
         let body = tokio::time::timeout(Duration::from_secs(300), resp.into_body().collect())
             .await
             .map_err(|_| ControlError::Http(format!("{}: timed out reading", self.base)))?
@@ -176,6 +182,7 @@ impl Client {
             .to_bytes();
         Ok(Answer {
             status,
+            headers,
             etag,
             content_type,
             body,
@@ -230,6 +237,7 @@ impl Client {
                 .unwrap_or_default();
             let answer = Answer {
                 status,
+                headers: hyper::HeaderMap::new(),
                 etag: None,
                 content_type: None,
                 body,

@@ -32,6 +32,15 @@ pub struct Config {
     pub audit_retention_days: u32,
     /// How often a replica re-reads the policy serial even without a notification.
     pub serial_poll: Duration,
+    /// Serve HTTPS with this certificate chain and key (PEM files) instead of HTTP.
+    pub tls: Option<TlsFiles>,
+}
+
+/// The server's TLS certificate chain and private key, PEM files.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 impl Config {
@@ -44,6 +53,7 @@ impl Config {
             master_key: None,
             audit_retention_days: 0,
             serial_poll: Duration::from_secs(30),
+            tls: None,
         }
     }
 }

@@ -158,6 +158,16 @@ pub struct AuditRow {
     pub body: String,
 }
 
+/// A console login, joined with its token.
+#[derive(Debug, Clone)]
+pub struct ConsoleSession {
+    pub token_id: String,
+    pub role: String,
+    pub csrf: String,
+    /// The token's name: who is acting.
+    pub name: String,
+}
+
 /// Audit query filters; every set field must match.
 #[derive(Debug, Clone, Default)]
 pub struct AuditQuery {
@@ -937,25 +947,29 @@ impl Store {
         Ok(())
     }
 
-    /// `(token_id, role, csrf)` of a live console session.
+    /// A live console session: its token still exists and has not expired.
     pub async fn console_session(
         &self,
         hash: &str,
-    ) -> Result<Option<(String, String, String)>, ControlError> {
+    ) -> Result<Option<ConsoleSession>, ControlError> {
+        let now = now_ms();
         let row = sqlx::query(
-            "SELECT c.token_id, c.role, c.csrf FROM console_sessions c JOIN tokens t \
-             ON t.id = c.token_id WHERE c.hash = $1 AND c.expires_at > $2",
+            "SELECT c.token_id, c.role, c.csrf, t.name FROM console_sessions c JOIN tokens t \
+             ON t.id = c.token_id WHERE c.hash = $1 AND c.expires_at > $2 \
+             AND (t.expires_at IS NULL OR t.expires_at > $3)",
         )
         .bind(hash)
-        .bind(now_ms())
+        .bind(now)
+        .bind(now)
         .fetch_optional(&self.pool)
         .await?;
         Ok(match row {
-            Some(r) => Some((
-                r.try_get("token_id")?,
-                r.try_get("role")?,
-                r.try_get("csrf")?,
-            )),
+            Some(r) => Some(ConsoleSession {
+                token_id: r.try_get("token_id")?,
+                role: r.try_get("role")?,
+                csrf: r.try_get("csrf")?,
+                name: r.try_get("name")?,
+            }),
             None => None,
         })
     }
