@@ -112,6 +112,19 @@ impl Client {
         Ok(Client { base, auth, http })
     }
 
+    /// The same client without keep-alive: every request opens its own connection and
+    /// closes it afterwards (the load tool uses this so that 10,000 simulated machines
+    /// do not also hold 10,000 idle connections open on the server).
+    pub fn without_keepalive(mut self) -> Client {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(Duration::from_secs(10)));
+        self.http = HyperClient::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(0)
+            .build(connector);
+        self
+    }
+
     pub fn base(&self) -> &str {
         &self.base
     }
