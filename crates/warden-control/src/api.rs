@@ -322,7 +322,9 @@ async fn common_layer(State(app): State<App>, req: Request, next: Next) -> Respo
         ),
         ("x-content-type-options", "nosniff"),
         ("x-frame-options", "DENY"),
-        ("referrer-policy", "no-referrer"),
+        // Not `no-referrer`: browsers then send `Origin: null` on form posts, which the
+        // console's same-origin check must refuse.
+        ("referrer-policy", "same-origin"),
         ("cross-origin-opener-policy", "same-origin"),
         ("cache-control", "no-store"),
     ] {
