@@ -189,7 +189,8 @@ async fn run(n: usize, events: usize, base: String, pid: u32) {
             },
         )
         .unwrap()
-        .without_keepalive();
+        .without_keepalive()
+        .unwrap();
         clients.push(c.clone());
         let (target, reached, connected, push_at, last) = (
             target.clone(),

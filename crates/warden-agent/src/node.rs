@@ -183,6 +183,11 @@ impl Node {
     pub fn bundle_path(&self) -> PathBuf {
         self.dir().join("bundle.json")
     }
+    /// The CA the server's TLS certificate was checked against at enrollment, when
+    /// `WARDEN_SERVER_CA` named one: kept so that `warden agent` trusts the same CA.
+    fn server_ca_path(&self) -> PathBuf {
+        self.dir().join("server-ca.pem")
+    }
     fn cursor_path(&self) -> PathBuf {
         self.dir().join("audit.cursor")
     }
@@ -226,12 +231,14 @@ impl Node {
     pub fn client(&self) -> Result<Client, AgentError> {
         let id = self.require_identity()?;
         let key = self.machine_key()?;
-        Ok(Client::new(
+        let ca = self.server_ca_path();
+        Ok(Client::with_ca(
             &id.server,
             Auth::Machine {
                 id: id.machine_id,
                 key: Box::new(key),
             },
+            ca.exists().then_some(ca.as_path()),
         )?)
     }
 
@@ -277,6 +284,12 @@ impl Node {
             labels: resp.labels,
             enrolled_at: now_rfc3339(),
         };
+        if let Some(ca) = std::env::var_os(warden_control::tls::SERVER_CA_ENV)
+            .filter(|p| !p.is_empty() && server.trim().starts_with("https://"))
+        {
+            let pem = std::fs::read(&ca).map_err(|e| AgentError::io(Path::new(&ca), e))?;
+            write_atomic(&self.server_ca_path(), &pem, 0o644)?;
+        }
         let seed_hex = Zeroizing::new(hex::encode(&seed[..]));
         write_atomic(&self.key_path(), seed_hex.as_bytes(), 0o600)?;
         let json = serde_json::to_vec_pretty(&identity)

@@ -1246,3 +1246,51 @@ async fn console_flow_edit_publish_machine_audit_secrets_tokens() {
     assert!(csp.contains("default-src 'none'") && csp.contains("frame-ancestors 'none'"));
     env.server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_server_with_a_pinned_ca_and_secure_cookies() {
+    let dir = tempfile::tempdir().unwrap();
+    let ck =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
+    let env = start_with(|c| {
+        c.tls = Some(warden_control::TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+        })
+    })
+    .await;
+    let https = env.base.replace("http://", "https://");
+    let c = Client::with_ca(&https, Auth::Bearer(ADMIN.into()), Some(&cert)).unwrap();
+    let a = c.get("/api/v1/machines").await.unwrap();
+    assert_eq!(a.status.as_u16(), 200);
+    // The login form's cookie is Secure over TLS.
+    let a = c.get("/login").await.unwrap();
+    let cookie = a.headers.get("set-cookie").unwrap().to_str().unwrap();
+    assert!(cookie.contains("Secure"), "{cookie}");
+    // Without the CA the certificate is refused; plain HTTP gets no answer.
+    let untrusted = Client::with_ca(&https, Auth::None, None).unwrap();
+    let e = untrusted.get("/healthz").await.unwrap_err().to_string();
+    assert!(
+        e.contains("certificate") || e.contains("cannot reach"),
+        "{e}"
+    );
+    assert!(
+        Client::new(&env.base, Auth::None)
+            .unwrap()
+            .get("/healthz")
+            .await
+            .is_err()
+    );
+    // A missing key file stops the start with its name.
+    let mut bad = Config::new("127.0.0.1:0".parse().unwrap(), dir.path().join("s2"));
+    bad.tls = Some(warden_control::TlsFiles {
+        cert: cert.clone(),
+        key: dir.path().join("missing-key.pem"),
+    });
+    let e = warden_control::start(bad).await.unwrap_err().to_string();
+    assert!(e.contains("missing-key.pem"), "{e}");
+    env.server.stop().await;
+}
