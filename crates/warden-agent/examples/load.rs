@@ -188,6 +188,8 @@ async fn run(n: usize, events: usize, base: String, pid: u32) {
                 key: Box::new(key),
             },
         )
+        .unwrap()
+        .without_keepalive()
         .unwrap();
         clients.push(c.clone());
         let (target, reached, connected, push_at, last) = (

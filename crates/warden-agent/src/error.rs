@@ -30,6 +30,25 @@ pub enum AgentError {
     /// A local file is not what this version wrote.
     #[error("{path}: {message}")]
     Corrupt { path: PathBuf, message: String },
+    /// A policy could not be used for a session.
+    #[error("{0}")]
+    Policy(String),
+    /// The undelivered audit spool reached its cap: sessions must not start.
+    #[error(
+        "the audit spool {} holds {pending} bytes not yet delivered to the control plane, \
+         at or over its cap of {cap} bytes; new sessions are refused so that no audit event \
+         is lost. Start `warden agent` (or check that it reaches the server) to deliver it, \
+         or raise WARDEN_SPOOL_CAP",
+        spool.display()
+    )]
+    SpoolFull {
+        spool: PathBuf,
+        pending: u64,
+        cap: u64,
+    },
+    /// A setting is malformed.
+    #[error("{0}")]
+    Config(String),
     /// The server or the connection failed.
     #[error(transparent)]
     Control(#[from] warden_control::ControlError),

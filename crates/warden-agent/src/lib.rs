@@ -19,12 +19,17 @@
 
 mod error;
 mod node;
+mod session;
 mod spool;
 
 pub use error::AgentError;
 pub use node::{
     AgentOptions, EnrolledPolicy, Identity, Node, PolicyInForce, Status, SyncOutcome,
     enrolled_policy,
+};
+pub use session::{
+    DEFAULT_SPOOL_CAP, SPOOL_CAP_ENV, parse_size, session_policy, session_policy_with_cap,
+    spool_cap,
 };
 pub use spool::{Cursor, UploadReport};
 pub use warden_control::client::{Auth, Client};

@@ -183,6 +183,11 @@ impl Node {
     pub fn bundle_path(&self) -> PathBuf {
         self.dir().join("bundle.json")
     }
+    /// The CA the server's TLS certificate was checked against at enrollment, when
+    /// `WARDEN_SERVER_CA` named one: kept so that `warden agent` trusts the same CA.
+    fn server_ca_path(&self) -> PathBuf {
+        self.dir().join("server-ca.pem")
+    }
     fn cursor_path(&self) -> PathBuf {
         self.dir().join("audit.cursor")
     }
@@ -226,12 +231,14 @@ impl Node {
     pub fn client(&self) -> Result<Client, AgentError> {
         let id = self.require_identity()?;
         let key = self.machine_key()?;
-        Ok(Client::new(
+        let ca = self.server_ca_path();
+        Ok(Client::with_ca(
             &id.server,
             Auth::Machine {
                 id: id.machine_id,
                 key: Box::new(key),
             },
+            ca.exists().then_some(ca.as_path()),
         )?)
     }
 
@@ -277,6 +284,12 @@ impl Node {
             labels: resp.labels,
             enrolled_at: now_rfc3339(),
         };
+        if let Some(ca) = std::env::var_os(warden_control::tls::SERVER_CA_ENV)
+            .filter(|p| !p.is_empty() && server.trim().starts_with("https://"))
+        {
+            let pem = std::fs::read(&ca).map_err(|e| AgentError::io(Path::new(&ca), e))?;
+            write_atomic(&self.server_ca_path(), &pem, 0o644)?;
+        }
         let seed_hex = Zeroizing::new(hex::encode(&seed[..]));
         write_atomic(&self.key_path(), seed_hex.as_bytes(), 0o600)?;
         let json = serde_json::to_vec_pretty(&identity)
@@ -429,14 +442,32 @@ impl Node {
     pub fn status(&self) -> Result<Status, AgentError> {
         let identity = self.identity()?;
         let policy = self.policy_in_force()?;
-        let cursor = spool::load_cursor(&self.cursor_path()).unwrap_or_default();
-        let len = std::fs::metadata(&self.spool).map(|m| m.len()).unwrap_or(0);
         Ok(Status {
             home: self.home.clone(),
             identity,
             policy,
-            spool_pending_bytes: len.saturating_sub(cursor.offset),
+            spool_pending_bytes: self.spool_pending_bytes(),
         })
+    }
+
+    /// The audit spool this node delivers.
+    pub fn spool_path(&self) -> &Path {
+        &self.spool
+    }
+
+    /// Bytes of the spool not yet acknowledged by the server. A spool replaced since
+    /// the cursor was written counts whole (it is delivered from its start).
+    pub fn spool_pending_bytes(&self) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        let Ok(meta) = std::fs::metadata(&self.spool) else {
+            return 0;
+        };
+        let cursor = spool::load_cursor(&self.cursor_path()).unwrap_or_default();
+        if meta.ino() != cursor.inode || meta.len() < cursor.offset {
+            meta.len()
+        } else {
+            meta.len() - cursor.offset
+        }
     }
 
     /// Deliver the spool up to its current end.
@@ -551,7 +582,8 @@ impl Node {
         }
     }
 
-    async fn sync_and_report(&self, client: &Client) {
+    /// Sync once and say what changed; false when the fetch failed.
+    async fn sync_and_report(&self, client: &Client) -> bool {
         match self.sync_bundle(client).await {
             Ok(SyncOutcome::Updated(p)) => match &p.policy {
                 Some(pol) => eprintln!(
@@ -565,8 +597,12 @@ impl Node {
                 ),
             },
             Ok(SyncOutcome::NotModified) => {}
-            Err(e) => eprintln!("warden agent: {e}"),
+            Err(e) => {
+                eprintln!("warden agent: bundle fetch: {e}");
+                return false;
+            }
         }
+        true
     }
 
     async fn hold_stream(&self, client: &Client, resync: Duration) -> Result<(), AgentError> {
@@ -575,7 +611,11 @@ impl Node {
         let mut parser = SseParser::default();
         let mut tick = tokio::time::interval(resync);
         tick.tick().await;
-        self.sync_and_report(client).await;
+        // A failed fetch is retried with backoff (FETCH_RETRY_FIRST doubling up to
+        // FETCH_RETRY_MAX) rather than waiting for the next notice or resync; the last
+        // good bundle stays in force meanwhile.
+        let mut retry = RetryTimer::default();
+        retry.record(self.sync_and_report(client).await);
         loop {
             tokio::select! {
                 frame = body.frame() => {
@@ -586,11 +626,12 @@ impl Node {
                     if let Ok(data) = frame.into_data() {
                         let events = parser.feed(&data);
                         if events.iter().any(|(name, _)| name == "bundle") {
-                            self.sync_and_report(client).await;
+                            retry.record(self.sync_and_report(client).await);
                         }
                     }
                 }
-                _ = tick.tick() => self.sync_and_report(client).await,
+                _ = tick.tick() => retry.record(self.sync_and_report(client).await),
+                () = retry.wait() => retry.record(self.sync_and_report(client).await),
             }
         }
     }
@@ -610,6 +651,48 @@ impl Node {
     }
 }
 
+/// First delay before a failed bundle fetch is retried.
+pub const FETCH_RETRY_FIRST: Duration = Duration::from_millis(250);
+/// Longest delay between retries of a failed bundle fetch.
+pub const FETCH_RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// When to retry a failed bundle fetch: armed by a failure, doubled by each further
+/// one, cleared by a success.
+#[derive(Debug, Default)]
+pub(crate) struct RetryTimer {
+    next: Option<(tokio::time::Instant, Duration)>,
+}
+
+impl RetryTimer {
+    /// Record the outcome of a fetch.
+    pub(crate) fn record(&mut self, ok: bool) {
+        if ok {
+            self.next = None;
+            return;
+        }
+        let delay = match self.next {
+            Some((_, d)) => (d * 2).min(FETCH_RETRY_MAX),
+            None => FETCH_RETRY_FIRST,
+        };
+        eprintln!("warden agent: retrying the bundle fetch in {delay:?}");
+        self.next = Some((tokio::time::Instant::now() + delay, delay));
+    }
+
+    /// The delay that the next retry waits, if one is pending.
+    #[cfg(test)]
+    pub(crate) fn delay(&self) -> Option<Duration> {
+        self.next.map(|(_, d)| d)
+    }
+
+    /// Resolves when a retry is due; never when none is pending.
+    pub(crate) async fn wait(&self) {
+        match self.next {
+            Some((at, _)) => tokio::time::sleep_until(at).await,
+            None => std::future::pending().await,
+        }
+    }
+}
+
 /// For `warden run`: the central policy an enrolled machine must use.
 /// `Ok(None)`: not enrolled (use the local policy). `Err`: enrolled but no verified
 /// policy — the caller must refuse to start the session (fail closed).
@@ -622,5 +705,26 @@ pub fn enrolled_policy(home: &Path) -> Result<Option<EnrolledPolicy>, AgentError
             "the control plane assigns no policy to this machine (serial {serial})"
         ))),
         PolicyInForce::None { reason } => Err(AgentError::NoBundle(reason)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_backs_off_and_resets() {
+        let mut r = RetryTimer::default();
+        assert_eq!(r.delay(), None);
+        r.record(false);
+        assert_eq!(r.delay(), Some(FETCH_RETRY_FIRST));
+        r.record(false);
+        assert_eq!(r.delay(), Some(FETCH_RETRY_FIRST * 2));
+        for _ in 0..20 {
+            r.record(false);
+        }
+        assert_eq!(r.delay(), Some(FETCH_RETRY_MAX));
+        r.record(true);
+        assert_eq!(r.delay(), None);
     }
 }

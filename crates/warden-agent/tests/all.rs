@@ -418,3 +418,83 @@ async fn server_killed_during_uploads_loses_and_duplicates_nothing() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// `session_policy`: standalone uses the local file, enrolled uses the central policy,
+/// a different local file is refused, an identical one accepted, and a full spool
+/// refuses new sessions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_policy_central_wins_and_spool_cap_refuses() {
+    use warden_agent::{AgentError, session_policy_with_cap};
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path()).await;
+    let base = format!("http://{}", server.addr);
+    let home = dir.path().join("node");
+    let central_src = policy("central", "api.github.com");
+    let local_path = dir.path().join("local.toml");
+    std::fs::write(&local_path, policy("local", "example.com")).unwrap();
+    let same_path = dir.path().join("same.toml");
+    std::fs::write(&same_path, &central_src).unwrap();
+    const CAP: u64 = 1 << 20;
+
+    // Not enrolled: no local file -> the caller's preset; a local file -> that file.
+    assert!(session_policy_with_cap(&home, None, CAP).unwrap().is_none());
+    let p = session_policy_with_cap(&home, Some(&local_path), CAP)
+        .unwrap()
+        .unwrap();
+    assert_eq!(p.name(), "local");
+
+    let node = Node::new(&home);
+    node.enroll(&base, &enroll_token(&base).await, "h")
+        .await
+        .unwrap();
+    let e = session_policy_with_cap(&home, None, CAP).unwrap_err();
+    assert!(matches!(e, AgentError::NoBundle(_)), "{e}");
+    push(&base, &central_src).await;
+    node.sync_bundle(&node.client().unwrap()).await.unwrap();
+
+    let p = session_policy_with_cap(&home, None, CAP).unwrap().unwrap();
+    assert_eq!(p.name(), "central");
+    assert_eq!(p.origin(), "central:central@v1");
+    let e = session_policy_with_cap(&home, Some(&local_path), CAP).unwrap_err();
+    let msg = e.to_string();
+    assert!(matches!(e, AgentError::Policy(_)), "{msg}");
+    assert!(msg.contains("central@") && msg.contains("local@"), "{msg}");
+    let p = session_policy_with_cap(&home, Some(&same_path), CAP)
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        p.id(),
+        session_policy_with_cap(&home, None, CAP)
+            .unwrap()
+            .unwrap()
+            .id()
+    );
+
+    // Undelivered spool at the cap: refused with the sizes; delivered: allowed again.
+    let spool = home.join("audit.jsonl");
+    write_events(&spool, 1, "cap");
+    let small = std::fs::metadata(&spool).unwrap().len();
+    let e = session_policy_with_cap(&home, None, small).unwrap_err();
+    assert!(
+        matches!(e, AgentError::SpoolFull { pending, .. } if pending == small),
+        "{e}"
+    );
+    assert!(e.to_string().contains("WARDEN_SPOOL_CAP"));
+    let report = node
+        .upload_spool(&node.client().unwrap(), 500)
+        .await
+        .unwrap();
+    assert_eq!((report.events, report.pending_bytes), (1, 0));
+    assert!(session_policy_with_cap(&home, None, small).is_ok());
+    server.stop().await;
+}
+
+#[test]
+fn spool_cap_sizes_parse() {
+    use warden_agent::parse_size;
+    assert_eq!(parse_size("1048576"), Ok(1 << 20));
+    assert_eq!(parse_size("256M"), Ok(256 << 20));
+    assert_eq!(parse_size("2g"), Ok(2 << 30));
+    assert!(parse_size("0").is_err());
+    assert!(parse_size("lots").unwrap_err().contains("WARDEN_SPOOL_CAP"));
+}

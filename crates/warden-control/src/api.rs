@@ -2,7 +2,7 @@
 //! list of routes: the router, the OpenAPI document and the authorization tests are
 //! all built from it, so none of them can drift from the others.
 
-use crate::auth::{Access, Caller, MachineCaller, enforce, json_error};
+use crate::auth::{Access, Caller, MachineCaller, enforce};
 use crate::crypto::{hash_token, new_token, random_id};
 use crate::error::ControlError;
 use crate::proto::{
@@ -38,26 +38,35 @@ pub struct RouteSpec {
 
 /// An error answer: a status and a JSON body `{"error": …}` (plus details).
 #[derive(Debug)]
-pub struct ApiError(Response);
+pub struct ApiError {
+    pub status: StatusCode,
+    /// Safe to show to the caller: never a secret, token or key.
+    pub message: String,
+    /// More fields of the JSON body (e.g. a policy's diagnostics).
+    pub details: Option<serde_json::Map<String, serde_json::Value>>,
+}
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        self.0
+        let mut body = self.details.unwrap_or_default();
+        body.insert("error".into(), serde_json::Value::String(self.message));
+        (self.status, Json(serde_json::Value::Object(body))).into_response()
     }
 }
 
 impl From<ControlError> for ApiError {
     fn from(e: ControlError) -> ApiError {
         tracing::error!("request failed: {e}");
-        ApiError(json_error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal error",
-        ))
+        fail(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
     }
 }
 
 fn fail(status: StatusCode, message: &str) -> ApiError {
-    ApiError(json_error(status, message))
+    ApiError {
+        status,
+        message: message.to_string(),
+        details: None,
+    }
 }
 
 type ApiResult<T> = Result<T, ApiError>;
@@ -313,7 +322,9 @@ async fn common_layer(State(app): State<App>, req: Request, next: Next) -> Respo
         ),
         ("x-content-type-options", "nosniff"),
         ("x-frame-options", "DENY"),
-        ("referrer-policy", "no-referrer"),
+        // Not `no-referrer`: browsers then send `Origin: null` on form posts, which the
+        // console's same-origin check must refuse.
+        ("referrer-policy", "same-origin"),
         ("cross-origin-opener-policy", "same-origin"),
         ("cache-control", "no-store"),
     ] {
@@ -439,17 +450,14 @@ pub struct PushRequest {
 }
 
 fn invalid_response(inv: &crate::validate::Invalid) -> ApiError {
-    ApiError(
-        (
-            StatusCode::UNPROCESSABLE_ENTITY,
-            Json(serde_json::json!({
-                "error": "policy is invalid",
-                "diagnostics": inv.diagnostics,
-                "rendered": inv.rendered,
-            })),
-        )
-            .into_response(),
-    )
+    let mut details = serde_json::Map::new();
+    details.insert("diagnostics".into(), serde_json::json!(inv.diagnostics));
+    details.insert("rendered".into(), serde_json::json!(inv.rendered));
+    ApiError {
+        status: StatusCode::UNPROCESSABLE_ENTITY,
+        message: "policy is invalid".into(),
+        details: Some(details),
+    }
 }
 
 /// Validate and store a new version; shared by the API and the console.

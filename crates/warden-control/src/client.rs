@@ -1,16 +1,16 @@
 //! A small HTTP client for the control plane: bearer-token calls (the CLI) and
-//! machine-signed calls (the node agent). Plain HTTP: run the server on loopback or
-//! behind a TLS-terminating proxy (see docs/control-plane.md).
+//! machine-signed calls (the node agent), over `http://` or `https://` (rustls; the
+//! system roots plus `WARDEN_SERVER_CA`, see [`crate::tls`]).
 
 use crate::error::ControlError;
 use crate::proto::sign_request;
+use crate::tls::Connector;
 use bytes::Bytes;
 use ed25519_dalek::SigningKey;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Method, Request, StatusCode};
 use hyper_util::client::legacy::Client as HyperClient;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -38,6 +38,8 @@ impl std::fmt::Debug for Auth {
 #[derive(Debug)]
 pub struct Answer {
     pub status: StatusCode,
+    /// Every response header (e.g. `set-cookie`, `location`).
+    pub headers: hyper::HeaderMap,
     pub etag: Option<String>,
     pub content_type: Option<String>,
     pub body: Bytes,
@@ -78,7 +80,7 @@ impl Answer {
 pub struct Client {
     base: String,
     auth: Auth,
-    http: HyperClient<HttpConnector, Full<Bytes>>,
+    http: HyperClient<Connector, Full<Bytes>>,
 }
 
 fn unix_now() -> i64 {
@@ -88,26 +90,45 @@ fn unix_now() -> i64 {
 impl Client {
     /// `base` is `http://HOST:PORT` (a trailing slash is fine).
     pub fn new(base: &str, auth: Auth) -> Result<Client, ControlError> {
+        Client::with_ca(base, auth, None)
+    }
+
+    /// Like [`Client::new`], trusting also the CA certificates in the PEM file `ca`
+    /// for `https://` (instead of the one `WARDEN_SERVER_CA` names).
+    pub fn with_ca(
+        base: &str,
+        auth: Auth,
+        ca: Option<&std::path::Path>,
+    ) -> Result<Client, ControlError> {
         let base = base.trim().trim_end_matches('/').to_string();
-        if base.starts_with("https://") {
-            return Err(ControlError::Http(
-                "https:// server URLs are not supported by this build yet: reach the server \
-                 over loopback or an SSH/TLS tunnel and use http://"
-                    .into(),
-            ));
-        }
-        if !base.starts_with("http://") {
+        let tls = if base.starts_with("https://") {
+            Some(crate::tls::client_config(ca)?)
+        } else if base.starts_with("http://") {
+            None
+        } else {
             return Err(ControlError::Http(format!(
-                "server URL {base:?} must start with http://"
+                "server URL {base:?} must start with http:// or https://"
             )));
-        }
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_secs(10)));
+        };
         let http = HyperClient::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
-            .build(connector);
+            .build(Connector::new(tls));
         Ok(Client { base, auth, http })
+    }
+
+    /// The same client without keep-alive: every request opens its own connection and
+    /// closes it afterwards (the load tool uses this so that 10,000 simulated machines
+    /// do not also hold 10,000 idle connections open on the server).
+    pub fn without_keepalive(mut self) -> Result<Client, ControlError> {
+        let tls = if self.base.starts_with("https://") {
+            Some(crate::tls::client_config(None)?)
+        } else {
+            None
+        };
+        self.http = HyperClient::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(0)
+            .build(Connector::new(tls));
+        Ok(self)
     }
 
     pub fn base(&self) -> &str {
@@ -125,7 +146,10 @@ impl Client {
             .method(method.clone())
             .uri(format!("{}{}", self.base, path))
             .header("user-agent", concat!("warden/", env!("CARGO_PKG_VERSION")));
-        if !body.is_empty() {
+        let typed = extra
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case("content-type"));
+        if !body.is_empty() && !typed {
             b = b.header("content-type", "application/json");
         }
         match &self.auth {
@@ -169,6 +193,7 @@ impl Client {
         };
         let etag = header(hyper::header::ETAG);
         let content_type = header(hyper::header::CONTENT_TYPE);
+        let headers = resp.headers().clone();
         let body = tokio::time::timeout(Duration::from_secs(300), resp.into_body().collect())
             .await
             .map_err(|_| ControlError::Http(format!("{}: timed out reading", self.base)))?
@@ -176,6 +201,7 @@ impl Client {
             .to_bytes();
         Ok(Answer {
             status,
+            headers,
             etag,
             content_type,
             body,
@@ -230,6 +256,7 @@ impl Client {
                 .unwrap_or_default();
             let answer = Answer {
                 status,
+                headers: hyper::HeaderMap::new(),
                 etag: None,
                 content_type: None,
                 body,

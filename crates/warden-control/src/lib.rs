@@ -29,7 +29,8 @@ pub mod openapi;
 pub mod proto;
 pub mod server;
 pub mod store;
+pub mod tls;
 pub mod validate;
 
 pub use error::ControlError;
-pub use server::{Config, Running, start};
+pub use server::{Config, Running, TlsFiles, start};

@@ -32,6 +32,15 @@ pub struct Config {
     pub audit_retention_days: u32,
     /// How often a replica re-reads the policy serial even without a notification.
     pub serial_poll: Duration,
+    /// Serve HTTPS with this certificate chain and key (PEM files) instead of HTTP.
+    pub tls: Option<TlsFiles>,
+}
+
+/// The server's TLS certificate chain and private key, PEM files.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 impl Config {
@@ -44,6 +53,7 @@ impl Config {
             master_key: None,
             audit_retention_days: 0,
             serial_poll: Duration::from_secs(30),
+            tls: None,
         }
     }
 }
@@ -206,6 +216,11 @@ async fn bootstrap_admin(store: &Store, config: &Config) -> Result<Option<String
 
 /// Start the server: open the store, bind, and serve until stopped.
 pub async fn start(config: Config) -> Result<Running, ControlError> {
+    // A bad certificate or key stops the start before anything else happens.
+    let tls = match &config.tls {
+        Some(t) => Some(crate::tls::acceptor(&t.cert, &t.key)?),
+        None => None,
+    };
     std::fs::create_dir_all(&config.data_dir).map_err(|e| ControlError::io(&config.data_dir, e))?;
     let url = match &config.database {
         Some(u) => u.clone(),
@@ -254,11 +269,24 @@ pub async fn start(config: Config) -> Result<Running, ControlError> {
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let bg = spawn_background(app.clone());
     let task = tokio::spawn(async move {
-        let served = axum::serve(listener, router)
-            .with_graceful_shutdown(async move {
-                let _ = rx.await;
-            })
-            .await;
+        let shutdown = async move {
+            let _ = rx.await;
+        };
+        let served = match tls {
+            Some(acceptor) => match crate::tls::TlsListener::new(listener, acceptor) {
+                Ok(l) => {
+                    axum::serve(l, router)
+                        .with_graceful_shutdown(shutdown)
+                        .await
+                }
+                Err(e) => Err(e),
+            },
+            None => {
+                axum::serve(listener, router)
+                    .with_graceful_shutdown(shutdown)
+                    .await
+            }
+        };
         if let Err(e) = served {
             tracing::error!("server stopped: {e}");
         }

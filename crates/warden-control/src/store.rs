@@ -158,6 +158,16 @@ pub struct AuditRow {
     pub body: String,
 }
 
+/// A console login, joined with its token.
+#[derive(Debug, Clone)]
+pub struct ConsoleSession {
+    pub token_id: String,
+    pub role: String,
+    pub csrf: String,
+    /// The token's name: who is acting.
+    pub name: String,
+}
+
 /// Audit query filters; every set field must match.
 #[derive(Debug, Clone, Default)]
 pub struct AuditQuery {
@@ -289,14 +299,11 @@ impl Store {
     // ---- settings and keys ------------------------------------------------------
 
     pub async fn setting(&self, key: &str) -> Result<Option<String>, ControlError> {
-        let row = sqlx::query("SELECT value FROM settings WHERE key = $1")
-            .bind(key)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(match row {
-            Some(r) => Some(r.try_get("value")?),
-            None => None,
-        })
+        self.one(
+            sqlx::query("SELECT value FROM settings WHERE key = $1").bind(key),
+            |r| Ok(r.try_get("value")?),
+        )
+        .await
     }
 
     /// Insert a setting unless present; true when this call inserted it.
@@ -352,67 +359,60 @@ impl Store {
         })
     }
 
+    const TOKEN_INSERT: &str = "INSERT INTO tokens (id, hash, role, name, labels, created_at, \
+        expires_at, one_time, used_at, used_by) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, NULL, NULL)";
+
+    fn bind_token<'q>(q: AnyQuery<'q>, t: &'q TokenRow) -> AnyQuery<'q> {
+        q.bind(&t.id)
+            .bind(&t.hash)
+            .bind(&t.role)
+            .bind(&t.name)
+            .bind(labels_text(&t.labels))
+            .bind(t.created_at)
+            .bind(t.expires_at)
+            .bind(i64::from(t.one_time))
+    }
+
     pub async fn insert_token(&self, t: &TokenRow) -> Result<(), ControlError> {
-        sqlx::query(
-            "INSERT INTO tokens (id, hash, role, name, labels, created_at, expires_at, one_time, \
-             used_at, used_by) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, NULL, NULL)",
-        )
-        .bind(&t.id)
-        .bind(&t.hash)
-        .bind(&t.role)
-        .bind(&t.name)
-        .bind(labels_text(&t.labels))
-        .bind(t.created_at)
-        .bind(t.expires_at)
-        .bind(i64::from(t.one_time))
-        .execute(&self.pool)
-        .await?;
+        let q = sqlx::query(sqlx::AssertSqlSafe(Self::TOKEN_INSERT));
+        self.affected(Self::bind_token(q, t)).await?;
         Ok(())
     }
 
     /// Insert or replace the token with this id (admin bootstrap from the
     /// environment). One statement: replicas starting together may both run it.
     pub async fn upsert_token(&self, t: &TokenRow) -> Result<(), ControlError> {
-        sqlx::query(
-            "INSERT INTO tokens (id, hash, role, name, labels, created_at, expires_at, one_time, \
-             used_at, used_by) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, NULL, NULL) \
-             ON CONFLICT (id) DO UPDATE SET hash = excluded.hash, role = excluded.role, \
+        let sql = format!(
+            "{} ON CONFLICT (id) DO UPDATE SET hash = excluded.hash, role = excluded.role, \
              name = excluded.name, expires_at = excluded.expires_at",
-        )
-        .bind(&t.id)
-        .bind(&t.hash)
-        .bind(&t.role)
-        .bind(&t.name)
-        .bind(labels_text(&t.labels))
-        .bind(t.created_at)
-        .bind(t.expires_at)
-        .bind(i64::from(t.one_time))
-        .execute(&self.pool)
-        .await?;
+            Self::TOKEN_INSERT
+        );
+        let q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        self.affected(Self::bind_token(q, t)).await?;
         Ok(())
     }
 
     pub async fn token_by_hash(&self, hash: &str) -> Result<Option<TokenRow>, ControlError> {
-        let row = sqlx::query("SELECT * FROM tokens WHERE hash = $1")
-            .bind(hash)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.as_ref().map(Self::token_row).transpose()
+        self.one(
+            sqlx::query("SELECT * FROM tokens WHERE hash = $1").bind(hash),
+            Self::token_row,
+        )
+        .await
     }
 
     pub async fn list_tokens(&self) -> Result<Vec<TokenRow>, ControlError> {
-        let rows = sqlx::query("SELECT * FROM tokens ORDER BY created_at DESC")
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(Self::token_row).collect()
+        self.all(
+            sqlx::query("SELECT * FROM tokens ORDER BY created_at DESC"),
+            Self::token_row,
+        )
+        .await
     }
 
     pub async fn delete_token(&self, id: &str) -> Result<bool, ControlError> {
-        let r = sqlx::query("DELETE FROM tokens WHERE id = $1")
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
-        Ok(r.rows_affected() > 0)
+        Ok(self
+            .affected(sqlx::query("DELETE FROM tokens WHERE id = $1").bind(id))
+            .await?
+            > 0)
     }
 
     /// Atomically mark a one-time enrollment token used. `Some` only for the one
@@ -470,33 +470,33 @@ impl Store {
     }
 
     pub async fn machine(&self, id: &str) -> Result<Option<MachineRow>, ControlError> {
-        let row = sqlx::query("SELECT * FROM machines WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.as_ref().map(Self::machine_row).transpose()
+        self.one(
+            sqlx::query("SELECT * FROM machines WHERE id = $1").bind(id),
+            Self::machine_row,
+        )
+        .await
     }
 
     pub async fn list_machines(&self) -> Result<Vec<MachineRow>, ControlError> {
-        let rows = sqlx::query("SELECT * FROM machines ORDER BY enrolled_at")
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(Self::machine_row).collect()
+        self.all(
+            sqlx::query("SELECT * FROM machines ORDER BY enrolled_at"),
+            Self::machine_row,
+        )
+        .await
     }
 
     pub async fn count_machines(&self) -> Result<i64, ControlError> {
-        let r = sqlx::query("SELECT COUNT(*) AS n FROM machines WHERE revoked = 0")
-            .fetch_one(&self.pool)
-            .await?;
-        Ok(r.try_get("n")?)
+        self.count(sqlx::query(
+            "SELECT COUNT(*) AS n FROM machines WHERE revoked = 0",
+        ))
+        .await
     }
 
     pub async fn revoke_machine(&self, id: &str) -> Result<bool, ControlError> {
-        let r = sqlx::query("UPDATE machines SET revoked = 1 WHERE id = $1")
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
-        Ok(r.rows_affected() > 0)
+        Ok(self
+            .affected(sqlx::query("UPDATE machines SET revoked = 1 WHERE id = $1").bind(id))
+            .await?
+            > 0)
     }
 
     /// Record when machines were last seen and which policy they were served.
@@ -586,21 +586,22 @@ impl Store {
 
     /// The latest version of every policy name.
     pub async fn active_policies(&self) -> Result<Vec<PolicyRow>, ControlError> {
-        let rows = sqlx::query(
-            "SELECT p.* FROM policies p WHERE p.version = \
+        self.all(
+            sqlx::query(
+                "SELECT p.* FROM policies p WHERE p.version = \
              (SELECT MAX(q.version) FROM policies q WHERE q.name = p.name) ORDER BY p.name",
+            ),
+            Self::policy_row,
         )
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(Self::policy_row).collect()
+        .await
     }
 
     pub async fn policy_history(&self, name: &str) -> Result<Vec<PolicyRow>, ControlError> {
-        let rows = sqlx::query("SELECT * FROM policies WHERE name = $1 ORDER BY version DESC")
-            .bind(name)
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(Self::policy_row).collect()
+        self.all(
+            sqlx::query("SELECT * FROM policies WHERE name = $1 ORDER BY version DESC").bind(name),
+            Self::policy_row,
+        )
+        .await
     }
 
     pub async fn policy_version(
@@ -608,12 +609,13 @@ impl Store {
         name: &str,
         version: i64,
     ) -> Result<Option<PolicyRow>, ControlError> {
-        let row = sqlx::query("SELECT * FROM policies WHERE name = $1 AND version = $2")
-            .bind(name)
-            .bind(version)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.as_ref().map(Self::policy_row).transpose()
+        self.one(
+            sqlx::query("SELECT * FROM policies WHERE name = $1 AND version = $2")
+                .bind(name)
+                .bind(version),
+            Self::policy_row,
+        )
+        .await
     }
 
     /// The policy serial: the highest sequence number (0 with no policy).
@@ -731,10 +733,8 @@ impl Store {
     }
 
     pub async fn count_events(&self) -> Result<i64, ControlError> {
-        let r = sqlx::query("SELECT COUNT(*) AS n FROM audit_events")
-            .fetch_one(&self.pool)
-            .await?;
-        Ok(r.try_get("n")?)
+        self.count(sqlx::query("SELECT COUNT(*) AS n FROM audit_events"))
+            .await
     }
 
     /// Retention: delete events older than `before_us`.
@@ -826,14 +826,11 @@ impl Store {
     }
 
     pub async fn sealed_secret(&self, name: &str) -> Result<Option<String>, ControlError> {
-        let row = sqlx::query("SELECT value_enc FROM secrets WHERE name = $1")
-            .bind(name)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(match row {
-            Some(r) => Some(r.try_get("value_enc")?),
-            None => None,
-        })
+        self.one(
+            sqlx::query("SELECT value_enc FROM secrets WHERE name = $1").bind(name),
+            |r| Ok(r.try_get("value_enc")?),
+        )
+        .await
     }
 
     pub async fn list_secrets(&self) -> Result<Vec<SecretMeta>, ControlError> {
@@ -852,11 +849,10 @@ impl Store {
     }
 
     pub async fn delete_secret(&self, name: &str) -> Result<bool, ControlError> {
-        let r = sqlx::query("DELETE FROM secrets WHERE name = $1")
-            .bind(name)
-            .execute(&self.pool)
-            .await?;
-        Ok(r.rows_affected() > 0)
+        Ok(self
+            .affected(sqlx::query("DELETE FROM secrets WHERE name = $1").bind(name))
+            .await?
+            > 0)
     }
 
     pub async fn insert_lease(
@@ -907,10 +903,10 @@ impl Store {
     }
 
     pub async fn active_leases(&self) -> Result<i64, ControlError> {
-        let r = sqlx::query("SELECT COUNT(*) AS n FROM leases WHERE revoked_at IS NULL")
-            .fetch_one(&self.pool)
-            .await?;
-        Ok(r.try_get("n")?)
+        self.count(sqlx::query(
+            "SELECT COUNT(*) AS n FROM leases WHERE revoked_at IS NULL",
+        ))
+        .await
     }
 
     // ---- console sessions -------------------------------------------------------
@@ -937,25 +933,29 @@ impl Store {
         Ok(())
     }
 
-    /// `(token_id, role, csrf)` of a live console session.
+    /// A live console session: its token still exists and has not expired.
     pub async fn console_session(
         &self,
         hash: &str,
-    ) -> Result<Option<(String, String, String)>, ControlError> {
+    ) -> Result<Option<ConsoleSession>, ControlError> {
+        let now = now_ms();
         let row = sqlx::query(
-            "SELECT c.token_id, c.role, c.csrf FROM console_sessions c JOIN tokens t \
-             ON t.id = c.token_id WHERE c.hash = $1 AND c.expires_at > $2",
+            "SELECT c.token_id, c.role, c.csrf, t.name FROM console_sessions c JOIN tokens t \
+             ON t.id = c.token_id WHERE c.hash = $1 AND c.expires_at > $2 \
+             AND (t.expires_at IS NULL OR t.expires_at > $3)",
         )
         .bind(hash)
-        .bind(now_ms())
+        .bind(now)
+        .bind(now)
         .fetch_optional(&self.pool)
         .await?;
         Ok(match row {
-            Some(r) => Some((
-                r.try_get("token_id")?,
-                r.try_get("role")?,
-                r.try_get("csrf")?,
-            )),
+            Some(r) => Some(ConsoleSession {
+                token_id: r.try_get("token_id")?,
+                role: r.try_get("role")?,
+                csrf: r.try_get("csrf")?,
+                name: r.try_get("name")?,
+            }),
             None => None,
         })
     }
@@ -966,6 +966,42 @@ impl Store {
             .execute(&self.pool)
             .await?;
         Ok(())
+    }
+}
+
+type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>;
+
+impl Store {
+    /// The first row of `q`, converted.
+    async fn one<T>(
+        &self,
+        q: AnyQuery<'_>,
+        convert: fn(&AnyRow) -> Result<T, ControlError>,
+    ) -> Result<Option<T>, ControlError> {
+        q.fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(convert)
+            .transpose()
+    }
+
+    /// Every row of `q`, converted.
+    async fn all<T>(
+        &self,
+        q: AnyQuery<'_>,
+        convert: fn(&AnyRow) -> Result<T, ControlError>,
+    ) -> Result<Vec<T>, ControlError> {
+        q.fetch_all(&self.pool).await?.iter().map(convert).collect()
+    }
+
+    /// Run a write; how many rows it changed.
+    async fn affected(&self, q: AnyQuery<'_>) -> Result<u64, ControlError> {
+        Ok(q.execute(&self.pool).await?.rows_affected())
+    }
+
+    /// The column `n` of a `SELECT COUNT(*) AS n …`.
+    async fn count(&self, q: AnyQuery<'_>) -> Result<i64, ControlError> {
+        Ok(q.fetch_one(&self.pool).await?.try_get("n")?)
     }
 }
 

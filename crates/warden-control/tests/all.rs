@@ -852,3 +852,445 @@ async fn postgres_two_replicas_fan_out() {
     a.server.stop().await;
     b.server.stop().await;
 }
+
+// ---- console over HTTP: a cookie jar and the CSRF tokens of the rendered forms ------
+
+/// A minimal browser: keeps cookies, sends forms, follows no redirects.
+struct Browser {
+    client: Client,
+    cookies: std::collections::BTreeMap<String, String>,
+}
+
+fn form_body(fields: &[(&str, &str)]) -> Vec<u8> {
+    fields
+        .iter()
+        .map(|(k, v)| {
+            format!(
+                "{}={}",
+                warden_control::client::encode_component(k),
+                warden_control::client::encode_component(v)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("&")
+        .into_bytes()
+}
+
+/// The value of the first `name="csrf"` hidden field of a page.
+fn csrf_of(html: &str) -> String {
+    let marker = "name=\"csrf\" value=\"";
+    let at = html.find(marker).expect("page has a CSRF field") + marker.len();
+    html[at..].split('"').next().unwrap().to_string()
+}
+
+impl Browser {
+    fn new(env: &Env) -> Browser {
+        Browser {
+            client: Client::new(&env.base, Auth::None).unwrap(),
+            cookies: Default::default(),
+        }
+    }
+
+    async fn send(
+        &mut self,
+        method: &str,
+        path: &str,
+        body: Vec<u8>,
+        origin: Option<&str>,
+    ) -> Answer {
+        let cookie = self
+            .cookies
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join("; ");
+        let mut extra = vec![("content-type", "application/x-www-form-urlencoded")];
+        if !cookie.is_empty() {
+            extra.push(("cookie", cookie.as_str()));
+        }
+        if let Some(o) = origin {
+            extra.push(("origin", o));
+        }
+        let a = self
+            .client
+            .send(
+                hyper::Method::from_bytes(method.as_bytes()).unwrap(),
+                path,
+                body,
+                &extra,
+            )
+            .await
+            .unwrap();
+        for v in a.headers.get_all("set-cookie") {
+            let v = v.to_str().unwrap();
+            let (kv, attrs) = v.split_once(';').unwrap_or((v, ""));
+            assert!(
+                attrs.contains("HttpOnly") && attrs.contains("SameSite=Strict"),
+                "{v}"
+            );
+            let (k, val) = kv.split_once('=').unwrap();
+            if val.is_empty() || attrs.contains("Max-Age=0") {
+                self.cookies.remove(k);
+            } else {
+                self.cookies.insert(k.to_string(), val.to_string());
+            }
+        }
+        a
+    }
+
+    async fn get(&mut self, path: &str) -> (u16, String) {
+        let a = self.send("GET", path, Vec::new(), None).await;
+        (
+            a.status.as_u16(),
+            String::from_utf8_lossy(&a.body).into_owned(),
+        )
+    }
+
+    async fn post(&mut self, path: &str, fields: &[(&str, &str)]) -> Answer {
+        self.send("POST", path, form_body(fields), None).await
+    }
+
+    async fn login(&mut self, token: &str) {
+        let (_, html) = self.get("/login").await;
+        let csrf = csrf_of(&html);
+        let a = self
+            .post("/login", &[("csrf", &csrf), ("token", token)])
+            .await;
+        assert_eq!(
+            a.status.as_u16(),
+            303,
+            "{}",
+            String::from_utf8_lossy(&a.body)
+        );
+        assert!(self.cookies.contains_key(warden_control::console::COOKIE));
+    }
+
+    /// The session's CSRF token, read from a page's forms.
+    async fn csrf(&mut self) -> String {
+        let (status, html) = self.get("/").await;
+        assert_eq!(status, 200, "{html}");
+        csrf_of(&html)
+    }
+}
+
+fn location(a: &Answer) -> String {
+    a.headers
+        .get("location")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_authorization_matrix_covers_every_route() {
+    use warden_control::console::console_route_specs;
+    let env = start().await;
+    assert_eq!(push(&env, POLICY, "all").await.status.as_u16(), 201);
+    let auditor = token(&env, json!({"role": "auditor"})).await;
+    let mut nobody = Browser::new(&env);
+    let mut aud = Browser::new(&env);
+    aud.login(&auditor.token).await;
+    let aud_csrf = aud.csrf().await;
+    let mut adm = Browser::new(&env);
+    adm.login(ADMIN).await;
+    let adm_csrf = adm.csrf().await;
+    let specs = console_route_specs();
+    assert!(specs.len() >= 20);
+    for spec in &specs {
+        let path = concrete(spec.path);
+        if spec.path == "/login" || spec.path == "/logout" {
+            continue; // checked below: they change the session itself
+        }
+        let post = spec.method == "POST";
+        // Nobody: pages redirect to the login form, forms are refused.
+        let a = nobody
+            .send(spec.method, &path, form_body(&[("csrf", "x")]), None)
+            .await;
+        match (spec.access, post) {
+            (Access::Public, _) => assert_eq!(a.status.as_u16(), 200, "{path}"),
+            (_, false) => {
+                assert_eq!(
+                    (a.status.as_u16(), location(&a).as_str()),
+                    (303, "/login"),
+                    "{path}"
+                )
+            }
+            (_, true) => assert_eq!(a.status.as_u16(), 403, "{path}"),
+        }
+        if spec.access == Access::Public {
+            continue;
+        }
+        // The auditor: read pages yes, admin pages and forms no.
+        let a = aud
+            .send(spec.method, &path, form_body(&[("csrf", &aud_csrf)]), None)
+            .await;
+        let refused = a.status.as_u16() == 403
+            && String::from_utf8_lossy(&a.body).contains("needs an admin token");
+        assert_eq!(
+            refused,
+            spec.access == Access::Admin,
+            "{} {path} as auditor: {}",
+            spec.method,
+            a.status
+        );
+        if !post {
+            continue;
+        }
+        // The admin: refused without the CSRF token, with a wrong one, or cross-origin.
+        for (csrf, origin) in [
+            ("", None),
+            ("0000", None),
+            (adm_csrf.as_str(), Some("http://evil.example")),
+        ] {
+            let a = adm
+                .send("POST", &path, form_body(&[("csrf", csrf)]), origin)
+                .await;
+            assert_eq!(
+                a.status.as_u16(),
+                403,
+                "{path} csrf={csrf:?} origin={origin:?}"
+            );
+        }
+    }
+    // Login needs the login form's double-submit cookie.
+    let mut fresh = Browser::new(&env);
+    let a = fresh
+        .post("/login", &[("csrf", "forged"), ("token", ADMIN)])
+        .await;
+    assert_eq!(a.status.as_u16(), 403);
+    let (_, html) = fresh.get("/login").await;
+    let a = fresh
+        .post(
+            "/login",
+            &[("csrf", &csrf_of(&html)), ("token", "wdn_wrong")],
+        )
+        .await;
+    assert_eq!(a.status.as_u16(), 401);
+    // Logout ends the session on the server, not only in the browser.
+    let stolen = adm.cookies.clone();
+    let a = adm.post("/logout", &[("csrf", &adm_csrf)]).await;
+    assert_eq!((a.status.as_u16(), location(&a).as_str()), (303, "/login"));
+    adm.cookies = stolen;
+    assert_eq!(adm.get("/").await.0, 303);
+    // Revoking the token ends the auditor's session.
+    assert_eq!(
+        admin(&env)
+            .delete(&format!("/api/v1/tokens/{}", auditor.id))
+            .await
+            .unwrap()
+            .status
+            .as_u16(),
+        204
+    );
+    assert_eq!(aud.get("/").await.0, 303);
+    env.server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_flow_edit_publish_machine_audit_secrets_tokens() {
+    let env = start().await;
+    let mut b = Browser::new(&env);
+    assert_eq!(b.get("/").await.0, 303);
+    b.login(ADMIN).await;
+    let csrf = b.csrf().await;
+    // An invalid policy: the same diagnostics as `policy check`, nothing published.
+    let broken = "version = 1\nname = \"console-test\"\n[network]\nallow = 3\n";
+    let a = b
+        .post(
+            "/policies/edit",
+            &[
+                ("csrf", &csrf),
+                ("source", broken),
+                ("target", "all"),
+                ("action", "publish"),
+            ],
+        )
+        .await;
+    let html = String::from_utf8_lossy(&a.body).into_owned();
+    assert_eq!(a.status.as_u16(), 422, "{html}");
+    assert!(
+        html.contains("id=\"diagnostics\"") && html.contains("policy.toml:4"),
+        "{html}"
+    );
+    assert!(html.contains("allow = 3"), "the editor keeps the text");
+    assert!(
+        admin(&env)
+            .get("/api/v1/policies/console-test")
+            .await
+            .unwrap()
+            .status
+            .as_u16()
+            == 404
+    );
+    // Fixed: validate, then publish.
+    let fixed = "version = 1\nname = \"console-test\"\n[network]\nallow = [\"api.github.com\"]\n";
+    let a = b
+        .post(
+            "/policies/edit",
+            &[
+                ("csrf", &csrf),
+                ("source", fixed),
+                ("target", "all"),
+                ("action", "validate"),
+            ],
+        )
+        .await;
+    assert!(String::from_utf8_lossy(&a.body).contains("Valid: console-test"));
+    let a = b
+        .post(
+            "/policies/edit",
+            &[
+                ("csrf", &csrf),
+                ("source", fixed),
+                ("target", "all"),
+                ("action", "publish"),
+            ],
+        )
+        .await;
+    assert_eq!(location(&a), "/policies/console-test?published=1");
+    let (_, html) = b.get("/policies/console-test?published=1").await;
+    assert!(html.contains("Published console-test v1"), "{html}");
+    // A second version, a diff, a rollback.
+    let v2 = fixed.replace("api.github.com", "pypi.org");
+    b.post(
+        "/policies/edit",
+        &[
+            ("csrf", &csrf),
+            ("source", &v2),
+            ("target", "all"),
+            ("action", "publish"),
+        ],
+    )
+    .await;
+    let (_, html) = b.get("/policies/console-test?from=1&to=2").await;
+    assert!(
+        html.contains("-allow = [&quot;api.github.com&quot;]"),
+        "{html}"
+    );
+    let a = b
+        .post(
+            "/policies/console-test/rollback",
+            &[("csrf", &csrf), ("version", "1")],
+        )
+        .await;
+    assert_eq!(location(&a), "/policies/console-test?rolled_back=3");
+    // A machine picks it up and reports; the console shows both.
+    let m = enroll(&env, json!({"team": "ml"})).await;
+    let mc = machine_client(&env, &m);
+    mc.get("/api/v1/node/bundle").await.unwrap().ok().unwrap();
+    warden_control::server::flush_seen(&env.server.app).await;
+    let (_, html) = b.get("/machines").await;
+    assert!(
+        html.contains(&m.id) && html.contains("console-test@v3"),
+        "{html}"
+    );
+    let mut ev = event("e-console", "s-console", "network", "connect");
+    ev["target"] = json!("pypi.org:443");
+    mc.post_json(
+        "/api/v1/node/audit",
+        &json!({"events": [ev, event("e-start", "s-console", "session", "start")]}),
+    )
+    .await
+    .unwrap()
+    .ok()
+    .unwrap();
+    let (status, html) = b.get("/audit?target=pypi.org%3A443&decision=deny").await;
+    assert_eq!(status, 200);
+    assert!(
+        html.contains("e-console") || html.contains("s-console"),
+        "{html}"
+    );
+    assert!(html.contains("pypi.org:443"));
+    let (_, html) = b.get("/audit?decision=maybe").await;
+    assert!(html.contains("expected allow or deny"));
+    let (_, html) = b.get("/sessions").await;
+    assert!(html.contains("s-console"));
+    // Secrets: the name shows, the value never.
+    let a = b
+        .post(
+            "/secrets",
+            &[
+                ("csrf", &csrf),
+                ("name", "gh-token"),
+                ("value", "ghp_console_secret_value"),
+            ],
+        )
+        .await;
+    let html = String::from_utf8_lossy(&a.body).into_owned();
+    assert!(html.contains("vault:gh-token") && !html.contains("ghp_console_secret_value"));
+    // Tokens: the value is shown once, in the answer that created it.
+    let a = b
+        .post(
+            "/tokens",
+            &[
+                ("csrf", &csrf),
+                ("role", "enroll"),
+                ("labels", "team=ml"),
+                ("ttl_hours", "1"),
+            ],
+        )
+        .await;
+    let html = String::from_utf8_lossy(&a.body).into_owned();
+    let at = html.find("id=\"new-token\">").unwrap() + "id=\"new-token\">".len();
+    let value = html[at..].split('<').next().unwrap().to_string();
+    assert!(value.starts_with("wdn_"));
+    let (_, html) = b.get("/tokens").await;
+    assert!(!html.contains(&value));
+    // Every console answer carries the security headers.
+    let a = b.send("GET", "/", Vec::new(), None).await;
+    let csp = a
+        .headers
+        .get("content-security-policy")
+        .unwrap()
+        .to_str()
+        .unwrap();
+    assert!(csp.contains("default-src 'none'") && csp.contains("frame-ancestors 'none'"));
+    env.server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_server_with_a_pinned_ca_and_secure_cookies() {
+    let dir = tempfile::tempdir().unwrap();
+    let ck =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
+    let env = start_with(|c| {
+        c.tls = Some(warden_control::TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+        })
+    })
+    .await;
+    let https = env.base.replace("http://", "https://");
+    let c = Client::with_ca(&https, Auth::Bearer(ADMIN.into()), Some(&cert)).unwrap();
+    let a = c.get("/api/v1/machines").await.unwrap();
+    assert_eq!(a.status.as_u16(), 200);
+    // The login form's cookie is Secure over TLS.
+    let a = c.get("/login").await.unwrap();
+    let cookie = a.headers.get("set-cookie").unwrap().to_str().unwrap();
+    assert!(cookie.contains("Secure"), "{cookie}");
+    // Without the CA the certificate is refused; plain HTTP gets no answer.
+    let untrusted = Client::with_ca(&https, Auth::None, None).unwrap();
+    let e = untrusted.get("/healthz").await.unwrap_err().to_string();
+    assert!(
+        e.contains("certificate") || e.contains("cannot reach"),
+        "{e}"
+    );
+    assert!(
+        Client::new(&env.base, Auth::None)
+            .unwrap()
+            .get("/healthz")
+            .await
+            .is_err()
+    );
+    // A missing key file stops the start with its name.
+    let mut bad = Config::new("127.0.0.1:0".parse().unwrap(), dir.path().join("s2"));
+    bad.tls = Some(warden_control::TlsFiles {
+        cert: cert.clone(),
+        key: dir.path().join("missing-key.pem"),
+    });
+    let e = warden_control::start(bad).await.unwrap_err().to_string();
+    assert!(e.contains("missing-key.pem"), "{e}");
+    env.server.stop().await;
+}

@@ -21,6 +21,13 @@ pub struct Args {
     /// Delete central audit events older than this many days (0 keeps them forever).
     #[arg(long, value_name = "DAYS", default_value_t = 0)]
     pub audit_retention_days: u32,
+    /// Serve HTTPS with this PEM certificate chain (needs --tls-key). Clients trust the
+    /// system roots plus the PEM file WARDEN_SERVER_CA names.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 pub fn main(args: Args) -> anyhow::Result<ExitCode> {
@@ -32,6 +39,14 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
     config.admin_token = std::env::var("WARDEN_ADMIN_TOKEN").ok();
     config.master_key = std::env::var("WARDEN_MASTER_KEY").ok();
     config.audit_retention_days = args.audit_retention_days;
+    if let (Some(cert), Some(key)) = (args.tls_cert, args.tls_key) {
+        config.tls = Some(warden_control::TlsFiles { cert, key });
+    }
+    let scheme = if config.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -41,7 +56,7 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
             // SPEC §3: created on first start and printed once; only its hash is kept.
             println!("warden server: first admin token (shown once, store it now): {token}");
         }
-        eprintln!("warden server: listening on http://{}", running.addr);
+        eprintln!("warden server: listening on {scheme}://{}", running.addr);
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}

@@ -1,0 +1,117 @@
+//! What `warden run` asks before a session starts on this machine: which policy is in
+//! force, and whether the audit spool still has room.
+//!
+//! The rule for central and local policy (documented in docs/control-plane.md):
+//! - not enrolled: the local `--policy` file applies (or, without one, the caller's
+//!   built-in preset — [`session_policy`] returns `None`);
+//! - enrolled: the policy from the last verified bundle is the one in force. warden-policy
+//!   cannot intersect two policies, so a local file cannot be combined with it; a local
+//!   `--policy` is accepted only when it *is* the central policy (same `name@digest`),
+//!   and refused otherwise with a message naming both. Central denies therefore always
+//!   win, and a local file can never widen what the control plane allows;
+//! - enrolled with no verified bundle, a bundle assigning no policy, or a spool whose
+//!   undelivered part has reached its cap: the session is refused (fail closed, and no
+//!   audit event is ever dropped to make room).
+
+use crate::error::AgentError;
+use crate::node::{Node, PolicyInForce};
+use std::path::Path;
+use warden_policy::Policy;
+
+/// Default cap on the undelivered part of the audit spool: 1 GiB.
+pub const DEFAULT_SPOOL_CAP: u64 = 1 << 30;
+
+/// Environment variable overriding the spool cap: bytes, or a number with a `K`, `M`
+/// or `G` suffix (binary units).
+pub const SPOOL_CAP_ENV: &str = "WARDEN_SPOOL_CAP";
+
+/// Parse a spool cap such as `1048576`, `512M` or `2G`.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let (digits, mult) = match t.char_indices().last() {
+        Some((i, 'k' | 'K')) => (&t[..i], 1u64 << 10),
+        Some((i, 'm' | 'M')) => (&t[..i], 1 << 20),
+        Some((i, 'g' | 'G')) => (&t[..i], 1 << 30),
+        _ => (t, 1),
+    };
+    digits
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .filter(|n| *n > 0)
+        .ok_or_else(|| {
+            format!("{SPOOL_CAP_ENV}={text:?}: expected a positive size like 268435456, 256M or 1G")
+        })
+}
+
+/// The spool cap in force: `WARDEN_SPOOL_CAP` when set, else [`DEFAULT_SPOOL_CAP`].
+pub fn spool_cap() -> Result<u64, AgentError> {
+    match std::env::var(SPOOL_CAP_ENV) {
+        Ok(v) => parse_size(&v).map_err(AgentError::Config),
+        Err(_) => Ok(DEFAULT_SPOOL_CAP),
+    }
+}
+
+/// The policy a new session on this machine must run under (see the module docs for
+/// the rule), with the spool cap from [`spool_cap`].
+///
+/// `Ok(None)`: not enrolled and no local file — the caller uses its built-in preset.
+/// `Err`: the session must not start; the message says why and what to do.
+pub fn session_policy(home: &Path, local: Option<&Path>) -> Result<Option<Policy>, AgentError> {
+    session_policy_with_cap(home, local, spool_cap()?)
+}
+
+/// [`session_policy`] with an explicit spool cap in bytes.
+pub fn session_policy_with_cap(
+    home: &Path,
+    local: Option<&Path>,
+    cap: u64,
+) -> Result<Option<Policy>, AgentError> {
+    let load_local = |p: &Path| Policy::load(p).map_err(|e| AgentError::Policy(e.to_string()));
+    let node = Node::new(home);
+    let central = match node.policy_in_force()? {
+        PolicyInForce::Standalone => return local.map(load_local).transpose(),
+        PolicyInForce::Central(p) => p,
+        PolicyInForce::Unassigned { serial } => {
+            return Err(AgentError::NoBundle(format!(
+                "the control plane assigns no policy to this machine (serial {serial})"
+            )));
+        }
+        PolicyInForce::None { reason } => return Err(AgentError::NoBundle(reason)),
+    };
+    let pending = node.spool_pending_bytes();
+    if pending >= cap {
+        return Err(AgentError::SpoolFull {
+            spool: node.spool_path().to_path_buf(),
+            pending,
+            cap,
+        });
+    }
+    // Nothing relative may resolve for a central policy: the server validated it
+    // against an empty directory, and so does the node.
+    let base = home.join("agent").join("central-policy-root");
+    let origin = format!("central:{}@v{}", central.name, central.version);
+    let policy = Policy::parse(&central.source, &origin, &base).map_err(|e| {
+        AgentError::Policy(format!(
+            "the central policy {} does not compile on this machine (is this warden \
+             older than the server?): {e}",
+            central.id
+        ))
+    })?;
+    if let Some(path) = local {
+        let l = load_local(path)?;
+        if l.id() != policy.id() {
+            return Err(AgentError::Policy(format!(
+                "this machine is enrolled and the control plane's policy {} ({}) is in \
+                 force; the local policy {} ({}) cannot be combined with it. Run without \
+                 --policy, or have an admin push the local policy to the control plane",
+                policy.id(),
+                central.origin(),
+                path.display(),
+                l.id()
+            )));
+        }
+    }
+    Ok(Some(policy))
+}
