@@ -54,19 +54,28 @@ pub struct Args {
     pub command: Vec<OsString>,
 }
 
-/// How `--policy` (and its live reloads) becomes the session's policy.
+/// The policy a session runs under: the enrolled machine's central policy or the local
+/// file (see `warden_agent::session_policy` for the rule), narrowed to one MCP server's
+/// part of it with `--mcp-server`. `None`: not enrolled and no file (the preset).
+fn session_policy(file: Option<&Path>, mcp_server: Option<&str>) -> Result<Option<Policy>, String> {
+    let policy = warden_agent::session_policy(&crate::home::warden_home(), file)
+        .map_err(|e| e.to_string())?;
+    match (policy, mcp_server) {
+        (Some(p), Some(name)) => p.for_mcp_server(name).map(Some).ok_or_else(|| {
+            format!(
+                "the policy {} has no [[mcp.servers]] entry named {name:?}",
+                p.id()
+            )
+        }),
+        (p, _) => Ok(p),
+    }
+}
+
+/// How `--policy` is re-read for live reloads: the same rule as at the start.
 fn loader(mcp_server: Option<String>) -> crate::reload::Loader {
     Box::new(move |path| {
-        let policy = Policy::load(path).map_err(|e| e.to_string())?;
-        match &mcp_server {
-            None => Ok(policy),
-            Some(name) => policy.for_mcp_server(name).ok_or_else(|| {
-                format!(
-                    "{} has no [[mcp.servers]] entry named {name:?}",
-                    path.display()
-                )
-            }),
-        }
+        session_policy(Some(path), mcp_server.as_deref())?
+            .ok_or_else(|| format!("{} gave no policy", path.display()))
     })
 }
 
@@ -132,10 +141,9 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
     if args.backend == Backend::Gvisor {
         bail!("the gvisor backend is not available yet; use --backend namespaces (the default)");
     }
-    let policy = match &args.policy {
-        Some(p) => loader(args.mcp_server.clone())(p).map_err(|e| anyhow::anyhow!("{e}"))?,
-        None => Policy::preset(Preset::Balanced),
-    };
+    let policy = session_policy(args.policy.as_deref(), args.mcp_server.as_deref())
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .unwrap_or_else(|| Policy::preset(Preset::Balanced));
     let home = home_dir();
     let workspace = match &args.workspace {
         Some(w) => w.clone(),
