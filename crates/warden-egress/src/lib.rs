@@ -32,7 +32,10 @@
 
 mod dns;
 mod egress;
+mod http;
+mod intercept;
 mod io;
+mod mitm;
 mod proxy;
 mod resolve;
 pub mod sni;
@@ -44,7 +47,13 @@ pub use dns::{SyntheticPool, answer as dns_answer, serve_dns};
 pub use egress::{
     ConnGuard, Ctx, DnsRuling, Egress, EgressConfig, Front, Identity, Refusal, Ruling, Upstream,
 };
+pub use http::BUFFER_LIMIT;
+pub use intercept::{InterceptError, Interception, SessionCredential};
 pub use io::Counters;
+/// The crates whose types the interception API takes, re-exported so callers need no
+/// direct dependency to name them.
+pub use warden_secrets;
+pub use warden_tls;
 pub use proxy::{serve_connection, serve_proxy};
 pub use resolve::{Lookup, Resolve, StaticResolver, SystemResolver};
 pub use target::{Target, TargetError, parse_authority};
