@@ -26,9 +26,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 use warden_audit::{AuditLog, Event, Stamp, Surface, Verdict};
-use warden_secrets::scan::{Finding, Which};
 use warden_policy::host::{PortSpec, RequestHost, canonical_host};
 use warden_policy::{Intercept, Mode, Policy, Principal, Request};
+use warden_secrets::scan::{Finding, Which};
 
 /// Which front end saw the traffic; recorded as the event's `via` field.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -823,14 +823,17 @@ impl Egress {
 
     /// Record a credential put on the wire (`inject`) or taken back out of a response
     /// (`scrub`). Through the group commit, like other allows.
-    pub(crate) fn credential_used(&self, action: &str, name: &str, req: &ReqInfo<'_>, location: &str) {
+    pub(crate) fn credential_used(
+        &self,
+        action: &str,
+        name: &str,
+        req: &ReqInfo<'_>,
+        location: &str,
+    ) {
         let l = self.inner.state.load();
         let rule = Self::credential_rule(&l, name);
         let reason = match action {
-            "inject" => format!(
-                "credential `{name}` is bound to {}",
-                req.origin.host_str()
-            ),
+            "inject" => format!("credential `{name}` is bound to {}", req.origin.host_str()),
             _ => format!(
                 "the real value of credential `{name}` came back from {} and was replaced by its placeholder",
                 req.origin.host_str()

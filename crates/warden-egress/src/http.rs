@@ -296,9 +296,10 @@ impl Exchange {
         if hc.any_bound {
             // A bound host is the only one that ever receives a real value, so the only
             // one that can echo it: ask for an uncompressed response the scrubber can read.
-            parts
-                .headers
-                .insert(header::ACCEPT_ENCODING, HeaderValue::from_static("identity"));
+            parts.headers.insert(
+                header::ACCEPT_ENCODING,
+                HeaderValue::from_static("identity"),
+            );
         }
         Ok(Prepared {
             req: Request::from_parts(parts, body),
@@ -433,7 +434,13 @@ impl Exchange {
 
     /// The response for the client: hop-by-hop headers removed, and every real value
     /// turned back into its placeholder in headers and body.
-    pub fn respond(&self, resp: Response<Incoming>, head: bool, method: &str, url: &str) -> Response<RespBody> {
+    pub fn respond(
+        &self,
+        resp: Response<Incoming>,
+        head: bool,
+        method: &str,
+        url: &str,
+    ) -> Response<RespBody> {
         let (mut parts, body) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers);
         let scrub = match &self.icpt {
@@ -447,8 +454,12 @@ impl Exchange {
                 && let Ok(v) = HeaderValue::from_bytes(&rw.bytes)
             {
                 for c in &rw.credentials {
-                    self.egress
-                        .credential_used("scrub", c, &info, &format!("response header {name}"));
+                    self.egress.credential_used(
+                        "scrub",
+                        c,
+                        &info,
+                        &format!("response header {name}"),
+                    );
                 }
                 updates.push((name.clone(), value.clone(), v));
             }
@@ -478,7 +489,12 @@ impl Exchange {
         }
         let egress = self.egress.clone();
         let origin = self.origin.clone();
-        let (ctx, conn, method, url) = (self.ctx, self.conn.clone(), method.to_string(), url.to_string());
+        let (ctx, conn, method, url) = (
+            self.ctx,
+            self.conn.clone(),
+            method.to_string(),
+            url.to_string(),
+        );
         let on_done = Box::new(move |creds: &[Arc<str>]| {
             let info = ReqInfo {
                 origin: &origin,
@@ -872,7 +888,11 @@ where
 /// Does the authority the request names (Host header, URI authority) match the
 /// connection's host? Anything else would let one allowed connection carry requests
 /// for another host (domain fronting at the HTTP layer).
-fn check_authority(req: &Request<Incoming>, origin: &Target, default_port: u16) -> Result<(), String> {
+fn check_authority(
+    req: &Request<Incoming>,
+    origin: &Target,
+    default_port: u16,
+) -> Result<(), String> {
     let hosts: Vec<&HeaderValue> = req.headers().get_all(header::HOST).iter().collect();
     if hosts.len() > 1 {
         return Err("more than one Host header".into());

@@ -158,8 +158,11 @@ impl Interception {
                             header: h.clone(),
                         }
                     })?;
-                    let value =
-                        warden_secrets::scan::render_header(&c.name, c.format.as_deref(), &c.secret)?;
+                    let value = warden_secrets::scan::render_header(
+                        &c.name,
+                        c.format.as_deref(),
+                        &c.secret,
+                    )?;
                     Some((name, value))
                 }
             };
@@ -352,7 +355,12 @@ impl Interception {
     }
 
     /// Whether any credential is bound to `host`.
-    pub(crate) fn any_bound(&self, policy: &Policy, principal: &Principal, host: &RequestHost) -> bool {
+    pub(crate) fn any_bound(
+        &self,
+        policy: &Policy,
+        principal: &Principal,
+        host: &RequestHost,
+    ) -> bool {
         (0..self.meta.len()).any(|i| self.bound(policy, principal, i, host))
     }
 

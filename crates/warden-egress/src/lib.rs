@@ -50,14 +50,14 @@ pub use egress::{
 pub use http::BUFFER_LIMIT;
 pub use intercept::{InterceptError, Interception, SessionCredential};
 pub use io::Counters;
-/// The crates whose types the interception API takes, re-exported so callers need no
-/// direct dependency to name them.
-pub use warden_secrets;
-pub use warden_tls;
 pub use proxy::{serve_connection, serve_proxy};
 pub use resolve::{Lookup, Resolve, StaticResolver, SystemResolver};
 pub use target::{Target, TargetError, parse_authority};
 pub use tun::{TunDevice, serve_tun, serve_tun_until};
+/// The crates whose types the interception API takes, re-exported so callers need no
+/// direct dependency to name them.
+pub use warden_secrets;
+pub use warden_tls;
 
 /// Errors of the egress front ends' setup. Connection-level failures are not errors
 /// here: they are refusals, recorded and answered to the client.

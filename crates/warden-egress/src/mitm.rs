@@ -99,23 +99,21 @@ pub(crate) async fn serve<C>(
             return;
         }
     };
-    let client = match tokio::time::timeout(
-        HANDSHAKE_TIMEOUT,
-        TlsAcceptor::from(config).accept(client),
-    )
-    .await
-    {
-        Ok(Ok(t)) => t,
-        Ok(Err(e)) => {
-            // Typically a client that does not trust the session CA (a pinned store).
-            guard.fail(format!("client TLS handshake failed: {e}"));
-            return;
-        }
-        Err(_) => {
-            guard.fail("client TLS handshake timed out");
-            return;
-        }
-    };
+    let client =
+        match tokio::time::timeout(HANDSHAKE_TIMEOUT, TlsAcceptor::from(config).accept(client))
+            .await
+        {
+            Ok(Ok(t)) => t,
+            Ok(Err(e)) => {
+                // Typically a client that does not trust the session CA (a pinned store).
+                guard.fail(format!("client TLS handshake failed: {e}"));
+                return;
+            }
+            Err(_) => {
+                guard.fail("client TLS handshake timed out");
+                return;
+            }
+        };
     let client_proto = if client.get_ref().1.alpn_protocol() == Some(b"h2") {
         Proto::H2
     } else {

@@ -167,8 +167,13 @@ async fn forward(egress: Egress, mut req: Request<Incoming>, ctx: Ctx) -> Respon
         Ok(u) => u,
         Err(r) => return refusal(r),
     };
-    let x = match Exchange::new(&egress, ctx, target.clone(), false, upstream.guard.conn.clone())
-    {
+    let x = match Exchange::new(
+        &egress,
+        ctx,
+        target.clone(),
+        false,
+        upstream.guard.conn.clone(),
+    ) {
         Ok(x) => x,
         Err(r) => return refusal(r),
     };

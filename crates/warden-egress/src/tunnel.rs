@@ -199,8 +199,7 @@ async fn plain_http<C>(
         }
     };
     let upstream = Counted::new(stream, guard.counters.clone(), ());
-    if let Err(e) =
-        http::serve_flow(x, Prefixed::new(first, client), proto, upstream, proto).await
+    if let Err(e) = http::serve_flow(x, Prefixed::new(first, client), proto, upstream, proto).await
     {
         guard.fail(e);
     }
