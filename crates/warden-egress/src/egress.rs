@@ -814,7 +814,7 @@ impl Egress {
         Err(Refusal {
             status: 403,
             message: format!(
-                "warden: {} {} refused by {rule}: {reason}\\n{fix}\\n",
+                "warden: {} {} refused by {rule}: {reason}\n{fix}\n",
                 req.method,
                 printable(req.url_shown)
             ),
@@ -873,7 +873,7 @@ impl Egress {
         Refusal {
             status: 502,
             message: format!(
-                "warden: {reason} ({text}); if the server uses a private CA, add it to [tls] extra_roots in {}\\n",
+                "warden: {reason} ({text}); if the server uses a private CA, add it to [tls] extra_roots in {}\n",
                 l.source
             ),
         }

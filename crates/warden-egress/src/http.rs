@@ -649,7 +649,8 @@ impl HttpBody for GuardedBody {
                 return Poll::Ready(Some(Ok(Frame::data(d.clone()))));
             }
             if this.audit.is_some() {
-                this.done = this.trailers.is_none();
+                // End of data (trailers, if any, go out first on the next turn).
+                this.done = true;
                 continue;
             }
             let result = match (&mut this.enforce, &data) {
@@ -665,7 +666,7 @@ impl HttpBody for GuardedBody {
                     "the request body carries a credential value bound to another host".into(),
                 )));
             }
-            if ended && this.trailers.is_none() {
+            if ended {
                 this.done = true;
             }
             if !out.is_empty() {
@@ -704,6 +705,14 @@ impl ScrubbedBody {
         {
             cb(self.rw.credentials_used());
         }
+    }
+}
+
+impl Drop for ScrubbedBody {
+    fn drop(&mut self) {
+        // A server that knows the length stops polling once it has it, so the end of
+        // the body is not always seen: record what was scrubbed when it goes away.
+        self.report();
     }
 }
 

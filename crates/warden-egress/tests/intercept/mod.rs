@@ -298,6 +298,9 @@ async fn placeholder_is_injected_at_the_bound_host_only() {
         "{body}"
     );
     assert!(!body.contains(SECRET), "the echo must be scrubbed: {body}");
+    let scrubbed =
+        s.h.find(|e| e["action"] == "scrub" && e["location"] == "response body");
+    assert_eq!(scrubbed.len(), 1, "{scrubbed:#?}");
 
     // Placeholder in the URL of a bound host: replaced there too.
     let (code, _) = s.curl(&[&s.api(&format!("/echo?key={ph}"))]).await;
@@ -319,6 +322,9 @@ async fn placeholder_is_injected_at_the_bound_host_only() {
         body.contains("policy.toml"),
         "the refusal names the rule: {body}"
     );
+    // One line for what and why, one for the fix; real newlines.
+    assert!(!body.contains("\\n"), "{body}");
+    assert!(body.ends_with("out of the request\n"), "{body}");
     let on_disk = s.h.events_no_flush();
     let ex: Vec<&Value> = on_disk
         .iter()
@@ -602,6 +608,8 @@ async fn untrusted_upstream_certificate_is_a_502() {
     .await;
     assert_eq!(code, 502, "{body}");
     assert!(body.contains("upstream TLS failed"), "{body}");
+    let fix = format!("extra_roots in {}\n", h.policy_path.display());
+    assert!(body.ends_with(&fix), "{body}");
     let ev = h.find(|e| e["action"] == "tls" && e["upstream"] == true);
     assert_eq!(ev.len(), 1, "{ev:#?}");
     assert!(bad.seen().is_empty());
