@@ -13,6 +13,7 @@
 
 use crate::EgressError;
 use crate::dns::SyntheticPool;
+use crate::intercept::{HostCreds, Interception};
 use crate::io::Counters;
 use crate::resolve::Resolve;
 use crate::sni::Hello;
@@ -26,7 +27,8 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 use warden_audit::{AuditLog, Event, Stamp, Surface, Verdict};
 use warden_policy::host::{PortSpec, RequestHost, canonical_host};
-use warden_policy::{Mode, Policy, Principal, Request};
+use warden_policy::{Intercept, Mode, Policy, Principal, Request};
+use warden_secrets::scan::{Finding, Which};
 
 /// Which front end saw the traffic; recorded as the event's `via` field.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,6 +78,11 @@ pub struct EgressConfig {
     pub resolver: Arc<dyn Resolve>,
     /// Give up dialing one address after this long.
     pub connect_timeout: Duration,
+    /// TLS interception and the session's credentials. `None`: no TLS is terminated
+    /// and no credential is injected, guarded or scrubbed (every TLS connection is
+    /// tunnelled end to end with its SNI checked); `[[network.http]]` rules still
+    /// apply to every plain-HTTP request.
+    pub interception: Option<Arc<Interception>>,
 }
 
 /// The policy in force, with the stamp its events carry.
@@ -94,6 +101,7 @@ pub(crate) struct Inner {
     connect_timeout: Duration,
     pub(crate) pool: SyntheticPool,
     limiter: RateLimit,
+    interception: Option<Arc<Interception>>,
 }
 
 /// The policy-enforcing core shared by all front ends. Cheap to clone.
@@ -178,7 +186,7 @@ pub struct ConnGuard {
     pub enforced: bool,
     pub counters: Arc<Counters>,
     stamp: Stamp,
-    ctx: Ctx,
+    pub(crate) ctx: Ctx,
     started: Instant,
     error: Option<String>,
 }
@@ -245,6 +253,7 @@ impl Egress {
                 connect_timeout: config.connect_timeout,
                 pool: SyntheticPool::default(),
                 limiter: RateLimit::default(),
+                interception: config.interception,
             }),
         }
     }
@@ -681,6 +690,204 @@ impl Egress {
             tracing::error!("could not record a dropped packet: {e}");
         }
     }
+
+    /// Whether the policy in force blocks (`mode = "enforce"`) rather than records.
+    pub(crate) fn enforcing(&self) -> bool {
+        self.inner.state.load().policy.mode() == Mode::Enforce
+    }
+
+    /// The session's interception setup, if any.
+    pub(crate) fn interception(&self) -> Option<&Arc<Interception>> {
+        self.inner.interception.as_ref()
+    }
+
+    /// Does the policy restrict HTTP requests to `host` with `[[network.http]]` rules?
+    /// (Those apply whatever the port, as the policy's HTTP decision does.)
+    pub(crate) fn http_restricted(&self, host: &RequestHost) -> bool {
+        let l = self.inner.state.load();
+        l.policy
+            .doc()
+            .network
+            .http
+            .iter()
+            .any(|r| r.host.kind.matches_host(host))
+    }
+
+    /// Should a TLS connection to `host` be terminated? Only with interception set
+    /// up, and then: `[tls] intercept = "all"`, or a credential bound to the host, or
+    /// `[[network.http]]` rules for it (`intercept = "needed"`).
+    pub(crate) fn wants_interception(&self, host: &RequestHost) -> bool {
+        let Some(icpt) = self.interception() else {
+            return false;
+        };
+        let l = self.inner.state.load();
+        l.policy.doc().tls.intercept == Intercept::All
+            || self.http_restricted(host)
+            || icpt.any_bound(&l.policy, &self.inner.principal, host)
+    }
+
+    /// The credential guard and injector for requests to `host`; `None` without
+    /// interception. A failure to build them refuses (fail closed).
+    pub(crate) fn host_creds(&self, host: &RequestHost) -> Result<Option<Arc<HostCreds>>, Refusal> {
+        let Some(icpt) = self.interception() else {
+            return Ok(None);
+        };
+        let l = self.inner.state.load();
+        icpt.for_host(self, &l.policy, &self.inner.principal, host)
+            .map(Some)
+            .map_err(|e| {
+                tracing::error!("could not build the credential guard for {host}: {e}");
+                Refusal::internal("could not build the credential guard; refusing")
+            })
+    }
+
+    /// The rule a credential's events cite: its `[[credentials]]` entry in the policy,
+    /// or the preset that bound it.
+    fn credential_rule(l: &Loaded, name: &str) -> String {
+        match l.policy.doc().credentials.iter().find(|c| c.name == name) {
+            Some(c) => format!("{}:{}", l.policy.origin(), c.line),
+            None => "credentials preset".to_string(),
+        }
+    }
+
+    /// A request carries a value of a credential not bound to its host. Recorded on
+    /// the `credential` surface (action `exfiltration`; the credential's name, the
+    /// host, the form, where it was found; never the value). Enforcing: durably, then
+    /// `Err` with the 403. Audit mode: recorded with `enforced: false`, then `Ok`.
+    pub(crate) async fn exfiltration(
+        &self,
+        finding: &Finding,
+        req: &ReqInfo<'_>,
+        location: &str,
+    ) -> Result<(), Refusal> {
+        let l = self.inner.state.load_full();
+        let name: &str = &finding.credential;
+        let rule = Self::credential_rule(&l, name);
+        let hosts = self
+            .interception()
+            .map(|i| i.hosts_of(name))
+            .unwrap_or_default();
+        let which = match finding.which {
+            Which::Real => "real value",
+            Which::Placeholder => "placeholder",
+        };
+        let host = req.origin.host_str();
+        let reason = format!(
+            "{which} of credential `{name}` ({} form) in the {location} of a request to {host}; it may only be sent to: {}",
+            finding.form.as_str(),
+            hosts.join(", ")
+        );
+        let enforce = l.policy.mode() == Mode::Enforce;
+        let ev = Event::new(Surface::Credential, "exfiltration", name, Verdict::Deny)
+            .rule(&rule)
+            .reason(&reason)
+            .enforced(enforce)
+            .field("credential", name)
+            .field("form", finding.form.as_str())
+            .field(
+                "which",
+                match finding.which {
+                    Which::Real => "real",
+                    Which::Placeholder => "placeholder",
+                },
+            )
+            .field("location", location)
+            .field("method", req.method)
+            .field("url", printable(req.url_shown))
+            .field("conn", req.conn);
+        let ev = with_ctx(ev, req.origin, &req.ctx);
+        if !enforce {
+            return self.record(&l.stamp, ev);
+        }
+        self.record_durable(&l.stamp, ev).await?;
+        let fix = if l.policy.doc().credentials.iter().any(|c| c.name == name) {
+            format!(
+                "if {host} should receive it, add \"{host}\" to hosts of the [[credentials]] entry `{name}` in {}; otherwise take it out of the request",
+                l.source
+            )
+        } else {
+            format!(
+                "`{name}` is bound by the preset to {}; take it out of the request",
+                hosts.join(", ")
+            )
+        };
+        Err(Refusal {
+            status: 403,
+            message: format!(
+                "warden: {} {} refused by {rule}: {reason}\n{fix}\n",
+                req.method,
+                printable(req.url_shown)
+            ),
+        })
+    }
+
+    /// Record a credential put on the wire (`inject`) or taken back out of a response
+    /// (`scrub`). Through the group commit, like other allows.
+    pub(crate) fn credential_used(
+        &self,
+        action: &str,
+        name: &str,
+        req: &ReqInfo<'_>,
+        location: &str,
+    ) {
+        let l = self.inner.state.load();
+        let rule = Self::credential_rule(&l, name);
+        let reason = match action {
+            "inject" => format!("credential `{name}` is bound to {}", req.origin.host_str()),
+            _ => format!(
+                "the real value of credential `{name}` came back from {} and was replaced by its placeholder",
+                req.origin.host_str()
+            ),
+        };
+        let ev = Event::new(Surface::Credential, action, name, Verdict::Allow)
+            .rule(&rule)
+            .reason(&reason)
+            .enforced(l.policy.mode() == Mode::Enforce)
+            .field("credential", name)
+            .field("location", location)
+            .field("method", req.method)
+            .field("url", printable(req.url_shown))
+            .field("conn", req.conn);
+        let ev = with_ctx(ev, req.origin, &req.ctx);
+        if let Err(e) = self.inner.audit.record(&l.stamp, ev) {
+            tracing::error!("could not record a credential {action}: {e}");
+        }
+    }
+
+    /// The upstream of an intercepted connection failed TLS (certificate not trusted,
+    /// wrong name, handshake error). Recorded durably (`tls`, deny, rule `proxy`)
+    /// before the client gets its 502.
+    pub(crate) async fn upstream_tls_failed(&self, guard: &ConnGuard, why: &str) -> Refusal {
+        let l = self.inner.state.load_full();
+        let text = guard.target.to_string();
+        let reason = format!("upstream TLS failed: {why}");
+        let ev = Event::new(Surface::Network, "tls", &text, Verdict::Deny)
+            .rule("proxy")
+            .reason(&reason)
+            .field("conn", guard.conn.as_str())
+            .field("upstream", true);
+        let ev = with_ctx(ev, &guard.target, &guard.ctx);
+        if let Err(r) = self.record_durable(&l.stamp, ev).await {
+            return r;
+        }
+        Refusal {
+            status: 502,
+            message: format!(
+                "warden: {reason} ({text}); if the server uses a private CA, add it to [tls] extra_roots in {}\n",
+                l.source
+            ),
+        }
+    }
+}
+
+/// One request as the credential events describe it.
+pub(crate) struct ReqInfo<'a> {
+    pub origin: &'a Target,
+    pub ctx: Ctx,
+    pub method: &'a str,
+    /// The URL without its query.
+    pub url_shown: &'a str,
+    pub conn: &'a str,
 }
 
 /// The DNS front end's answer for a name.

@@ -12,6 +12,29 @@
 //! - [`serve_tun`]: a TUN device fd with a userspace TCP/IP stack, for programs that
 //!   ignore proxy variables, raw IPs, UDP and ICMP.
 //!
+//! **Streams** (CONNECT tunnels and TUN flows, `tunnel`) are classified by their
+//! first bytes: a TLS ClientHello gets the SNI check, then is either relayed end to
+//! end or, when the policy wants the host intercepted, terminated (`mitm`); plain
+//! HTTP/1.x or h2c is served as HTTP so `[[network.http]]` rules apply to every
+//! request (also in TUN flows and CONNECT tunnels); anything else is relayed.
+//!
+//! **TLS interception and credentials** ([`Interception`] in
+//! [`EgressConfig::interception`]): with `[tls] intercept = "needed"` a TLS
+//! connection is terminated only for hosts bound to a credential or having
+//! `[[network.http]]` rules, with `"all"` for every host. The upstream handshake
+//! comes first (verified against [`warden_tls::UpstreamTrust`], offering the
+//! client's own ALPN choice of `h2`/`http/1.1`); the client then gets a leaf from the
+//! session CA offering exactly the protocol the upstream chose, so both legs speak the
+//! same HTTP version (hyper server and client, h1 and h2, streaming bodies, SSE,
+//! WebSocket over h1). A failed upstream verification is recorded and answered 502.
+//! Per request (`http`): the Host/`:authority` must be the connection's host; the
+//! method/path rules; the exfiltration guard (every value, real or placeholder, in
+//! every encoding, of each credential *not* bound to the host, in the URL, headers
+//! and body: a 403 recorded durably first); then, on TLS only, the bound credentials'
+//! placeholders are replaced by their real values (headers including `Basic`, the URL)
+//! and configured `header`s set. Responses have real values scrubbed back to
+//! placeholders (headers, and the body as it streams).
+//!
 //! **What it must never do.** Open a path that the policy did not decide: every
 //! upstream socket is created in [`Egress::open`] after the decision and the address
 //! checks. Fail open: an internal error, an audit log that cannot record, an
@@ -28,11 +51,17 @@
 //! recorded durably before the client is answered; allows go through the log's
 //! ~100 ms group commit. Every event carries `via` (`proxy`, `tun`, `dns`) and the
 //! `client` address. In `mode = "audit"` nothing is blocked and every event has
-//! `enforced: false`.
+//! `enforced: false`. Surface `credential`: `exfiltration` (deny: the credential's
+//! name as target, `host`, `form`, `which` real/placeholder, `location`, `method`,
+//! `url` without query), `inject` and `scrub` (allow; name, host, location). Never a
+//! value.
 
 mod dns;
 mod egress;
+mod http;
+mod intercept;
 mod io;
+mod mitm;
 mod proxy;
 mod resolve;
 pub mod sni;
@@ -44,11 +73,17 @@ pub use dns::{SyntheticPool, answer as dns_answer, serve_dns};
 pub use egress::{
     ConnGuard, Ctx, DnsRuling, Egress, EgressConfig, Front, Identity, Refusal, Ruling, Upstream,
 };
+pub use http::BUFFER_LIMIT;
+pub use intercept::{InterceptError, Interception, SessionCredential};
 pub use io::Counters;
 pub use proxy::{serve_connection, serve_proxy};
 pub use resolve::{Lookup, Resolve, StaticResolver, SystemResolver};
 pub use target::{Target, TargetError, parse_authority};
 pub use tun::{TunDevice, serve_tun, serve_tun_until};
+/// The crates whose types the interception API takes, re-exported so callers need no
+/// direct dependency to name them.
+pub use warden_secrets;
+pub use warden_tls;
 
 /// Errors of the egress front ends' setup. Connection-level failures are not errors
 /// here: they are refusals, recorded and answered to the client.

@@ -6,22 +6,21 @@
 //! request to a new host is a fresh decision and every upstream connection has its
 //! own `connect`/`close` audit pair.
 
-use crate::egress::{Ctx, Egress, Front, Refusal};
+use crate::egress::{Ctx, Egress, Front};
+use crate::http::{
+    Exchange, ReqBody, RespBody as Body, full, host_header, refusal, strip_hop_by_hop, text,
+};
 use crate::io::Counted;
-use crate::target::{Target, parse_authority, printable};
+use crate::target::{parse_authority, printable};
 use crate::tunnel;
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full, combinators::BoxBody};
 use hyper::body::Incoming;
-use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
-
-type Body = BoxBody<Bytes, hyper::Error>;
 
 /// Serve the explicit proxy on `listener` until it fails.
 pub async fn serve_proxy(egress: Egress, listener: TcpListener) -> std::io::Result<()> {
@@ -68,30 +67,6 @@ async fn handle(egress: Egress, req: Request<Incoming>, peer: SocketAddr) -> Res
     }
 }
 
-fn text(status: StatusCode, body: String) -> Response<Body> {
-    let mut resp = Response::new(full(body));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    resp
-}
-
-fn full(body: String) -> Body {
-    Full::new(Bytes::from(body))
-        .map_err(|never| match never {})
-        .boxed()
-}
-
-fn refusal(r: Refusal) -> Response<Body> {
-    let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::FORBIDDEN);
-    let mut resp = text(status, r.message);
-    resp.headers_mut()
-        .insert(header::CONNECTION, HeaderValue::from_static("close"));
-    resp
-}
-
 async fn connect(egress: Egress, req: Request<Incoming>, ctx: Ctx) -> Response<Body> {
     let raw = req
         .uri()
@@ -116,59 +91,6 @@ async fn connect(egress: Egress, req: Request<Incoming>, ctx: Ctx) -> Response<B
         }
     });
     Response::new(full(String::new()))
-}
-
-/// Hop-by-hop headers (RFC 9110 §7.6.1) and the proxy's own; never forwarded.
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "proxy-authenticate",
-];
-
-/// Remove hop-by-hop headers, those the `Connection` header names, and every
-/// `Proxy-*` header. Returns whether this was a WebSocket upgrade, whose `Upgrade`
-/// and `Connection: upgrade` are put back.
-fn strip_hop_by_hop(headers: &mut HeaderMap) -> bool {
-    let is_ws = headers.get_all(header::UPGRADE).iter().any(|v| {
-        v.to_str()
-            .is_ok_and(|s| s.eq_ignore_ascii_case("websocket"))
-    }) && headers.get_all(header::CONNECTION).iter().any(|v| {
-        v.to_str().is_ok_and(|s| {
-            s.split(',')
-                .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
-        })
-    });
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|s| s.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .collect();
-    for n in named {
-        headers.remove(n);
-    }
-    for h in HOP_BY_HOP {
-        headers.remove(h);
-    }
-    let proxy: Vec<HeaderName> = headers
-        .keys()
-        .filter(|k| k.as_str().starts_with("proxy-"))
-        .cloned()
-        .collect();
-    for k in proxy {
-        headers.remove(k);
-    }
-    if is_ws {
-        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    }
-    is_ws
 }
 
 async fn forward(egress: Egress, mut req: Request<Incoming>, ctx: Ctx) -> Response<Body> {
@@ -240,29 +162,22 @@ async fn forward(egress: Egress, mut req: Request<Incoming>, ctx: Ctx) -> Respon
         .unwrap_or("/");
     let url = format!("http://{target}{path}");
     // Connect decision (and dial) first, so a host that is not allowed at all is
-    // refused with the connect rule; then the request-level rules.
+    // refused with the connect rule; then the request-level rules and the guard.
     let mut upstream = match egress.open(&target, ctx).await {
         Ok(u) => u,
         Err(r) => return refusal(r),
     };
-    if let Err(r) = egress
-        .check_http(req.method().as_str(), &url, &target, ctx)
-        .await
-    {
-        upstream
-            .guard
-            .fail("request denied by [[network.http]] rules");
-        return refusal(r);
-    }
-
-    let client_upgrade = hyper::upgrade::on(&mut req);
-    let (mut parts, body) = req.into_parts();
-    let is_ws = strip_hop_by_hop(&mut parts.headers);
-    parts.headers.insert(
-        header::HOST,
-        HeaderValue::from_str(&host_header(&target)).unwrap_or(HeaderValue::from_static("")),
-    );
-    parts.uri = match path.parse() {
+    let x = match Exchange::new(
+        &egress,
+        ctx,
+        target.clone(),
+        false,
+        upstream.guard.conn.clone(),
+    ) {
+        Ok(x) => x,
+        Err(r) => return refusal(r),
+    };
+    let origin_form: hyper::Uri = match path.parse() {
         Ok(u) => u,
         Err(_) => {
             return refusal(
@@ -272,14 +187,35 @@ async fn forward(egress: Egress, mut req: Request<Incoming>, ctx: Ctx) -> Respon
             );
         }
     };
-    parts.version = hyper::Version::HTTP_11;
-    let out = Request::from_parts(parts, body);
+    let head = req.method() == Method::HEAD;
+    let x_method = req.method().to_string();
+    let client_upgrade = hyper::upgrade::on(&mut req);
+    let prepared = match x.prepare(req, &url).await {
+        Ok(p) => p,
+        Err(resp) => {
+            upstream.guard.fail("request refused");
+            return resp;
+        }
+    };
+    let mut is_ws = false;
+    let prepared = prepared.map_req(|req| {
+        let (mut parts, body) = req.into_parts();
+        is_ws = strip_hop_by_hop(&mut parts.headers);
+        parts.headers.insert(
+            header::HOST,
+            HeaderValue::from_str(&host_header(&target, 80))
+                .unwrap_or(HeaderValue::from_static("")),
+        );
+        parts.uri = origin_form;
+        parts.version = hyper::Version::HTTP_11;
+        Request::from_parts(parts, body)
+    });
 
     let counters = upstream.guard.counters.clone();
     let io = Counted::new(upstream.stream, counters, upstream.guard);
     let (mut sender, conn) = match hyper::client::conn::http1::Builder::new()
         .preserve_header_case(true)
-        .handshake(TokioIo::new(io))
+        .handshake::<_, ReqBody>(TokioIo::new(io))
         .await
     {
         Ok(v) => v,
@@ -290,14 +226,9 @@ async fn forward(egress: Egress, mut req: Request<Incoming>, ctx: Ctx) -> Respon
             tracing::debug!("upstream connection: {e}");
         }
     });
-    let mut resp = match sender.send_request(out).await {
+    let mut resp = match x.send(prepared, |r| sender.send_request(r)).await {
         Ok(r) => r,
-        Err(e) => {
-            return text(
-                StatusCode::BAD_GATEWAY,
-                format!("warden: upstream {target} failed: {e}\n"),
-            );
-        }
+        Err(resp) => return resp,
     };
     if is_ws && resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
@@ -318,17 +249,6 @@ async fn forward(egress: Egress, mut req: Request<Incoming>, ctx: Ctx) -> Respon
             .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         return Response::from_parts(parts, full(String::new()));
     }
-    let (mut parts, body) = resp.into_parts();
-    strip_hop_by_hop(&mut parts.headers);
-    Response::from_parts(parts, body.boxed())
-}
-
-/// The Host header for `target`: the port only when it is not 80.
-fn host_header(target: &Target) -> String {
-    let t = target.to_string();
-    if target.port == 80 {
-        t.strip_suffix(":80").unwrap_or(&t).to_string()
-    } else {
-        t
-    }
+    let (method, url_shown) = (x_method, crate::http::shown(&url).to_string());
+    x.respond(resp, head, &method, &url_shown)
 }

@@ -11,6 +11,7 @@ const RECORD_HANDSHAKE: u8 = 0x16;
 /// Handshake type ClientHello.
 const CLIENT_HELLO: u8 = 0x01;
 const EXT_SERVER_NAME: u16 = 0x0000;
+const EXT_ALPN: u16 = 0x0010;
 const EXT_ECH: u16 = 0xfe0d;
 /// The most a ClientHello may span before we stop buffering (post-quantum key
 /// shares make them a few KiB; 64 KiB is far beyond any real one).
@@ -29,6 +30,9 @@ pub enum Hello {
         sni: Option<String>,
         /// The hello carries an encrypted_client_hello extension (real or GREASE).
         ech: bool,
+        /// The application protocols offered (ALPN), in the client's order; empty
+        /// when the extension is absent.
+        alpn: Vec<Vec<u8>>,
     },
     /// A TLS handshake that does not parse the one unambiguous way.
     Malformed(&'static str),
@@ -131,6 +135,7 @@ fn parse_client_hello_inner(body: &[u8]) -> Result<Hello, &'static str> {
         return Ok(Hello::ClientHello {
             sni: None,
             ech: false,
+            alpn: Vec::new(),
         });
     }
     let mut exts = Reader(r.vec16().ok_or("truncated extensions")?);
@@ -140,6 +145,7 @@ fn parse_client_hello_inner(body: &[u8]) -> Result<Hello, &'static str> {
     let mut sni = None;
     let mut seen_sni = false;
     let mut ech = false;
+    let mut alpn = None;
     while !exts.0.is_empty() {
         let ty = exts.u16().ok_or("truncated extension")?;
         let data = exts.vec16().ok_or("truncated extension")?;
@@ -152,10 +158,37 @@ fn parse_client_hello_inner(body: &[u8]) -> Result<Hello, &'static str> {
                 sni = parse_server_name(data)?;
             }
             EXT_ECH => ech = true,
+            EXT_ALPN => {
+                if alpn.is_some() {
+                    return Err("two ALPN extensions");
+                }
+                alpn = Some(parse_alpn(data)?);
+            }
             _ => {}
         }
     }
-    Ok(Hello::ClientHello { sni, ech })
+    Ok(Hello::ClientHello {
+        sni,
+        ech,
+        alpn: alpn.unwrap_or_default(),
+    })
+}
+
+fn parse_alpn(data: &[u8]) -> Result<Vec<Vec<u8>>, &'static str> {
+    let mut r = Reader(data);
+    let mut list = Reader(r.vec16().ok_or("truncated ALPN list")?);
+    if !r.0.is_empty() {
+        return Err("trailing bytes in ALPN");
+    }
+    let mut out = Vec::new();
+    while !list.0.is_empty() {
+        let p = list.vec8().ok_or("truncated ALPN protocol")?;
+        if p.is_empty() {
+            return Err("empty ALPN protocol");
+        }
+        out.push(p.to_vec());
+    }
+    Ok(out)
 }
 
 fn parse_server_name(data: &[u8]) -> Result<Option<String>, &'static str> {
@@ -185,7 +218,23 @@ fn parse_server_name(data: &[u8]) -> Result<Option<String>, &'static str> {
 /// Test and fuzz helper: a minimal ClientHello with the given SNI, split into records
 /// of at most `record_len` handshake bytes.
 pub fn build_client_hello(sni: Option<&str>, record_len: usize) -> Vec<u8> {
+    build_client_hello_alpn(sni, &[], record_len)
+}
+
+/// [`build_client_hello`] with an ALPN extension offering `alpn` (none when empty).
+pub fn build_client_hello_alpn(sni: Option<&str>, alpn: &[&[u8]], record_len: usize) -> Vec<u8> {
     let mut exts = Vec::new();
+    if !alpn.is_empty() {
+        let mut list = Vec::new();
+        for p in alpn {
+            list.push(p.len() as u8);
+            list.extend_from_slice(p);
+        }
+        exts.extend_from_slice(&EXT_ALPN.to_be_bytes());
+        exts.extend_from_slice(&((list.len() + 2) as u16).to_be_bytes());
+        exts.extend_from_slice(&(list.len() as u16).to_be_bytes());
+        exts.extend_from_slice(&list);
+    }
     if let Some(name) = sni {
         let name = name.as_bytes();
         let mut entry = vec![0u8];
@@ -228,7 +277,8 @@ mod tests {
                 parse(&hello),
                 Hello::ClientHello {
                     sni: Some("api.example.com".into()),
-                    ech: false
+                    ech: false,
+                    alpn: Vec::new(),
                 }
             );
             // Every strict prefix needs more bytes; never a wrong answer.
@@ -245,7 +295,17 @@ mod tests {
             parse(&hello),
             Hello::ClientHello {
                 sni: None,
-                ech: false
+                ech: false,
+                alpn: Vec::new(),
+            }
+        );
+        let hello = build_client_hello_alpn(Some("a.test"), &[b"h2", b"http/1.1"], 30);
+        assert_eq!(
+            parse(&hello),
+            Hello::ClientHello {
+                sni: Some("a.test".into()),
+                ech: false,
+                alpn: vec![b"h2".to_vec(), b"http/1.1".to_vec()],
             }
         );
         assert_eq!(parse(b"SSH-2.0-OpenSSH_9.6\r\n"), Hello::NotTls);

@@ -186,18 +186,26 @@ pub async fn serve_tun_until(
                             front: Front::Tun,
                             client: Some(client),
                         };
-                        match egress.open(&target, ctx).await {
-                            Ok(upstream) => tunnel::relay(&egress, tcp, upstream).await,
-                            Err(_refused) => {
-                                // Close at once (FIN); merely dropping the flow would
-                                // leave the client waiting for its own timeout.
-                                let mut tcp = tcp;
-                                let _ = tokio::time::timeout(
-                                    std::time::Duration::from_secs(5),
-                                    tcp.shutdown(),
-                                )
-                                .await;
-                            }
+                        // However the flow ends (refused, relayed, served as HTTP, or
+                        // handed to an upgrade), the client's side is closed at once
+                        // (FIN): a flow of the stack that is merely dropped leaves the
+                        // client waiting for its own timeout.
+                        let (back, returned) = tokio::sync::oneshot::channel();
+                        let client = Returning {
+                            inner: Some(tcp),
+                            back: Some(back),
+                        };
+                        if let Ok(upstream) = egress.open(&target, ctx).await {
+                            tunnel::relay(&egress, client, upstream).await;
+                        } else {
+                            drop(client);
+                        }
+                        if let Ok(mut tcp) = returned.await {
+                            let _ = tokio::time::timeout(
+                                std::time::Duration::from_secs(5),
+                                tcp.shutdown(),
+                            )
+                            .await;
                         }
                     }),
                 );
@@ -255,6 +263,76 @@ pub async fn serve_tun_until(
     while flows.join_next().await.is_some() {}
     drop(stack);
     result
+}
+
+/// A client stream that goes back to its flow when whoever holds it is done, so the
+/// flow can close it properly (see the TCP case of [`serve_tun_until`]).
+struct Returning<T> {
+    inner: Option<T>,
+    back: Option<tokio::sync::oneshot::Sender<T>>,
+}
+
+impl<T> Returning<T> {
+    fn get(&mut self) -> io::Result<&mut T> {
+        self.inner
+            .as_mut()
+            .ok_or_else(|| io::Error::from(io::ErrorKind::NotConnected))
+    }
+}
+
+impl<T> Drop for Returning<T> {
+    fn drop(&mut self) {
+        if let (Some(inner), Some(back)) = (self.inner.take(), self.back.take()) {
+            let _ = back.send(inner);
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Returning<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get() {
+            Ok(s) => Pin::new(s).poll_read(cx, buf),
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Returning<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get() {
+            Ok(s) => Pin::new(s).poll_write(cx, buf),
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get() {
+            Ok(s) => Pin::new(s).poll_flush(cx),
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+
+    /// Done once the FIN is on its way: the stack's own shutdown completes only when the
+    /// client has closed too, and a client waiting for end-of-file (an HTTP/1.1
+    /// `Connection: close` exchange) would wait for it forever. The flow finishes the
+    /// close when the stream comes back.
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get() {
+            Ok(s) => match Pin::new(s).poll_shutdown(cx) {
+                Poll::Pending => Poll::Ready(Ok(())),
+                done => done,
+            },
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
 }
 
 /// The destination of a captured flow: the name behind a synthetic address, or the

@@ -1,27 +1,222 @@
-//! Relaying an allowed byte stream (a CONNECT tunnel, a TUN-captured TCP flow)
-//! after the domain-fronting check on its first bytes.
+//! An allowed byte stream (a CONNECT tunnel, a TUN-captured TCP flow): classify its
+//! first bytes, then relay, serve HTTP, or intercept TLS.
 //!
-//! Upstream-to-client bytes flow from the start, so server-speaks-first protocols
-//! (SSH banners, SMTP) work; client-to-upstream bytes are held until the first bytes
-//! are classified: not TLS, or a ClientHello whose SNI passed
-//! [`Egress::check_hello`]. Only then is anything sent upstream.
+//! - The server speaks first (SSH banners, SMTP): relayed as bytes (the client's
+//!   first bytes still get the ClientHello check).
+//! - A TLS ClientHello: the SNI check ([`Egress::check_hello`]); then, when the
+//!   policy wants the host intercepted ([`Egress::wants_interception`]), TLS is
+//!   terminated ([`crate::mitm`]); otherwise relayed end to end.
+//! - Plain HTTP/1.x (a complete request line ending in `HTTP/1.0|1.1`) or the HTTP/2
+//!   prior-knowledge preface: served as HTTP, so `[[network.http]]` rules and the
+//!   credential guard apply to every request ([`crate::http`]).
+//! - Anything else: relayed as bytes, unless the host has `[[network.http]]` rules
+//!   (then Warden must read the requests, and refuses what it cannot read).
+//!
+//! Client-to-upstream bytes are held until classified; nothing is sent upstream
+//! before the decision.
 
-use crate::egress::{Egress, Upstream};
-use crate::io::Counted;
+use crate::egress::{ConnGuard, Egress, Upstream};
+use crate::http::{self, Exchange, Proto};
+use crate::io::{Counted, Prefixed};
 use crate::sni::{self, Hello};
+use crate::target::Target;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use warden_policy::host::{RequestHost, canonical_host};
 
-/// How long a client may take to finish a ClientHello it has started.
+/// How long a client may take to finish a ClientHello or a request line it has
+/// started.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Relay `client` <-> `upstream` until both directions end. Records the connection's
+/// The HTTP/2 connection preface (prior knowledge, RFC 9113 §3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// The longest HTTP/1 request line Warden waits for before deciding it is not HTTP.
+const MAX_REQUEST_LINE: usize = 16 * 1024;
+
+/// Serve `client` <-> `upstream` until both directions end. Records the connection's
 /// close event (bytes, duration) when done.
 pub async fn relay<C>(egress: &Egress, client: C, upstream: Upstream)
 where
-    C: AsyncRead + AsyncWrite + Send + Unpin,
+    C: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
     let Upstream { stream, mut guard } = upstream;
+    let mut client = client;
+    let mut first = Vec::with_capacity(2048);
+    let mut buf = vec![0u8; 4096];
+    // Who speaks first? A server that does is not speaking TLS or HTTP to us.
+    let client_first = tokio::select! {
+        biased;
+        r = client.read(&mut buf) => match r {
+            Ok(n) => {
+                first.extend_from_slice(&buf[..n]);
+                n > 0
+            }
+            Err(e) => {
+                guard.fail(e.to_string());
+                return;
+            }
+        },
+        _ = stream.readable() => false,
+    };
+    if !client_first {
+        return relay_raw(egress, client, stream, guard, first).await;
+    }
+    let hello = loop {
+        let h = sni::parse(&first);
+        if h != Hello::NeedMore {
+            break h;
+        }
+        if first.len() > sni::MAX_HELLO {
+            break Hello::Malformed("ClientHello too large");
+        }
+        match tokio::time::timeout(HELLO_TIMEOUT, client.read(&mut buf)).await {
+            Ok(Ok(0)) => break Hello::Malformed("stream ended inside the ClientHello"),
+            Ok(Ok(n)) => first.extend_from_slice(&buf[..n]),
+            Ok(Err(e)) => {
+                guard.fail(e.to_string());
+                return;
+            }
+            Err(_) => break Hello::Malformed("ClientHello not completed in time"),
+        }
+    };
+    match &hello {
+        Hello::ClientHello { sni, alpn, ech } => {
+            if *ech {
+                tracing::debug!("{}: ClientHello carries an ECH extension", guard.target);
+            }
+            if egress.check_hello(&guard, &hello).await.is_err() {
+                guard.fail("denied by the TLS server name check");
+                return;
+            }
+            let origin = origin_for(&guard.target, sni.as_deref());
+            if egress.wants_interception(&origin.host) {
+                crate::mitm::serve(
+                    egress,
+                    Prefixed::new(first, client),
+                    stream,
+                    &mut guard,
+                    origin,
+                    sni.clone(),
+                    alpn,
+                )
+                .await;
+                return;
+            }
+            relay_raw(egress, client, stream, guard, first).await;
+        }
+        Hello::NotTls => match sniff_http(&mut client, &mut first).await {
+            Some(proto) => plain_http(egress, client, stream, guard, first, proto).await,
+            None if egress.http_restricted(&guard.target.host) => {
+                let _ = egress
+                    .reject(
+                        "http",
+                        &guard.target.to_string(),
+                        "this host has [[network.http]] rules and the connection is not HTTP/1.x or HTTP/2 that Warden can read",
+                        guard.ctx,
+                    )
+                    .await;
+                guard.fail("not readable HTTP on a host with [[network.http]] rules");
+            }
+            None => relay_raw(egress, client, stream, guard, first).await,
+        },
+        Hello::Malformed(_) | Hello::NeedMore => {
+            // Recorded and refused by the check.
+            let _ = egress.check_hello(&guard, &hello).await;
+            guard.fail("denied by the TLS server name check");
+        }
+    }
+}
+
+/// The host a TLS connection is for: the connection's name, or, for a connection to
+/// an address, the server name its ClientHello asked for (already checked to be an
+/// allowed name by [`Egress::check_hello`]).
+fn origin_for(target: &Target, sni: Option<&str>) -> Target {
+    if let (RequestHost::Ip(_), Some(sni)) = (&target.host, sni)
+        && let Ok(name) = canonical_host(sni)
+    {
+        return Target::new(RequestHost::Name(name), target.port);
+    }
+    target.clone()
+}
+
+/// Is this an HTTP/1.x request or the HTTP/2 preface? Reads more of the first line
+/// when needed (bounded in size and time). `None`: not HTTP Warden reads.
+async fn sniff_http<C: AsyncRead + Unpin>(client: &mut C, first: &mut Vec<u8>) -> Option<Proto> {
+    let mut buf = [0u8; 4096];
+    loop {
+        if first.starts_with(H2_PREFACE) {
+            return Some(Proto::H2);
+        }
+        let h2_prefix = H2_PREFACE.starts_with(first);
+        if !h2_prefix {
+            // A method token, a space, then (eventually) a line ending in HTTP/1.x.
+            let token_end = first.iter().position(|&b| b == b' ');
+            let token = &first[..token_end.unwrap_or(first.len())];
+            if token.is_empty() || !token.iter().all(|b| b.is_ascii_uppercase()) {
+                return None;
+            }
+            if let Some(nl) = first.iter().position(|&b| b == b'\n') {
+                let line = first[..nl].strip_suffix(b"\r").unwrap_or(&first[..nl]);
+                return (token_end.is_some()
+                    && (line.ends_with(b" HTTP/1.1") || line.ends_with(b" HTTP/1.0")))
+                .then_some(Proto::H1);
+            }
+        }
+        if first.len() > MAX_REQUEST_LINE {
+            return None;
+        }
+        match tokio::time::timeout(HELLO_TIMEOUT, client.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => first.extend_from_slice(&buf[..n]),
+            _ => return None,
+        }
+    }
+}
+
+/// Serve a plain-HTTP flow: every request through the rules and the credential guard.
+async fn plain_http<C>(
+    egress: &Egress,
+    client: C,
+    stream: TcpStream,
+    mut guard: ConnGuard,
+    first: Vec<u8>,
+    proto: Proto,
+) where
+    C: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let x = match Exchange::new(
+        egress,
+        guard.ctx,
+        guard.target.clone(),
+        false,
+        guard.conn.clone(),
+    ) {
+        Ok(x) => x,
+        Err(r) => {
+            guard.fail(r.message.trim_end().to_string());
+            return;
+        }
+    };
+    let upstream = Counted::new(stream, guard.counters.clone(), ());
+    if let Err(e) = http::serve_flow(x, Prefixed::new(first, client), proto, upstream, proto).await
+    {
+        guard.fail(e);
+    }
+}
+
+/// Relay bytes both ways. Upstream-to-client bytes flow from the start;
+/// client-to-upstream bytes (after `first`, already read) wait for the ClientHello
+/// check.
+async fn relay_raw<C>(
+    egress: &Egress,
+    client: C,
+    stream: TcpStream,
+    mut guard: ConnGuard,
+    first: Vec<u8>,
+) where
+    C: AsyncRead + AsyncWrite + Send + Unpin,
+{
     let counters = guard.counters.clone();
     let (ur, uw) = stream.into_split();
     let mut ur = Counted::new(ur, counters.clone(), ());
@@ -34,8 +229,12 @@ where
         r.map(|_| ())
     };
     let up = async {
-        let mut first = Vec::with_capacity(2048);
-        let mut hello = Hello::NeedMore;
+        let mut first = first;
+        let mut hello = if first.is_empty() {
+            Hello::NeedMore
+        } else {
+            sni::parse(&first)
+        };
         let mut buf = [0u8; 4096];
         // The first read may wait as long as the client likes; once a TLS record has
         // started, the rest of the ClientHello must come within HELLO_TIMEOUT.
@@ -65,9 +264,6 @@ where
             if hello == Hello::NeedMore && first.len() > sni::MAX_HELLO {
                 hello = Hello::Malformed("ClientHello too large");
             }
-        }
-        if let Hello::ClientHello { ech: true, .. } = &hello {
-            tracing::debug!("{}: ClientHello carries an ECH extension", guard.target);
         }
         if egress.check_hello(&guard, &hello).await.is_err() {
             return Err(std::io::Error::new(

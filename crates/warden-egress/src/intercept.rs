@@ -1,0 +1,433 @@
+//! What TLS interception and credential handling need for one session: the session
+//! CA, the upstream trust, and the session's credentials (real values, placeholders,
+//! bound hosts, `header`/`format`), with the per-host guards and injectors derived
+//! from them.
+//!
+//! Built once when a session starts ([`Interception::new`], or
+//! [`Interception::from_policy`] which also loads the values) and handed to the
+//! egress in [`crate::EgressConfig::interception`].
+
+use crate::egress::Egress;
+use hyper::header::HeaderName;
+use std::collections::HashMap;
+use std::fmt;
+use std::path::Path;
+use std::sync::{Arc, Mutex, PoisonError};
+use warden_policy::CredentialSource;
+use warden_policy::host::{HostPattern, RequestHost};
+use warden_policy::{Policy, Principal, Request};
+use warden_secrets::scan::{Credential, Detector, Rewrite, SecretSet};
+use warden_secrets::{
+    LeaseId, LoadContext, Placeholder, ProviderBinding, Secret, Source, SourceError, Zeroizing,
+};
+use warden_tls::{SessionCa, TlsError, UpstreamTrust};
+
+/// One credential of the session, loaded.
+pub struct SessionCredential {
+    /// `[[credentials]] name`.
+    pub name: String,
+    /// The real value (only ever sent to `hosts`, over TLS).
+    pub secret: Secret,
+    /// What the session holds instead.
+    pub placeholder: Placeholder,
+    /// Host patterns as written in the policy (`api.github.com`, `*.example.com`).
+    pub hosts: Vec<String>,
+    /// The session variable that holds the placeholder.
+    pub env: Option<String>,
+    /// A header the proxy sets on every request to `hosts`.
+    pub header: Option<String>,
+    /// The header's value, `{secret}` standing for the real value (default `{secret}`).
+    pub format: Option<String>,
+}
+
+impl fmt::Debug for SessionCredential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SessionCredential")
+            .field("name", &self.name)
+            .field("hosts", &self.hosts)
+            .field("env", &self.env)
+            .field("header", &self.header)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why an [`Interception`] could not be set up. Names the credential and what to fix;
+/// never a value.
+#[derive(Debug, thiserror::Error)]
+pub enum InterceptError {
+    /// the session CA or the upstream trust could not be built
+    #[error("TLS interception: {0}")]
+    Tls(#[from] TlsError),
+    /// a credential's values could not be prepared for scanning
+    #[error("{0}")]
+    Scan(#[from] warden_secrets::ScanError),
+    /// a credential could not be loaded from its source
+    #[error("{0}")]
+    Source(#[from] SourceError),
+    /// a `hosts` entry is not a host pattern
+    #[error("credential {credential:?}: hosts entry {host:?}: {reason}")]
+    Host {
+        credential: String,
+        host: String,
+        reason: String,
+    },
+    /// `header` is not a valid header name
+    #[error("credential {credential:?}: header {header:?} is not a valid HTTP header name")]
+    Header { credential: String, header: String },
+}
+
+/// A credential's fixed facts, next to the [`SecretSet`].
+struct Meta {
+    name: String,
+    hosts: Vec<HostPattern>,
+    hosts_written: Vec<String>,
+    env: Option<String>,
+    placeholder: Placeholder,
+    /// `header` and the rendered `format` (holds the real value; zeroized on drop).
+    header: Option<(HeaderName, Zeroizing<Vec<u8>>)>,
+}
+
+/// The session's TLS authority, upstream trust and credentials. Share it as
+/// `Arc<Interception>`.
+pub struct Interception {
+    ca: Arc<SessionCa>,
+    trust: Arc<UpstreamTrust>,
+    set: SecretSet,
+    meta: Vec<Meta>,
+    scrub: Arc<Rewrite>,
+    /// Every scrub keeps every encoded form's length (so `Content-Length` stays right).
+    length_stable: bool,
+    cache: Mutex<HashMap<(String, String), Arc<HostCreds>>>,
+}
+
+impl fmt::Debug for Interception {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Interception")
+            .field("ca", &self.ca)
+            .field("trust", &self.trust)
+            .field(
+                "credentials",
+                &self.meta.iter().map(|m| &m.name).collect::<Vec<_>>(),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the proxy does with credentials on requests to one host.
+pub(crate) struct HostCreds {
+    /// Every value (real and placeholder, every form) of the credentials NOT bound to
+    /// the host: any of them in a request is exfiltration.
+    pub guard: Arc<Detector>,
+    /// Placeholder → real value for the credentials bound to the host.
+    pub injector: Arc<Rewrite>,
+    /// `header`s to set: (credential index, header name).
+    pub headers: Vec<usize>,
+    /// Any credential is bound to this host.
+    pub any_bound: bool,
+}
+
+/// How many (policy, host) entries the derived-guard cache keeps before starting over.
+const CACHE_LIMIT: usize = 512;
+
+impl Interception {
+    /// Set up interception with `ca`, `trust` and the session's `credentials`.
+    pub fn new(
+        ca: SessionCa,
+        trust: UpstreamTrust,
+        credentials: Vec<SessionCredential>,
+    ) -> Result<Interception, InterceptError> {
+        let mut meta = Vec::with_capacity(credentials.len());
+        let mut scan = Vec::with_capacity(credentials.len());
+        let mut length_stable = true;
+        for c in credentials {
+            let mut hosts = Vec::new();
+            for h in &c.hosts {
+                let p = HostPattern::parse(h).map_err(|e| InterceptError::Host {
+                    credential: c.name.clone(),
+                    host: h.clone(),
+                    reason: e.to_string(),
+                })?;
+                hosts.push(p);
+            }
+            let header = match &c.header {
+                None => None,
+                Some(h) => {
+                    let name = HeaderName::from_bytes(h.as_bytes()).map_err(|_| {
+                        InterceptError::Header {
+                            credential: c.name.clone(),
+                            header: h.clone(),
+                        }
+                    })?;
+                    let value = warden_secrets::scan::render_header(
+                        &c.name,
+                        c.format.as_deref(),
+                        &c.secret,
+                    )?;
+                    Some((name, value))
+                }
+            };
+            length_stable &= same_shape(c.secret.expose(), c.placeholder.as_bytes());
+            meta.push(Meta {
+                name: c.name.clone(),
+                hosts,
+                hosts_written: c.hosts.clone(),
+                env: c.env,
+                placeholder: c.placeholder.clone(),
+                header,
+            });
+            scan.push(Credential {
+                name: c.name,
+                real: c.secret,
+                placeholder: c.placeholder,
+                hosts: c.hosts,
+            });
+        }
+        let set = SecretSet::new(scan)?;
+        let scrub = Arc::new(set.scrubber()?);
+        Ok(Interception {
+            ca: Arc::new(ca),
+            trust: Arc::new(trust),
+            set,
+            meta,
+            scrub,
+            length_stable,
+            cache: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Everything from the policy: a new [`SessionCa`], [`UpstreamTrust::load`] with
+    /// the policy's `tls.extra_roots`, and every `[[credentials]]` entry loaded with
+    /// [`warden_secrets::load`] (plus `presets`, the provider bindings of the
+    /// `balanced` preset, for variables the policy does not bind itself), each given a
+    /// fresh placeholder. Returns the vault leases to revoke when the session ends.
+    /// A credential that cannot be loaded is an error: the session must not start
+    /// with a credential silently missing.
+    pub fn from_policy(
+        policy: &Policy,
+        ctx: &LoadContext<'_>,
+        presets: &[ProviderBinding],
+    ) -> Result<(Interception, Vec<LeaseId>), InterceptError> {
+        let doc = policy.doc();
+        let ca = SessionCa::new()?;
+        let trust = UpstreamTrust::load(&doc.tls.extra_roots)?;
+        let mut creds = Vec::new();
+        let mut leases = Vec::new();
+        let mut rng = rand::rng();
+        for c in &doc.credentials {
+            let source = match &c.source {
+                CredentialSource::Env(v) => Source::Env(v.clone()),
+                CredentialSource::File(p) => Source::File(p.clone()),
+                CredentialSource::Command(cmd) => Source::Command(cmd.clone()),
+                CredentialSource::Vault(n) => Source::Vault(n.clone()),
+            };
+            let loaded = warden_secrets::load(&c.name, &source, ctx)?;
+            leases.extend(loaded.lease);
+            let placeholder = Placeholder::for_secret(&loaded.secret, &mut rng);
+            creds.push(SessionCredential {
+                name: c.name.clone(),
+                secret: loaded.secret,
+                placeholder,
+                hosts: c.hosts.iter().map(ToString::to_string).collect(),
+                env: c.env.clone(),
+                header: c.header.clone(),
+                format: c.format.clone(),
+            });
+        }
+        for p in presets {
+            let bound = doc
+                .credentials
+                .iter()
+                .any(|c| c.env.as_deref() == Some(p.env_var) || c.name == p.name);
+            if bound {
+                continue;
+            }
+            let loaded = warden_secrets::load(p.name, &Source::Env(p.env_var.to_string()), ctx)?;
+            let placeholder = Placeholder::for_secret(&loaded.secret, &mut rng);
+            creds.push(SessionCredential {
+                name: p.name.to_string(),
+                secret: loaded.secret,
+                placeholder,
+                hosts: p.hosts.iter().map(|h| h.to_string()).collect(),
+                env: Some(p.env_var.to_string()),
+                header: None,
+                format: None,
+            });
+        }
+        Ok((Interception::new(ca, trust, creds)?, leases))
+    }
+
+    /// The session CA (its certificate is public; its key never leaves it).
+    pub fn ca(&self) -> &SessionCa {
+        &self.ca
+    }
+
+    /// The trust toward upstreams.
+    pub fn trust(&self) -> &UpstreamTrust {
+        &self.trust
+    }
+
+    /// The PEM bundle the session trusts: system roots, the session CA, `extra_roots`.
+    /// Overlay it at `/etc/ssl/certs/ca-certificates.crt` and point [`Self::session_env`]
+    /// at it.
+    pub fn session_bundle(&self) -> String {
+        self.trust.session_bundle(&self.ca)
+    }
+
+    /// The session's environment additions: [`warden_tls::ca_env`] for
+    /// `bundle_path` (the bundle's path as seen inside the session), then each
+    /// credential's `env` variable set to its placeholder.
+    pub fn session_env(&self, bundle_path: &Path) -> Vec<(String, String)> {
+        let mut env = warden_tls::ca_env(bundle_path);
+        for m in &self.meta {
+            if let Some(var) = &m.env {
+                env.push((var.clone(), m.placeholder.as_str().to_string()));
+            }
+        }
+        env
+    }
+
+    /// The credentials' names, in order.
+    pub fn credential_names(&self) -> Vec<String> {
+        self.meta.iter().map(|m| m.name.clone()).collect()
+    }
+
+    /// The placeholder of `credential` (what the session holds).
+    pub fn placeholder(&self, credential: &str) -> Option<&Placeholder> {
+        self.set.placeholder(credential)
+    }
+
+    pub(crate) fn scrubber(&self) -> &Arc<Rewrite> {
+        &self.scrub
+    }
+
+    pub(crate) fn length_stable(&self) -> bool {
+        self.length_stable
+    }
+
+    pub(crate) fn session_ca(&self) -> &Arc<SessionCa> {
+        &self.ca
+    }
+
+    pub(crate) fn upstream_trust(&self) -> &Arc<UpstreamTrust> {
+        &self.trust
+    }
+
+    /// The rendered `header` value of credential `i`.
+    pub(crate) fn header_of(&self, i: usize) -> Option<(&HeaderName, &[u8], &str)> {
+        let m = self.meta.get(i)?;
+        let (name, value) = m.header.as_ref()?;
+        Some((name, value.as_slice(), &m.name))
+    }
+
+    /// The host patterns of `credential` as written.
+    pub(crate) fn hosts_of(&self, credential: &str) -> Vec<String> {
+        self.meta
+            .iter()
+            .find(|m| m.name == credential)
+            .map(|m| m.hosts_written.clone())
+            .unwrap_or_default()
+    }
+
+    /// Is `credential` bound to `host` under `policy`? Its own host patterns must
+    /// match, and, when the policy declares it, the policy's `use_credential`
+    /// decision must allow it (so a reloaded policy or a Cedar `forbid` can narrow a
+    /// binding, never widen one).
+    fn bound(&self, policy: &Policy, principal: &Principal, i: usize, host: &RequestHost) -> bool {
+        let Some(m) = self.meta.get(i) else {
+            return false;
+        };
+        if !m.hosts.iter().any(|p| p.kind.matches_host(host)) {
+            return false;
+        }
+        if policy.doc().credentials.iter().any(|c| c.name == m.name) {
+            let h = host.to_string();
+            return policy
+                .decide(
+                    principal,
+                    &Request::Credential {
+                        name: &m.name,
+                        host: &h,
+                    },
+                )
+                .allow;
+        }
+        true
+    }
+
+    /// Whether any credential is bound to `host`.
+    pub(crate) fn any_bound(
+        &self,
+        policy: &Policy,
+        principal: &Principal,
+        host: &RequestHost,
+    ) -> bool {
+        (0..self.meta.len()).any(|i| self.bound(policy, principal, i, host))
+    }
+
+    /// The guard and injector for requests to `host`, derived once per policy and host.
+    pub(crate) fn for_host(
+        &self,
+        egress: &Egress,
+        policy: &Policy,
+        principal: &Principal,
+        host: &RequestHost,
+    ) -> Result<Arc<HostCreds>, warden_secrets::ScanError> {
+        let key = (egress.policy_id(), host.to_string());
+        if let Some(hc) = self
+            .cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&key)
+        {
+            return Ok(hc.clone());
+        }
+        let bound: Vec<bool> = (0..self.meta.len())
+            .map(|i| self.bound(policy, principal, i, host))
+            .collect();
+        let is_bound = |name: &str| {
+            self.meta
+                .iter()
+                .zip(&bound)
+                .any(|(m, b)| *b && m.name == name)
+        };
+        let guard = Arc::new(self.set.guard_for(|name, _| is_bound(name))?);
+        let injector = Arc::new(self.set.injector_for(|name, _| is_bound(name))?);
+        let headers = self
+            .meta
+            .iter()
+            .enumerate()
+            .filter(|(i, m)| bound[*i] && m.header.is_some())
+            .map(|(i, _)| i)
+            .collect();
+        let hc = Arc::new(HostCreds {
+            guard,
+            injector,
+            headers,
+            any_bound: bound.iter().any(|b| *b),
+        });
+        let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        if cache.len() >= CACHE_LIMIT {
+            cache.clear();
+        }
+        cache.insert(key, hc.clone());
+        Ok(hc)
+    }
+}
+
+/// Whether replacing `real` by `placeholder` keeps the length of every encoded form
+/// the scanner knows (raw, base64, hex: same length; percent-encoding: each byte in
+/// the same escaping class).
+fn same_shape(real: &[u8], placeholder: &[u8]) -> bool {
+    let class = |b: u8| {
+        (
+            b.is_ascii_alphanumeric() || b"-._~".contains(&b),
+            b.is_ascii_alphanumeric() || b"*-._".contains(&b),
+            b == b' ',
+        )
+    };
+    real.len() == placeholder.len()
+        && real
+            .iter()
+            .zip(placeholder)
+            .all(|(a, b)| class(*a) == class(*b))
+}
