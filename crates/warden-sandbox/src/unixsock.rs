@@ -134,6 +134,34 @@ fn errno(e: io::Error) -> i32 {
     e.raw_os_error().unwrap_or(libc::EIO)
 }
 
+/// `PIDFD_THREAD` (Linux 6.9): a pidfd for a thread that is not its group's leader.
+const PIDFD_THREAD: u32 = libc::O_EXCL as u32;
+
+/// A pidfd for the calling thread `tid` of a notification (it is a thread id: calls from
+/// any thread of a multi-threaded agent arrive here). Before Linux 6.9, `pidfd_open`
+/// only takes thread-group leaders: then open the leader, whose descriptor table the
+/// threads share.
+fn thread_pidfd(tid: i32) -> io::Result<OwnedFd> {
+    let open = |pid: i32, flags: u32| {
+        // SAFETY: pidfd_open returns a new descriptor or an error.
+        sys::cvt_l(unsafe { libc::syscall(libc::SYS_pidfd_open, pid, flags) })
+            // SAFETY: a fresh descriptor we own.
+            .map(|fd| unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+    };
+    match open(tid, PIDFD_THREAD) {
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+            let status = std::fs::read_to_string(format!("/proc/{tid}/status"))?;
+            let tgid = status
+                .lines()
+                .find_map(|l| l.strip_prefix("Tgid:"))
+                .and_then(|v| v.trim().parse().ok())
+                .ok_or_else(|| io::Error::from_raw_os_error(libc::ESRCH))?;
+            open(tgid, 0)
+        }
+        r => r,
+    }
+}
+
 fn handle(s: &Shared, req: &libc::seccomp_notif) -> Result<(), i32> {
     let pid = req.pid as i32;
     let fd = req.data.args[0] as i32;
@@ -148,11 +176,7 @@ fn handle(s: &Shared, req: &libc::seccomp_notif) -> Result<(), i32> {
     mem.read_exact_at(&mut buf, addr)
         .map_err(|_| libc::EFAULT)?;
     // 2. The socket object itself.
-    // SAFETY: pidfd_open returns a new descriptor or an error.
-    let pidfd =
-        sys::cvt_l(unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0u32) }).map_err(errno)?;
-    // SAFETY: fresh descriptor.
-    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as RawFd) };
+    let pidfd = thread_pidfd(pid).map_err(errno)?;
     // SAFETY: pidfd_getfd duplicates the target's descriptor into ours.
     let sock =
         sys::cvt_l(unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0u32) })
