@@ -54,8 +54,23 @@ struct Shared {
     held_fds: Arc<AtomicUsize>,
 }
 
+/// `SECCOMP_IOCTL_NOTIF_SET_FLAGS` (`SECCOMP_IOW(4, __u64)`) and its one flag (Linux
+/// 6.6): the kernel switches from the calling thread straight to the supervisor and back
+/// on the same CPU instead of waking each through the scheduler.
+const SECCOMP_IOCTL_NOTIF_SET_FLAGS: libc::c_ulong = 0x4008_2104;
+const SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP: u64 = 1;
+
 /// Starts the supervisor thread; it ends when the session's last process exits.
 pub(crate) fn start(listener: OwnedFd, diag: OwnedFd) -> std::thread::JoinHandle<()> {
+    // Only a latency gain: older kernels answer EINVAL and work as before.
+    // SAFETY: SET_FLAGS takes the flags by value.
+    unsafe {
+        libc::ioctl(
+            listener.as_raw_fd(),
+            SECCOMP_IOCTL_NOTIF_SET_FLAGS as _,
+            SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP,
+        )
+    };
     let shared = Arc::new(Shared {
         listener,
         diag: Mutex::new(diag),
