@@ -189,6 +189,14 @@ reader.join()
 assert bytes(received) == payload
 sb.close()
 refused("sendmsg to a closed stream peer", lambda: sa.sendmsg([b"x"]), (errno.EPIPE,))
+# SIGPIPE reaches the sender as it would without the guard, and not with MSG_NOSIGNAL.
+pipe = ("import signal, socket, sys; signal.signal(signal.SIGPIPE, signal.SIG_DFL)\n"
+        "a, b = socket.socketpair(); b.close()\n"
+        "try: a.sendmsg([b'x'], [], int(sys.argv[1]))\n"
+        "except BrokenPipeError: sys.exit(7)\n")
+for flags, want in ((0, -signal.SIGPIPE), (socket.MSG_NOSIGNAL, 7)):
+    got = subprocess.run([sys.executable, "-c", pipe, str(flags)]).returncode
+    assert got == want, ("SIGPIPE", flags, got, want)
 
 # Other families through the supervisor: UDP with an address, on the session's loopback.
 u = socket.socket(socket.AF_INET, DGRAM)

@@ -130,11 +130,11 @@ impl Job {
             match send_raw(self.sock.as_raw_fd(), &m.name, data, control, flags) {
                 Ok(n) if self.stream && n < data.len() => {
                     self.partial += n;
-                    if !wait {
-                        // A non-blocking caller gets the short count; a blocking one
-                        // waits for room on a thread, as its own call would.
-                        return false;
-                    }
+                    // Without waiting: a non-blocking caller gets the short count, a
+                    // blocking one waits for room on a thread, as its own call would.
+                    // Waiting: a blocking send is short only when SO_SNDTIMEO ran out,
+                    // and then the call returns what went out.
+                    return wait;
                 }
                 Ok(n) => {
                     self.sent.push(self.partial + n);
@@ -238,6 +238,9 @@ fn read_header(caller: &Caller, at: u64, size: usize) -> Result<Header, i32> {
     let h: libc::msghdr = unsafe { std::ptr::read_unaligned(raw.as_ptr().cast()) };
     let namelen = if h.msg_name.is_null() {
         0
+    } else if (h.msg_namelen as i32) < 0 {
+        // The kernel reads it as an int.
+        return Err(libc::EINVAL);
     } else {
         // As the kernel: a longer name is cut to a sockaddr_storage.
         (h.msg_namelen as usize).min(SOCKADDR_MAX)
