@@ -289,18 +289,15 @@ fn agent_main(req: &InitRequest, chan: &OwnedFd) -> Result<std::convert::Infalli
         seccomp::install(&prog, false),
     )?;
     if req.unix_guard {
-        let guard = seccomp::unix_guard_program();
-        let listener = setup(
-            "installing the unix-socket guard",
-            seccomp::install(&guard, true),
+        // The guard mediates sendmsg, which passes its own listener on: install_guard
+        // sends it from a thread without the guard.
+        setup(
+            "installing the unix-socket guard and sending its listener",
+            seccomp::install_guard(|l| {
+                report(chan, &Report::Fd(proto::FdKind::ConnectGuard));
+                proto::send_fd(chan.as_raw_fd(), l.as_raw_fd())
+            }),
         )?;
-        if let Some(l) = listener {
-            report(chan, &Report::Fd(proto::FdKind::ConnectGuard));
-            setup(
-                "sending the guard listener",
-                proto::send_fd(chan.as_raw_fd(), l.as_raw_fd()),
-            )?;
-        }
     }
     // Resolve the command in the session (after Landlock, so an execute denial shows).
     let exe = resolve(&spec.command[0], path_var.as_deref())?;

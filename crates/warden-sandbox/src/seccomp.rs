@@ -228,22 +228,55 @@ pub(crate) fn agent_program() -> io::Result<Vec<libc::sock_filter>> {
     Ok(prog)
 }
 
-/// A filter that hands `connect()` on `AF_UNIX`-capable calls to the supervisor: every
-/// `connect` whose address family (read by the supervisor) is `AF_UNIX` is decided there;
-/// BPF cannot read the sockaddr, so all `connect` calls notify and the supervisor lets the
-/// others continue (safe: only the unix case is decided on memory contents).
+/// The unix-socket guard: the calls that can name a Unix socket of the host go to the
+/// supervisor (`crates/warden-sandbox/src/unixsock.rs`), which performs them itself.
+///
+/// - `connect`, `sendmsg`, `sendmmsg`: always. The address (and for the `*msg` calls
+///   the `msghdr` holding it) is in memory, which BPF cannot read.
+/// - `sendto`: only with a destination, i.e. `dest_addr != NULL` and `addrlen != 0` —
+///   registers, which the filter reads race-free. `send()` is `sendto(fd, buf, len,
+///   flags, NULL, 0)` in libc, so the common sends on connected sockets (TCP, pipes of
+///   tools, the connected datagram sockets of resolvers) pay nothing.
+///
+/// Everything else is allowed here (the agent's main filter still applies).
 pub(crate) fn unix_guard_program() -> Vec<libc::sock_filter> {
-    let _ = SECCOMP_DATA_ARG0;
+    // The low and high 32 bits of a 64-bit argument in `struct seccomp_data`.
+    let arg = |i: u32| SECCOMP_DATA_ARG0 + 8 * i;
+    let (lo, hi) = if cfg!(target_endian = "little") {
+        (0, 4)
+    } else {
+        (4, 0)
+    };
     vec![
-        stmt(BPF_LD_W_ABS, SECCOMP_DATA_ARCH),
-        jump(BPF_JMP_JEQ_K, AUDIT_ARCH, 1, 0),
-        stmt(BPF_RET_K, SECCOMP_RET_KILL_PROCESS),
-        stmt(BPF_LD_W_ABS, SECCOMP_DATA_NR),
-        jump(BPF_JMP_JEQ_K, libc::SYS_connect as u32, 0, 1),
-        stmt(BPF_RET_K, SECCOMP_RET_USER_NOTIF),
-        stmt(BPF_RET_K, SECCOMP_RET_ALLOW),
+        /* 0 */ stmt(BPF_LD_W_ABS, SECCOMP_DATA_ARCH),
+        /* 1 */ jump(BPF_JMP_JEQ_K, AUDIT_ARCH, 1, 0),
+        /* 2 */ stmt(BPF_RET_K, SECCOMP_RET_KILL_PROCESS),
+        /* 3 */ stmt(BPF_LD_W_ABS, SECCOMP_DATA_NR),
+        /* 4 */ jump(BPF_JMP_JEQ_K, libc::SYS_connect as u32, 9, 0),
+        /* 5 */ jump(BPF_JMP_JEQ_K, libc::SYS_sendmsg as u32, 8, 0),
+        /* 6 */ jump(BPF_JMP_JEQ_K, libc::SYS_sendmmsg as u32, 7, 0),
+        /* 7 */ jump(BPF_JMP_JEQ_K, libc::SYS_sendto as u32, 0, 7),
+        // sendto: dest_addr (arg 4, a pointer) ...
+        /* 8 */
+        stmt(BPF_LD_W_ABS, arg(4) + lo),
+        /* 9 */ jump(BPF_JMP_JEQ_K, 0, 0, 2),
+        /* 10 */ stmt(BPF_LD_W_ABS, arg(4) + hi),
+        /* 11 */ jump(BPF_JMP_JEQ_K, 0, 3, 0),
+        // ... and addrlen (arg 5, an int: the kernel reads the low 32 bits).
+        /* 12 */
+        stmt(BPF_LD_W_ABS, arg(5) + lo),
+        /* 13 */ jump(BPF_JMP_JEQ_K, 0, 1, 0),
+        /* 14 */ stmt(BPF_RET_K, SECCOMP_RET_USER_NOTIF),
+        /* 15 */ stmt(BPF_RET_K, SECCOMP_RET_ALLOW),
     ]
 }
+
+const SECCOMP_FILTER_FLAG_NEW_LISTENER: libc::c_ulong = 1 << 3;
+/// Linux 5.19: once the supervisor has received a notification, only a fatal signal
+/// interrupts the waiting caller. Without it a signal handler would run and the call be
+/// restarted while the supervisor may already have connected or sent (a stream would
+/// carry the bytes twice).
+const SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV: libc::c_ulong = 1 << 5;
 
 /// Installs `prog` on the calling thread. `listener`: ask for a user-notification fd.
 pub(crate) fn install(
@@ -254,15 +287,27 @@ pub(crate) fn install(
         len: u16::try_from(prog.len()).map_err(io::Error::other)?,
         filter: prog.as_ptr() as *mut libc::sock_filter,
     };
-    let flags: libc::c_ulong = if listener { 1 << 3 } else { 0 }; // SECCOMP_FILTER_FLAG_NEW_LISTENER
-    // SAFETY: `fprog` points to `prog`, which outlives the call; the kernel copies it.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_seccomp,
-            1 as libc::c_ulong, /* SECCOMP_SET_MODE_FILTER */
-            flags,
-            &fprog as *const libc::sock_fprog,
-        )
+    let set = |flags: libc::c_ulong| {
+        // SAFETY: `fprog` points to `prog`, which outlives the call; the kernel copies it.
+        unsafe {
+            libc::syscall(
+                libc::SYS_seccomp,
+                1 as libc::c_ulong, /* SECCOMP_SET_MODE_FILTER */
+                flags,
+                &fprog as *const libc::sock_fprog,
+            )
+        }
+    };
+    let r = if listener {
+        let r = set(SECCOMP_FILTER_FLAG_NEW_LISTENER | SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV);
+        if r < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::EINVAL) {
+            // Before 5.19: the guard still holds; only the signal behaviour above differs.
+            set(SECCOMP_FILTER_FLAG_NEW_LISTENER)
+        } else {
+            r
+        }
+    } else {
+        set(0)
     };
     if r < 0 {
         return Err(io::Error::last_os_error());
@@ -274,6 +319,41 @@ pub(crate) fn install(
     } else {
         Ok(None)
     }
+}
+
+/// Installs [`unix_guard_program`] on the calling thread and hands its listener to
+/// `deliver`, which runs on a helper thread started *before* the guard. Handing a
+/// descriptor on is a `sendmsg` (`SCM_RIGHTS`), which the guard mediates: from the
+/// guarded thread it would wait for a supervisor that cannot exist before it has the
+/// listener. Filters are per thread (no `TSYNC`), and the helper is joined before this
+/// returns, so what `execve`s carries the guard.
+pub(crate) fn install_guard<F>(deliver: F) -> io::Result<()>
+where
+    F: FnOnce(std::os::fd::OwnedFd) -> io::Result<()> + Send,
+{
+    let prog = unix_guard_program();
+    std::thread::scope(|scope| {
+        let (tx, rx) = std::sync::mpsc::channel::<std::os::fd::OwnedFd>();
+        let helper = std::thread::Builder::new()
+            .name("guard-listener".into())
+            .spawn_scoped(scope, move || match rx.recv() {
+                Ok(l) => deliver(l),
+                // The guard was not installed; that error is reported below.
+                Err(_) => Ok(()),
+            })?;
+        let installed = match install(&prog, true) {
+            Ok(Some(l)) => tx
+                .send(l)
+                .map_err(|_| io::Error::other("the guard-listener thread is gone")),
+            Ok(None) => Err(io::Error::other("the kernel returned no listener")),
+            Err(e) => Err(e),
+        };
+        drop(tx);
+        let delivered = helper
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("the guard-listener thread panicked")));
+        installed.and(delivered)
+    })
 }
 
 #[cfg(test)]
@@ -288,5 +368,75 @@ mod tests {
             "BPF programs are limited to 4096 instructions"
         );
         assert_eq!(p[0].k, SECCOMP_DATA_ARCH);
+    }
+
+    /// Runs a classic BPF program of the few opcodes our filters use on `seccomp_data`.
+    fn eval(prog: &[libc::sock_filter], nr: i64, args: [u64; 6]) -> u32 {
+        let mut data = Vec::new();
+        data.extend_from_slice(&(nr as u32).to_ne_bytes());
+        data.extend_from_slice(&AUDIT_ARCH.to_ne_bytes());
+        data.extend_from_slice(&0u64.to_ne_bytes());
+        for a in args {
+            data.extend_from_slice(&a.to_ne_bytes());
+        }
+        let (mut pc, mut acc) = (0usize, 0u32);
+        loop {
+            let i = prog[pc];
+            pc += 1;
+            match i.code {
+                BPF_LD_W_ABS => {
+                    let k = i.k as usize;
+                    acc = u32::from_ne_bytes(data[k..k + 4].try_into().unwrap());
+                }
+                BPF_JMP_JEQ_K | BPF_JMP_JGE_K => {
+                    let hit = if i.code == BPF_JMP_JEQ_K {
+                        acc == i.k
+                    } else {
+                        acc >= i.k
+                    };
+                    pc += usize::from(if hit { i.jt } else { i.jf });
+                }
+                BPF_RET_K => return i.k,
+                c => panic!("opcode {c:#x} not modelled"),
+            }
+        }
+    }
+
+    #[test]
+    fn guard_notifies_exactly_the_calls_that_can_name_a_socket() {
+        let p = unix_guard_program();
+        let notif = SECCOMP_RET_USER_NOTIF;
+        let allow = SECCOMP_RET_ALLOW;
+        let ptr = 0x7fff_0000_1000u64;
+        assert_eq!(eval(&p, libc::SYS_connect, [3, ptr, 16, 0, 0, 0]), notif);
+        assert_eq!(eval(&p, libc::SYS_sendmsg, [3, ptr, 0, 0, 0, 0]), notif);
+        assert_eq!(eval(&p, libc::SYS_sendmmsg, [3, ptr, 2, 0, 0, 0]), notif);
+        // sendto with a destination, also one whose pointer has only high bits set.
+        assert_eq!(eval(&p, libc::SYS_sendto, [3, ptr, 5, 0, ptr, 110]), notif);
+        assert_eq!(
+            eval(&p, libc::SYS_sendto, [3, ptr, 5, 0, 1 << 40, 110]),
+            notif
+        );
+        // The upper half of addrlen is not part of the int the kernel reads.
+        assert_eq!(
+            eval(&p, libc::SYS_sendto, [3, ptr, 5, 0, ptr, 1 << 32]),
+            allow
+        );
+        // send(): no destination.
+        assert_eq!(eval(&p, libc::SYS_sendto, [3, ptr, 5, 0, 0, 0]), allow);
+        assert_eq!(eval(&p, libc::SYS_sendto, [3, ptr, 5, 0, 0, 110]), allow);
+        assert_eq!(eval(&p, libc::SYS_sendto, [3, ptr, 5, 0, ptr, 0]), allow);
+        for nr in [
+            libc::SYS_write,
+            libc::SYS_recvmsg,
+            libc::SYS_socket,
+            libc::SYS_bind,
+        ] {
+            assert_eq!(
+                eval(&p, nr, [3, ptr, 5, 0, ptr, 110]),
+                allow,
+                "syscall {nr}"
+            );
+        }
     }
 }

@@ -4,32 +4,37 @@
 //! Abstract sockets are per network namespace, so the session's new netns already cuts the
 //! host's (and Landlock ABI >= 6 scopes them too). Pathname sockets are looked up by inode,
 //! across namespaces: a host daemon listening on a socket file inside the shared workspace
-//! would be reachable. So every `connect()` of the agent is handed to this supervisor
+//! would be reachable, by `connect()` and — for datagram sockets — by a send that names
+//! it. So every call that can name a socket (`connect`, `sendmsg`, `sendmmsg`, and `sendto`
+//! with a destination; see `seccomp::unix_guard_program`) is handed to this supervisor
 //! (seccomp `SECCOMP_RET_USER_NOTIF`), which performs it *itself*, race-free:
 //!
-//! 1. copy the `sockaddr` out of the target's memory once (`/proc/<pid>/mem`);
-//! 2. take the target's socket object with `pidfd_getfd` (a socket keeps the network
-//!    namespace it was created in, so connecting it from here is the same as from inside);
-//! 3. for an `AF_UNIX` pathname, resolve the path under the target's root
-//!    (`openat2(/proc/<pid>/root, RESOLVE_IN_ROOT)`) to an `O_PATH` descriptor, and allow it
-//!    only if that inode is bound by a socket *of the session's network namespace*
+//! 1. copy what the call reads out of the caller's memory once (`process_vm_readv`): the
+//!    address, and for sends the `msghdr`, the data and the control messages;
+//! 2. take the caller's socket object with `pidfd_getfd` (a socket keeps the network
+//!    namespace it was created in, so using it from here is the same as from inside);
+//! 3. for an `AF_UNIX` pathname, resolve the path under the caller's root
+//!    (`openat2(/proc/<tid>/root, RESOLVE_IN_ROOT)`) to an `O_PATH` descriptor, and allow
+//!    it only if that inode is bound by a socket *of the session's network namespace*
 //!    (`sock_diag` `UNIX_DIAG_VFS`, queried through a netlink socket the init opened inside
-//!    that namespace); then connect to `/proc/self/fd/<that descriptor>`, the very inode
-//!    checked;
-//! 4. answer the notification with the result.
+//!    that namespace); then connect or send to `/proc/self/fd/<that descriptor>`, the very
+//!    inode checked (an inode, once bound, never changes its socket);
+//! 4. check the notification is still valid (so every pid-based step above was about the
+//!    caller), then do the call on the socket object with our copies and answer with its
+//!    result.
 //!
 //! Nothing is ever answered with `SECCOMP_USER_NOTIF_FLAG_CONTINUE`: a continued call would
 //! re-read memory and the descriptor table that another thread of the agent can change
-//! after the check.
-//!
-//! Known gap (documented in docs/decisions/0002-sandbox.md): `sendto`/`sendmsg` with an
-//! explicit destination on an unconnected `AF_UNIX` datagram socket are not mediated.
+//! after the check. Sends are therefore performed here even when they name nothing (a
+//! `sendmsg` on a TCP socket): see `send.rs` for how their semantics are kept.
+
+mod send;
 
 use crate::sys;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::fs::FileExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// Whether sessions install the guard. Always on: it is part of the boundary.
@@ -37,16 +42,40 @@ pub(crate) fn enabled() -> bool {
     true
 }
 
+/// Calls that must wait (a blocking connect, a send into a full buffer) run on their own
+/// thread, at most this many at once; past it the caller gets `EAGAIN`.
+const MAX_WAITING: usize = 128;
+
 struct Shared {
     listener: OwnedFd,
     diag: Mutex<OwnedFd>,
+    waiting: AtomicUsize,
+    /// Descriptors kept open by sends waiting on a thread.
+    held_fds: Arc<AtomicUsize>,
 }
+
+/// `SECCOMP_IOCTL_NOTIF_SET_FLAGS` (`SECCOMP_IOW(4, __u64)`) and its one flag (Linux
+/// 6.6): the kernel switches from the calling thread straight to the supervisor and back
+/// on the same CPU instead of waking each through the scheduler.
+const SECCOMP_IOCTL_NOTIF_SET_FLAGS: libc::c_ulong = 0x4008_2104;
+const SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP: u64 = 1;
 
 /// Starts the supervisor thread; it ends when the session's last process exits.
 pub(crate) fn start(listener: OwnedFd, diag: OwnedFd) -> std::thread::JoinHandle<()> {
+    // Only a latency gain: older kernels answer EINVAL and work as before.
+    // SAFETY: SET_FLAGS takes the flags by value.
+    unsafe {
+        libc::ioctl(
+            listener.as_raw_fd(),
+            SECCOMP_IOCTL_NOTIF_SET_FLAGS as _,
+            SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP,
+        )
+    };
     let shared = Arc::new(Shared {
         listener,
         diag: Mutex::new(diag),
+        waiting: AtomicUsize::new(0),
+        held_fds: Arc::new(AtomicUsize::new(0)),
     });
     std::thread::spawn(move || serve(shared))
 }
@@ -87,26 +116,55 @@ fn serve(shared: Arc<Shared>) {
                 _ => return,
             }
         }
-        let s = Arc::clone(&shared);
-        // A blocking connect must not stall the other threads of the session.
-        let spawned = std::thread::Builder::new().spawn(move || {
-            let result = handle(&s, &req);
-            respond(&s, req.id, result);
-        });
-        if spawned.is_err() {
-            respond(&shared, req.id, Err(libc::EAGAIN));
+        match i64::from(req.data.nr) {
+            // A connect may block (a full backlog, a TCP handshake): always on a thread.
+            libc::SYS_connect => {
+                wait_on_thread(&shared, req, |s, req| handle_connect(s, req).map(|()| 0))
+            }
+            // Sends are tried here without waiting; only one that must wait moves on.
+            libc::SYS_sendto | libc::SYS_sendmsg | libc::SYS_sendmmsg => {
+                match send::begin(&shared, &req) {
+                    send::Step::Done(r) => respond(&shared, req.id, r),
+                    send::Step::Wait(job) => wait_on_thread(&shared, req, move |_, _| job.finish()),
+                }
+            }
+            _ => respond(&shared, req.id, Err(libc::ENOSYS)),
         }
     }
 }
 
-fn respond(s: &Shared, id: u64, result: Result<(), i32>) {
+/// Runs `f` for `req` on a thread of its own and answers with its result.
+fn wait_on_thread<F>(shared: &Arc<Shared>, req: libc::seccomp_notif, f: F)
+where
+    F: FnOnce(&Shared, &libc::seccomp_notif) -> Result<i64, i32> + Send + 'static,
+{
+    if shared.waiting.fetch_add(1, Ordering::SeqCst) >= MAX_WAITING {
+        shared.waiting.fetch_sub(1, Ordering::SeqCst);
+        respond(shared, req.id, Err(libc::EAGAIN));
+        return;
+    }
+    let s = Arc::clone(shared);
+    let spawned = std::thread::Builder::new().spawn(move || {
+        let result = f(&s, &req);
+        respond(&s, req.id, result);
+        s.waiting.fetch_sub(1, Ordering::SeqCst);
+    });
+    if spawned.is_err() {
+        shared.waiting.fetch_sub(1, Ordering::SeqCst);
+        respond(shared, req.id, Err(libc::EAGAIN));
+    }
+}
+
+/// Answers a notification: `Ok(v)` is the call's return value, `Err(e)` fails it with `e`.
+fn respond(s: &Shared, id: u64, result: Result<i64, i32>) {
+    let (val, error) = match result {
+        Ok(v) => (v, 0),
+        Err(e) => (0, -e),
+    };
     let resp = libc::seccomp_notif_resp {
         id,
-        val: 0,
-        error: match result {
-            Ok(()) => 0,
-            Err(e) => -e,
-        },
+        val,
+        error,
         flags: 0,
     };
     // SAFETY: SEND reads the response we own; ENOENT (target gone or interrupted) is fine.
@@ -119,6 +177,10 @@ fn respond(s: &Shared, id: u64, result: Result<(), i32>) {
     };
 }
 
+/// Whether the caller still waits on notification `id`. While it does, its thread id
+/// cannot have been reused: every step keyed on the tid before a `true` here was about
+/// the caller. After it, only descriptors (pidfd, socket, `O_PATH`, `/proc/<tid>/mem`)
+/// may be used.
 fn still_valid(s: &Shared, id: u64) -> bool {
     // SAFETY: ID_VALID reads the id.
     unsafe {
@@ -162,105 +224,176 @@ fn thread_pidfd(tid: i32) -> io::Result<OwnedFd> {
     }
 }
 
-fn handle(s: &Shared, req: &libc::seccomp_notif) -> Result<(), i32> {
-    let pid = req.pid as i32;
+/// The thread that made a notified call.
+struct Caller {
+    tid: i32,
+    pidfd: OwnedFd,
+}
+
+impl Caller {
+    fn new(req: &libc::seccomp_notif) -> Result<Caller, i32> {
+        let tid = req.pid as i32;
+        Ok(Caller {
+            tid,
+            pidfd: thread_pidfd(tid).map_err(errno)?,
+        })
+    }
+
+    /// Our own reference to the caller's descriptor `fd` (`EBADF` if it has none).
+    fn take_fd(&self, fd: i32) -> Result<OwnedFd, i32> {
+        // SAFETY: pidfd_getfd duplicates the target's descriptor into ours.
+        let r = sys::cvt_l(unsafe {
+            libc::syscall(libc::SYS_pidfd_getfd, self.pidfd.as_raw_fd(), fd, 0u32)
+        })
+        .map_err(errno)?;
+        // SAFETY: a fresh descriptor we own.
+        Ok(unsafe { OwnedFd::from_raw_fd(r as RawFd) })
+    }
+
+    /// Copies the caller's memory described by `remote` into `into` (exactly its length).
+    fn read_vectored(&self, remote: &[libc::iovec], into: &mut [u8]) -> Result<(), i32> {
+        if into.is_empty() {
+            return Ok(());
+        }
+        let local = libc::iovec {
+            iov_base: into.as_mut_ptr().cast(),
+            iov_len: into.len(),
+        };
+        // SAFETY: `local` covers `into`, which we own; the kernel validates `remote`
+        // against the caller's address space, not ours.
+        let n = unsafe {
+            libc::process_vm_readv(
+                self.tid,
+                &local,
+                1,
+                remote.as_ptr(),
+                remote.len() as libc::c_ulong,
+                0,
+            )
+        };
+        if n < 0 {
+            return Err(errno(io::Error::last_os_error()));
+        }
+        if n as usize != into.len() {
+            return Err(libc::EFAULT);
+        }
+        Ok(())
+    }
+
+    fn read(&self, addr: u64, len: usize) -> Result<Vec<u8>, i32> {
+        let mut buf = vec![0u8; len];
+        let remote = libc::iovec {
+            iov_base: addr as *mut libc::c_void,
+            iov_len: len,
+        };
+        self.read_vectored(&[remote], &mut buf)?;
+        Ok(buf)
+    }
+}
+
+/// Where a call that names `addr` goes.
+enum Dest {
+    /// Our copy of the address as given: an abstract or unnamed `AF_UNIX` address (looked
+    /// up in the socket's own network namespace, the session's) or another family.
+    AsGiven,
+    /// An `AF_UNIX` pathname, resolved in the caller's root: the inode, still to be
+    /// admitted by [`admit`].
+    Inode(OwnedFd),
+}
+
+/// Resolves a pathname `AF_UNIX` address the way the caller would (keyed on its tid:
+/// before [`still_valid`]).
+fn resolve_dest(caller: &Caller, addr: &[u8]) -> Result<Dest, i32> {
+    let family = match addr {
+        [a, b, ..] => i32::from(u16::from_ne_bytes([*a, *b])),
+        _ => return Ok(Dest::AsGiven),
+    };
+    if family != libc::AF_UNIX || addr.len() < 3 || addr[2] == 0 {
+        return Ok(Dest::AsGiven);
+    }
+    // The kernel ends the path at the first NUL or at the address length.
+    let path = &addr[2..];
+    let path = &path[..path.iter().position(|b| *b == 0).unwrap_or(path.len())];
+    let path = Path::new(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(path));
+    resolve_in_session(caller.tid, path)
+        .map(Dest::Inode)
+        .map_err(errno)
+}
+
+/// The decision: a resolved pathname must be a socket bound inside the session.
+/// Refused is `ECONNREFUSED`, what the kernel answers when nothing listens there.
+fn admit(s: &Shared, inode: &OwnedFd) -> Result<(), i32> {
+    // SAFETY: stat buffer is plain data; fstat fills it.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: valid descriptor and buffer.
+    sys::cvt(unsafe { libc::fstat(inode.as_raw_fd(), &mut st) }).map_err(errno)?;
+    if st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
+        return Err(libc::ECONNREFUSED);
+    }
+    let diag = s.diag.lock().map_err(|_| libc::EIO)?;
+    let bound = bound_in_session(
+        diag.as_raw_fd(),
+        libc::major(st.st_dev),
+        libc::minor(st.st_dev),
+        st.st_ino,
+    )
+    .map_err(errno)?;
+    if bound {
+        Ok(())
+    } else {
+        // A socket of the host (or of nobody): as if nothing listened there.
+        Err(libc::ECONNREFUSED)
+    }
+}
+
+/// The address that reaches exactly the admitted inode.
+fn inode_addr(inode: &OwnedFd) -> Result<Vec<u8>, i32> {
+    let path = format!("/proc/self/fd/{}", inode.as_raw_fd());
+    // SAFETY: sockaddr_un is plain data (only its size is used here).
+    let max = unsafe { std::mem::zeroed::<libc::sockaddr_un>() }
+        .sun_path
+        .len();
+    if path.len() >= max {
+        return Err(libc::ENAMETOOLONG);
+    }
+    let mut a = (libc::AF_UNIX as libc::sa_family_t).to_ne_bytes().to_vec();
+    a.extend_from_slice(path.as_bytes());
+    a.push(0);
+    Ok(a)
+}
+
+fn handle_connect(s: &Shared, req: &libc::seccomp_notif) -> Result<(), i32> {
     let fd = req.data.args[0] as i32;
-    let addr = req.data.args[1];
     let len = (req.data.args[2] as usize).min(std::mem::size_of::<libc::sockaddr_storage>());
     if len < 2 {
         return Err(libc::EINVAL);
     }
+    let caller = Caller::new(req)?;
     // 1. Our copy of the address.
-    let mem = std::fs::File::open(format!("/proc/{pid}/mem")).map_err(errno)?;
-    let mut buf = vec![0u8; len];
-    mem.read_exact_at(&mut buf, addr)
+    let addr = caller
+        .read(req.data.args[1], len)
         .map_err(|_| libc::EFAULT)?;
     // 2. The socket object itself.
-    let pidfd = thread_pidfd(pid).map_err(errno)?;
-    // SAFETY: pidfd_getfd duplicates the target's descriptor into ours.
-    let sock =
-        sys::cvt_l(unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0u32) })
-            .map_err(errno)?;
-    // SAFETY: fresh descriptor.
-    let sock = unsafe { OwnedFd::from_raw_fd(sock as RawFd) };
+    let sock = caller.take_fd(fd)?;
+    // 3. Where it goes.
+    let dest = resolve_dest(&caller, &addr)?;
     if !still_valid(s, req.id) {
         return Err(libc::EINTR);
     }
-    let family = u16::from_ne_bytes([buf[0], buf[1]]) as i32;
-    if family == libc::AF_UNIX && len > 2 && buf[2] != 0 {
-        let end = buf[2..].iter().position(|b| *b == 0).map_or(len, |p| p + 2);
-        let path = Path::new(std::ffi::OsStr::from_bytes_compat(&buf[2..end]));
-        let target = resolve_in_session(pid, path).map_err(errno)?;
-        if !still_valid(s, req.id) {
-            return Err(libc::EINTR);
+    let addr = match &dest {
+        Dest::AsGiven => addr,
+        Dest::Inode(inode) => {
+            admit(s, inode)?;
+            inode_addr(inode)?
         }
-        // SAFETY: stat buffer is plain data; fstat fills it.
-        let mut st: libc::stat = unsafe { std::mem::zeroed() };
-        // SAFETY: valid descriptor and buffer.
-        sys::cvt(unsafe { libc::fstat(target.as_raw_fd(), &mut st) }).map_err(errno)?;
-        if st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
-            return Err(libc::ECONNREFUSED);
-        }
-        let bound = {
-            let diag = s.diag.lock().map_err(|_| libc::EIO)?;
-            bound_in_session(
-                diag.as_raw_fd(),
-                libc::major(st.st_dev),
-                libc::minor(st.st_dev),
-                st.st_ino,
-            )
-            .map_err(errno)?
-        };
-        if !bound {
-            // A socket of the host (or of nobody): as if nothing listened there.
-            return Err(libc::ECONNREFUSED);
-        }
-        let via = format!("/proc/self/fd/{}", target.as_raw_fd());
-        return connect_unix(sock.as_raw_fd(), via.as_bytes());
-    }
-    // Every other address: connect our copy on the session's own socket.
-    // SAFETY: buf holds `len` bytes of a sockaddr.
+    };
+    // 4. Connect our copy on the session's own socket.
+    // SAFETY: `addr` holds a sockaddr of `addr.len()` bytes.
     let r = unsafe {
         libc::connect(
             sock.as_raw_fd(),
-            buf.as_ptr().cast(),
-            len as libc::socklen_t,
-        )
-    };
-    if r != 0 {
-        Err(errno(io::Error::last_os_error()))
-    } else {
-        Ok(())
-    }
-}
-
-trait FromBytesCompat {
-    fn from_bytes_compat(b: &[u8]) -> &std::ffi::OsStr;
-}
-
-impl FromBytesCompat for std::ffi::OsStr {
-    fn from_bytes_compat(b: &[u8]) -> &std::ffi::OsStr {
-        std::os::unix::ffi::OsStrExt::from_bytes(b)
-    }
-}
-
-fn connect_unix(sock: RawFd, path: &[u8]) -> Result<(), i32> {
-    // SAFETY: sockaddr_un is plain data.
-    let mut sa: libc::sockaddr_un = unsafe { std::mem::zeroed() };
-    sa.sun_family = libc::AF_UNIX as libc::sa_family_t;
-    if path.len() >= sa.sun_path.len() {
-        return Err(libc::ENAMETOOLONG);
-    }
-    for (i, b) in path.iter().enumerate() {
-        sa.sun_path[i] = *b as libc::c_char;
-    }
-    let len = std::mem::size_of::<libc::sa_family_t>() + path.len() + 1;
-    // SAFETY: `sa` is a valid sockaddr_un of at least `len` bytes.
-    let r = unsafe {
-        libc::connect(
-            sock,
-            (&sa as *const libc::sockaddr_un).cast(),
-            len as libc::socklen_t,
+            addr.as_ptr().cast(),
+            addr.len() as libc::socklen_t,
         )
     };
     if r != 0 {
