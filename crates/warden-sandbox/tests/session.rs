@@ -25,6 +25,7 @@ fn spec(ws: &Path, cmd: &[&str]) -> SandboxSpec {
         tty: TtyMode::Inherit,
         session_id: format!("t{}", std::process::id()),
         network: warden_sandbox::Network::Loopback,
+        backend: warden_sandbox::Backend::Namespaces,
     }
 }
 

@@ -50,7 +50,7 @@ fn sh(cmd: &mut Command) {
 
 impl Lab {
     fn new(policy: &str) -> Option<Lab> {
-        Lab::with(Env::new(policy))
+        Lab::with(Env::new_for(b, policy))
     }
 
     fn with(env: Env) -> Option<Lab> {
@@ -160,9 +160,8 @@ fn network_events<'a>(
         .filter(move |e| e["surface"] == "network" && e["action"] == action)
 }
 
-#[test]
-fn real_clients_reach_allowed_hosts_by_proxy_and_transparently() {
-    let Some(lab) = Lab::new(&format!("{BASE}{NET}")) else {
+fn real_clients_reach_allowed_hosts_by_proxy_and_transparently(b: B) {
+    let Some(lab) = Lab::new(b, &format!("{BASE}{NET}")) else {
         return;
     };
     let script = format!(
@@ -255,9 +254,8 @@ git clone -q https://git.test/repo.git cloned 2>&1 && echo "git: $(cat cloned/RE
     );
 }
 
-#[test]
-fn bypass_attempts_reach_nothing() {
-    let Some(lab) = Lab::new(&format!("{BASE}{NET}")) else {
+fn bypass_attempts_reach_nothing(b: B) {
+    let Some(lab) = Lab::new(b, &format!("{BASE}{NET}")) else {
         return;
     };
     let script = format!(
@@ -441,9 +439,8 @@ EOF
     }
 }
 
-#[test]
-fn dns_exfiltration_never_leaves_and_only_a_and_aaaa_are_answered() {
-    let Some(lab) = Lab::new(&format!("{BASE}{NET}")) else {
+fn dns_exfiltration_never_leaves_and_only_a_and_aaaa_are_answered(b: B) {
+    let Some(lab) = Lab::new(b, &format!("{BASE}{NET}")) else {
         return;
     };
     let script = r#"python3 - <<'EOF'
@@ -522,9 +519,8 @@ EOF
     );
 }
 
-#[test]
-fn a_rebinding_name_is_resolved_once_and_the_checked_address_dialled() {
-    let Some(lab) = Lab::new(&format!("{BASE}{NET}")) else {
+fn a_rebinding_name_is_resolved_once_and_the_checked_address_dialled(b: B) {
+    let Some(lab) = Lab::new(b, &format!("{BASE}{NET}")) else {
         return;
     };
     let script = r#"
@@ -553,9 +549,8 @@ for i in 5 6 7 8; do echo "tun-$i: $(curl -sS -m 5 --noproxy '*' http://rebind.t
     );
 }
 
-#[test]
-fn udp_and_icmp_never_leave_and_are_recorded() {
-    let Some(lab) = Lab::new(&format!("{BASE}{NET}")) else {
+fn udp_and_icmp_never_leave_and_are_recorded(b: B) {
+    let Some(lab) = Lab::new(b, &format!("{BASE}{NET}")) else {
         return;
     };
     let script = r#"python3 - <<'EOF'
@@ -589,12 +584,11 @@ EOF
     );
 }
 
-#[test]
-fn http_method_and_path_rules_apply_to_plain_http() {
+fn http_method_and_path_rules_apply_to_plain_http(b: B) {
     let policy = format!(
         "{BASE}{NET}\n[[network.http]]\nhost = \"api.test\"\nmethods = [\"GET\"]\npaths = [\"/hello/**\"]\n"
     );
-    let Some(lab) = Lab::new(&policy) else { return };
+    let Some(lab) = Lab::new(b, &policy) else { return };
     let script = r#"
 c() { curl -sS -m 5 -w ' [%{http_code}]' "$@" 2>&1; }
 echo "get-ok: $(c http://api.test/hello/ok | tr '\n' ' ')"
@@ -613,9 +607,8 @@ echo "dotdot: $(c --path-as-is http://api.test/hello/../admin | tr '\n' ' ')"
     assert!(!hits.contains("admin") && !hits.contains("POST"), "{hits}");
 }
 
-#[test]
-fn audit_mode_blocks_nothing_and_records_would_be_denies() {
-    let Some(lab) = Lab::new(&format!("mode = \"audit\"\n{BASE}{NET}")) else {
+fn audit_mode_blocks_nothing_and_records_would_be_denies(b: B) {
+    let Some(lab) = Lab::new(b, &format!("mode = \"audit\"\n{BASE}{NET}")) else {
         return;
     };
     let o = lab.run(
@@ -637,9 +630,8 @@ fn audit_mode_blocks_nothing_and_records_would_be_denies() {
     assert_eq!(would["enforced"], false, "{would}");
 }
 
-#[test]
-fn policy_changes_apply_to_new_connections_and_an_invalid_one_is_refused() {
-    let Some(lab) = Lab::new(&format!("{BASE}{NET}")) else {
+fn policy_changes_apply_to_new_connections_and_an_invalid_one_is_refused(b: B) {
+    let Some(lab) = Lab::new(b, &format!("{BASE}{NET}")) else {
         return;
     };
     let ws = lab.env.ws.clone();
@@ -696,9 +688,8 @@ echo "invalid: $(curl -sS -m 5 http://other.test/hello/kept 2>&1)"
     );
 }
 
-#[test]
-fn killing_warden_ends_the_session_and_its_network() {
-    let Some(lab) = Lab::new(&format!("{BASE}{NET}")) else {
+fn killing_warden_ends_the_session_and_its_network(b: B) {
+    let Some(lab) = Lab::new(b, &format!("{BASE}{NET}")) else {
         return;
     };
     let ws = lab.env.ws.clone();
@@ -740,12 +731,11 @@ fn killing_warden_ends_the_session_and_its_network() {
     );
 }
 
-#[test]
-fn unprivileged_sessions_keep_the_proxy_and_never_gain_a_route() {
+fn unprivileged_sessions_keep_the_proxy_and_never_gain_a_route(b: B) {
     if !is_root() {
         return;
     }
-    let Some(lab) = Lab::with(Env::unprivileged(&format!("{BASE}{NET}"))) else {
+    let Some(lab) = Lab::with(Env::unprivileged_for(b, &format!("{BASE}{NET}"))) else {
         return;
     };
     let script = r#"
@@ -770,3 +760,16 @@ echo "raw: $(curl -sS -m 5 --noproxy '*' http://203.0.113.10/hello/raw 2>&1)"
         );
     }
 }
+
+crate::per_backend!(
+    real_clients_reach_allowed_hosts_by_proxy_and_transparently,
+    bypass_attempts_reach_nothing,
+    dns_exfiltration_never_leaves_and_only_a_and_aaaa_are_answered,
+    a_rebinding_name_is_resolved_once_and_the_checked_address_dialled,
+    udp_and_icmp_never_leave_and_are_recorded,
+    http_method_and_path_rules_apply_to_plain_http,
+    audit_mode_blocks_nothing_and_records_would_be_denies,
+    policy_changes_apply_to_new_connections_and_an_invalid_one_is_refused,
+    killing_warden_ends_the_session_and_its_network,
+    unprivileged_sessions_keep_the_proxy_and_never_gain_a_route,
+);
