@@ -32,7 +32,8 @@ use std::path::{Path, PathBuf};
 
 /// Where `runsc` is looked for, on the host (preflight) and in the session root (which
 /// holds `/usr` read-only): a `runsc` elsewhere would not be visible to the session.
-pub const RUNSC_CANDIDATES: &[&str] = &["/usr/local/bin/runsc", "/usr/bin/runsc", "/usr/sbin/runsc"];
+pub const RUNSC_CANDIDATES: &[&str] =
+    &["/usr/local/bin/runsc", "/usr/bin/runsc", "/usr/sbin/runsc"];
 
 /// How to get `runsc`, for error messages.
 pub const RUNSC_INSTALL_HINT: &str = "Install gVisor: `apt-get install runsc` (Debian, Ubuntu), or place the `runsc` binary in /usr/local/bin";
@@ -81,7 +82,12 @@ fn cstrings(v: impl IntoIterator<Item = String>) -> Result<Vec<CString>, String>
 pub(crate) fn run_argv(runsc: &Path, id: &str) -> Result<Vec<CString>, String> {
     let mut v = vec![runsc.display().to_string()];
     v.extend(global_flags());
-    v.extend(["run".into(), "--bundle".into(), BUNDLE_DIR.into(), id.into()]);
+    v.extend([
+        "run".into(),
+        "--bundle".into(),
+        BUNDLE_DIR.into(),
+        id.into(),
+    ]);
     cstrings(v)
 }
 
@@ -133,20 +139,41 @@ pub(crate) fn oci_config(req: &InitRequest) -> Value {
     let depth = |p: &Path| p.components().count();
     // (depth, mount), sorted by depth so parents come before children.
     let mut mounts: Vec<(usize, Value)> = vec![
-        (1, json!({"destination": "/proc", "type": "proc", "source": "proc"})),
-        (1, json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
-                   "options": ["nosuid", "ro", "mode=755"]})),
-        (2, json!({"destination": "/dev/pts", "type": "devpts", "source": "devpts",
-                   "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]})),
-        (2, json!({"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
-                   "options": ["nosuid", "nodev", "mode=1777"]})),
-        (1, json!({"destination": "/sys", "type": "sysfs", "source": "sysfs",
-                   "options": ["nosuid", "noexec", "nodev", "ro"]})),
-        (1, json!({"destination": "/tmp", "type": "tmpfs", "source": "tmpfs",
-                   "options": ["nosuid", "nodev", "mode=1777"]})),
-        (depth(&spec.home), json!({"destination": lossy(&spec.home), "type": "tmpfs", "source": "tmpfs",
+        (
+            1,
+            json!({"destination": "/proc", "type": "proc", "source": "proc"}),
+        ),
+        (
+            1,
+            json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+                   "options": ["nosuid", "mode=755"]}),
+        ),
+        (
+            2,
+            json!({"destination": "/dev/pts", "type": "devpts", "source": "devpts",
+                   "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]}),
+        ),
+        (
+            2,
+            json!({"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
+                   "options": ["nosuid", "nodev", "mode=1777"]}),
+        ),
+        (
+            1,
+            json!({"destination": "/sys", "type": "sysfs", "source": "sysfs",
+                   "options": ["nosuid", "noexec", "nodev", "ro"]}),
+        ),
+        (
+            1,
+            json!({"destination": "/tmp", "type": "tmpfs", "source": "tmpfs",
+                   "options": ["nosuid", "nodev", "mode=1777"]}),
+        ),
+        (
+            depth(&spec.home),
+            json!({"destination": lossy(&spec.home), "type": "tmpfs", "source": "tmpfs",
                    "options": ["nosuid", "nodev", "mode=0700",
-                               format!("uid={}", req.uid), format!("gid={}", req.gid)]})),
+                               format!("uid={}", req.uid), format!("gid={}", req.gid)]}),
+        ),
     ];
     for m in &spec.mounts {
         // Same rule as the session root: a mount under a hidden path is not mounted.
@@ -250,9 +277,7 @@ fn masked(index: u32, flag: u64) -> Value {
 /// *same* argument of one rule are alternatives (runc's legacy rule, which gVisor
 /// follows); conditions on different arguments must all hold.
 pub(crate) fn seccomp_profile() -> Value {
-    let errno = |names: &[&str], args: Vec<Value>| {
-        json!({"names": names, "action": "SCMP_ACT_ERRNO", "errnoRet": libc::EPERM, "args": args})
-    };
+    let errno = |names: &[&str], args: Vec<Value>| json!({"names": names, "action": "SCMP_ACT_ERRNO", "errnoRet": libc::EPERM, "args": args});
     let new_ns: Vec<u64> = [
         libc::CLONE_NEWNS,
         libc::CLONE_NEWCGROUP,
@@ -368,7 +393,12 @@ mod tests {
     fn seccomp_profile_denies_like_the_namespaces_filter() {
         let p = seccomp_profile();
         let rules = p["syscalls"].as_array().unwrap();
-        assert!(rules[0]["names"].as_array().unwrap().contains(&json!("ptrace")));
+        assert!(
+            rules[0]["names"]
+                .as_array()
+                .unwrap()
+                .contains(&json!("ptrace"))
+        );
         // The only multi-condition rule across arguments is netlink other than ROUTE.
         let nl = &rules[4]["args"];
         assert_eq!(nl[0]["index"], 0);

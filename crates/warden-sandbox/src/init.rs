@@ -6,11 +6,11 @@
 //! with the agent's status (128+N when the agent was killed by signal N). When the init
 //! exits the kernel kills everything left in the PID namespace.
 
+use crate::Backend;
 use crate::mounts;
 use crate::proto::{self, InitRequest, Report};
 use crate::seccomp;
 use crate::sys;
-use crate::Backend;
 use std::ffi::{CString, OsStr, OsString};
 use std::io::Write;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -371,8 +371,8 @@ fn agent_main(req: &InitRequest, chan: &OwnedFd) -> Result<std::convert::Infalli
                 "PR_SET_NO_NEW_PRIVS",
                 sys::prctl(libc::PR_SET_NO_NEW_PRIVS, 1),
             )?;
-            let argv = crate::gvisor::run_argv(&runsc, &spec.session_id)
-                .map_err(AgentError::Setup)?;
+            let argv =
+                crate::gvisor::run_argv(&runsc, &spec.session_id).map_err(AgentError::Setup)?;
             let exe_c = argv[0].clone();
             // runsc gets no environment of the session: it only reads its flags and
             // the bundle.

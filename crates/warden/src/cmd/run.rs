@@ -33,9 +33,7 @@ fn choose_backend(flag: Backend, policy: &Policy) -> anyhow::Result<warden_sandb
             warden_sandbox::Backend::Gvisor
         }
         (Backend::Auto, SandboxBackend::Namespaces)
-        | (Backend::Namespaces, SandboxBackend::Namespaces) => {
-            warden_sandbox::Backend::Namespaces
-        }
+        | (Backend::Namespaces, SandboxBackend::Namespaces) => warden_sandbox::Backend::Namespaces,
         (Backend::Namespaces, SandboxBackend::Gvisor) => bail!(
             "--backend namespaces is weaker than the policy allows: {}:{} requires the gvisor backend \
              ([sandbox] backend = \"gvisor\"); run with --backend gvisor or --backend auto",

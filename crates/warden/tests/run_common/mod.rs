@@ -50,7 +50,9 @@ pub fn gvisor_available() -> bool {
             std::env::var_os("CI").is_none(),
             "runsc is not installed (apt-get install runsc): the gVisor backend cannot be tested"
         );
-        eprintln!("\n!!!!! SKIPPING the gVisor variant: runsc is not installed (apt-get install runsc) !!!!!\n");
+        eprintln!(
+            "\n!!!!! SKIPPING the gVisor variant: runsc is not installed (apt-get install runsc) !!!!!\n"
+        );
     }
     found
 }
