@@ -33,9 +33,37 @@ pub struct PolicyDoc {
     pub tls: Tls,
     pub filesystem: Filesystem,
     pub limits: Limits,
+    pub sandbox: Sandbox,
     pub credentials: Vec<Credential>,
     pub mcp: Mcp,
     pub cedar: CedarFiles,
+}
+
+/// `[sandbox] backend`: the isolation a session of this policy needs at least.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SandboxBackend {
+    /// Any backend (the shared-kernel `namespaces` one is enough).
+    #[default]
+    Namespaces,
+    /// An application kernel between the agent and the host's: gVisor.
+    Gvisor,
+}
+
+impl SandboxBackend {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SandboxBackend::Namespaces => "namespaces",
+            SandboxBackend::Gvisor => "gvisor",
+        }
+    }
+}
+
+/// `[sandbox]`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Sandbox {
+    pub backend: SandboxBackend,
+    /// Line of `backend = ...`; 0 when the default applies.
+    pub backend_line: u32,
 }
 
 /// One host pattern as written, with its line.

@@ -28,10 +28,12 @@ const TOP_KEYS: &[&str] = &[
     "tls",
     "filesystem",
     "limits",
+    "sandbox",
     "credentials",
     "mcp",
     "cedar",
 ];
+const SANDBOX_KEYS: &[&str] = &["backend"];
 const NETWORK_KEYS: &[&str] = &["allow", "deny", "http"];
 const SERVER_NETWORK_KEYS: &[&str] = &["allow", "deny"];
 const HTTP_KEYS: &[&str] = &["host", "methods", "paths"];
@@ -283,6 +285,9 @@ pub(crate) fn parse_doc(cx: &mut Cx<'_>, src: &str, default_name: &str) -> Optio
     }
     if let Some(t) = cx.get_table(root, "limits") {
         doc.limits = parse_limits(cx, t, "[limits]");
+    }
+    if let Some(t) = cx.get_table(root, "sandbox") {
+        doc.sandbox = parse_sandbox(cx, t);
     }
     for (t, span) in cx.get_tables(root, "credentials", "[[credentials]]") {
         if let Some(c) = parse_credential(cx, t, span) {
@@ -585,6 +590,29 @@ fn check_mount_path(p: &str, allow_tilde: bool) -> Result<(), String> {
         return Err(format!("`{p}` must not contain `..`"));
     }
     Ok(())
+}
+
+fn parse_sandbox(cx: &mut Cx<'_>, t: &DeTable<'_>) -> Sandbox {
+    cx.check_keys(t, SANDBOX_KEYS, "[sandbox]");
+    let mut s = Sandbox::default();
+    if let Some((b, span)) = cx.get_str(t, "backend") {
+        let line = cx.line(&span);
+        match b {
+            "namespaces" => s.backend = SandboxBackend::Namespaces,
+            "gvisor" => s.backend = SandboxBackend::Gvisor,
+            other => cx.err(
+                span,
+                format!("unknown sandbox backend `{other}`"),
+                Some(
+                    "`backend` is \"namespaces\" (the default: any backend) or \"gvisor\" \
+                     (sessions must run under gVisor's application kernel)"
+                        .into(),
+                ),
+            ),
+        }
+        s.backend_line = line;
+    }
+    s
 }
 
 fn parse_limits(cx: &mut Cx<'_>, t: &DeTable<'_>, table: &str) -> Limits {

@@ -79,6 +79,38 @@ mod snapshots {
             "policy.toml:3:1: error: unknown key `alow` in [network]\n  |\n3 | alow = [\"api.github.com\"]\n  | ^^^^\n  = hint: did you mean `allow`?\n"
         );
     }
+
+    #[test]
+    fn sandbox_backend_is_parsed_with_its_line_and_checked() {
+        let p = Policy::parse(
+            "version = 1\n[sandbox]\nbackend = \"gvisor\"\n",
+            "policy.toml",
+            Path::new("."),
+        )
+        .unwrap();
+        assert_eq!(
+            p.doc().sandbox.backend,
+            warden_policy::SandboxBackend::Gvisor
+        );
+        assert_eq!(p.doc().sandbox.backend_line, 3);
+        let p = Policy::parse("version = 1\n", "policy.toml", Path::new(".")).unwrap();
+        assert_eq!(
+            p.doc().sandbox.backend,
+            warden_policy::SandboxBackend::Namespaces
+        );
+        let err = Policy::parse(
+            "version = 1\n[sandbox]\nbackend = \"firecracker\"\nbakend = 1\n",
+            "policy.toml",
+            Path::new("."),
+        )
+        .unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("unknown sandbox backend `firecracker`") && text.contains("\"gvisor\""),
+            "{text}"
+        );
+        assert!(text.contains("did you mean `backend`?"), "{text}");
+    }
 }
 
 mod hosts {

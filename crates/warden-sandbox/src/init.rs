@@ -6,6 +6,7 @@
 //! with the agent's status (128+N when the agent was killed by signal N). When the init
 //! exits the kernel kills everything left in the PID namespace.
 
+use crate::Backend;
 use crate::mounts;
 use crate::proto::{self, InitRequest, Report};
 use crate::seccomp;
@@ -174,11 +175,54 @@ fn run_init(slot: &mut Option<OwnedFd>) -> Result<i32, String> {
     // The agent holds the channel until its exec; our copies must go so the parent sees EOF.
     drop(stream);
     *slot = None;
-    Ok(supervise(agent, &sfd))
+    let forward: Box<dyn Fn(libc::c_int)> = match req.spec.backend {
+        // SAFETY: signalling our own child.
+        Backend::Namespaces => Box::new(move |sig| unsafe {
+            libc::kill(agent, sig);
+        }),
+        // `runsc run` does not pass the signals it receives on to the command (and dies
+        // of most of them): ask the sandbox to deliver them instead.
+        Backend::Gvisor => {
+            let runsc = crate::gvisor::find_runsc();
+            let id = req.spec.session_id.clone();
+            Box::new(move |sig| {
+                if let Some(argv) = runsc
+                    .as_ref()
+                    .and_then(|r| crate::gvisor::kill_argv(r, &id, sig).ok())
+                {
+                    spawn_quiet(&argv);
+                }
+            })
+        }
+    };
+    Ok(supervise(agent, &sfd, &*forward))
+}
+
+/// Starts `argv` as a child of the init with stdout and stderr on `/dev/null` and the
+/// default signal mask; the supervisor loop reaps it. The init is single-threaded, so
+/// the child may run arbitrary code before `execve`.
+fn spawn_quiet(argv: &[CString]) {
+    let mut argv_p: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
+    argv_p.push(std::ptr::null());
+    let envp = [std::ptr::null::<libc::c_char>()];
+    // SAFETY: fork in a single-threaded process; the child only resets its signal mask,
+    // redirects two descriptors and executes, or exits.
+    unsafe {
+        if libc::fork() == 0 {
+            sys::reset_signals();
+            let null = libc::open(c"/dev/null".as_ptr(), libc::O_WRONLY);
+            if null >= 0 {
+                libc::dup2(null, 1);
+                libc::dup2(null, 2);
+            }
+            libc::execve(argv_p[0], argv_p.as_ptr(), envp.as_ptr());
+            libc::_exit(127);
+        }
+    }
 }
 
 /// Reap and forward until the agent exits; returns its status as an exit code.
-fn supervise(agent: libc::pid_t, sfd: &OwnedFd) -> i32 {
+fn supervise(agent: libc::pid_t, sfd: &OwnedFd, forward: &dyn Fn(libc::c_int)) -> i32 {
     loop {
         // SAFETY: signalfd_siginfo is plain data.
         let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
@@ -195,8 +239,7 @@ fn supervise(agent: libc::pid_t, sfd: &OwnedFd) -> i32 {
         }
         let sig = info.ssi_signo as libc::c_int;
         if sig != libc::SIGCHLD {
-            // SAFETY: signalling our own child.
-            unsafe { libc::kill(agent, sig) };
+            forward(sig);
             continue;
         }
         loop {
@@ -277,33 +320,88 @@ fn agent_main(req: &InitRequest, chan: &OwnedFd) -> Result<std::convert::Infalli
         .find(|(k, _)| k == "PATH")
         .map(|(_, v)| v.clone());
 
-    crate::landlock_layer::restrict(&mounts::writable_paths(req)).map_err(AgentError::Setup)?;
-    drop_capabilities().map_err(AgentError::Setup)?;
-    setup(
-        "PR_SET_NO_NEW_PRIVS",
-        sys::prctl(libc::PR_SET_NO_NEW_PRIVS, 1),
-    )?;
-    let prog = setup("seccomp filter", seccomp::agent_program())?;
-    setup(
-        "installing the seccomp filter",
-        seccomp::install(&prog, false),
-    )?;
-    if req.unix_guard {
-        // The guard mediates sendmsg, which passes its own listener on: install_guard
-        // sends it from a thread without the guard.
-        setup(
-            "installing the unix-socket guard and sending its listener",
-            seccomp::install_guard(|l| {
-                report(chan, &Report::Fd(proto::FdKind::ConnectGuard));
-                proto::send_fd(chan.as_raw_fd(), l.as_raw_fd())
-            }),
-        )?;
+    match spec.backend {
+        Backend::Namespaces => {
+            crate::landlock_layer::restrict(&mounts::writable_paths(req))
+                .map_err(AgentError::Setup)?;
+            drop_capabilities().map_err(AgentError::Setup)?;
+            setup(
+                "PR_SET_NO_NEW_PRIVS",
+                sys::prctl(libc::PR_SET_NO_NEW_PRIVS, 1),
+            )?;
+            let prog = setup("seccomp filter", seccomp::agent_program())?;
+            setup(
+                "installing the seccomp filter",
+                seccomp::install(&prog, false),
+            )?;
+            if req.unix_guard {
+                // The guard mediates sendmsg, which passes its own listener on:
+                // install_guard sends it from a thread without the guard.
+                setup(
+                    "installing the unix-socket guard and sending its listener",
+                    seccomp::install_guard(|l| {
+                        report(chan, &Report::Fd(proto::FdKind::ConnectGuard));
+                        proto::send_fd(chan.as_raw_fd(), l.as_raw_fd())
+                    }),
+                )?;
+            }
+            // Resolve the command in the session (after Landlock, so an execute denial
+            // shows).
+            let exe = resolve(&spec.command[0], path_var.as_deref())?;
+            let exe_c = CString::new(exe.as_os_str().as_bytes())
+                .map_err(|_| AgentError::Setup("NUL in path".into()))?;
+            go_and_exec(chan, &exe_c, &argv, &env)?;
+        }
+        Backend::Gvisor => {
+            // The command is looked up here, on the same root gVisor serves it from, so
+            // 126/127 and their messages are the same as with the other backend.
+            resolve(&spec.command[0], path_var.as_deref())?;
+            let runsc = crate::gvisor::find_runsc().ok_or_else(|| {
+                AgentError::Setup(format!(
+                    "runsc is not in the session ({}). {}",
+                    crate::gvisor::RUNSC_CANDIDATES.join(", "),
+                    crate::gvisor::RUNSC_INSTALL_HINT
+                ))
+            })?;
+            crate::gvisor::write_bundle(req).map_err(AgentError::Setup)?;
+            setup(
+                "PR_SET_NO_NEW_PRIVS",
+                sys::prctl(libc::PR_SET_NO_NEW_PRIVS, 1),
+            )?;
+            let argv =
+                crate::gvisor::run_argv(&runsc, &spec.session_id).map_err(AgentError::Setup)?;
+            let exe_c = argv[0].clone();
+            // runsc gets no environment of the session: it only reads its flags and
+            // the bundle.
+            go_and_exec(chan, &exe_c, &argv, &[])?;
+            let e = std::io::Error::last_os_error();
+            return Err(AgentError::Exec(
+                126,
+                format!("{}: cannot execute: {e}", runsc.display()),
+            ));
+        }
     }
-    // Resolve the command in the session (after Landlock, so an execute denial shows).
-    let exe = resolve(&spec.command[0], path_var.as_deref())?;
+    let e = std::io::Error::last_os_error();
+    let cmd = spec.command[0].to_string_lossy();
+    Err(match e.raw_os_error() {
+        Some(libc::ENOENT) => {
+            AgentError::Exec(127, format!("{cmd}: not found in the session: {e}"))
+        }
+        _ => AgentError::Exec(126, format!("{cmd}: cannot execute: {e}")),
+    })
+}
+
+/// Closes every descriptor but stdio and the channel at exec, reports `Prepared`, waits
+/// for the parent's go-ahead (it records the session start durably meanwhile; end-of-file
+/// instead means it gave up: do not run), reports `Ready` and executes. Returns only on
+/// failure.
+fn go_and_exec(
+    chan: &OwnedFd,
+    exe: &CString,
+    argv: &[CString],
+    env: &[CString],
+) -> Result<(), AgentError> {
     setup("close_range", sys::cloexec_from(3))?;
-    // Everything is in place: wait for the parent's go-ahead (it records the session start
-    // durably meanwhile). End-of-file instead means the parent gave up: do not run.
     report(chan, &Report::Prepared);
     let mut stream = setup("channel", proto::stream_of(chan))?;
     match proto::read_frame::<proto::Control>(&mut stream) {
@@ -316,22 +414,13 @@ fn agent_main(req: &InitRequest, chan: &OwnedFd) -> Result<std::convert::Infalli
     }
     drop(stream);
     report(chan, &Report::Ready);
-    let exe_c = CString::new(exe.as_os_str().as_bytes())
-        .map_err(|_| AgentError::Setup("NUL in path".into()))?;
     let mut argv_p: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
     argv_p.push(std::ptr::null());
     let mut env_p: Vec<*const libc::c_char> = env.iter().map(|a| a.as_ptr()).collect();
     env_p.push(std::ptr::null());
     // SAFETY: NUL-terminated arrays of valid C strings that live until the call returns.
-    unsafe { libc::execve(exe_c.as_ptr(), argv_p.as_ptr(), env_p.as_ptr()) };
-    let e = std::io::Error::last_os_error();
-    let cmd = spec.command[0].to_string_lossy();
-    Err(match e.raw_os_error() {
-        Some(libc::ENOENT) => {
-            AgentError::Exec(127, format!("{cmd}: not found in the session: {e}"))
-        }
-        _ => AgentError::Exec(126, format!("{cmd}: cannot execute: {e}")),
-    })
+    unsafe { libc::execve(exe.as_ptr(), argv_p.as_ptr(), env_p.as_ptr()) };
+    Ok(())
 }
 
 /// `command[0]` → an executable path, like a shell would: 127 when nothing is found, 126

@@ -33,6 +33,7 @@
 mod cgroup;
 mod env;
 mod error;
+mod gvisor;
 mod init;
 mod landlock_layer;
 mod mounts;
@@ -50,6 +51,7 @@ use std::path::PathBuf;
 
 pub use env::{DEFAULT_ENV_PASSTHROUGH, session_env};
 pub use error::SandboxError;
+pub use gvisor::{RUNSC_INSTALL_HINT, find_runsc};
 pub use init::init_main;
 pub use net::{DNS_ADDR, NetworkFds, PROXY_ADDR, TUN_MTU, TUN_NAME, TUN_V4, TUN_V6};
 pub use preflight::{Check, preflight, preflight_report};
@@ -143,6 +145,42 @@ pub struct SandboxSpec {
     /// [`SESSION_TRUST_BUNDLE`] (the system bundle's path, overlaid read-only), e.g. the
     /// host's roots plus the session CA of an intercepting proxy. `None`: the host's.
     pub trust_bundle: Option<String>,
+    /// Which isolation backend runs the command (see [`Backend`]).
+    #[serde(default)]
+    pub backend: Backend,
+}
+
+/// The isolation backend of a session: what stands between the command and the host
+/// kernel. Everything else of a session — the namespaces, the root built from `mounts`
+/// and `hide`, the cgroup limits, the network doors, the terminal, the handshake with
+/// the caller — is common to all backends; only the last step of the session init, how
+/// the command is started on that root, differs (see docs/decisions/0004-backends.md).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Backend {
+    /// The command runs directly on the host kernel, hardened: no capabilities,
+    /// `no_new_privs`, a seccomp deny-list, Landlock, the unix-socket guard.
+    #[default]
+    Namespaces,
+    /// The command runs under gVisor (`runsc`, ptrace platform): its system calls are
+    /// served by gVisor's application kernel, which alone talks to the host kernel under
+    /// gVisor's own seccomp filters. Built on the same session root and network doors.
+    Gvisor,
+}
+
+impl Backend {
+    /// The name used on the command line, in policies and in the audit log.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backend::Namespaces => "namespaces",
+            Backend::Gvisor => "gvisor",
+        }
+    }
+}
+
+impl std::fmt::Display for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// Where the session's CA bundle is (Debian's system bundle path; see

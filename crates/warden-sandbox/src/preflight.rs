@@ -2,7 +2,7 @@
 //! Cheap (a few file reads and probing system calls); the session setup itself verifies
 //! again and fails closed.
 
-use crate::{SandboxError, SandboxSpec, cgroup, landlock_layer};
+use crate::{Backend, SandboxError, SandboxSpec, cgroup, landlock_layer};
 use std::fs;
 
 /// One verified layer.
@@ -63,7 +63,12 @@ pub fn preflight_report(spec: &SandboxSpec) -> Vec<Check> {
         }),
     });
 
-    let abi = landlock_layer::kernel_abi();
+    // gVisor's boundary replaces Landlock for the command (runsc cannot run under it).
+    let abi = if spec.backend == Backend::Gvisor {
+        1
+    } else {
+        landlock_layer::kernel_abi()
+    };
     out.push(Check {
         layer: "landlock",
         problem: (abi < 1).then(|| {
@@ -118,6 +123,31 @@ pub fn preflight_report(spec: &SandboxSpec) -> Vec<Check> {
         layer: "cgroups",
         problem: cg,
     });
+
+    if spec.backend == Backend::Gvisor {
+        out.push(Check {
+            layer: "gVisor",
+            problem: if crate::gvisor::find_runsc().is_none() {
+                Some((
+                    format!(
+                        "the policy or --backend asks for gVisor but runsc is not installed (looked for {})",
+                        crate::gvisor::RUNSC_CANDIDATES.join(", ")
+                    ),
+                    format!("{}.", crate::gvisor::RUNSC_INSTALL_HINT),
+                ))
+            } else if unpriv {
+                // runsc refuses a non-root user without its --rootless mode, and that mode
+                // maps the user to root inside, which would make every file of the
+                // workspace look owned by someone else to the command.
+                Some((
+                    "the gvisor backend runs only for root (runsc cannot run as an unprivileged user inside the session's user namespace)".to_string(),
+                    "Run warden as root, or use --backend namespaces with a policy that does not require gvisor.".to_string(),
+                ))
+            } else {
+                None
+            },
+        });
+    }
 
     out
 }

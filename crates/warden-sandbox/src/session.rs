@@ -422,7 +422,8 @@ impl Session {
         if let Some(cg) = &self.cgroups {
             cg.add(self.pid)?;
         }
-        let unix_guard = crate::unixsock::enabled();
+        // gVisor serves Unix sockets itself (never a host socket: `--host-uds=none`).
+        let unix_guard = spec.backend == crate::Backend::Namespaces && crate::unixsock::enabled();
         let req = InitRequest {
             spec: spec.clone(),
             uid,

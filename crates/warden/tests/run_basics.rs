@@ -10,9 +10,8 @@ use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Stdio};
 
-#[test]
-fn exit_codes() {
-    let env = Env::new(BASE);
+fn exit_codes(b: B) {
+    let env = Env::new_for(b, BASE);
     assert_code(&env.run(&["/bin/true"]), 0);
     assert_code(&env.sh("exit 3"), 3);
     std::fs::write(env.ws.join("noexec.sh"), "#!/bin/sh\necho hi\n").unwrap();
@@ -45,7 +44,7 @@ fn exit_codes() {
     );
     assert!(
         ev.iter()
-            .any(|e| e["action"] == "start" && e["backend"] == "namespaces"),
+            .any(|e| e["action"] == "start" && e["backend"] == b.flag()),
         "{ev:?}"
     );
     assert!(
@@ -56,9 +55,8 @@ fn exit_codes() {
     );
 }
 
-#[test]
-fn pipes_pass_through() {
-    let env = Env::new(BASE);
+fn pipes_pass_through(b: B) {
+    let env = Env::new_for(b, BASE);
     let mut c = env.cmd(&[], &["sh", "-c", "tr a-z A-Z; echo err >&2"]);
     c.stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -76,9 +74,8 @@ fn pipes_pass_through() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("err"));
 }
 
-#[test]
-fn environment_is_filtered() {
-    let env = Env::new(BASE);
+fn environment_is_filtered(b: B) {
+    let env = Env::new_for(b, BASE);
     let mut c = env.cmd(
         &["--env", "ADDED=yes", "--env", "COPIED"],
         &["sh", "-c", "env | sort"],
@@ -152,9 +149,8 @@ fn environment_is_filtered() {
     }
 }
 
-#[test]
-fn python_and_node_run_in_the_workspace() {
-    let env = Env::new(BASE);
+fn python_and_node_run_in_the_workspace(b: B) {
+    let env = Env::new_for(b, BASE);
     std::fs::write(env.ws.join("s.py"), "import json, pathlib\npathlib.Path('py.out').write_text(json.dumps({'ok': 1}))\nprint('py-ok')\n").unwrap();
     std::fs::write(
         env.ws.join("s.js"),
@@ -171,9 +167,8 @@ fn python_and_node_run_in_the_workspace() {
     assert!(env.ws.join("py.out").exists() && env.ws.join("js.out").exists());
 }
 
-#[test]
-fn workspace_read_only_and_none() {
-    let env = Env::new("[filesystem]\nworkspace = \"ro\"\n");
+fn workspace_read_only_and_none(b: B) {
+    let env = Env::new_for(b, "[filesystem]\nworkspace = \"ro\"\n");
     std::fs::write(env.ws.join("f"), "content").unwrap();
     let o = env.sh("cat f; echo x > g 2>/dev/null && echo WROTE; exit 0");
     assert!(
@@ -181,7 +176,7 @@ fn workspace_read_only_and_none() {
         "{}",
         text(&o)
     );
-    let env = Env::new("[filesystem]\nworkspace = \"none\"\n");
+    let env = Env::new_for(b, "[filesystem]\nworkspace = \"none\"\n");
     std::fs::write(env.ws.join("f"), "content").unwrap();
     let o = env.sh(&format!("cat {}/f 2>&1; pwd", env.ws.display()));
     assert!(!stdout(&o).contains("content"), "{}", text(&o));
@@ -192,17 +187,20 @@ fn warden_failures_exit_125() {
     let env = Env::new("[filesystem]\nworkspace = \"rw\"\nbogus_key = 1\n");
     let o = env.run(&["/bin/true"]);
     assert_code(&o, 125);
-    let env = Env::new(BASE);
+    // A policy that requires gVisor refuses a weaker --backend, naming both.
+    let env = Env::new(&format!("{BASE}\n[sandbox]\nbackend = \"gvisor\"\n"));
     let o = env
-        .cmd(&["--backend", "gvisor"], &["/bin/true"])
+        .cmd(&["--backend", "namespaces"], &["/bin/true"])
         .output()
         .unwrap();
     assert_code(&o, 125);
+    let err = String::from_utf8_lossy(&o.stderr);
     assert!(
-        String::from_utf8_lossy(&o.stderr).contains("gvisor"),
+        err.contains("--backend namespaces") && err.contains("requires the gvisor backend"),
         "{}",
         text(&o)
     );
+    let env = Env::new(BASE);
     let o = Command::new(WARDEN)
         .args([
             "run",
@@ -227,6 +225,8 @@ fn on_pty(env: &Env, script: &str, cmd: &[&str]) -> (String, Option<i32>) {
         env.policy.display().to_string(),
         "--workspace".into(),
         env.ws.display().to_string(),
+        "--backend".into(),
+        env.backend.flag().into(),
         "--".into(),
     ];
     argv.extend(cmd.iter().map(|s| s.to_string()));
@@ -283,9 +283,8 @@ sys.exit(os.waitstatus_to_exitcode(st))
     )
 }
 
-#[test]
-fn tty_is_a_pty_with_resize() {
-    let env = Env::new(BASE);
+fn tty_is_a_pty_with_resize(b: B) {
+    let env = Env::new_for(b, BASE);
     let (out, code) = on_pty(
         &env,
         "read_until('READY1'); resize(40, 100); time.sleep(0.3); send(b'go\\n')",
@@ -305,9 +304,8 @@ fn tty_is_a_pty_with_resize() {
     );
 }
 
-#[test]
-fn ctrl_c_reaches_the_session() {
-    let env = Env::new(BASE);
+fn ctrl_c_reaches_the_session(b: B) {
+    let env = Env::new_for(b, BASE);
     let (out, code) = on_pty(
         &env,
         "read_until('SLEEPING'); time.sleep(0.2); send(b'\\x03')",
@@ -316,9 +314,8 @@ fn ctrl_c_reaches_the_session() {
     assert_eq!(code, Some(130), "{out}");
 }
 
-#[test]
-fn sigterm_is_forwarded_to_the_session() {
-    let env = Env::new(BASE);
+fn sigterm_is_forwarded_to_the_session(b: B) {
+    let env = Env::new_for(b, BASE);
     let mut child = env
         .cmd(&[], &["sh", "-c", "echo started; exec sleep 30"])
         .stdout(Stdio::piped())
@@ -335,9 +332,8 @@ fn sigterm_is_forwarded_to_the_session() {
     assert_eq!(child.wait().unwrap().code(), Some(143));
 }
 
-#[test]
-fn sigkill_to_warden_kills_the_session() {
-    let env = Env::new(BASE);
+fn sigkill_to_warden_kills_the_session(b: B) {
+    let env = Env::new_for(b, BASE);
     let marker = env.ws.join("still-running");
     let mut child = env
         .cmd(&[], &["sh", "-c", "sleep 2; touch still-running"])
@@ -355,3 +351,15 @@ fn sigkill_to_warden_kills_the_session() {
     std::thread::sleep(std::time::Duration::from_millis(2500));
     assert!(!marker.exists(), "the session outlived warden run");
 }
+
+crate::per_backend!(
+    exit_codes,
+    pipes_pass_through,
+    environment_is_filtered,
+    python_and_node_run_in_the_workspace,
+    workspace_read_only_and_none,
+    tty_is_a_pty_with_resize,
+    ctrl_c_reaches_the_session,
+    sigterm_is_forwarded_to_the_session,
+    sigkill_to_warden_kills_the_session,
+);

@@ -49,8 +49,8 @@ fn sh(cmd: &mut Command) {
 }
 
 impl Lab {
-    fn new(policy: &str) -> Option<Lab> {
-        Lab::with(Env::new(policy))
+    fn new(b: B, policy: &str) -> Option<Lab> {
+        Lab::with(Env::new_for(b, policy))
     }
 
     fn with(env: Env) -> Option<Lab> {
@@ -183,9 +183,8 @@ fn network_events<'a>(
         .filter(move |e| e["surface"] == "network" && e["action"] == action)
 }
 
-#[test]
-fn real_clients_reach_allowed_hosts_by_proxy_and_transparently() {
-    let Some(lab) = Lab::new(&format!("{BASE}{NET}")) else {
+fn real_clients_reach_allowed_hosts_by_proxy_and_transparently(b: B) {
+    let Some(lab) = Lab::new(b, &format!("{BASE}{NET}")) else {
         return;
     };
     let script = format!(
@@ -279,9 +278,8 @@ git clone -q https://git.test/repo.git cloned 2>&1 && echo "git: $(cat cloned/RE
     );
 }
 
-#[test]
-fn bypass_attempts_reach_nothing() {
-    let Some(lab) = Lab::new(&format!("{BASE}{NET}")) else {
+fn bypass_attempts_reach_nothing(b: B) {
+    let Some(lab) = Lab::new(b, &format!("{BASE}{NET}")) else {
         return;
     };
     let script = format!(
@@ -465,9 +463,8 @@ EOF
     }
 }
 
-#[test]
-fn dns_exfiltration_never_leaves_and_only_a_and_aaaa_are_answered() {
-    let Some(lab) = Lab::new(&format!("{BASE}{NET}")) else {
+fn dns_exfiltration_never_leaves_and_only_a_and_aaaa_are_answered(b: B) {
+    let Some(lab) = Lab::new(b, &format!("{BASE}{NET}")) else {
         return;
     };
     let script = r#"python3 - <<'EOF'
@@ -546,9 +543,8 @@ EOF
     );
 }
 
-#[test]
-fn a_rebinding_name_is_resolved_once_and_the_checked_address_dialled() {
-    let Some(lab) = Lab::new(&format!("{BASE}{NET}")) else {
+fn a_rebinding_name_is_resolved_once_and_the_checked_address_dialled(b: B) {
+    let Some(lab) = Lab::new(b, &format!("{BASE}{NET}")) else {
         return;
     };
     let script = r#"
@@ -577,9 +573,8 @@ for i in 5 6 7 8; do echo "tun-$i: $(curl -sS -m 5 --noproxy '*' http://rebind.t
     );
 }
 
-#[test]
-fn udp_and_icmp_never_leave_and_are_recorded() {
-    let Some(lab) = Lab::new(&format!("{BASE}{NET}")) else {
+fn udp_and_icmp_never_leave_and_are_recorded(b: B) {
+    let Some(lab) = Lab::new(b, &format!("{BASE}{NET}")) else {
         return;
     };
     let script = r#"python3 - <<'EOF'
@@ -613,12 +608,13 @@ EOF
     );
 }
 
-#[test]
-fn http_method_and_path_rules_apply_to_plain_http() {
+fn http_method_and_path_rules_apply_to_plain_http(b: B) {
     let policy = format!(
         "{BASE}{NET}\n[[network.http]]\nhost = \"api.test\"\nmethods = [\"GET\"]\npaths = [\"/hello/**\"]\n"
     );
-    let Some(lab) = Lab::new(&policy) else { return };
+    let Some(lab) = Lab::new(b, &policy) else {
+        return;
+    };
     let script = r#"
 c() { curl -sS -m 5 -w ' [%{http_code}]' "$@" 2>&1; }
 echo "get-ok: $(c http://api.test/hello/ok | tr '\n' ' ')"
@@ -637,9 +633,8 @@ echo "dotdot: $(c --path-as-is http://api.test/hello/../admin | tr '\n' ' ')"
     assert!(!hits.contains("admin") && !hits.contains("POST"), "{hits}");
 }
 
-#[test]
-fn audit_mode_blocks_nothing_and_records_would_be_denies() {
-    let Some(lab) = Lab::new(&format!("mode = \"audit\"\n{BASE}{NET}")) else {
+fn audit_mode_blocks_nothing_and_records_would_be_denies(b: B) {
+    let Some(lab) = Lab::new(b, &format!("mode = \"audit\"\n{BASE}{NET}")) else {
         return;
     };
     let o = lab.run(
@@ -661,9 +656,8 @@ fn audit_mode_blocks_nothing_and_records_would_be_denies() {
     assert_eq!(would["enforced"], false, "{would}");
 }
 
-#[test]
-fn policy_changes_apply_to_new_connections_and_an_invalid_one_is_refused() {
-    let Some(lab) = Lab::new(&format!("{BASE}{NET}")) else {
+fn policy_changes_apply_to_new_connections_and_an_invalid_one_is_refused(b: B) {
+    let Some(lab) = Lab::new(b, &format!("{BASE}{NET}")) else {
         return;
     };
     let ws = lab.env.ws.clone();
@@ -720,9 +714,8 @@ echo "invalid: $(curl -sS -m 5 http://other.test/hello/kept 2>&1)"
     );
 }
 
-#[test]
-fn killing_warden_ends_the_session_and_its_network() {
-    let Some(lab) = Lab::new(&format!("{BASE}{NET}")) else {
+fn killing_warden_ends_the_session_and_its_network(b: B) {
+    let Some(lab) = Lab::new(b, &format!("{BASE}{NET}")) else {
         return;
     };
     let ws = lab.env.ws.clone();
@@ -764,12 +757,11 @@ fn killing_warden_ends_the_session_and_its_network() {
     );
 }
 
-#[test]
-fn unprivileged_sessions_keep_the_proxy_and_never_gain_a_route() {
+fn unprivileged_sessions_keep_the_proxy_and_never_gain_a_route(b: B) {
     if !is_root() {
         return;
     }
-    let Some(lab) = Lab::with(Env::unprivileged(&format!("{BASE}{NET}"))) else {
+    let Some(lab) = Lab::with(Env::unprivileged_for(b, &format!("{BASE}{NET}"))) else {
         return;
     };
     let script = r#"
@@ -777,6 +769,16 @@ echo "proxy: $(curl -sS -m 10 http://api.test/hello/unpriv 2>&1)"
 echo "raw: $(curl -sS -m 5 --noproxy '*' http://203.0.113.10/hello/raw 2>&1)"
 "#;
     let o = lab.run(script);
+    if b == B::Gvisor {
+        // runsc cannot run as an unprivileged user here: the session fails closed.
+        assert_eq!(lab.exit(), Some(125), "{}", text(&o));
+        assert!(
+            String::from_utf8_lossy(&o.stderr).contains("only for root"),
+            "{}",
+            text(&o)
+        );
+        return;
+    }
     let out = stdout(&o);
     assert_eq!(lab.exit(), Some(0), "{}", text(&o));
     assert!(line(&out, "proxy").contains("says hello"), "{}", text(&o));
@@ -798,9 +800,8 @@ echo "raw: $(curl -sS -m 5 --noproxy '*' http://203.0.113.10/hello/raw 2>&1)"
 /// The real token of the credentials test; the session must never see it.
 const REAL_TOKEN: &str = "lab-real-token-5f1e9c2a7b";
 
-#[test]
-fn the_agent_holds_a_placeholder_and_the_proxy_swaps_it_only_for_the_bound_host() {
-    let Some(probe) = Lab::new("") else { return };
+fn the_agent_holds_a_placeholder_and_the_proxy_swaps_it_only_for_the_bound_host(b: B) {
+    let Some(probe) = Lab::new(b, "") else { return };
     let cert = probe.dir.join("ca.crt");
     let policy = format!(
         r#"{BASE}{NET}
@@ -894,3 +895,17 @@ python3 -c 'import os, urllib.request as u; r = u.Request("https://api.test/hell
         "no exfiltration event: {events:#?}"
     );
 }
+
+crate::per_backend!(
+    real_clients_reach_allowed_hosts_by_proxy_and_transparently,
+    bypass_attempts_reach_nothing,
+    dns_exfiltration_never_leaves_and_only_a_and_aaaa_are_answered,
+    a_rebinding_name_is_resolved_once_and_the_checked_address_dialled,
+    udp_and_icmp_never_leave_and_are_recorded,
+    http_method_and_path_rules_apply_to_plain_http,
+    audit_mode_blocks_nothing_and_records_would_be_denies,
+    policy_changes_apply_to_new_connections_and_an_invalid_one_is_refused,
+    killing_warden_ends_the_session_and_its_network,
+    unprivileged_sessions_keep_the_proxy_and_never_gain_a_route,
+    the_agent_holds_a_placeholder_and_the_proxy_swaps_it_only_for_the_bound_host,
+);

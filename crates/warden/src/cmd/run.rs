@@ -20,12 +20,31 @@ use warden_secrets::{LeaseId, LoadContext, LocalStore, VaultClient};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Backend {
-    /// The default: `namespaces`.
+    /// `namespaces`, unless the policy requires more (`[sandbox] backend`).
     Auto,
     /// Linux namespaces, seccomp, Landlock and cgroups.
     Namespaces,
-    /// gVisor (`runsc`): not available yet.
+    /// gVisor (`runsc`): the agent's system calls are served by an application kernel.
     Gvisor,
+}
+
+/// The backend of a session: `--backend` against what the policy requires at least.
+fn choose_backend(flag: Backend, policy: &Policy) -> anyhow::Result<warden_sandbox::Backend> {
+    use warden_policy::SandboxBackend;
+    let need = policy.doc().sandbox;
+    Ok(match (flag, need.backend) {
+        (Backend::Gvisor, _) | (Backend::Auto, SandboxBackend::Gvisor) => {
+            warden_sandbox::Backend::Gvisor
+        }
+        (Backend::Auto, SandboxBackend::Namespaces)
+        | (Backend::Namespaces, SandboxBackend::Namespaces) => warden_sandbox::Backend::Namespaces,
+        (Backend::Namespaces, SandboxBackend::Gvisor) => bail!(
+            "--backend namespaces is weaker than the policy allows: {}:{} requires the gvisor backend \
+             ([sandbox] backend = \"gvisor\"); run with --backend gvisor or --backend auto",
+            policy.origin(),
+            need.backend_line
+        ),
+    })
 }
 
 /// Arguments of `warden run`.
@@ -200,12 +219,10 @@ fn hide_lists(deny: &[String], home: &Path) -> (Vec<PathBuf>, Vec<String>) {
 
 pub fn main(args: Args) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
-    if args.backend == Backend::Gvisor {
-        bail!("the gvisor backend is not available yet; use --backend namespaces (the default)");
-    }
     let policy = session_policy(args.policy.as_deref(), args.mcp_server.as_deref())
         .map_err(|e| anyhow::anyhow!("{e}"))?
         .unwrap_or_else(|| Policy::preset(Preset::Balanced));
+    let backend = choose_backend(args.backend, &policy)?;
     let home = home_dir();
     let workspace = match &args.workspace {
         Some(w) => w.clone(),
@@ -454,6 +471,7 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
         session_id: session.clone(),
         network: Network::Egress,
         trust_bundle: Some(icpt.session_bundle()),
+        backend,
     };
 
     if let Err(e) = warden_sandbox::preflight(&spec) {
@@ -464,7 +482,7 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
     // on a helper thread while the sandbox is being built; the command only runs once
     // both are done (`Prepared::start`).
     let start_event = Event::new(Surface::Session, "start", &command_line, Verdict::Allow)
-        .field("backend", "namespaces")
+        .field("backend", backend.as_str())
         .field("workspace", workspace.to_string_lossy().into_owned())
         .field("name", args.name.clone().unwrap_or_default())
         .field("mode", policy.mode().as_str());

@@ -19,6 +19,68 @@ pub struct Env {
     pub unpriv: bool,
     /// The `warden` binary this environment runs.
     pub warden: PathBuf,
+    /// The sandbox backend sessions of this environment run under.
+    pub backend: B,
+}
+
+/// A sandbox backend, for tests that run under each (see [`per_backend!`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum B {
+    Namespaces,
+    Gvisor,
+}
+
+impl B {
+    pub fn flag(self) -> &'static str {
+        match self {
+            B::Namespaces => "namespaces",
+            B::Gvisor => "gvisor",
+        }
+    }
+}
+
+/// Whether gVisor's `runsc` is installed. Missing in CI (where scripts/test installs it)
+/// is a failure; elsewhere the gVisor variants are skipped, loudly.
+pub fn gvisor_available() -> bool {
+    let found = ["/usr/local/bin/runsc", "/usr/bin/runsc", "/usr/sbin/runsc"]
+        .iter()
+        .any(|p| Path::new(p).exists());
+    if !found {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "runsc is not installed (apt-get install runsc): the gVisor backend cannot be tested"
+        );
+        eprintln!(
+            "\n!!!!! SKIPPING the gVisor variant: runsc is not installed (apt-get install runsc) !!!!!\n"
+        );
+    }
+    found
+}
+
+/// Turns test functions taking a [`B`] into one `#[test]` per backend:
+/// `namespaces::NAME` and `gvisor::NAME`.
+#[macro_export]
+macro_rules! per_backend {
+    ($($name:ident),* $(,)?) => {
+        mod namespaces {
+            $(
+                #[test]
+                fn $name() {
+                    super::$name($crate::run_common::B::Namespaces)
+                }
+            )*
+        }
+        mod gvisor {
+            $(
+                #[test]
+                fn $name() {
+                    if $crate::run_common::gvisor_available() {
+                        super::$name($crate::run_common::B::Gvisor)
+                    }
+                }
+            )*
+        }
+    };
 }
 
 pub fn is_root() -> bool {
@@ -38,15 +100,25 @@ fn chown_r(p: &Path, uid: u32) {
 impl Env {
     /// A fresh environment; `policy` is the TOML body (`version = 1` is prepended).
     pub fn new(policy: &str) -> Env {
-        Env::with(policy, false)
+        Env::with(B::Namespaces, policy, false)
     }
 
     /// Same, for the unprivileged user `nobody` (65534).
     pub fn unprivileged(policy: &str) -> Env {
-        Env::with(policy, true)
+        Env::with(B::Namespaces, policy, true)
     }
 
-    fn with(policy: &str, unpriv: bool) -> Env {
+    /// A fresh environment whose sessions run under `backend`.
+    pub fn new_for(backend: B, policy: &str) -> Env {
+        Env::with(backend, policy, false)
+    }
+
+    /// Same, for the unprivileged user `nobody` (65534).
+    pub fn unprivileged_for(backend: B, policy: &str) -> Env {
+        Env::with(backend, policy, true)
+    }
+
+    fn with(backend: B, policy: &str, unpriv: bool) -> Env {
         let dir = tempfile::Builder::new()
             .prefix("warden-run-test-")
             .tempdir()
@@ -86,6 +158,7 @@ impl Env {
             policy: policy_path,
             unpriv,
             warden,
+            backend,
         }
     }
 
@@ -111,6 +184,9 @@ impl Env {
             .arg(&self.policy)
             .arg("--workspace")
             .arg(&self.ws);
+        if self.backend != B::Namespaces {
+            c.args(["--backend", self.backend.flag()]);
+        }
         c.args(extra).arg("--").args(cmd);
         c.env("WARDEN_HOME", &self.warden_home)
             .env("HOME", &self.home)
