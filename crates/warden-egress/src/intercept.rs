@@ -74,6 +74,9 @@ pub enum InterceptError {
     /// `header` is not a valid header name
     #[error("credential {credential:?}: header {header:?} is not a valid HTTP header name")]
     Header { credential: String, header: String },
+    /// a placeholder handed over by the caller cannot stand for this credential
+    #[error("credential {name:?}: the given placeholder cannot be used: {why}")]
+    Placeholder { name: String, why: String },
 }
 
 /// A credential's fixed facts, next to the [`SecretSet`].
@@ -207,6 +210,17 @@ impl Interception {
         ctx: &LoadContext<'_>,
         presets: &[ProviderBinding],
     ) -> Result<(Interception, Vec<LeaseId>), InterceptError> {
+        Interception::from_policy_adopting(policy, ctx, presets, &HashMap::new())
+    }
+
+    /// [`Interception::from_policy`], with the placeholders of some credentials given
+    /// (credential name → placeholder, see [`Placeholder::adopt`]) instead of made.
+    pub fn from_policy_adopting(
+        policy: &Policy,
+        ctx: &LoadContext<'_>,
+        presets: &[ProviderBinding],
+        given: &HashMap<String, String>,
+    ) -> Result<(Interception, Vec<LeaseId>), InterceptError> {
         let doc = policy.doc();
         let ca = SessionCa::new()?;
         let trust = UpstreamTrust::load(&doc.tls.extra_roots)?;
@@ -222,7 +236,15 @@ impl Interception {
             };
             let loaded = warden_secrets::load(&c.name, &source, ctx)?;
             leases.extend(loaded.lease);
-            let placeholder = Placeholder::for_secret(&loaded.secret, &mut rng);
+            let placeholder = match given.get(&c.name) {
+                Some(v) => Placeholder::adopt(v, &loaded.secret).map_err(|why| {
+                    InterceptError::Placeholder {
+                        name: c.name.clone(),
+                        why,
+                    }
+                })?,
+                None => Placeholder::for_secret(&loaded.secret, &mut rng),
+            };
             creds.push(SessionCredential {
                 name: c.name.clone(),
                 secret: loaded.secret,

@@ -1211,7 +1211,9 @@ fn resolve_credentials(cfg: &mut GatewayConfig, secrets: &Secrets) -> Result<(),
         ))
     };
     for s in &mut cfg.servers {
-        for (var, credential) in std::mem::take(&mut s.credential_env) {
+        // `credential_env` stays: a launcher uses it to tell which variables hold
+        // placeholders.
+        for (var, credential) in s.credential_env.clone() {
             let ph = secrets
                 .placeholder(&credential)
                 .ok_or_else(|| unknown(&s.name, &credential))?;

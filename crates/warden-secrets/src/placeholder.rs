@@ -83,7 +83,8 @@ const UPPER_HEX: &[u8] = b"ABCDEF";
 const ALNUM: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
 
 /// A credential's placeholder for one session. Not secret (the agent holds it), so it
-/// displays normally; only [`Placeholder::for_secret`] makes one.
+/// displays normally; [`Placeholder::for_secret`] makes one, [`Placeholder::adopt`]
+/// takes over one made elsewhere for the same secret.
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct Placeholder(String);
 
@@ -111,6 +112,24 @@ enum Class {
 }
 
 impl Placeholder {
+    /// Take over a placeholder another Warden process made for `secret` (the MCP
+    /// gateway hands its placeholders to the sessions of the servers it starts, so one
+    /// credential has one placeholder on both sides). Refused unless it is printable
+    /// ASCII of at least 16 characters that neither contains nor is contained in the
+    /// secret (so replacing one by the other cannot be confused).
+    pub fn adopt(value: &str, secret: &Secret) -> Result<Self, String> {
+        let real = secret.expose();
+        if value.len() < 16 || !value.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err("a placeholder is at least 16 printable ASCII characters".into());
+        }
+        let v = value.as_bytes();
+        let overlaps = |a: &[u8], b: &[u8]| !b.is_empty() && a.windows(b.len()).any(|w| w == b);
+        if overlaps(v, real) || overlaps(real, v) {
+            return Err("a placeholder cannot contain the real value or be part of it".into());
+        }
+        Ok(Placeholder(value.to_string()))
+    }
+
     /// A fresh random placeholder shaped like `secret` (see the module docs for the
     /// exact rules). `rng` must be a cryptographic generator (`rand::rng()`).
     pub fn for_secret<R: Rng + CryptoRng + ?Sized>(secret: &Secret, rng: &mut R) -> Self {
@@ -351,5 +370,22 @@ mod tests {
     fn placeholders_are_fresh_each_time() {
         let real = "ghp_AbCdEfGhIjKlMnOpQrStUvWxYz0123456789";
         assert!(ph(real) != ph(real));
+    }
+
+    #[test]
+    fn adopted_placeholders_must_be_safe_stand_ins() {
+        let secret = Secret::new(b"s3cr3t-command-value".to_vec());
+        let ok = Placeholder::adopt("os9p1m1jb6gfw4rk99fiupdvxvsxnzx3", &secret).unwrap();
+        assert_eq!(ok.as_str(), "os9p1m1jb6gfw4rk99fiupdvxvsxnzx3");
+        for bad in [
+            "short",
+            "s3cr3t-command-value",
+            "xx-s3cr3t-command-value-xx",
+            "3cr3t-command-val",
+            "has a space in it here",
+            "tab\there-and-more-chars",
+        ] {
+            assert!(Placeholder::adopt(bad, &secret).is_err(), "{bad:?}");
+        }
     }
 }

@@ -506,8 +506,15 @@ impl UpstreamLauncher for SandboxLauncher {
         if let Some(a) = &self.audit {
             cmd.arg("--audit").arg(a);
         }
+        // The server's session sets its credential variables itself, to the same
+        // placeholders the gateway handed out (its own proxy swaps them).
         for (k, v) in &server.env {
-            cmd.arg("--env").arg(format!("{k}={v}"));
+            match server.credential_env.iter().find(|(var, _)| var == k) {
+                Some((_, credential)) => cmd
+                    .arg("--credential-placeholder")
+                    .arg(format!("{credential}={v}")),
+                None => cmd.arg("--env").arg(format!("{k}={v}")),
+            };
         }
         cmd.arg("--").args(argv);
         Ok(cmd)

@@ -72,6 +72,14 @@ pub struct Args {
     /// `network`, `filesystem` and `limits`): how `warden mcp` sandboxes a stdio server.
     #[arg(long, value_name = "SERVER", requires = "policy", hide = true)]
     pub mcp_server: Option<String>,
+    /// NAME=PLACEHOLDER: use this placeholder for credential NAME (how `warden mcp`
+    /// gives a server's session the placeholders the gateway already handed out).
+    #[arg(
+        long = "credential-placeholder",
+        value_name = "NAME=VALUE",
+        hide = true
+    )]
+    pub credential_placeholder: Vec<String>,
     /// The command to run, and its arguments.
     #[arg(last = true, required = true)]
     pub command: Vec<OsString>,
@@ -105,6 +113,7 @@ fn credentials(
     policy: &Policy,
     file: Option<&Path>,
     session: &str,
+    given: &HashMap<String, String>,
 ) -> Result<(Interception, Leases), String> {
     let host_env: HashMap<String, String> = std::env::vars().collect();
     let store = if policy
@@ -132,7 +141,7 @@ fn credentials(
     } else {
         Vec::new()
     };
-    let (icpt, leases) = Interception::from_policy(policy, &ctx, &presets)
+    let (icpt, leases) = Interception::from_policy_adopting(policy, &ctx, &presets, given)
         .map_err(|e| format!("credentials: {e}"))?;
     Ok((icpt, Leases { leases, store }))
 }
@@ -427,7 +436,13 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
     // Credentials and TLS: a session CA for the proxy's interception, the session's
     // trust bundle (the host's roots plus that CA) overlaid at the system bundle path,
     // and every loaded credential as a placeholder (the real value stays here).
-    let (icpt, _leases) = match credentials(&policy, args.policy.as_deref(), &session) {
+    let given: HashMap<String, String> = args
+        .credential_placeholder
+        .iter()
+        .filter_map(|p| p.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let (icpt, _leases) = match credentials(&policy, args.policy.as_deref(), &session, &given) {
         Ok(c) => c,
         Err(e) => return fail(&open_log()?, e),
     };
