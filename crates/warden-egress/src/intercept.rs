@@ -318,6 +318,15 @@ impl Interception {
         self.set.placeholder(credential)
     }
 
+    /// `text` with every real credential value (in any encoding the scanner knows)
+    /// replaced by its placeholder: for what Warden itself records, e.g. a command line.
+    pub fn redact(&self, text: &str) -> String {
+        match self.scrub.apply(text.as_bytes()) {
+            Some(r) => String::from_utf8_lossy(&r.bytes).into_owned(),
+            None => text.to_string(),
+        }
+    }
+
     pub(crate) fn scrubber(&self) -> &Arc<Rewrite> {
         &self.scrub
     }

@@ -363,3 +363,23 @@ crate::per_backend!(
     sigterm_is_forwarded_to_the_session,
     sigkill_to_warden_kills_the_session,
 );
+
+/// A credential's real value typed on the command line is recorded as its placeholder.
+#[test]
+fn the_recorded_command_line_never_holds_a_credential() {
+    let env = Env::new(&format!(
+        "{BASE}\n[[credentials]]\nname = \"tok\"\nsource = \"env:WARDEN_TEST_TOK\"\nhosts = [\"api.example.com\"]\nenv = \"TOK\"\n"
+    ));
+    let real = "tok-real-value-8c1d0e7f3a";
+    let o = env
+        .cmd(&[], &["sh", "-c", &format!("echo \"$TOK\" # {real}")])
+        .env("WARDEN_TEST_TOK", real)
+        .output()
+        .unwrap();
+    assert_code(&o, 0);
+    let placeholder = stdout(&o).trim().to_string();
+    assert!(placeholder.len() >= 16 && placeholder != real, "{}", text(&o));
+    let log = std::fs::read_to_string(env.audit()).unwrap();
+    assert!(!log.contains(real), "the real value is in the audit log");
+    assert!(log.contains(&placeholder), "{log}");
+}

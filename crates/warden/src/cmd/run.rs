@@ -290,19 +290,26 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
             .collect(),
     };
 
-    let command_line = args
-        .command
-        .iter()
-        .map(|a| a.to_string_lossy().into_owned())
-        .collect::<Vec<_>>()
-        .join(" ");
+    // Redacted once the credentials are loaded (below); `fail` records the latest.
+    let command_line = std::cell::RefCell::new(
+        args.command
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join(" "),
+    );
     let fail = |log: &AuditLog, why: String| -> anyhow::Result<ExitCode> {
         let _ = log.record_durable(
             &stamp,
-            Event::new(Surface::Session, "end", &command_line, Verdict::Deny)
-                .reason(&why)
-                .field("exit_status", i64::from(EXIT_FAILED))
-                .field("duration_ms", started.elapsed().as_millis() as u64),
+            Event::new(
+                Surface::Session,
+                "end",
+                &command_line.borrow(),
+                Verdict::Deny,
+            )
+            .reason(&why)
+            .field("exit_status", i64::from(EXIT_FAILED))
+            .field("duration_ms", started.elapsed().as_millis() as u64),
         );
         eprintln!("warden: {why}");
         Ok(ExitCode::from(EXIT_FAILED))
@@ -446,6 +453,9 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
         Ok(c) => c,
         Err(e) => return fail(&open_log()?, e),
     };
+    // The command line is recorded: never with a credential's real value in it.
+    let redacted = icpt.redact(&command_line.borrow());
+    *command_line.borrow_mut() = redacted;
     let bundle_path = Path::new(warden_sandbox::SESSION_TRUST_BUNDLE);
     // Clients that ship their own trust store (Node, pip, requests, ...) are pointed at
     // the session bundle too: every runtime trusts the same CAs.
@@ -496,11 +506,16 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
     // The audit log is opened, and the decisions and the session start recorded durably,
     // on a helper thread while the sandbox is being built; the command only runs once
     // both are done (`Prepared::start`).
-    let start_event = Event::new(Surface::Session, "start", &command_line, Verdict::Allow)
-        .field("backend", backend.as_str())
-        .field("workspace", workspace.to_string_lossy().into_owned())
-        .field("name", args.name.clone().unwrap_or_default())
-        .field("mode", policy.mode().as_str());
+    let start_event = Event::new(
+        Surface::Session,
+        "start",
+        &command_line.borrow(),
+        Verdict::Allow,
+    )
+    .field("backend", backend.as_str())
+    .field("workspace", workspace.to_string_lossy().into_owned())
+    .field("name", args.name.clone().unwrap_or_default())
+    .field("mode", policy.mode().as_str());
     let recorder = {
         let stamp = stamp.clone();
         std::thread::spawn(move || -> anyhow::Result<AuditLog> {
@@ -582,9 +597,14 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
     }
     let _ = log.record_durable(
         &stamp,
-        Event::new(Surface::Session, "end", &command_line, Verdict::Allow)
-            .field("exit_status", i64::from(exit.code))
-            .field("duration_ms", started.elapsed().as_millis() as u64),
+        Event::new(
+            Surface::Session,
+            "end",
+            &command_line.borrow(),
+            Verdict::Allow,
+        )
+        .field("exit_status", i64::from(exit.code))
+        .field("duration_ms", started.elapsed().as_millis() as u64),
     );
     Ok(ExitCode::from(
         u8::try_from(exit.code).unwrap_or(EXIT_FAILED),
