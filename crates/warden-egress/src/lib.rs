@@ -32,6 +32,8 @@
 
 mod dns;
 mod egress;
+#[doc(hidden)]
+pub mod fuzzing;
 mod io;
 mod proxy;
 mod resolve;
