@@ -58,6 +58,8 @@
 
 mod dns;
 mod egress;
+#[doc(hidden)]
+pub mod fuzzing;
 mod http;
 mod intercept;
 mod io;

@@ -42,6 +42,14 @@ pub async fn serve_proxy(egress: Egress, listener: TcpListener) -> std::io::Resu
 /// Serve one client connection of the explicit proxy.
 pub async fn serve_connection(egress: Egress, stream: TcpStream, peer: SocketAddr) {
     let _ = stream.set_nodelay(true);
+    serve_io(egress, stream, peer).await;
+}
+
+/// [`serve_connection`] over any byte stream (the fuzz targets use an in-memory one).
+pub(crate) async fn serve_io<I>(egress: Egress, stream: I, peer: SocketAddr)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
     let svc = hyper::service::service_fn(move |req| {
         let egress = egress.clone();
         async move { Ok::<_, Infallible>(handle(egress, req, peer).await) }

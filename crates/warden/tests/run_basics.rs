@@ -378,7 +378,11 @@ fn the_recorded_command_line_never_holds_a_credential() {
         .unwrap();
     assert_code(&o, 0);
     let placeholder = stdout(&o).trim().to_string();
-    assert!(placeholder.len() >= 16 && placeholder != real, "{}", text(&o));
+    assert!(
+        placeholder.len() >= 16 && placeholder != real,
+        "{}",
+        text(&o)
+    );
     let log = std::fs::read_to_string(env.audit()).unwrap();
     assert!(!log.contains(real), "the real value is in the audit log");
     assert!(log.contains(&placeholder), "{log}");
