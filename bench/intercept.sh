@@ -136,7 +136,12 @@ for c in "${CASES[@]}"; do
   got=$(curl -sS --http1.1 -m 10 ${OPTS[$c]} "${H[@]}" "$URL")
   [ "$got" = hello ] || { echo "$c: unexpected answer: $got" >&2; exit 1; }
 done
-grep -q '"action":"inject"' "$WORK/audit.jsonl" || { echo "warden did not inject" >&2; exit 1; }
+# (The audit log is written in the background: give it a moment.)
+for _ in $(seq 100); do
+  grep -qs '"action":"inject"' "$WORK/audit.jsonl" && break
+  sleep 0.05
+done
+grep -qs '"action":"inject"' "$WORK/audit.jsonl" || { echo "warden did not inject" >&2; exit 1; }
 
 : >"$WORK/out"
 for ((r = 0; r < ROUNDS; r++)); do
