@@ -6,7 +6,8 @@
 //! URL, every header value and the body (the values of every credential *not* bound
 //! to the host, real or placeholder, in every encoding); on TLS connections only, the
 //! bound credentials' placeholders are replaced by their real values in header values
-//! and the URL, and configured `header`s are set. Responses have every real value
+//! and the URL (and in the body for credentials with `inject_body = true`), and
+//! configured `header`s are set. Responses have every real value
 //! turned back into its placeholder, in headers and (streaming) in the body.
 //!
 //! Bodies: a request body of known length up to [`BUFFER_LIMIT`] is read whole and
@@ -224,9 +225,15 @@ impl Exchange {
         };
         let info = self.info(&method, &url_shown);
         let mut verdict = None;
-        let body: ReqBody = if hc.guard.is_empty() {
-            body.map_err(BoxError::from).boxed()
+        let guarding = !hc.guard.is_empty();
+        // Body injection: only where Warden terminated TLS (never in clear text), and
+        // only for bound credentials that opted in with `inject_body = true`.
+        let body_injector = if self.tls {
+            hc.body_injector.clone().filter(|r| !r.is_empty())
         } else {
+            None
+        };
+        if guarding {
             // URL and headers first: nothing is read or sent when they carry a value.
             let pq = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("");
             if let Some(f) = hc.guard.find_decoded(pq.as_bytes()) {
@@ -243,16 +250,18 @@ impl Exchange {
                         .map_err(refusal)?;
                 }
             }
-            match body.size_hint().exact() {
-                Some(n) if n <= BUFFER_LIMIT => {
-                    let collected = body.collect().await.map_err(|e| {
-                        text(
-                            StatusCode::BAD_REQUEST,
-                            format!("warden: could not read the request body: {e}\n"),
-                        )
-                    })?;
-                    let trailers = collected.trailers().cloned();
-                    let bytes = collected.to_bytes();
+        }
+        let body: ReqBody = match body.size_hint().exact() {
+            Some(n) if n <= BUFFER_LIMIT && (guarding || body_injector.is_some()) => {
+                let collected = body.collect().await.map_err(|e| {
+                    text(
+                        StatusCode::BAD_REQUEST,
+                        format!("warden: could not read the request body: {e}\n"),
+                    )
+                })?;
+                let trailers = collected.trailers().cloned();
+                let mut bytes = collected.to_bytes();
+                if guarding {
                     if let Some(f) = hc.guard.find_decoded(&bytes) {
                         self.egress
                             .exfiltration(&f, &info, "body")
@@ -269,19 +278,48 @@ impl Exchange {
                             }
                         }
                     }
-                    match trailers {
-                        None => Full::new(bytes).map_err(|n: Infallible| match n {}).boxed(),
-                        Some(t) => Buffered {
-                            data: Some(bytes),
-                            trailers: Some(t),
-                        }
-                        .boxed(),
+                }
+                if let Some(inj) = &body_injector
+                    && let Some(rw) = inj.apply(&bytes)
+                {
+                    for c in &rw.credentials {
+                        self.egress.credential_used("inject", c, &info, "body");
+                    }
+                    bytes = Bytes::copy_from_slice(&rw.bytes);
+                    if parts.headers.contains_key(header::CONTENT_LENGTH) {
+                        parts
+                            .headers
+                            .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
                     }
                 }
-                _ => {
+                match trailers {
+                    None => Full::new(bytes).map_err(|n: Infallible| match n {}).boxed(),
+                    Some(t) => Buffered {
+                        data: Some(bytes),
+                        trailers: Some(t),
+                    }
+                    .boxed(),
+                }
+            }
+            _ => {
+                let guarded: ReqBody = if guarding {
                     let (tx, rx) = oneshot::channel();
                     verdict = Some(rx);
                     GuardedBody::new(body, self, &hc, &method, &url_shown, tx).boxed()
+                } else {
+                    body.map_err(BoxError::from).boxed()
+                };
+                match body_injector {
+                    None => guarded,
+                    Some(inj) => {
+                        // The guard sees the client's bytes first; the injector runs on
+                        // what it released.
+                        if !hc.body_stable {
+                            parts.headers.remove(header::CONTENT_LENGTH);
+                        }
+                        InjectedBody::new(guarded, inj, hc.body_stable, self, &method, &url_shown)
+                            .boxed()
+                    }
                 }
             }
         };
@@ -682,6 +720,123 @@ impl HttpBody for GuardedBody {
     fn size_hint(&self) -> SizeHint {
         // The guard forwards the same bytes (or aborts): the length is unchanged.
         self.inner.size_hint()
+    }
+}
+
+/// A streamed request body with the bound credentials' placeholders replaced by
+/// their real values (`inject_body = true`), holding back only a possible start of a
+/// placeholder between frames.
+struct InjectedBody {
+    inner: ReqBody,
+    rw: StreamRewriter,
+    done: bool,
+    trailers: Option<HeaderMap>,
+    /// Every replacement keeps the length: the inner size hint still holds.
+    stable: bool,
+    on_done: Option<OnScrubbed>,
+}
+
+impl InjectedBody {
+    fn new(
+        inner: ReqBody,
+        rw: Arc<Rewrite>,
+        stable: bool,
+        x: &Exchange,
+        method: &str,
+        url: &str,
+    ) -> InjectedBody {
+        let egress = x.egress.clone();
+        let origin = x.origin.clone();
+        let (ctx, conn, method, url) = (x.ctx, x.conn.clone(), method.to_string(), url.to_string());
+        let on_done: OnScrubbed = Box::new(move |creds: &[Arc<str>]| {
+            let info = ReqInfo {
+                origin: &origin,
+                ctx,
+                method: &method,
+                url_shown: &url,
+                conn: &conn,
+            };
+            for c in creds {
+                egress.credential_used("inject", c, &info, "body");
+            }
+        });
+        InjectedBody {
+            inner,
+            rw: StreamRewriter::new(rw),
+            done: false,
+            trailers: None,
+            stable,
+            on_done: Some(on_done),
+        }
+    }
+
+    fn report(&mut self) {
+        if let Some(cb) = self.on_done.take()
+            && !self.rw.credentials_used().is_empty()
+        {
+            cb(self.rw.credentials_used());
+        }
+    }
+}
+
+impl Drop for InjectedBody {
+    fn drop(&mut self) {
+        self.report();
+    }
+}
+
+impl HttpBody for InjectedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        loop {
+            if let Some(t) = this.trailers.take() {
+                return Poll::Ready(Some(Ok(Frame::trailers(t))));
+            }
+            if this.done {
+                return Poll::Ready(None);
+            }
+            let mut out = Vec::new();
+            match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
+                Some(Err(e)) => return Poll::Ready(Some(Err(e))),
+                Some(Ok(f)) => match f.into_data() {
+                    Ok(d) => this.rw.feed(&d, &mut out),
+                    Err(f) => {
+                        if let Ok(t) = f.into_trailers() {
+                            this.trailers = Some(t);
+                        }
+                        this.rw.finish(&mut out);
+                        this.done = true;
+                        this.report();
+                    }
+                },
+                None => {
+                    this.rw.finish(&mut out);
+                    this.done = true;
+                    this.report();
+                }
+            }
+            if !out.is_empty() {
+                return Poll::Ready(Some(Ok(Frame::data(Bytes::from(out)))));
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done && self.trailers.is_none()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        if self.stable {
+            self.inner.size_hint()
+        } else {
+            SizeHint::default()
+        }
     }
 }
 

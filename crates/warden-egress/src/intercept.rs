@@ -38,6 +38,9 @@ pub struct SessionCredential {
     pub header: Option<String>,
     /// The header's value, `{secret}` standing for the real value (default `{secret}`).
     pub format: Option<String>,
+    /// `inject_body = true`: the placeholder is replaced in request bodies to `hosts`
+    /// too (over intercepted TLS only), not just in header values and the URL.
+    pub inject_body: bool,
 }
 
 impl fmt::Debug for SessionCredential {
@@ -47,6 +50,7 @@ impl fmt::Debug for SessionCredential {
             .field("hosts", &self.hosts)
             .field("env", &self.env)
             .field("header", &self.header)
+            .field("inject_body", &self.inject_body)
             .finish_non_exhaustive()
     }
 }
@@ -88,6 +92,10 @@ struct Meta {
     placeholder: Placeholder,
     /// `header` and the rendered `format` (holds the real value; zeroized on drop).
     header: Option<(HeaderName, Zeroizing<Vec<u8>>)>,
+    /// Placeholders in request bodies are replaced too.
+    inject_body: bool,
+    /// The placeholder has the value's length and escaping classes ([`same_shape`]).
+    stable: bool,
 }
 
 /// The session's TLS authority, upstream trust and credentials. Share it as
@@ -125,6 +133,12 @@ pub(crate) struct HostCreds {
     pub injector: Arc<Rewrite>,
     /// `header`s to set: (credential index, header name).
     pub headers: Vec<usize>,
+    /// Placeholder → real value in request bodies, for the bound credentials that opt
+    /// in with `inject_body = true`; `None` when none does.
+    pub body_injector: Option<Arc<Rewrite>>,
+    /// Injecting into a body keeps its length (every opted-in credential's placeholder
+    /// has its value's shape), so `Content-Length` stays right.
+    pub body_stable: bool,
     /// Any credential is bound to this host.
     pub any_bound: bool,
 }
@@ -169,7 +183,8 @@ impl Interception {
                     Some((name, value))
                 }
             };
-            length_stable &= same_shape(c.secret.expose(), c.placeholder.as_bytes());
+            let stable = same_shape(c.secret.expose(), c.placeholder.as_bytes());
+            length_stable &= stable;
             meta.push(Meta {
                 name: c.name.clone(),
                 hosts,
@@ -177,6 +192,8 @@ impl Interception {
                 env: c.env,
                 placeholder: c.placeholder.clone(),
                 header,
+                inject_body: c.inject_body,
+                stable,
             });
             scan.push(Credential {
                 name: c.name,
@@ -253,6 +270,7 @@ impl Interception {
                 env: c.env.clone(),
                 header: c.header.clone(),
                 format: c.format.clone(),
+                inject_body: c.inject_body,
             });
         }
         for p in presets {
@@ -273,6 +291,7 @@ impl Interception {
                 env: Some(p.env_var.to_string()),
                 header: None,
                 format: None,
+                inject_body: false,
             });
         }
         Ok((Interception::new(ca, trust, creds)?, leases))
@@ -430,10 +449,40 @@ impl Interception {
             .filter(|(i, m)| bound[*i] && m.header.is_some())
             .map(|(i, _)| i)
             .collect();
+        // Body injection: the session's credential opted in and, when the policy in
+        // force declares it, still does (a reload can turn it off, never on).
+        let in_body: Vec<bool> = self
+            .meta
+            .iter()
+            .zip(&bound)
+            .map(|(m, b)| {
+                *b && m.inject_body
+                    && policy
+                        .doc()
+                        .credentials
+                        .iter()
+                        .find(|c| c.name == m.name)
+                        .is_none_or(|c| c.inject_body)
+            })
+            .collect();
+        let body_injector = if in_body.iter().any(|b| *b) {
+            let is_in = |name: &str| {
+                self.meta
+                    .iter()
+                    .zip(&in_body)
+                    .any(|(m, b)| *b && m.name == name)
+            };
+            Some(Arc::new(self.set.injector_for(|name, _| is_in(name))?))
+        } else {
+            None
+        };
+        let body_stable = self.meta.iter().zip(&in_body).all(|(m, b)| !*b || m.stable);
         let hc = Arc::new(HostCreds {
             guard,
             injector,
             headers,
+            body_injector,
+            body_stable,
             any_bound: bound.iter().any(|b| *b),
         });
         let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);

@@ -170,6 +170,10 @@ pub struct Credential {
     pub env: Option<String>,
     pub header: Option<String>,
     pub format: Option<String>,
+    /// `inject_body = true`: placeholders in request bodies sent to `hosts` (over
+    /// intercepted TLS) are replaced by the real value too. Off by default: only
+    /// header values and the URL are injected.
+    pub inject_body: bool,
     /// Line of the credential's `name`.
     pub line: u32,
     /// Line of each `hosts` entry, same order.

@@ -41,7 +41,15 @@ const TLS_KEYS: &[&str] = &["extra_roots", "intercept"];
 const FS_KEYS: &[&str] = &["workspace", "deny", "mounts"];
 const MOUNT_KEYS: &[&str] = &["host", "path", "mode"];
 const LIMIT_KEYS: &[&str] = &["memory", "pids", "cpus"];
-const CRED_KEYS: &[&str] = &["name", "source", "hosts", "env", "header", "format"];
+const CRED_KEYS: &[&str] = &[
+    "name",
+    "source",
+    "hosts",
+    "env",
+    "header",
+    "format",
+    "inject_body",
+];
 const MCP_KEYS: &[&str] = &["servers"];
 const SERVER_KEYS: &[&str] = &[
     "name",
@@ -122,6 +130,17 @@ impl<'a> Cx<'a> {
     fn get_str<'t>(&mut self, t: &'t DeTable<'_>, key: &str) -> Option<(&'t str, Range<usize>)> {
         let v = t.get(key)?;
         self.str_of(v, key).map(|s| (s, v.span()))
+    }
+
+    fn get_bool(&mut self, t: &DeTable<'_>, key: &str) -> Option<bool> {
+        let v = t.get(key)?;
+        match v.get_ref() {
+            DeValue::Boolean(b) => Some(*b),
+            _ => {
+                self.type_err(v, key, "a boolean (`true` or `false`)");
+                None
+            }
+        }
     }
 
     fn table_of<'t, 'i>(&mut self, v: &'t Val<'i>, key: &str) -> Option<&'t DeTable<'i>> {
@@ -847,6 +866,7 @@ fn parse_credential(cx: &mut Cx<'_>, t: &DeTable<'_>, span: Range<usize>) -> Opt
         }
         None => None,
     };
+    let inject_body = cx.get_bool(t, "inject_body").unwrap_or(false);
     let (name, nspan) = name?;
     Some(Credential {
         name,
@@ -855,6 +875,7 @@ fn parse_credential(cx: &mut Cx<'_>, t: &DeTable<'_>, span: Range<usize>) -> Opt
         env,
         header,
         format,
+        inject_body,
         line: cx.line(&nspan),
         host_lines,
     })

@@ -1147,6 +1147,23 @@ url = "https://mcp.example.com/mcp"
             Path::new("/x")
         );
     }
+
+    #[test]
+    fn inject_body_is_opt_in() {
+        let p = Policy::parse(
+            "version = 1\n\
+             [[credentials]]\nname = \"a\"\nsource = \"env:A\"\nhosts = [\"a.example\"]\n\
+             inject_body = true\n\
+             [[credentials]]\nname = \"b\"\nsource = \"env:B\"\nhosts = [\"b.example\"]\n",
+            "policy.toml",
+            Path::new("."),
+        )
+        .unwrap();
+        let c = &p.doc().credentials;
+        assert!(c[0].inject_body, "written `true` is on");
+        assert!(!c[1].inject_body, "not written is off");
+        assert!(!spec_policy().doc().credentials[1].inject_body);
+    }
 }
 
 mod equivalence {

@@ -896,6 +896,168 @@ python3 -c 'import os, urllib.request as u; r = u.Request("https://api.test/hell
     );
 }
 
+/// An extended regular expression matching `needle` whose own text does not contain
+/// it (every character but letters and digits, and the last one, in brackets), so a
+/// `grep` holding it in its command line does not find itself in /proc.
+fn self_blind(needle: &str) -> String {
+    let n = needle.chars().count();
+    needle
+        .chars()
+        .enumerate()
+        .map(|(i, c)| {
+            if c.is_ascii_alphanumeric() && i + 1 < n {
+                c.to_string()
+            } else {
+                format!("[{c}]")
+            }
+        })
+        .collect()
+}
+
+/// Standard base64, padded.
+fn base64(data: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in data.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// SPEC §7 invariant 3: with a credential in use (injected toward its host, echoed
+/// back and scrubbed), its real value — raw, base64 or hex — is nowhere the session
+/// can look: no process's environment or command line, no file under /etc, /tmp,
+/// /var/tmp, /run, $HOME or the workspace, nothing else readable in /proc. Nothing
+/// holding the real value is planted in the workspace for this test.
+fn no_secret_is_anywhere_inside_a_session_using_a_credential(b: B) {
+    let Some(probe) = Lab::new(b, "") else { return };
+    let cert = probe.dir.join("ca.crt");
+    let policy = format!(
+        r#"version = 1
+name = "test"
+{BASE}{NET}
+[tls]
+intercept = "all"
+extra_roots = ["{cert}"]
+
+[[credentials]]
+name = "api"
+source = "env:LAB_TOKEN"
+hosts = ["api.test"]
+env = "API_TOKEN"
+"#,
+        cert = cert.display()
+    );
+    std::fs::write(&probe.env.policy, policy).unwrap();
+    let lab = probe;
+    let b64 = base64(REAL_TOKEN.as_bytes());
+    assert_eq!(b64, "bGFiLXJlYWwtdG9rZW4tNWYxZTljMmE3Yg==");
+    let hex: String = REAL_TOKEN.bytes().map(|c| format!("{c:02x}")).collect();
+    let real = [REAL_TOKEN, b64.trim_end_matches('='), &hex]
+        .map(self_blind)
+        .join("|");
+    // A control value planted in the workspace: the scan must find it (so a scan that
+    // silently reads nothing cannot pass).
+    let control = "lab-control-value-8d2e41";
+    std::fs::write(lab.env.ws.join("control.txt"), control).unwrap();
+    let script = format!(
+        r#"
+c() {{ curl -sS -m 10 -w ' [%{{http_code}}]' "$@" 2>&1 | tr '\n' ' '; }}
+# Use the credential: injected toward api.test, echoed back (scrubbed), kept in files.
+echo "bound: $(c -H "Authorization: Bearer $API_TOKEN" https://api.test/hello/bound)"
+c -H "Authorization: Bearer $API_TOKEN" https://api.test/echo > /tmp/echo.txt
+cp /tmp/echo.txt "$HOME/echo.txt" 2>/dev/null
+echo "echo: $(cat /tmp/echo.txt)"
+scan() {{
+  timeout 60 grep -rlaIE --devices=skip -s "$1" /etc /tmp /var/tmp /run "$HOME" "$PWD"
+  n=0
+  for p in /proc/[0-9]*; do
+    n=$((n + 1))
+    for f in environ cmdline comm mountinfo; do
+      grep -laE -s "$1" "$p/$f"
+    done
+  done
+  grep -laE -s "$1" /proc/cmdline /proc/mounts /proc/self/mountinfo
+  echo "scanned $n processes"
+}}
+echo "=== real"
+scan '{real}'
+echo "=== control"
+scan '{control}'
+echo "=== placeholder"
+scan "$API_TOKEN"
+echo "=== end"
+"#,
+        control = self_blind(control)
+    );
+    assert!(!script.contains(REAL_TOKEN) && !script.contains(control));
+    let o = lab
+        .command(&[], &script)
+        .env("LAB_TOKEN", REAL_TOKEN)
+        .output()
+        .unwrap();
+    let out = stdout(&o);
+    assert_eq!(lab.exit(), Some(0), "{}", text(&o));
+    assert!(
+        line(&out, "bound").contains("public says hello"),
+        "{}",
+        text(&o)
+    );
+    let placeholder_echo = line(&out, "echo");
+    assert!(placeholder_echo.contains("echo: Bearer "), "{}", text(&o));
+    let section = |name: &str| -> Vec<&str> {
+        let start = format!("=== {name}");
+        out.lines()
+            .skip_while(|l| *l != start)
+            .skip(1)
+            .take_while(|l| !l.starts_with("=== "))
+            .collect()
+    };
+    let real_hits = section("real");
+    let scanned = real_hits
+        .last()
+        .and_then(|l| l.strip_prefix("scanned "))
+        .and_then(|l| l.strip_suffix(" processes"))
+        .and_then(|n| n.parse::<u32>().ok());
+    assert!(
+        scanned.is_some_and(|n| n >= 1),
+        "the scan did not run over the session's processes: {}",
+        text(&o)
+    );
+    assert_eq!(
+        real_hits.len(),
+        1,
+        "the real value is readable inside the session at: {real_hits:?}"
+    );
+    // The controls: the same scan finds the planted file and the placeholder in the
+    // session's environment.
+    let control_hits = section("control");
+    assert!(
+        control_hits.iter().any(|l| l.ends_with("/control.txt")),
+        "{}",
+        text(&o)
+    );
+    let ph_hits = section("placeholder");
+    assert!(
+        ph_hits
+            .iter()
+            .any(|l| l.starts_with("/proc/") && l.ends_with("/environ")),
+        "{}",
+        text(&o)
+    );
+    assert!(!out.contains(REAL_TOKEN), "{}", text(&o));
+}
+
 crate::per_backend!(
     real_clients_reach_allowed_hosts_by_proxy_and_transparently,
     bypass_attempts_reach_nothing,
@@ -908,4 +1070,5 @@ crate::per_backend!(
     killing_warden_ends_the_session_and_its_network,
     unprivileged_sessions_keep_the_proxy_and_never_gain_a_route,
     the_agent_holds_a_placeholder_and_the_proxy_swaps_it_only_for_the_bound_host,
+    no_secret_is_anywhere_inside_a_session_using_a_credential,
 );

@@ -216,6 +216,7 @@ fn interception(dir: &Path, upstream_ca: &SessionCa, with_cred: bool) -> (Interc
             env: Some("TOKEN".into()),
             header: None,
             format: None,
+            inject_body: false,
         });
     }
     (Interception::new(ca, trust, creds).unwrap(), bundle)
@@ -636,4 +637,222 @@ async fn audit_mode_records_exfiltration_without_blocking() {
     let ex =
         s.h.find(|e| e["action"] == "exfiltration" && e["enforced"] == false);
     assert_eq!(ex.len(), 1);
+}
+
+/// A short value: its placeholder is padded (docs/credentials.md, placeholder rule 4),
+/// so injecting it changes a body's length.
+const SHORT: &str = "pin-4821-7730";
+
+/// Upstreams api.test and other.test (both intercepted), credential `tok` declared in
+/// the policy with `inject_body = inject` and credential `short` (not declared, like a
+/// preset binding; `inject_body` = `inject`), both bound to api.test.
+async fn body_setup(inject: bool) -> (Setup, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let test_ca = SessionCa::new().unwrap();
+    let api = https_upstream(&test_ca, "api.test").await;
+    let other = https_upstream(&test_ca, "other.test").await;
+    let roots = dir.path().join("upstream-ca.pem");
+    std::fs::write(&roots, test_ca.cert_pem()).unwrap();
+    let trust = UpstreamTrust::from_parts(vec![], &[roots]).unwrap();
+    let ca = SessionCa::new().unwrap();
+    let bundle = dir.path().join("session-ca.pem");
+    std::fs::write(&bundle, ca.cert_pem()).unwrap();
+    let cred = |name: &str, value: &str| {
+        let secret = Secret::new(value.as_bytes().to_vec());
+        let placeholder = Placeholder::for_secret(&secret, &mut rand::rng());
+        SessionCredential {
+            name: name.into(),
+            secret,
+            placeholder,
+            hosts: vec!["api.test".into()],
+            env: None,
+            header: None,
+            format: None,
+            inject_body: inject,
+        }
+    };
+    let icpt =
+        Interception::new(ca, trust, vec![cred("tok", SECRET), cred("short", SHORT)]).unwrap();
+    let placeholder = icpt.placeholder("tok").unwrap().as_str().to_string();
+    let short_ph = icpt.placeholder("short").unwrap().as_str().to_string();
+    assert_ne!(short_ph.len(), SHORT.len(), "{short_ph}");
+    let (a, o) = (api.port, other.port);
+    let pol = format!(
+        "version = 1\nname = \"test\"\n[tls]\nintercept = \"all\"\n[network]\nallow = [\"api.test:{a}\", \"other.test:{o}\", \"127.0.0.2/32:{a}\", \"127.0.0.2/32:{o}\"]\n\
+         [[credentials]]\nname = \"tok\"\nsource = \"env:WARDEN_TEST_TOKEN\"\nhosts = [\"api.test\"]\ninject_body = {inject}\n"
+    );
+    let h = harness_with(&pol, Arc::new(resolver()), Some(Arc::new(icpt))).await;
+    let s = Setup {
+        h,
+        api,
+        other,
+        bundle,
+        placeholder,
+        _dir: dir,
+    };
+    (s, short_ph)
+}
+
+/// The body (after the blank line) of the request the upstream recorded.
+fn seen_body(r: &str) -> &str {
+    r.split_once("\n\n").map_or("", |(_, b)| b)
+}
+
+/// The `content-length` the upstream recorded, if any.
+fn seen_length(r: &str) -> Option<usize> {
+    r.lines()
+        .find_map(|l| l.strip_prefix("content-length: "))
+        .map(|v| v.trim().parse().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn body_injection_when_the_policy_opts_in() {
+    let (s, sph) = body_setup(true).await;
+    let ph = s.placeholder.clone();
+
+    // A body of known length (read whole): both placeholders replaced, in JSON and
+    // URL-encoded; Content-Length follows the padded placeholder's change of length.
+    let json = format!("{{\"key\":\"{ph}\",\"pin\":\"{sph}\"}}");
+    for version in ["--http1.1", "--http2"] {
+        let (code, body) = s
+            .curl(&[
+                version,
+                "-H",
+                "Content-Type: application/json",
+                "--data-binary",
+                &json,
+                &s.api("/json"),
+            ])
+            .await;
+        assert_eq!(code, 200, "{version}: {body}");
+        // The echo comes back scrubbed: the client sees its own placeholders.
+        assert!(body.contains(&json), "{version}: {body}");
+        assert!(!body.contains(SECRET) && !body.contains(SHORT), "{body}");
+    }
+    let want = format!("{{\"key\":\"{SECRET}\",\"pin\":\"{SHORT}\"}}");
+    for r in s.api.seen() {
+        assert_eq!(seen_body(&r), want, "{r}");
+        if let Some(n) = seen_length(&r) {
+            assert_eq!(n, want.len(), "{r}");
+        }
+        assert!(!r.contains(&ph) && !r.contains(&sph), "{r}");
+    }
+    assert!(
+        s.api.seen().iter().any(|r| seen_length(r).is_some()),
+        "HTTP/1.1 sent a Content-Length: {:?}",
+        s.api.seen()
+    );
+
+    // A streamed body (chunked, unknown length), the placeholders after 64 KiB and
+    // split across the client's writes: replaced as it streams.
+    let file = s._dir.path().join("stream.bin");
+    let mut data = vec![b'a'; 64 * 1024];
+    data.extend_from_slice(format!("tok={ph}&pin={sph}&end").as_bytes());
+    std::fs::write(&file, &data).unwrap();
+    let at = format!("@{}", file.display());
+    let (code, body) = s
+        .curl(&[
+            "-H",
+            "Transfer-Encoding: chunked",
+            "--data-binary",
+            &at,
+            &s.api("/stream"),
+        ])
+        .await;
+    assert_eq!(code, 200, "{body}");
+    let seen = s.api.seen();
+    let last = seen.last().unwrap();
+    assert!(
+        last.contains("transfer-encoding: chunked") || seen_length(last).is_none(),
+        "{last}"
+    );
+    assert!(
+        seen_body(last).ends_with(&format!("tok={SECRET}&pin={SHORT}&end")),
+        "{}",
+        &seen_body(last)[64 * 1024..]
+    );
+
+    // A large body of known length (over the buffer limit, streamed): same.
+    let mut big = vec![b'b'; 2 * 1024 * 1024];
+    big.extend_from_slice(format!("tok={ph}").as_bytes());
+    std::fs::write(&file, &big).unwrap();
+    let (code, body) = s.curl(&["--data-binary", &at, &s.api("/big")]).await;
+    assert_eq!(code, 200, "{}", body.len());
+    let seen = s.api.seen();
+    assert!(seen_body(seen.last().unwrap()).ends_with(&format!("tok={SECRET}")));
+
+    // Never toward a host the credentials are not bound to: refused before sending.
+    let (code, body) = s.curl(&["--data-binary", &json, &s.other("/json")]).await;
+    assert_eq!(code, 403, "{body}");
+    let (code, body) = s
+        .curl(&[
+            "-H",
+            "Transfer-Encoding: chunked",
+            "--data-binary",
+            &at,
+            &s.other("/stream"),
+        ])
+        .await;
+    assert_eq!(code, 403, "{body}");
+    for r in s.other.seen() {
+        assert!(
+            !r.contains(SECRET) && !r.contains(SHORT),
+            "other.test saw a value"
+        );
+    }
+
+    let injected =
+        s.h.find(|e| e["action"] == "inject" && e["location"] == "body");
+    assert!(
+        injected.iter().any(|e| e["target"] == "tok"),
+        "{injected:#?}"
+    );
+    assert!(
+        injected.iter().any(|e| e["target"] == "short"),
+        "{injected:#?}"
+    );
+    let text = s.audit_text();
+    assert!(
+        !text.contains(SECRET) && !text.contains(SHORT),
+        "a secret in the audit log"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn body_is_not_injected_by_default() {
+    let (s, sph) = body_setup(false).await;
+    let ph = s.placeholder.clone();
+    let json = format!("{{\"key\":\"{ph}\",\"pin\":\"{sph}\"}}");
+    let auth = format!("Authorization: Bearer {ph}");
+    let (code, body) = s
+        .curl(&["-H", &auth, "--data-binary", &json, &s.api("/json")])
+        .await;
+    assert_eq!(code, 200, "{body}");
+    let file = s._dir.path().join("stream.bin");
+    std::fs::write(&file, format!("tok={ph}")).unwrap();
+    let at = format!("@{}", file.display());
+    let (code, body) = s
+        .curl(&[
+            "-H",
+            "Transfer-Encoding: chunked",
+            "--data-binary",
+            &at,
+            &s.api("/stream"),
+        ])
+        .await;
+    assert_eq!(code, 200, "{body}");
+    let seen = s.api.seen();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    // The header is injected as always; the bodies reach the bound host unchanged.
+    assert!(
+        seen[0].contains(&format!("authorization: Bearer {SECRET}")),
+        "{}",
+        seen[0]
+    );
+    assert_eq!(seen_body(&seen[0]), json);
+    assert_eq!(seen_body(&seen[1]), format!("tok={ph}"));
+    assert!(
+        s.h.find(|e| e["action"] == "inject" && e["location"] == "body")
+            .is_empty()
+    );
 }
