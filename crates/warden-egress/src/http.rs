@@ -317,8 +317,15 @@ impl Exchange {
                         if !hc.body_stable {
                             parts.headers.remove(header::CONTENT_LENGTH);
                         }
-                        InjectedBody::new(guarded, inj, hc.body_stable, self, &method, &url_shown)
-                            .boxed()
+                        RewrittenBody::injected(
+                            guarded,
+                            inj,
+                            hc.body_stable,
+                            self,
+                            &method,
+                            &url_shown,
+                        )
+                        .boxed()
                     }
                 }
             }
@@ -545,14 +552,7 @@ impl Exchange {
                 egress.credential_used("scrub", c, &info, "response body");
             }
         });
-        let body = ScrubbedBody {
-            inner: body,
-            rw: StreamRewriter::new(scrub),
-            done: false,
-            trailers: None,
-            stable,
-            on_done: Some(on_done),
-        };
+        let body = RewrittenBody::new(body, StreamRewriter::new(scrub), stable, on_done);
         Response::from_parts(parts, body.boxed())
     }
 }
@@ -723,11 +723,14 @@ impl HttpBody for GuardedBody {
     }
 }
 
-/// A streamed request body with the bound credentials' placeholders replaced by
-/// their real values (`inject_body = true`), holding back only a possible start of a
-/// placeholder between frames.
-struct InjectedBody {
-    inner: ReqBody,
+/// A body rewritten as it streams, holding back only a possible start of a value
+/// between frames: a response with real values turned back into placeholders, or a
+/// request body with the bound credentials' placeholders replaced by their real
+/// values (`inject_body = true`). Which credentials were rewritten is reported once,
+/// when the body ends or goes away (a server that knows the length stops polling once
+/// it has it, so the end is not always seen).
+struct RewrittenBody<B> {
+    inner: B,
     rw: StreamRewriter,
     done: bool,
     trailers: Option<HeaderMap>,
@@ -736,15 +739,19 @@ struct InjectedBody {
     on_done: Option<OnScrubbed>,
 }
 
-impl InjectedBody {
-    fn new(
+/// Records which credentials a finished body had rewritten.
+type OnScrubbed = Box<dyn FnOnce(&[Arc<str>]) + Send + Sync>;
+
+impl RewrittenBody<ReqBody> {
+    /// A request body with placeholders injected, each injection recorded.
+    fn injected(
         inner: ReqBody,
         rw: Arc<Rewrite>,
         stable: bool,
         x: &Exchange,
         method: &str,
         url: &str,
-    ) -> InjectedBody {
+    ) -> Self {
         let egress = x.egress.clone();
         let origin = x.origin.clone();
         let (ctx, conn, method, url) = (x.ctx, x.conn.clone(), method.to_string(), url.to_string());
@@ -760,9 +767,15 @@ impl InjectedBody {
                 egress.credential_used("inject", c, &info, "body");
             }
         });
-        InjectedBody {
+        RewrittenBody::new(inner, StreamRewriter::new(rw), stable, on_done)
+    }
+}
+
+impl<B> RewrittenBody<B> {
+    fn new(inner: B, rw: StreamRewriter, stable: bool, on_done: OnScrubbed) -> Self {
+        RewrittenBody {
             inner,
-            rw: StreamRewriter::new(rw),
+            rw,
             done: false,
             trailers: None,
             stable,
@@ -779,106 +792,20 @@ impl InjectedBody {
     }
 }
 
-impl Drop for InjectedBody {
+impl<B> Drop for RewrittenBody<B> {
     fn drop(&mut self) {
         self.report();
     }
 }
 
-impl HttpBody for InjectedBody {
+impl<B: HttpBody<Data = Bytes> + Unpin> HttpBody for RewrittenBody<B> {
     type Data = Bytes;
-    type Error = BoxError;
+    type Error = B::Error;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = &mut *self;
-        loop {
-            if let Some(t) = this.trailers.take() {
-                return Poll::Ready(Some(Ok(Frame::trailers(t))));
-            }
-            if this.done {
-                return Poll::Ready(None);
-            }
-            let mut out = Vec::new();
-            match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
-                Some(Err(e)) => return Poll::Ready(Some(Err(e))),
-                Some(Ok(f)) => match f.into_data() {
-                    Ok(d) => this.rw.feed(&d, &mut out),
-                    Err(f) => {
-                        if let Ok(t) = f.into_trailers() {
-                            this.trailers = Some(t);
-                        }
-                        this.rw.finish(&mut out);
-                        this.done = true;
-                        this.report();
-                    }
-                },
-                None => {
-                    this.rw.finish(&mut out);
-                    this.done = true;
-                    this.report();
-                }
-            }
-            if !out.is_empty() {
-                return Poll::Ready(Some(Ok(Frame::data(Bytes::from(out)))));
-            }
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.done && self.trailers.is_none()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        if self.stable {
-            self.inner.size_hint()
-        } else {
-            SizeHint::default()
-        }
-    }
-}
-
-/// Records which credentials a finished response body had scrubbed.
-type OnScrubbed = Box<dyn FnOnce(&[Arc<str>]) + Send + Sync>;
-
-/// A response body with real values turned back into placeholders as it streams.
-struct ScrubbedBody {
-    inner: Incoming,
-    rw: StreamRewriter,
-    done: bool,
-    trailers: Option<HeaderMap>,
-    stable: bool,
-    on_done: Option<OnScrubbed>,
-}
-
-impl ScrubbedBody {
-    fn report(&mut self) {
-        if let Some(cb) = self.on_done.take()
-            && !self.rw.credentials_used().is_empty()
-        {
-            cb(self.rw.credentials_used());
-        }
-    }
-}
-
-impl Drop for ScrubbedBody {
-    fn drop(&mut self) {
-        // A server that knows the length stops polling once it has it, so the end of
-        // the body is not always seen: record what was scrubbed when it goes away.
-        self.report();
-    }
-}
-
-impl HttpBody for ScrubbedBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         let this = &mut *self;
         loop {
             if let Some(t) = this.trailers.take() {
