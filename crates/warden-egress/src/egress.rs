@@ -92,6 +92,17 @@ struct Loaded {
     source: String,
 }
 
+/// See [`Egress::version`]. Holds the loaded policy, so its address is not reused
+/// while a token exists.
+#[derive(Clone)]
+pub(crate) struct PolicyVersion(Arc<Loaded>);
+
+impl PartialEq for PolicyVersion {
+    fn eq(&self, other: &PolicyVersion) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
 pub(crate) struct Inner {
     state: ArcSwap<Loaded>,
     audit: AuditLog,
@@ -275,6 +286,13 @@ impl Egress {
         if let Err(e) = self.inner.audit.record(&stamp, ev) {
             tracing::error!("could not record the policy reload: {e}");
         }
+    }
+
+    /// The policy in force as a version token: two tokens are equal only when no
+    /// reload happened between them. A kept upstream connection is reused only under
+    /// the version it was decided under.
+    pub(crate) fn version(&self) -> PolicyVersion {
+        PolicyVersion(self.inner.state.load_full())
     }
 
     /// `name@digest` of the policy in force.
@@ -544,6 +562,7 @@ impl Egress {
         url: &str,
         target: &Target,
         ctx: Ctx,
+        conn: &str,
     ) -> Result<(), Refusal> {
         let l = self.inner.state.load_full();
         let ruling = Ruling::from_decision(
@@ -556,7 +575,8 @@ impl Egress {
             let ev = Event::new(Surface::Network, "http", &shown, Verdict::Allow)
                 .rule(&ruling.rule)
                 .reason(&ruling.reason)
-                .field("method", method);
+                .field("method", method)
+                .field("conn", conn);
             return self.record(&l.stamp, with_ctx(ev, target, &ctx));
         }
         let help = if ruling.rule == "default deny" {
@@ -570,6 +590,7 @@ impl Egress {
         };
         let mut fields = ctx_fields(target, &ctx);
         fields.push(("method", Value::from(method)));
+        fields.push(("conn", Value::from(conn)));
         self.deny(
             &l,
             "http",

@@ -161,6 +161,30 @@ pub(crate) struct Prepared {
 }
 
 impl Prepared {
+    /// A copy to send again on a fresh upstream connection when a kept one turned out
+    /// to be closed under it: only a safe method (GET, HEAD, OPTIONS) without a body
+    /// (RFC 9110 §9.2.2: such a request may be retried automatically).
+    pub fn replay(&self) -> Option<Request<ReqBody>> {
+        let r = &self.req;
+        let safe = matches!(
+            *r.method(),
+            hyper::Method::GET | hyper::Method::HEAD | hyper::Method::OPTIONS
+        );
+        if !safe || self.verdict.is_some() || !r.body().is_end_stream() {
+            return None;
+        }
+        let mut copy = Request::new(
+            Full::new(Bytes::new())
+                .map_err(|n: Infallible| match n {})
+                .boxed(),
+        );
+        *copy.method_mut() = r.method().clone();
+        *copy.uri_mut() = r.uri().clone();
+        *copy.version_mut() = r.version();
+        *copy.headers_mut() = r.headers().clone();
+        Some(copy)
+    }
+
     /// Rewrite the request's head (keep its body: it is the guarded one).
     pub fn map_req(self, f: impl FnOnce(Request<ReqBody>) -> Request<ReqBody>) -> Prepared {
         Prepared {
@@ -210,7 +234,7 @@ impl Exchange {
     ) -> Result<Prepared, Response<RespBody>> {
         let method = req.method().as_str().to_string();
         self.egress
-            .check_http(&method, url, &self.origin, self.ctx)
+            .check_http(&method, url, &self.origin, self.ctx, &self.conn)
             .await
             .map_err(refusal)?;
         let url_shown = shown(url).to_string();

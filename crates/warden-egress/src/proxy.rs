@@ -2,23 +2,27 @@
 //! absolute-form forwarding of plain `http://`, CONNECT tunnels (TLS or plain TCP),
 //! and WebSocket upgrades over plain HTTP.
 //!
-//! Each request makes its own upstream connection through [`Egress::open`], so every
-//! request to a new host is a fresh decision and every upstream connection has its
-//! own `connect`/`close` audit pair.
+//! A plain-HTTP request is decided ([`Egress::open`], then the request rules) and
+//! sent on an upstream connection kept for its client connection: the next request
+//! of the same client to the same host reuses it while the policy is unchanged
+//! (see [`Kept`]). Every upstream connection has its own `connect`/`close` audit
+//! pair, and every request its `http` event.
 
-use crate::egress::{Ctx, Egress, Front};
+use crate::egress::{Ctx, Egress, Front, PolicyVersion};
 use crate::http::{
     Exchange, ReqBody, RespBody as Body, full, host_header, refusal, strip_hop_by_hop, text,
 };
 use crate::io::Counted;
-use crate::target::{parse_authority, printable};
+use crate::target::{Target, parse_authority, printable};
 use crate::tunnel;
 use hyper::body::Incoming;
+use hyper::client::conn::http1;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 
@@ -50,9 +54,10 @@ pub(crate) async fn serve_io<I>(egress: Egress, stream: I, peer: SocketAddr)
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
 {
+    let slot = Slot::default();
     let svc = hyper::service::service_fn(move |req| {
-        let egress = egress.clone();
-        async move { Ok::<_, Infallible>(handle(egress, req, peer).await) }
+        let (egress, slot) = (egress.clone(), slot.clone());
+        async move { Ok::<_, Infallible>(handle(egress, req, peer, slot).await) }
     });
     let conn = hyper::server::conn::http1::Builder::new()
         .preserve_header_case(true)
@@ -63,7 +68,12 @@ where
     }
 }
 
-async fn handle(egress: Egress, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+async fn handle(
+    egress: Egress,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    slot: Slot,
+) -> Response<Body> {
     let ctx = Ctx {
         front: Front::Proxy,
         client: Some(peer),
@@ -71,7 +81,7 @@ async fn handle(egress: Egress, req: Request<Incoming>, peer: SocketAddr) -> Res
     if req.method() == Method::CONNECT {
         connect(egress, req, ctx).await
     } else {
-        forward(egress, req, ctx).await
+        forward(egress, req, ctx, slot).await
     }
 }
 
@@ -101,7 +111,12 @@ async fn connect(egress: Egress, req: Request<Incoming>, ctx: Ctx) -> Response<B
     Response::new(full(String::new()))
 }
 
-async fn forward(egress: Egress, mut req: Request<Incoming>, ctx: Ctx) -> Response<Body> {
+async fn forward(
+    egress: Egress,
+    mut req: Request<Incoming>,
+    ctx: Ctx,
+    slot: Slot,
+) -> Response<Body> {
     let uri = req.uri().clone();
     let shown = printable(&uri.to_string());
     match uri.scheme_str() {
@@ -169,19 +184,27 @@ async fn forward(egress: Egress, mut req: Request<Incoming>, ctx: Ctx) -> Respon
         .filter(|p| !p.is_empty())
         .unwrap_or("/");
     let url = format!("http://{target}{path}");
-    // Connect decision (and dial) first, so a host that is not allowed at all is
-    // refused with the connect rule; then the request-level rules and the guard.
-    let mut upstream = match egress.open(&target, ctx).await {
-        Ok(u) => u,
-        Err(r) => return refusal(r),
+    // The connect decision (and dial) first, so a host that is not allowed at all is
+    // refused with the connect rule; then the request-level rules and the guard. The
+    // previous request's upstream connection is reused when it went to the same
+    // host under the policy still in force (the same decision would be made again).
+    let mut kept = slot
+        .take()
+        .filter(|k| k.target == target && k.version == egress.version());
+    if let Some(k) = &mut kept
+        && k.sender.ready().await.is_err()
+    {
+        kept = None;
+    }
+    let reused = kept.is_some();
+    let mut up = match kept {
+        Some(k) => k,
+        None => match dial(&egress, &target, ctx).await {
+            Ok(k) => k,
+            Err(resp) => return resp,
+        },
     };
-    let x = match Exchange::new(
-        &egress,
-        ctx,
-        target.clone(),
-        false,
-        upstream.guard.conn.clone(),
-    ) {
+    let x = match Exchange::new(&egress, ctx, target.clone(), false, up.conn.clone()) {
         Ok(x) => x,
         Err(r) => return refusal(r),
     };
@@ -201,7 +224,8 @@ async fn forward(egress: Egress, mut req: Request<Incoming>, ctx: Ctx) -> Respon
     let prepared = match x.prepare(req, &url).await {
         Ok(p) => p,
         Err(resp) => {
-            upstream.guard.fail("request refused");
+            // Nothing was sent: the connection stays usable.
+            slot.put(up);
             return resp;
         }
     };
@@ -218,25 +242,27 @@ async fn forward(egress: Egress, mut req: Request<Incoming>, ctx: Ctx) -> Respon
         parts.version = hyper::Version::HTTP_11;
         Request::from_parts(parts, body)
     });
-
-    let counters = upstream.guard.counters.clone();
-    let io = Counted::new(upstream.stream, counters, upstream.guard);
-    let (mut sender, conn) = match hyper::client::conn::http1::Builder::new()
-        .preserve_header_case(true)
-        .handshake::<_, ReqBody>(TokioIo::new(io))
-        .await
-    {
-        Ok(v) => v,
-        Err(e) => return text(StatusCode::BAD_GATEWAY, format!("warden: upstream: {e}\n")),
-    };
-    tokio::spawn(async move {
-        if let Err(e) = conn.with_upgrades().await {
-            tracing::debug!("upstream connection: {e}");
+    let replay = if reused { prepared.replay() } else { None };
+    let mut resp = match (x.send(prepared, |r| up.sender.send_request(r)).await, replay) {
+        (Ok(r), _) => r,
+        (Err(_), Some(again)) => {
+            // The kept connection was closed under the request (an upstream idle
+            // timeout racing it): once more, on a connection of its own.
+            up = match dial(&egress, &target, ctx).await {
+                Ok(k) => k,
+                Err(resp) => return resp,
+            };
+            match up.sender.send_request(again).await {
+                Ok(r) => r,
+                Err(e) => {
+                    return text(
+                        StatusCode::BAD_GATEWAY,
+                        format!("warden: upstream {target} failed: {e}\n"),
+                    );
+                }
+            }
         }
-    });
-    let mut resp = match x.send(prepared, |r| sender.send_request(r)).await {
-        Ok(r) => r,
-        Err(resp) => return resp,
+        (Err(resp), None) => return resp,
     };
     if is_ws && resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
@@ -257,6 +283,68 @@ async fn forward(egress: Egress, mut req: Request<Incoming>, ctx: Ctx) -> Respon
             .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         return Response::from_parts(parts, full(String::new()));
     }
+    // The response head is here; hyper lets the next request on this connection
+    // wait until the body has been read (`ready`).
+    slot.put(up);
     let (method, url_shown) = (x_method, crate::http::shown(&url).to_string());
     x.respond(resp, head, &method, &url_shown)
+}
+
+/// The upstream connection a client connection's last plain-HTTP request used, kept
+/// for its next request (keep-alive on both legs: no TCP handshake, no new decision
+/// for a host already decided under the same policy). One per client connection, so
+/// every upstream connection still belongs to one client in the audit log (its
+/// `connect` and `close` events); it closes when the client connection does.
+struct Kept {
+    target: Target,
+    version: PolicyVersion,
+    conn: String,
+    sender: http1::SendRequest<ReqBody>,
+}
+
+/// Where a client connection keeps its [`Kept`] connection between requests (HTTP/1
+/// serves one request at a time, so the lock is never contended).
+#[derive(Clone, Default)]
+struct Slot(Arc<Mutex<Option<Kept>>>);
+
+impl Slot {
+    fn take(&self) -> Option<Kept> {
+        match self.0.lock() {
+            Ok(mut g) => g.take(),
+            Err(poisoned) => poisoned.into_inner().take(),
+        }
+    }
+
+    fn put(&self, k: Kept) {
+        match self.0.lock() {
+            Ok(mut g) => *g = Some(k),
+            Err(poisoned) => *poisoned.into_inner() = Some(k),
+        }
+    }
+}
+
+/// Decide and open an upstream connection to `target` ([`Egress::open`]) and start
+/// an HTTP/1.1 client on it. Its `close` event is recorded when the connection ends.
+async fn dial(egress: &Egress, target: &Target, ctx: Ctx) -> Result<Kept, Response<Body>> {
+    let version = egress.version();
+    let upstream = egress.open(target, ctx).await.map_err(refusal)?;
+    let conn = upstream.guard.conn.clone();
+    let counters = upstream.guard.counters.clone();
+    let io = Counted::new(upstream.stream, counters, upstream.guard);
+    let (sender, connection) = http1::Builder::new()
+        .preserve_header_case(true)
+        .handshake::<_, ReqBody>(TokioIo::new(io))
+        .await
+        .map_err(|e| text(StatusCode::BAD_GATEWAY, format!("warden: upstream: {e}\n")))?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.with_upgrades().await {
+            tracing::debug!("upstream connection: {e}");
+        }
+    });
+    Ok(Kept {
+        target: target.clone(),
+        version,
+        conn,
+        sender,
+    })
 }

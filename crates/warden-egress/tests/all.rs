@@ -735,6 +735,136 @@ async fn reload_changes_new_decisions() {
     assert!(!h.find(|e| e["action"] == "policy_reload").is_empty());
 }
 
+/// An upstream that answers every request with `conn=N` (N counts its TCP
+/// connections from 1) and closes a connection idle for `idle`.
+async fn counting_upstream(addr: &str, idle: Duration) -> SocketAddr {
+    let listener = TcpListener::bind(addr).await.unwrap();
+    let local = listener.local_addr().unwrap();
+    let count = Arc::new(AtomicUsize::new(0));
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            let n = count.fetch_add(1, Ordering::SeqCst) + 1;
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match tokio::time::timeout(idle, s.read(&mut chunk)).await {
+                            Ok(Ok(k)) if k > 0 => buf.extend_from_slice(&chunk[..k]),
+                            _ => return, // idle, closed or failed: close
+                        }
+                    }
+                    let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+                    buf.drain(..end);
+                    let body = format!("conn={n}");
+                    let resp = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    if s.write_all(resp.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    local
+}
+
+/// One keep-alive client connection to the proxy: GET `url`, (status, body).
+async fn keepalive_get(s: &mut TcpStream, url: &str) -> (u16, String) {
+    let host = url.trim_start_matches("http://").split('/').next().unwrap();
+    let req = format!("GET {url} HTTP/1.1\r\nHost: {host}\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map(|v| v.trim().parse().unwrap())
+                .unwrap_or(0);
+            if buf.len() >= end + 4 + len {
+                let body = String::from_utf8_lossy(&buf[end + 4..end + 4 + len]).into_owned();
+                return (status_of(&head), body);
+            }
+        }
+        let k = tokio::time::timeout(Duration::from_secs(10), s.read(&mut chunk))
+            .await
+            .expect("the proxy answered in time")
+            .unwrap();
+        assert!(k > 0, "the proxy closed the connection; so far: {buf:?}");
+        buf.extend_from_slice(&chunk[..k]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alive_reuses_the_upstream_connection_only_under_the_same_policy() {
+    let idle = Duration::from_millis(300);
+    let up = counting_upstream("127.0.0.2:0", idle).await;
+    let p = up.port();
+    let allow = format!("127.0.0.2/32:{p}");
+    let h = harness(&policy(std::slice::from_ref(&allow), ""), Arc::new(resolver())).await;
+    let url = format!("http://127.0.0.2:{p}/x");
+    let mut c = TcpStream::connect(h.proxy).await.unwrap();
+
+    // Three requests on one client connection: one upstream connection, one
+    // connect decision, three http events.
+    for _ in 0..3 {
+        assert_eq!(keepalive_get(&mut c, &url).await, (200, "conn=1".into()));
+    }
+    let target = format!("127.0.0.2:{p}");
+    let connects = h.find(|e| e["action"] == "connect" && e["target"] == target.as_str());
+    assert_eq!(connects.len(), 1, "{connects:?}");
+    let https = h.find(|e| e["action"] == "http" && e["decision"] == "allow");
+    assert_eq!(https.len(), 3, "{https:?}");
+    assert!(https.iter().all(|e| e["conn"] == connects[0]["conn"]), "{https:?}");
+
+    // A reload, even to a policy that still allows the host: the next request is
+    // decided and dialled again under the new policy.
+    let reload = |body: String| {
+        std::fs::write(&h.policy_path, body).unwrap();
+        let p2 = Policy::load(&h.policy_path).unwrap();
+        h.egress.reload(p2, h.policy_path.display().to_string());
+    };
+    reload(policy(&[allow.clone(), "allowed.test".into()], ""));
+    assert_eq!(keepalive_get(&mut c, &url).await, (200, "conn=2".into()));
+    // ... and a policy that no longer allows it refuses the next request on the same
+    // client connection, although an upstream connection to it is open.
+    reload(policy(&["allowed.test".into()], ""));
+    assert_eq!(keepalive_get(&mut c, &url).await.0, 403);
+    // (A refusal closes the client connection.)
+    reload(policy(std::slice::from_ref(&allow), ""));
+    let mut c = TcpStream::connect(h.proxy).await.unwrap();
+
+    // The upstream closes idle connections: the next request gets a new one.
+    assert_eq!(keepalive_get(&mut c, &url).await, (200, "conn=3".into()));
+    tokio::time::sleep(idle * 3).await;
+    assert_eq!(keepalive_get(&mut c, &url).await, (200, "conn=4".into()));
+
+    // Every upstream connection has its connect and close pair once the client is
+    // gone.
+    drop(c);
+    let mut closes = Vec::new();
+    for _ in 0..50 {
+        closes = h.find(|e| e["action"] == "close" && e["target"] == target.as_str());
+        if closes.len() == 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let connects = h.find(|e| {
+        e["action"] == "connect" && e["target"] == target.as_str() && e["decision"] == "allow"
+    });
+    assert_eq!(connects.len(), 4, "{connects:?}");
+    assert_eq!(closes.len(), 4, "{closes:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_upgrade_over_plain_http() {
     // An upstream that answers 101 and then echoes.
