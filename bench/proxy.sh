@@ -5,6 +5,9 @@
 #   1. added latency of a small GET at concurrency 1      (target: warden <= 1/2 squid's)
 #   2. requests/s of small GETs over 64 keep-alive clients (target: warden >= 2x squid)
 #   3. a 1 GiB download through a CONNECT tunnel           (target: warden >= 0.9x direct)
+#      - over TLS (https://, what HTTPS_PROXY clients tunnel): the target's figure;
+#      - and plain HTTP inside the tunnel, which Warden reads as HTTP so that
+#        [[network.http]] rules and the credential guard apply to every request
 #   4. RSS of the proxy holding 10,000 idle CONNECT tunnels (warden and squid)
 # plus, to explain 1 and 2, "fresh": direct with `Connection: close`, i.e. a new TCP
 # connection to nginx per request, which is what a proxy without an upstream
@@ -81,6 +84,10 @@ wait_port() { # port name pid
 
 # --- upstream: nginx, one worker, a 16-byte page and a 1 GiB file -------------------
 UP=$(free_port)
+UPS=$(free_port)
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+  -subj /CN=127.0.0.1 -addext subjectAltName=IP:127.0.0.1 \
+  -keyout "$WORK/tls.key" -out "$WORK/tls.crt" >/dev/null 2>&1
 mkdir -p "$WORK/www"
 printf 'hello from nginx' > "$WORK/www/small"
 truncate -s 1G "$WORK/www/1g" # sparse: served from page cache, no disk reads
@@ -106,6 +113,9 @@ http {
   scgi_temp_path $WORK/nginx-tmp;
   server {
     listen 127.0.0.1:$UP;
+    listen 127.0.0.1:$UPS ssl;
+    ssl_certificate $WORK/tls.crt;
+    ssl_certificate_key $WORK/tls.key;
     root $WORK/www;
     default_type application/octet-stream;
   }
@@ -193,32 +203,38 @@ p50_us() {
 }
 rps() { awk '/^Requests\/sec/ { printf "%.0f", $2 }' "$1"; }
 
-transfer_mbs() { # via -> MB/s of a 1 GiB download (through a CONNECT tunnel for proxies)
-  local args=()
+transfer_mbs() { # via [tls] -> MB/s of a 1 GiB download (through a CONNECT tunnel for proxies)
+  local args=() url="http://127.0.0.1:$UP/1g"
   [ "$1" != direct ] && args=(--proxytunnel -x "http://127.0.0.1:$(proxy_port "$1")")
+  [ "${2:-}" = tls ] && { url="https://127.0.0.1:$UPS/1g"; args+=(--cacert "$WORK/tls.crt"); }
   curl -sS --noproxy '' "${args[@]}" -o /dev/null -w '%{size_download} %{speed_download}\n' \
-    "http://127.0.0.1:$UP/1g" | awk '$1 != 1073741824 { print "short transfer: " $1 > "/dev/stderr"; exit 1 }
+    "$url" | awk '$1 != 1073741824 { print "short transfer: " $1 > "/dev/stderr"; exit 1 }
     { printf "%.0f", $2 / 1e6 }'
 }
 
 median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END { m = (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2; printf "%.1f", m }'; }
 
-declare -A LAT RPS MBS
-for via in direct fresh squid warden; do LAT[$via]=""; RPS[$via]=""; MBS[$via]=""; done
+declare -A LAT RPS MBS TLS
+for via in direct fresh squid warden; do LAT[$via]=""; RPS[$via]=""; MBS[$via]=""; TLS[$via]=""; done
 # Warm-up: one short run per path (connection setup, allocator), and the 1 GiB file
 # read once so that every measured transfer is served from the page cache.
 for via in direct squid warden; do
   SECS=1 wrk_run "$via" 8 >/dev/null
 done
 transfer_mbs direct >/dev/null
+transfer_mbs direct tls >/dev/null
 for ((r = 1; r <= ROUNDS; r++)); do
   for via in direct fresh squid warden; do
     f=$(wrk_run "$via" 1); LAT[$via]+="$(p50_us "$f") "
     f=$(wrk_run "$via" 64); RPS[$via]+="$(rps "$f") "
-    [ "$via" != fresh ] && MBS[$via]+="$(transfer_mbs "$via") "
+    if [ "$via" != fresh ]; then
+      MBS[$via]+="$(transfer_mbs "$via") "
+      TLS[$via]+="$(transfer_mbs "$via" tls) "
+    fi
   done
   echo "round $r/$ROUNDS (direct | fresh | squid | warden): p50 us ${LAT[direct]% } | ${LAT[fresh]% } | ${LAT[squid]% } | ${LAT[warden]% };" \
-    "req/s ${RPS[direct]% } | ${RPS[fresh]% } | ${RPS[squid]% } | ${RPS[warden]% }; MB/s ${MBS[direct]% } | ${MBS[squid]% } | ${MBS[warden]% }" >&2
+    "req/s ${RPS[direct]% } | ${RPS[fresh]% } | ${RPS[squid]% } | ${RPS[warden]% };" \
+    "MB/s TLS ${TLS[direct]% } | ${TLS[squid]% } | ${TLS[warden]% }, plain ${MBS[direct]% } | ${MBS[squid]% } | ${MBS[warden]% }" >&2
 done
 
 # --- idle tunnels: RSS before and while holding $TUNNELS CONNECT tunnels ---------
@@ -247,29 +263,33 @@ for via in squid warden; do
 done
 
 # --- report -------------------------------------------------------------------------
-declare -A L R M
+declare -A L R M T
 for via in direct fresh squid warden; do
   # shellcheck disable=SC2086
   L[$via]=$(median ${LAT[$via]}); R[$via]=$(median ${RPS[$via]})
-  # shellcheck disable=SC2086
-  [ "$via" != fresh ] && M[$via]=$(median ${MBS[$via]})
+  if [ "$via" != fresh ]; then
+    # shellcheck disable=SC2086
+    M[$via]=$(median ${MBS[$via]}); T[$via]=$(median ${TLS[$via]})
+  fi
 done
 python3 - "${L[direct]}" "${L[squid]}" "${L[warden]}" "${R[direct]}" "${R[squid]}" "${R[warden]}" \
   "${M[direct]}" "${M[squid]}" "${M[warden]}" "${RSS0[squid]}" "${RSS1[squid]}" "${HELD[squid]:-0/0}" \
   "${RSS0[warden]}" "${RSS1[warden]}" "${HELD[warden]:-0/0}" "$ROUNDS" "$SECS" \
-  "${L[fresh]}" "${R[fresh]}" <<'EOF'
+  "${L[fresh]}" "${R[fresh]}" "${T[direct]}" "${T[squid]}" "${T[warden]}" <<'EOF'
 import sys
 a = sys.argv[1:]
 ld, ls, lw, rd, rs, rw, md, ms, mw = map(float, a[0:9])
 s0, s1, sheld, w0, w1, wheld = int(a[9]), int(a[10]), a[11], int(a[12]), int(a[13]), a[14]
 rounds, secs = a[15], a[16]
 lf, rf = float(a[17]), float(a[18])
+td, ts, tw = map(float, a[19:22])
 print(f"proxy benchmark: median of {rounds} rounds, {secs} s wrk runs, nginx upstream on loopback")
 print(f"{'':28}{'direct':>10}{'squid':>10}{'warden':>10}")
 print(f"{'p50 latency, c=1 (us)':28}{ld:>10.1f}{ls:>10.1f}{lw:>10.1f}")
 print(f"{'  added over direct (us)':28}{'':>10}{ls-ld:>10.1f}{lw-ld:>10.1f}")
 print(f"{'requests/s, c=64':28}{rd:>10.0f}{rs:>10.0f}{rw:>10.0f}")
-print(f"{'1 GiB CONNECT (MB/s)':28}{md:>10.0f}{ms:>10.0f}{mw:>10.0f}")
+print(f"{'1 GiB CONNECT, TLS (MB/s)':28}{td:>10.0f}{ts:>10.0f}{tw:>10.0f}")
+print(f"{'1 GiB CONNECT, plain (MB/s)':28}{md:>10.0f}{ms:>10.0f}{mw:>10.0f}")
 def per(r0, r1, held):
     n = int(held.split('/')[0] or 0)
     return f"{(r1 - r0) / n:.1f}" if n else "NA"
@@ -285,5 +305,6 @@ print()
 print(f"added latency warden/squid = {added_w/added_s:.2f} (target <= 0.5: {ok(added_w <= 0.5*added_s)})"
       if added_s > 0 else "added latency: squid adds none measurable")
 print(f"throughput warden/squid    = {rw/rs:.2f} (target >= 2: {ok(rw >= 2*rs)})")
-print(f"CONNECT transfer warden/direct = {mw/md:.2f} (target >= 0.9: {ok(mw >= 0.9*md)}); squid/direct = {ms/md:.2f}")
+print(f"CONNECT transfer over TLS warden/direct = {tw/td:.2f} (target >= 0.9: {ok(tw >= 0.9*td)}); squid/direct = {ts/td:.2f}")
+print(f"CONNECT transfer, plain HTTP inside (read as HTTP by warden) warden/direct = {mw/md:.2f}; squid/direct = {ms/md:.2f}")
 EOF

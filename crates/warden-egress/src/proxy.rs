@@ -12,7 +12,7 @@ use crate::egress::{Ctx, Egress, Front, PolicyVersion};
 use crate::http::{
     Exchange, ReqBody, RespBody as Body, full, host_header, refusal, strip_hop_by_hop, text,
 };
-use crate::io::Counted;
+use crate::io::{Counted, Prefixed};
 use crate::target::{Target, parse_authority, printable};
 use crate::tunnel;
 use hyper::body::Incoming;
@@ -101,7 +101,18 @@ async fn connect(egress: Egress, req: Request<Incoming>, ctx: Ctx) -> Response<B
     };
     tokio::spawn(async move {
         match hyper::upgrade::on(req).await {
-            Ok(upgraded) => tunnel::relay(&egress, TokioIo::new(upgraded), upstream).await,
+            // The client's own socket when nothing was read ahead, so the relay can
+            // splice; otherwise the socket behind what hyper read ahead.
+            Ok(upgraded) => match upgraded.downcast::<TokioIo<TcpStream>>() {
+                Ok(parts) if parts.read_buf.is_empty() => {
+                    tunnel::relay(&egress, parts.io.into_inner(), upstream).await
+                }
+                Ok(parts) => {
+                    let client = Prefixed::new(parts.read_buf.to_vec(), parts.io.into_inner());
+                    tunnel::relay(&egress, client, upstream).await
+                }
+                Err(upgraded) => tunnel::relay(&egress, TokioIo::new(upgraded), upstream).await,
+            },
             Err(e) => {
                 let mut upstream = upstream;
                 upstream.guard.fail(format!("client upgrade failed: {e}"));
@@ -243,7 +254,10 @@ async fn forward(
         Request::from_parts(parts, body)
     });
     let replay = if reused { prepared.replay() } else { None };
-    let mut resp = match (x.send(prepared, |r| up.sender.send_request(r)).await, replay) {
+    let mut resp = match (
+        x.send(prepared, |r| up.sender.send_request(r)).await,
+        replay,
+    ) {
         (Ok(r), _) => r,
         (Err(_), Some(again)) => {
             // The kept connection was closed under the request (an upstream idle

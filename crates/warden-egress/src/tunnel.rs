@@ -20,8 +20,10 @@ use crate::http::{self, Exchange, Proto};
 use crate::io::{Counted, Prefixed};
 use crate::sni::{self, Hello};
 use crate::target::Target;
+use std::any::Any;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 use warden_policy::host::{RequestHost, canonical_host};
 
@@ -213,24 +215,50 @@ async fn plain_http<C>(
 
 /// Relay bytes both ways. Upstream-to-client bytes flow from the start;
 /// client-to-upstream bytes (after `first`, already read) wait for the ClientHello
-/// check.
+/// check. When the client is a TCP socket too (the explicit proxy's CONNECT), bulk
+/// data moves with splice(2) ([`pump`]).
 async fn relay_raw<C>(
     egress: &Egress,
     client: C,
     stream: TcpStream,
+    guard: ConnGuard,
+    first: Vec<u8>,
+) where
+    C: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let mut client = Some(client);
+    let tcp = (&mut client as &mut dyn Any)
+        .downcast_mut::<Option<TcpStream>>()
+        .and_then(Option::take);
+    match (tcp, client) {
+        (Some(tcp), _) => {
+            let (cr, cw) = tcp.into_split();
+            relay_halves(egress, cr, cw, stream, guard, first).await;
+        }
+        (None, Some(client)) => {
+            let (cr, cw) = tokio::io::split(client);
+            relay_halves(egress, cr, cw, stream, guard, first).await;
+        }
+        (None, None) => {}
+    }
+}
+
+async fn relay_halves<CR, CW>(
+    egress: &Egress,
+    mut cr: CR,
+    mut cw: CW,
+    stream: TcpStream,
     mut guard: ConnGuard,
     first: Vec<u8>,
 ) where
-    C: AsyncRead + AsyncWrite + Send + Unpin,
+    CR: AsyncRead + MaybeTcp + Send + Unpin,
+    CW: AsyncWrite + MaybeTcp + Send + Unpin,
 {
     let counters = guard.counters.clone();
-    let (ur, uw) = stream.into_split();
-    let mut ur = Counted::new(ur, counters.clone(), ());
-    let mut uw = Counted::new(uw, counters, ());
-    let (mut cr, mut cw) = tokio::io::split(client);
+    let (mut ur, mut uw) = stream.into_split();
 
     let down = async {
-        let r = copy_growing(&mut ur, &mut cw).await;
+        let r = pump(&mut ur, &mut cw, &counters.down).await;
         let _ = cw.shutdown().await;
         r.map(|_| ())
     };
@@ -278,7 +306,8 @@ async fn relay_raw<C>(
             ));
         }
         uw.write_all(&first).await?;
-        copy_growing(&mut cr, &mut uw).await?;
+        counters.up.fetch_add(first.len() as u64, Ordering::Relaxed);
+        pump(&mut cr, &mut uw, &counters.up).await?;
         uw.shutdown().await?;
         Ok::<(), std::io::Error>(())
     };
@@ -290,14 +319,37 @@ async fn relay_raw<C>(
     }
 }
 
-/// Copy `r` to `w` until `r` ends; the number of bytes copied. Like
-/// `tokio::io::copy`, but the buffer doubles (from [`MIN_BUF`] up to [`MAX_BUF`])
-/// each time a read fills it. `w` is flushed after every write, which is at least as
-/// often as `tokio::io::copy` flushes (whenever the reader has nothing ready).
-async fn copy_growing<R, W>(r: &mut R, w: &mut W) -> std::io::Result<u64>
+/// A relay half that may be a TCP socket's (then bulk data can be spliced).
+pub(crate) trait MaybeTcp {
+    fn tcp(&self) -> Option<&TcpStream> {
+        None
+    }
+}
+
+impl MaybeTcp for tokio::net::tcp::OwnedReadHalf {
+    fn tcp(&self) -> Option<&TcpStream> {
+        Some(self.as_ref())
+    }
+}
+
+impl MaybeTcp for tokio::net::tcp::OwnedWriteHalf {
+    fn tcp(&self) -> Option<&TcpStream> {
+        Some(self.as_ref())
+    }
+}
+
+impl<T> MaybeTcp for tokio::io::ReadHalf<T> {}
+impl<T> MaybeTcp for tokio::io::WriteHalf<T> {}
+
+/// Copy `r` to `w` until `r` ends, adding each byte to `count`: [`copy_growing`]'s
+/// growing buffer, until a read fills the largest buffer while both ends are TCP
+/// sockets; from then on the kernel moves the data (splice(2) through a pipe,
+/// [`splice_all`]), so a bulk transfer is never copied through this process. An idle
+/// tunnel holds no pipe.
+async fn pump<R, W>(r: &mut R, w: &mut W, count: &AtomicU64) -> std::io::Result<u64>
 where
-    R: AsyncRead + Unpin + ?Sized,
-    W: AsyncWrite + Unpin + ?Sized,
+    R: AsyncRead + MaybeTcp + Unpin,
+    W: AsyncWrite + MaybeTcp + Unpin,
 {
     let mut buf = vec![0u8; MIN_BUF];
     let mut total = 0u64;
@@ -309,8 +361,75 @@ where
         w.write_all(&buf[..n]).await?;
         w.flush().await?;
         total += n as u64;
-        if n == buf.len() && buf.len() < MAX_BUF {
-            buf.resize((buf.len() * 2).min(MAX_BUF), 0);
+        count.fetch_add(n as u64, Ordering::Relaxed);
+        if n == buf.len() {
+            if let (Some(from), Some(to)) = (r.tcp(), w.tcp()) {
+                match splice_all(from, to, count).await {
+                    Ok(more) => return Ok(total + more),
+                    // No pipe to be had (descriptor limit): go on copying.
+                    Err(Spliced::NoPipe(e)) => {
+                        tracing::debug!("relay: no pipe for splice ({e}); copying");
+                    }
+                    Err(Spliced::Io(e)) => return Err(e),
+                }
+            }
+            if buf.len() < MAX_BUF {
+                buf.resize((buf.len() * 2).min(MAX_BUF), 0);
+            }
+        }
+    }
+}
+
+/// Why [`splice_all`] stopped short.
+enum Spliced {
+    NoPipe(std::io::Error),
+    Io(std::io::Error),
+}
+
+/// What a splice pipe is asked to hold (the kernel may grant less).
+const PIPE_SIZE: usize = 1024 * 1024;
+
+/// Move everything `from` sends to `to` through a pipe with splice(2) until `from`
+/// ends; the number of bytes moved. The pipe is emptied before each fill, so an
+/// `EAGAIN` on a fill always means "the socket has nothing", never "the pipe is full".
+async fn splice_all(from: &TcpStream, to: &TcpStream, count: &AtomicU64) -> Result<u64, Spliced> {
+    use rustix::pipe::{PipeFlags, SpliceFlags, pipe_with, splice};
+    let (pr, pw) = pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK)
+        .map_err(|e| Spliced::NoPipe(e.into()))?;
+    let size = rustix::pipe::fcntl_setpipe_size(&pw, PIPE_SIZE).unwrap_or(64 * 1024);
+    let flags = SpliceFlags::NONBLOCK | SpliceFlags::MOVE;
+    let mut total = 0u64;
+    loop {
+        let n = loop {
+            from.readable().await.map_err(Spliced::Io)?;
+            match from.try_io(Interest::READABLE, || {
+                splice(from, None, &pw, None, size, flags).map_err(std::io::Error::from)
+            }) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(Spliced::Io(e)),
+            }
+        };
+        if n == 0 {
+            return Ok(total);
+        }
+        let mut left = n;
+        while left > 0 {
+            to.writable().await.map_err(Spliced::Io)?;
+            match to.try_io(Interest::WRITABLE, || {
+                splice(&pr, None, to, None, left, flags).map_err(std::io::Error::from)
+            }) {
+                Ok(0) => {
+                    return Err(Spliced::Io(std::io::ErrorKind::WriteZero.into()));
+                }
+                Ok(m) => {
+                    left -= m;
+                    total += m as u64;
+                    count.fetch_add(m as u64, Ordering::Relaxed);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(Spliced::Io(e)),
+            }
         }
     }
 }
@@ -319,13 +438,21 @@ where
 mod tests {
     use super::*;
 
+    impl MaybeTcp for Vec<u8> {}
+
+    fn data(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i % 251) as u8).collect()
+    }
+
     /// Every byte arrives, in order, whether the reader hands out whole buffers (the
     /// buffer grows) or dribbles (it does not), and the count is exact.
     #[tokio::test]
-    async fn copy_growing_relays_every_byte() {
-        let data: Vec<u8> = (0..3 * MAX_BUF + 12_345).map(|i| (i % 251) as u8).collect();
+    async fn pump_relays_every_byte_through_a_buffer() {
+        let data = data(3 * MAX_BUF + 12_345);
         for chunk in [1, 1000, MIN_BUF, MAX_BUF * 4] {
-            let (mut tx, mut rx) = tokio::io::duplex(MAX_BUF * 8);
+            let (tx, rx) = tokio::io::duplex(MAX_BUF * 8);
+            let (mut rx, _keep) = tokio::io::split(rx);
+            let (_, mut tx) = tokio::io::split(tx);
             let send = data.clone();
             let writer = tokio::spawn(async move {
                 for piece in send.chunks(chunk) {
@@ -334,10 +461,48 @@ mod tests {
                 tx.shutdown().await
             });
             let mut out = Vec::new();
-            let n = copy_growing(&mut rx, &mut out).await;
+            let count = AtomicU64::new(0);
+            let n = pump(&mut rx, &mut out, &count).await;
             assert_eq!(n.ok(), Some(data.len() as u64), "chunk {chunk}");
+            assert_eq!(count.load(Ordering::Relaxed), data.len() as u64);
             assert!(out == data, "chunk {chunk}: bytes differ");
             assert!(matches!(writer.await, Ok(Ok(()))));
         }
+    }
+
+    /// Between two TCP sockets a bulk transfer switches to splice(2): every byte
+    /// still arrives in order and is counted, and the writer's end of stream ends it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn pump_splices_between_tcp_sockets() {
+        async fn pair() -> (TcpStream, TcpStream) {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let a = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+            let (b, _) = l.accept().await.unwrap();
+            (a, b)
+        }
+        let data = data(64 * 1024 * 1024 + 7);
+        // source -> (a_in | relay | b_out) -> sink
+        let (mut source, a_in) = pair().await;
+        let (b_out, mut sink) = pair().await;
+        let send = data.clone();
+        let writer = tokio::spawn(async move {
+            source.write_all(&send).await?;
+            source.shutdown().await
+        });
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            sink.read_to_end(&mut got).await.map(|_| got)
+        });
+        let (mut r, _w1) = a_in.into_split();
+        let (_r2, mut w) = b_out.into_split();
+        let count = AtomicU64::new(0);
+        let n = pump(&mut r, &mut w, &count).await.unwrap();
+        w.shutdown().await.unwrap();
+        assert_eq!(n, data.len() as u64);
+        assert_eq!(count.load(Ordering::Relaxed), data.len() as u64);
+        assert!(matches!(writer.await, Ok(Ok(()))));
+        let got = reader.await.unwrap().unwrap();
+        assert_eq!(got.len(), data.len());
+        assert!(got == data, "bytes differ");
     }
 }

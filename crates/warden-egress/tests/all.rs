@@ -809,7 +809,11 @@ async fn keep_alive_reuses_the_upstream_connection_only_under_the_same_policy() 
     let up = counting_upstream("127.0.0.2:0", idle).await;
     let p = up.port();
     let allow = format!("127.0.0.2/32:{p}");
-    let h = harness(&policy(std::slice::from_ref(&allow), ""), Arc::new(resolver())).await;
+    let h = harness(
+        &policy(std::slice::from_ref(&allow), ""),
+        Arc::new(resolver()),
+    )
+    .await;
     let url = format!("http://127.0.0.2:{p}/x");
     let mut c = TcpStream::connect(h.proxy).await.unwrap();
 
@@ -823,7 +827,10 @@ async fn keep_alive_reuses_the_upstream_connection_only_under_the_same_policy() 
     assert_eq!(connects.len(), 1, "{connects:?}");
     let https = h.find(|e| e["action"] == "http" && e["decision"] == "allow");
     assert_eq!(https.len(), 3, "{https:?}");
-    assert!(https.iter().all(|e| e["conn"] == connects[0]["conn"]), "{https:?}");
+    assert!(
+        https.iter().all(|e| e["conn"] == connects[0]["conn"]),
+        "{https:?}"
+    );
 
     // A reload, even to a policy that still allows the host: the next request is
     // decided and dialled again under the new policy.
