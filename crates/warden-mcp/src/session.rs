@@ -98,6 +98,22 @@ impl Gateway {
         }
     }
 
+    /// Queue an event and start its fsync now; the returned future resolves once it is
+    /// on disk. `Err`: the log cannot take events (an earlier write failed).
+    fn record_start(
+        &self,
+        ev: Event,
+    ) -> Result<(String, warden_audit::Durable), warden_audit::AuditError> {
+        let ticket = self.audit.record(&self.cfg.audit.stamp, ev)?;
+        let id = ticket.id().to_string();
+        Ok((id, ticket.durable()))
+    }
+
+    /// Record an event and return once it is on disk, without blocking a thread.
+    async fn record_durable(&self, ev: Event) -> Result<(), warden_audit::AuditError> {
+        self.record_start(ev)?.1.await
+    }
+
     /// Flush the audit log (at shutdown).
     pub fn flush(&self) {
         let _ = self.audit.flush();
@@ -764,7 +780,10 @@ impl Session {
         }
         if !decision.allow && enforce {
             let ev = ev.field("duration_ms", started.elapsed().as_secs_f64() * 1000.0);
-            self.gw.record(ev, true);
+            // The refusal is on disk before the client hears of it.
+            if let Err(e) = self.gw.record_durable(ev).await {
+                eprintln!("warden mcp: audit log failed: {e}");
+            }
             return Err(err_data(
                 jsonrpc::POLICY_DENIED,
                 deny_message(&format!("call to {exposed}"), &decision),
@@ -772,42 +791,75 @@ impl Session {
             ));
         }
 
+        // The decision is written durably while the call runs upstream: the fsync
+        // overlaps the call instead of following it, and the result is released only
+        // once both are done (SPEC §5). A log that cannot take the record fails the
+        // call closed, before anything is sent upstream.
+        let verdict = if decision.allow {
+            Verdict::Allow
+        } else {
+            Verdict::Deny
+        };
+        let (call_id, durable) = match self.gw.record_start(ev) {
+            Ok(started) => started,
+            Err(e) => {
+                eprintln!("warden mcp: audit log failed: {e}");
+                return Err(err(
+                    jsonrpc::AUDIT_FAILED,
+                    format!(
+                        "warden: call to {exposed} not made: the audit log cannot record it ({e})"
+                    ),
+                ));
+            }
+        };
         if let Some(o) = params.as_object_mut() {
             o.insert("name".into(), Value::String(tool.clone()));
         }
-        let res = self.forward(id, idx, "tools/call", params).await;
+        let (res, written) = tokio::join!(self.forward(id, idx, "tools/call", params), durable);
         let elapsed = started.elapsed().as_secs_f64() * 1000.0;
-        match res {
+        // The outcome: its own event, pointing at the decision (`call`), group-committed.
+        let mut end = Event::new(Surface::Mcp, "call_tool_end", &target, verdict)
+            .rule(&decision.rule)
+            .reason(&decision.reason)
+            .enforced(enforce)
+            .field("server", server.as_str())
+            .field("tool", tool.as_str())
+            .field("call", call_id.as_str())
+            .field("duration_ms", elapsed);
+        let out = match res {
             Ok(mut result) => {
                 let redacted = self.gw.secrets.scrub(&mut result);
                 self.rewrite_content_uris(&server, &mut result);
                 let size = result.to_string().len();
-                let mut ev = ev
-                    .field("duration_ms", elapsed)
-                    .field("result_bytes", size as u64)
-                    .field(
-                        "is_error",
-                        result
-                            .get("isError")
-                            .and_then(Value::as_bool)
-                            .unwrap_or(false),
-                    );
+                end = end.field("result_bytes", size as u64).field(
+                    "is_error",
+                    result
+                        .get("isError")
+                        .and_then(Value::as_bool)
+                        .unwrap_or(false),
+                );
                 if !redacted.is_empty() {
                     let names: Vec<String> = redacted.into_iter().map(|f| f.name).collect();
-                    ev = ev.field("redacted", names);
+                    end = end.field("redacted", names);
                 }
-                self.gw.record(ev, false);
                 Ok(result)
             }
             Err(e) => {
-                self.gw.record(
-                    ev.field("duration_ms", elapsed)
-                        .field("error", e.describe()),
-                    false,
-                );
+                end = end.field("error", e.describe());
                 Err(Self::call_error(&e))
             }
+        };
+        if let Err(e) = written {
+            eprintln!("warden mcp: audit log failed: {e}");
+            return Err(err(
+                jsonrpc::AUDIT_FAILED,
+                format!(
+                    "warden: the result of {exposed} is withheld: its audit record could not be written ({e})"
+                ),
+            ));
         }
+        self.gw.record(end, false);
+        out
     }
 
     /// Refusal because the tool's definition is unknown or differs from its pin.

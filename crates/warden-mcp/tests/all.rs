@@ -369,10 +369,23 @@ async fn python_sdk_through_gateway_to_real_servers() {
         .unwrap();
     assert_eq!(echo["decision"], "allow");
     assert_eq!(echo["args_sha256"].as_str().unwrap().len(), 64);
-    assert!(echo["result_bytes"].as_u64().unwrap() > 0);
-    assert!(echo.get("duration_ms").is_some());
+    // The outcome of each call is its own event, pointing at the decision.
+    let end_of = |call: &Value| {
+        audit
+            .iter()
+            .find(|e| e["action"] == "call_tool_end" && e["call"] == call["id"])
+            .cloned()
+            .unwrap_or_else(|| panic!("no call_tool_end for {call}"))
+    };
+    let echo_end = end_of(echo);
+    assert_eq!(echo_end["target"], "everything/echo");
+    assert!(echo_end["result_bytes"].as_u64().unwrap() > 0);
+    assert!(echo_end.get("duration_ms").is_some());
     let leak_ev = calls.iter().find(|e| e["target"] == "test/leak").unwrap();
-    assert_eq!(leak_ev["redacted"], json!(["github", "aws-access-key"]));
+    assert_eq!(
+        end_of(leak_ev)["redacted"],
+        json!(["github", "aws-access-key"])
+    );
     let raw = std::fs::read_to_string(env.dir.path().join("audit.jsonl")).unwrap();
     assert!(
         !raw.contains("s3cr3t-github-value") && !raw.contains("ghp_abcdef"),
@@ -497,6 +510,60 @@ async fn malformed_client_input_gets_json_rpc_errors() {
     let r = ask(r#"{"jsonrpc":"2.0","id":"s7","method":"tools/call","params":{"name":"test__slow","arguments":{"ms":10}}}"#).await;
     assert_eq!(r["id"], "s7");
     assert_eq!(r["result"]["content"][0]["text"], "slept");
+}
+
+/// SPEC §5: a decision is on disk before the action's result is released. The audit
+/// file is read the moment each answer arrives: the call's decision must already be in
+/// it. (The writer puts bytes in the file only in the step that also fsyncs them, and
+/// without the wait an allowed call's record sits in memory for up to ~90 ms, far
+/// longer than this upstream takes to answer.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn call_decisions_are_on_disk_when_the_answer_arrives() {
+    let env = Env::new();
+    let only_test = env
+        .servers()
+        .into_iter()
+        .filter(|s| s.name == "test")
+        .collect();
+    let gw = warden_mcp::Gateway::new(env.config(only_test), Arc::new(PlainLauncher)).unwrap();
+    let mut raw = Raw::start(gw);
+    let r = raw.ask(r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"raw","version":"0"}}}"#).await;
+    assert!(r.get("result").is_some(), "{r}");
+    // Learn the tools first, so no call needs a tools/list round trip of its own.
+    let r = raw
+        .ask(r#"{"jsonrpc":"2.0","id":2,"method":"tools/list"}"#)
+        .await;
+    assert!(r.get("result").is_some(), "{r}");
+    let decisions = |verdict: &str| {
+        env.audit()
+            .iter()
+            .filter(|e| e["action"] == "call_tool" && e["decision"] == verdict)
+            .count()
+    };
+    for i in 1..=5 {
+        let r = raw
+            .ask(&format!(r#"{{"jsonrpc":"2.0","id":{},"method":"tools/call","params":{{"name":"test__read_file","arguments":{{"path":"/tmp/d{i}"}}}}}}"#, 10 + i))
+            .await;
+        assert_eq!(
+            r["result"]["content"][0]["text"],
+            format!("contents of /tmp/d{i}"),
+            "{r}"
+        );
+        assert_eq!(
+            decisions("allow"),
+            i,
+            "allowed call {i} not on disk at its answer"
+        );
+    }
+    let r = raw
+        .ask(r#"{"jsonrpc":"2.0","id":30,"method":"tools/call","params":{"name":"test__read_file","arguments":{"path":"/etc/shadow"}}}"#)
+        .await;
+    assert_eq!(r["error"]["code"], -32010, "{r}");
+    assert_eq!(
+        decisions("deny"),
+        1,
+        "the refusal is not on disk at its answer"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
