@@ -104,6 +104,14 @@ pub trait Authorizer: Send + Sync {
     fn tool_listed(&self, server: &str, tool: &str) -> ToolDecision {
         self.decide_tool(server, tool, &Value::Object(Default::default()))
     }
+
+    /// Decide `prompts/get` of `prompt` (the server's own name) with these arguments;
+    /// `prompts/list` asks with empty arguments.
+    fn decide_prompt(&self, server: &str, prompt: &str, args: &Value) -> ToolDecision;
+
+    /// Decide `resources/read` or `resources/subscribe` of `uri` (the server's own
+    /// URI); `resources/list` asks per URI, `resources/templates/list` with the template.
+    fn decide_resource(&self, server: &str, uri: &str) -> ToolDecision;
 }
 
 /// One credential of the session (loaded by the caller with `warden_secrets::load`).

@@ -627,6 +627,7 @@ impl Session {
                 (idx, s.fetch_all(&u, method, key).await)
             }));
         }
+        let enforce = self.gw.cfg.enforce;
         let mut all = Vec::new();
         for t in tasks {
             let Ok((idx, res)) = t.await else { continue };
@@ -645,6 +646,15 @@ impl Session {
                         let Some(v) = o.get(field).and_then(Value::as_str) else {
                             continue;
                         };
+                        let authz = &self.gw.cfg.authorizer;
+                        let d = if field == "name" {
+                            authz.decide_prompt(&server, v, &json!({}))
+                        } else {
+                            authz.decide_resource(&server, v)
+                        };
+                        if enforce && !d.allow {
+                            continue;
+                        }
                         let renamed = if field == "name" {
                             format!("{server}{SEP}{v}")
                         } else {
@@ -931,14 +941,15 @@ impl Session {
             o.insert("name".into(), Value::String(name.clone()));
         }
         let server = self.server_name(idx).to_string();
-        let res = self.forward(id, idx, "prompts/get", params).await;
-        self.record_simple(
-            "get_prompt",
-            &format!("{server}/{name}"),
-            &server,
-            res.as_ref().err(),
-        );
-        let mut r = res.map_err(|e| Self::call_error(&e))?;
+        let args = params.get("arguments").cloned().unwrap_or(json!({}));
+        let d = self.gw.cfg.authorizer.decide_prompt(&server, &name, &args);
+        let ev = self
+            .decision_event("get_prompt", &format!("{server}/{name}"), &server, &d)
+            .field("prompt", name.as_str())
+            .field("args_sha256", sha256_hex(&args));
+        let mut r = self
+            .decided_forward(id, idx, "prompts/get", params, ev, &d, &exposed)
+            .await?;
         self.gw.secrets.scrub(&mut r);
         Ok(r)
     }
@@ -965,16 +976,24 @@ impl Session {
             o.insert("uri".into(), Value::String(uri.clone()));
         }
         let server = self.server_name(idx).to_string();
-        let res = self.forward(id, idx, method, params).await;
-        if method == "resources/read" {
-            self.record_simple(
-                "read_resource",
-                &format!("{server}/{uri}"),
-                &server,
-                res.as_ref().err(),
-            );
-        }
-        let mut r = res.map_err(|e| Self::call_error(&e))?;
+        let action = match method {
+            "resources/read" => "read_resource",
+            "resources/subscribe" => "subscribe_resource",
+            // Stopping updates needs no permission.
+            _ => {
+                return self
+                    .forward(id, idx, method, params)
+                    .await
+                    .map_err(|e| Self::call_error(&e));
+            }
+        };
+        let d = self.gw.cfg.authorizer.decide_resource(&server, &uri);
+        let ev = self
+            .decision_event(action, &format!("{server}/{uri}"), &server, &d)
+            .field("uri", uri.as_str());
+        let mut r = self
+            .decided_forward(id, idx, method, params, ev, &d, &exposed)
+            .await?;
         if let Some(Value::Array(items)) = r.get_mut("contents") {
             for it in items {
                 if let Some(Value::String(u)) = it.get_mut("uri") {
@@ -1008,23 +1027,90 @@ impl Session {
                 format!("unknown reference {exposed:?}"),
             ));
         };
+        let orig = orig.to_string();
+        let server = self.server_name(idx).to_string();
+        // Completing a prompt's or resource's arguments needs the permission to use it.
+        let d = if is_uri {
+            self.gw.cfg.authorizer.decide_resource(&server, &orig)
+        } else {
+            self.gw
+                .cfg
+                .authorizer
+                .decide_prompt(&server, &orig, &json!({}))
+        };
         if let Some(r) = params.pointer_mut(&format!("/ref/{field}")) {
-            *r = Value::String(orig.to_string());
+            *r = Value::String(orig.clone());
         }
-        self.forward(id, idx, "completion/complete", params)
+        let ev = self.decision_event("complete", &format!("{server}/{orig}"), &server, &d);
+        self.decided_forward(id, idx, "completion/complete", params, ev, &d, &exposed)
             .await
-            .map_err(|e| Self::call_error(&e))
     }
 
-    fn record_simple(&self, action: &str, target: &str, server: &str, error: Option<&CallError>) {
-        let mut ev = Event::new(Surface::Mcp, action, target, Verdict::Allow)
-            .rule("mcp.servers")
-            .reason("configured server")
-            .field("server", server);
-        if let Some(e) = error {
-            ev = ev.field("error", e.describe());
+    /// The decision event of a prompt or resource operation.
+    fn decision_event(&self, action: &str, target: &str, server: &str, d: &ToolDecision) -> Event {
+        Event::new(
+            Surface::Mcp,
+            action,
+            target,
+            if d.allow {
+                Verdict::Allow
+            } else {
+                Verdict::Deny
+            },
+        )
+        .rule(&d.rule)
+        .reason(&d.reason)
+        .enforced(self.gw.cfg.enforce)
+        .field("server", server)
+    }
+
+    /// Enforce decision `d` for a request to upstream `idx`, recorded as `ev`: a refusal
+    /// is on disk before its error returns; an allowed request is forwarded while its
+    /// record is fsynced, and answered once both are done (as `tools/call`).
+    #[allow(clippy::too_many_arguments)]
+    async fn decided_forward(
+        &self,
+        id: &Value,
+        idx: usize,
+        method: &str,
+        params: Value,
+        ev: Event,
+        d: &ToolDecision,
+        exposed: &str,
+    ) -> Result<Value, Value> {
+        if !d.allow && self.gw.cfg.enforce {
+            if let Err(e) = self.gw.record_durable(ev).await {
+                eprintln!("warden mcp: audit log failed: {e}");
+            }
+            return Err(err_data(
+                jsonrpc::POLICY_DENIED,
+                deny_message(&format!("{method} of {exposed}"), d),
+                json!({"rule": d.rule, "reason": d.reason}),
+            ));
         }
-        self.gw.record(ev, false);
+        let durable = match self.gw.record_start(ev) {
+            Ok((_, durable)) => durable,
+            Err(e) => {
+                eprintln!("warden mcp: audit log failed: {e}");
+                return Err(err(
+                    jsonrpc::AUDIT_FAILED,
+                    format!(
+                        "warden: {method} of {exposed} not made: the audit log cannot record it ({e})"
+                    ),
+                ));
+            }
+        };
+        let (res, written) = tokio::join!(self.forward(id, idx, method, params), durable);
+        if let Err(e) = written {
+            eprintln!("warden mcp: audit log failed: {e}");
+            return Err(err(
+                jsonrpc::AUDIT_FAILED,
+                format!(
+                    "warden: the answer to {method} of {exposed} is withheld: its audit record could not be written ({e})"
+                ),
+            ));
+        }
+        res.map_err(|e| Self::call_error(&e))
     }
 
     fn client_notification(&self, msg: &Value) {

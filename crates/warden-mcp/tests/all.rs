@@ -87,6 +87,24 @@ impl Authorizer for TestAuthz {
             reason: "allowed".into(),
         }
     }
+
+    /// Denies the prompt `args-prompt`.
+    fn decide_prompt(&self, _server: &str, prompt: &str, _args: &Value) -> ToolDecision {
+        ToolDecision {
+            allow: prompt != "args-prompt",
+            rule: "rules/mcp.cedar:4".into(),
+            reason: "prompt rule".into(),
+        }
+    }
+
+    /// Denies resources whose URI ends in `instructions.md`.
+    fn decide_resource(&self, _server: &str, uri: &str) -> ToolDecision {
+        ToolDecision {
+            allow: !uri.ends_with("instructions.md"),
+            rule: "rules/mcp.cedar:7".into(),
+            reason: "resource rule".into(),
+        }
+    }
 }
 
 struct Env {
@@ -324,6 +342,34 @@ async fn python_sdk_through_gateway_to_real_servers() {
         "{prompts:?}"
     );
     assert!(!prompts.is_empty());
+    // Prompts and resources are decided by policy: denied ones are hidden and refused.
+    let prompt_names: Vec<&str> = prompts.iter().filter_map(|p| p["name"].as_str()).collect();
+    assert!(
+        prompt_names.contains(&"everything__simple-prompt"),
+        "{prompt_names:?}"
+    );
+    assert!(
+        !prompt_names.contains(&"everything__args-prompt"),
+        "{prompt_names:?}"
+    );
+    assert!(
+        r["prompt_ok"].pointer("/ok/messages/0").is_some(),
+        "{:#}",
+        r["prompt_ok"]
+    );
+    assert_eq!(
+        r["prompt_denied"]["error"]["code"], -32010,
+        "{:#}",
+        r["prompt_denied"]
+    );
+    assert_eq!(
+        r["resource_denied"]["error"]["code"], -32010,
+        "{:#}",
+        r["resource_denied"]
+    );
+    let uris = r["resources"].pointer("/ok/resources").unwrap().to_string();
+    assert!(uris.contains("architecture.md"), "{uris}");
+    assert!(!uris.contains("instructions.md"), "{uris}");
     let uri = r["resources"]
         .pointer("/ok/resources/0/uri")
         .and_then(Value::as_str)
@@ -392,6 +438,23 @@ async fn python_sdk_through_gateway_to_real_servers() {
         "secret in audit"
     );
     assert!(audit.iter().any(|e| e["action"] == "upstream_exit"));
+    let decided = |action: &str, target: &str, decision: &str| {
+        audit
+            .iter()
+            .any(|e| e["action"] == action && e["target"] == target && e["decision"] == decision)
+    };
+    assert!(decided("get_prompt", "everything/simple-prompt", "allow"));
+    assert!(decided("get_prompt", "everything/args-prompt", "deny"));
+    assert!(decided(
+        "read_resource",
+        "everything/demo://resource/static/document/instructions.md",
+        "deny"
+    ));
+    assert!(
+        audit
+            .iter()
+            .any(|e| e["action"] == "read_resource" && e["decision"] == "allow")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
