@@ -164,6 +164,44 @@ struct State {
     /// Gateway id of a server→client request → (upstream idx, the upstream's id).
     server_reqs: HashMap<i64, (usize, Value)>,
     next_server_req: i64,
+    /// Merged lists a client is paging through, oldest first (at most `MAX_SNAPSHOTS`).
+    snapshots: Vec<Snapshot>,
+    next_snapshot: u64,
+}
+
+/// A merged list taken when the client asked for its first page; later pages are
+/// slices of it, so a client paging through sees one consistent list.
+struct Snapshot {
+    method: &'static str,
+    id: u64,
+    items: Arc<Vec<Value>>,
+}
+
+/// Lists a session keeps for paging; asking for a first page beyond this drops the
+/// oldest (its cursors then answer `-32602`).
+const MAX_SNAPSHOTS: usize = 8;
+
+/// Cursor format version: cursors are `wc1.` + hex of `METHOD SNAPSHOT OFFSET`.
+const CURSOR_PREFIX: &str = "wc1.";
+
+fn encode_cursor(method: &str, snapshot: u64, offset: usize) -> String {
+    format!(
+        "{CURSOR_PREFIX}{}",
+        hex::encode(format!("{method} {snapshot} {offset}"))
+    )
+}
+
+/// `(snapshot, offset)` of a cursor this gateway issued for `method`.
+fn decode_cursor(method: &str, cursor: &str) -> Option<(u64, usize)> {
+    let raw = hex::decode(cursor.strip_prefix(CURSOR_PREFIX)?).ok()?;
+    let text = String::from_utf8(raw).ok()?;
+    let mut parts = text.split(' ');
+    if parts.next()? != method {
+        return None;
+    }
+    let snapshot = parts.next()?.parse().ok()?;
+    let offset = parts.next()?.parse().ok()?;
+    parts.next().is_none().then_some((snapshot, offset))
 }
 
 #[derive(Clone)]
@@ -508,18 +546,81 @@ impl Session {
         Ok(items)
     }
 
-    fn reject_cursor(params: &Value) -> Result<(), Value> {
-        match params.get("cursor") {
-            Some(c) if !c.is_null() => Err(err(
+    /// The client's `cursor`: `Ok(None)` for a first page, else the snapshot and
+    /// offset it points at.
+    fn client_cursor(
+        &self,
+        method: &'static str,
+        params: &Value,
+    ) -> Result<Option<(Arc<Vec<Value>>, u64, usize)>, Value> {
+        let cursor = match params.get("cursor") {
+            None | Some(Value::Null) => return Ok(None),
+            Some(Value::String(c)) => c,
+            Some(_) => return Err(err(jsonrpc::INVALID_PARAMS, "cursor must be a string")),
+        };
+        let invalid = || {
+            err(
                 jsonrpc::INVALID_PARAMS,
-                "unknown cursor: warden mcp returns each list whole",
-            )),
-            _ => Ok(()),
+                format!(
+                    "invalid or expired cursor for {method}: use a nextCursor this session received, or list again without a cursor"
+                ),
+            )
+        };
+        let (id, offset) = decode_cursor(method, cursor).ok_or_else(invalid)?;
+        let st = lock(&self.st);
+        let snap = st
+            .snapshots
+            .iter()
+            .find(|s| s.method == method && s.id == id)
+            .ok_or_else(invalid)?;
+        if offset > snap.items.len() {
+            return Err(invalid());
         }
+        Ok(Some((snap.items.clone(), id, offset)))
+    }
+
+    /// One page of a merged list: from `offset`, at most `page_size` items, and a
+    /// `nextCursor` when more follow. A first page of a list longer than a page keeps
+    /// the list as a snapshot for the cursors.
+    fn page(
+        &self,
+        method: &'static str,
+        key: &str,
+        items: Arc<Vec<Value>>,
+        snapshot: Option<u64>,
+        offset: usize,
+    ) -> Value {
+        let end = offset
+            .saturating_add(self.gw.cfg.page_size)
+            .min(items.len());
+        let mut out = json!({ key: items.get(offset..end).unwrap_or_default() });
+        if end < items.len() {
+            let id = match snapshot {
+                Some(id) => id,
+                None => {
+                    let mut st = lock(&self.st);
+                    st.next_snapshot += 1;
+                    let id = st.next_snapshot;
+                    if st.snapshots.len() >= MAX_SNAPSHOTS {
+                        st.snapshots.remove(0);
+                    }
+                    st.snapshots.push(Snapshot {
+                        method,
+                        id,
+                        items: items.clone(),
+                    });
+                    id
+                }
+            };
+            out["nextCursor"] = Value::String(encode_cursor(method, id, end));
+        }
+        out
     }
 
     async fn tools_list(self: &Arc<Self>, params: &Value) -> Result<Value, Value> {
-        Self::reject_cursor(params)?;
+        if let Some((items, id, offset)) = self.client_cursor("tools/list", params)? {
+            return Ok(self.page("tools/list", "tools", items, Some(id), offset));
+        }
         let mut tasks = Vec::new();
         for (idx, u) in self.live() {
             if !self.has_cap(u, "tools") {
@@ -543,7 +644,7 @@ impl Session {
                 ),
             }
         }
-        Ok(json!({"tools": tools}))
+        Ok(self.page("tools/list", "tools", Arc::new(tools), None, 0))
     }
 
     /// Validate, authorize and pin-check an upstream's tools; rename the visible ones.
@@ -615,7 +716,9 @@ impl Session {
         cap: &'static str,
         params: &Value,
     ) -> Result<Value, Value> {
-        Self::reject_cursor(params)?;
+        if let Some((items, id, offset)) = self.client_cursor(method, params)? {
+            return Ok(self.page(method, key, items, Some(id), offset));
+        }
         let mut tasks = Vec::new();
         for (idx, u) in self.live() {
             if !self.has_cap(u, cap) {
@@ -670,7 +773,7 @@ impl Session {
                 ),
             }
         }
-        Ok(json!({ key: all }))
+        Ok(self.page(method, key, Arc::new(all), None, 0))
     }
 
     /// Forward a request to one upstream, tracking it for cancellation and progress.

@@ -143,6 +143,7 @@ impl Env {
             },
             request_timeout: Duration::from_secs(20),
             startup_timeout: Duration::from_secs(30),
+            page_size: warden_mcp::DEFAULT_PAGE_SIZE,
         }
     }
 
@@ -626,6 +627,110 @@ async fn call_decisions_are_on_disk_when_the_answer_arrives() {
         decisions("deny"),
         1,
         "the refusal is not on disk at its answer"
+    );
+}
+
+/// Pagination: the gateway walks each upstream's pages (the test server pages every
+/// list by 2) and serves the merged list in pages of its own; a client following
+/// `nextCursor` gets every item exactly once; foreign, forged or cross-list cursors
+/// are `-32602`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lists_are_paginated_both_ways() {
+    let env = Env::new();
+    let mut test: Vec<ServerConfig> = env
+        .servers()
+        .into_iter()
+        .filter(|s| s.name == "test")
+        .collect();
+    test[0].env.push(("TEST_LISTS".into(), "1".into()));
+    let mut cfg = env.config(test);
+    cfg.page_size = 3;
+    let gw = warden_mcp::Gateway::new(cfg, Arc::new(PlainLauncher)).unwrap();
+    let mut raw = Raw::start(gw);
+    let r = raw.ask(r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"raw","version":"0"}}}"#).await;
+    assert!(r.get("result").is_some(), "{r}");
+    let mut id = 10;
+    let mut all_of = async |raw: &mut Raw, method: &str, key: &str, field: &str| {
+        let mut names = Vec::new();
+        let mut cursor: Option<String> = None;
+        let mut pages = 0;
+        loop {
+            id += 1;
+            let params = match &cursor {
+                Some(c) => json!({ "cursor": c }),
+                None => json!({}),
+            };
+            let req = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
+            let r = raw.ask(&req.to_string()).await;
+            let items = r["result"][key].as_array().unwrap_or_else(|| panic!("{r}"));
+            assert!(items.len() <= 3, "page larger than page_size: {r}");
+            names.extend(items.iter().map(|i| i[field].as_str().unwrap().to_string()));
+            pages += 1;
+            match r["result"].get("nextCursor") {
+                Some(Value::String(c)) => cursor = Some(c.clone()),
+                None => break,
+                Some(other) => panic!("nextCursor {other}"),
+            }
+            assert!(pages < 20, "cursors loop");
+        }
+        (names, pages, cursor)
+    };
+    // 10 valid tools (the invalid one hidden), upstream pages of 4 and 7.
+    let (tools, pages, _) = all_of(&mut raw, "tools/list", "tools", "name").await;
+    assert_eq!(tools.len(), 10, "{tools:?}");
+    assert_eq!(pages, 4);
+    let unique: std::collections::HashSet<_> = tools.iter().collect();
+    assert_eq!(unique.len(), 10, "{tools:?}");
+    assert!(tools.contains(&"test__listdir".to_string()), "{tools:?}");
+    let (prompts, pages, _) = all_of(&mut raw, "prompts/list", "prompts", "name").await;
+    assert_eq!(
+        prompts,
+        ["test__p0", "test__p1", "test__p2", "test__p3", "test__p4"]
+    );
+    assert_eq!(pages, 2);
+    let (res, _, _) = all_of(&mut raw, "resources/list", "resources", "uri").await;
+    assert_eq!(res.len(), 5, "{res:?}");
+    assert_eq!(res[4], "test+file:///r4");
+    let (tpl, pages, _) = all_of(
+        &mut raw,
+        "resources/templates/list",
+        "resourceTemplates",
+        "uriTemplate",
+    )
+    .await;
+    assert_eq!(
+        tpl,
+        [
+            "test+file:///t0/{x}",
+            "test+file:///t1/{x}",
+            "test+file:///t2/{x}"
+        ]
+    );
+    assert_eq!(pages, 1);
+
+    // A tools cursor is not a prompts cursor; forged and foreign cursors are refused.
+    let r = raw
+        .ask(r#"{"jsonrpc":"2.0","id":90,"method":"tools/list"}"#)
+        .await;
+    let tools_cursor = r["result"]["nextCursor"].as_str().unwrap().to_string();
+    for (method, cursor) in [
+        ("prompts/list", json!(tools_cursor)),
+        ("tools/list", json!("bogus")),
+        ("tools/list", json!(tools_cursor.replace("wc1.", "wc1.00"))),
+        ("tools/list", json!(7)),
+    ] {
+        let req =
+            json!({"jsonrpc": "2.0", "id": 91, "method": method, "params": {"cursor": cursor}});
+        let r = raw.ask(&req.to_string()).await;
+        assert_eq!(r["error"]["code"], -32602, "{method} {cursor}: {r}");
+    }
+    // The cursor still works after those refusals.
+    let req = json!({"jsonrpc": "2.0", "id": 92, "method": "tools/list", "params": {"cursor": tools_cursor}});
+    let r = raw.ask(&req.to_string()).await;
+    assert_eq!(
+        r["result"]["tools"].as_array().map(Vec::len),
+        Some(3),
+        "{r}"
     );
 }
 

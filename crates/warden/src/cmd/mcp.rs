@@ -189,6 +189,7 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
         },
         request_timeout: Duration::from_secs(args.timeout.max(1)),
         startup_timeout: Duration::from_secs(60),
+        page_size: warden_mcp::DEFAULT_PAGE_SIZE,
         authorizer: Arc::new(PolicyAuthorizer { policy, principal }),
     };
     // Every stdio server runs in its own Warden session under its own part of the
