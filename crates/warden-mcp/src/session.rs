@@ -160,7 +160,11 @@ struct State {
     /// Client request id (as JSON text) → (upstream idx, upstream request id).
     inflight: HashMap<String, (usize, i64)>,
     /// Progress tokens (as JSON text) of calls in flight → upstream idx.
-    progress: HashMap<String, usize>,
+    progress: HashMap<String, (usize, String)>,
+    /// Client request id (as JSON text) → the stream its answer goes out on (a
+    /// Streamable HTTP POST answered with SSE): messages related to that request go
+    /// there too, before the answer.
+    streams: HashMap<String, mpsc::UnboundedSender<Value>>,
     /// Gateway id of a server→client request → (upstream idx, the upstream's id).
     server_reqs: HashMap<i64, (usize, Value)>,
     next_server_req: i64,
@@ -245,6 +249,50 @@ pub fn valid_tool_name(name: &str) -> bool {
 impl Session {
     fn send(&self, msg: Value) {
         let _ = self.to_client.send(msg);
+    }
+
+    /// Send a message related to client request `key`: on that request's own stream
+    /// when it has one, else on the session's channel.
+    fn send_for(&self, key: Option<&str>, msg: Value) {
+        let stream = key.and_then(|k| lock(&self.st).streams.get(k).cloned());
+        match stream {
+            Some(tx) => {
+                if let Err(back) = tx.send(msg) {
+                    self.send(back.0);
+                }
+            }
+            None => self.send(msg),
+        }
+    }
+
+    /// A client request in flight on upstream `idx` that has its own stream. Over stdio
+    /// an upstream does not say which request a sampling request or log message belongs
+    /// to; while one streamed request runs there, it is that one.
+    fn stream_of_upstream(&self, idx: usize) -> Option<String> {
+        let st = lock(&self.st);
+        st.inflight
+            .iter()
+            .find(|(key, (i, _))| *i == idx && st.streams.contains_key(*key))
+            .map(|(key, _)| key.clone())
+    }
+
+    /// [`Session::handle`] for one request whose related messages (progress, requests
+    /// from the server handling it, its log messages) go to `stream` rather than the
+    /// session's channel; the answer is returned as usual — send it on `stream` last.
+    pub async fn handle_streamed(
+        self: &Arc<Self>,
+        msg: Value,
+        stream: mpsc::UnboundedSender<Value>,
+    ) -> Option<Value> {
+        let key = msg.get("id").map(Value::to_string);
+        if let Some(k) = &key {
+            lock(&self.st).streams.insert(k.clone(), stream);
+        }
+        let answer = self.handle(msg).await;
+        if let Some(k) = &key {
+            lock(&self.st).streams.remove(k);
+        }
+        answer
     }
 
     fn up(&self, idx: usize) -> Option<&Arc<Upstream>> {
@@ -790,7 +838,9 @@ impl Session {
         let key = client_id.to_string();
         let token = params.pointer("/_meta/progressToken").map(Value::to_string);
         if let Some(t) = &token {
-            lock(&self.st).progress.insert(t.clone(), idx);
+            lock(&self.st)
+                .progress
+                .insert(t.clone(), (idx, key.clone()));
         }
         let res = u
             .request(method, Some(params), self.timeout(), |uid| {
@@ -1311,7 +1361,8 @@ impl Session {
                 let mut m = msg;
                 m["id"] = json!(gid);
                 self.gw.secrets.scrub(&mut m);
-                self.send(m);
+                let key = self.stream_of_upstream(idx);
+                self.send_for(key.as_deref(), m);
             }
             Kind::Notification => {
                 let method = jsonrpc::method(&msg);
@@ -1333,11 +1384,18 @@ impl Session {
                     }
                     "notifications/progress" => {
                         let tok = msg.pointer("/params/progressToken").map(Value::to_string);
-                        let ok = tok.is_some_and(|t| lock(&self.st).progress.get(&t) == Some(&idx));
-                        if ok {
+                        // Only for a call of this upstream in flight; on that call's stream.
+                        let call = tok.and_then(|t| {
+                            lock(&self.st)
+                                .progress
+                                .get(&t)
+                                .filter(|(i, _)| *i == idx)
+                                .map(|(_, key)| key.clone())
+                        });
+                        if let Some(key) = call {
                             let mut m = msg;
                             self.gw.secrets.scrub(&mut m);
-                            self.send(m);
+                            self.send_for(Some(&key), m);
                         }
                     }
                     "notifications/message" => {
@@ -1351,7 +1409,8 @@ impl Session {
                             p.insert("logger".into(), Value::String(logger));
                         }
                         self.gw.secrets.scrub(&mut m);
-                        self.send(m);
+                        let key = self.stream_of_upstream(idx);
+                        self.send_for(key.as_deref(), m);
                     }
                     "notifications/cancelled" => {
                         let Some(rid) = msg.pointer("/params/requestId").cloned() else {

@@ -734,6 +734,160 @@ async fn lists_are_paginated_both_ways() {
     );
 }
 
+/// The gateway's Streamable HTTP front end on a free loopback port, token `t0k3n`.
+async fn http_front(cfg: GatewayConfig) -> u16 {
+    let gw = warden_mcp::Gateway::new(cfg, Arc::new(PlainLauncher)).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(warden_mcp::front::http::serve(
+        gw,
+        listener,
+        warden_mcp::HttpOptions::new("t0k3n".into()),
+    ));
+    port
+}
+
+/// POST one JSON-RPC message; the whole raw HTTP response (the connection closes).
+async fn post(port: u16, session: Option<&str>, accept: &str, body: &Value) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let body = body.to_string();
+    let sid = session
+        .map(|s| format!("Mcp-Session-Id: {s}\r\n"))
+        .unwrap_or_default();
+    let req = format!(
+        "POST /mcp HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Bearer t0k3n\r\nAccept: {accept}\r\nContent-Type: application/json\r\n{sid}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    tokio::time::timeout(Duration::from_secs(30), s.read_to_string(&mut out))
+        .await
+        .expect("the HTTP response did not end")
+        .unwrap();
+    out
+}
+
+/// MCP Streamable HTTP: a tools/call POSTed with `Accept: text/event-stream` is answered
+/// with an SSE stream carrying the call's progress notifications, then its result, then
+/// the stream ends. No GET stream is open, so the progress can only have come on the
+/// POST's own stream. The same call accepting only JSON gets a JSON answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_post_streams_progress_then_the_result() {
+    let env = Env::new();
+    let cfg = env.config(vec![ServerConfig::new(
+        "everything",
+        Transport::Command(everything()),
+    )]);
+    let port = http_front(cfg).await;
+    let both = "application/json, text/event-stream";
+    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "raw", "version": "0"}}});
+    let resp = post(port, None, both, &init).await;
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    assert!(
+        resp.to_ascii_lowercase()
+            .contains("content-type: application/json"),
+        "{resp}"
+    );
+    let sid = resp
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .starts_with("mcp-session-id:")
+                .then(|| l.split_once(':').unwrap().1.trim().to_string())
+        })
+        .expect("no Mcp-Session-Id");
+    let note = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
+    assert!(
+        post(port, Some(&sid), both, &note)
+            .await
+            .starts_with("HTTP/1.1 202")
+    );
+
+    let call = |id: u64| {
+        json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": {
+            "name": "everything__trigger-long-running-operation",
+            "arguments": {"duration": 0.3, "steps": 3},
+            "_meta": {"progressToken": format!("tok-{id}")}}})
+    };
+    let resp = post(port, Some(&sid), both, &call(2)).await;
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    assert!(
+        resp.to_ascii_lowercase()
+            .contains("content-type: text/event-stream"),
+        "{resp}"
+    );
+    let events: Vec<Value> = resp
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    assert_eq!(
+        events.len(),
+        4,
+        "three progress notifications and the result: {resp}"
+    );
+    for (i, ev) in events[..3].iter().enumerate() {
+        assert_eq!(ev["method"], "notifications/progress", "{ev}");
+        assert_eq!(ev["params"]["progressToken"], "tok-2", "{ev}");
+        assert_eq!(ev["params"]["progress"], json!(i + 1), "{ev}");
+    }
+    assert_eq!(events[3]["id"], 2, "the result comes last: {resp}");
+    assert!(
+        events[3]["result"]["content"][0]["text"]
+            .as_str()
+            .unwrap()
+            .contains("completed"),
+        "{resp}"
+    );
+
+    // A client that accepts only JSON gets JSON (its progress would go to a GET stream).
+    let resp = post(port, Some(&sid), "application/json", &call(3)).await;
+    assert!(
+        resp.to_ascii_lowercase()
+            .contains("content-type: application/json"),
+        "{resp}"
+    );
+    assert!(resp.contains("completed"), "{resp}");
+}
+
+/// Run the Python client against the gateway's Streamable HTTP front end.
+async fn run_client_http(cfg: GatewayConfig, scenario: &str, out_dir: &Path) -> Value {
+    let port = http_front(cfg).await;
+    let out = out_dir.join(format!("report-{scenario}-{}.json", rand_suffix()));
+    let mut child = tokio::process::Command::new(python())
+        .arg(fixtures().join("py/client.py"))
+        .arg(&out)
+        .arg(scenario)
+        .args(["--http", &format!("http://127.0.0.1:{port}/mcp"), "t0k3n"])
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(120), child.wait())
+        .await
+        .expect("python client timed out")
+        .unwrap();
+    assert!(status.success(), "client exited with {status}");
+    serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap()
+}
+
+/// The routing scenario (sampling, roots, elicitation and progress mid-call) with the
+/// official Python SDK client speaking Streamable HTTP to the gateway: the upstream's
+/// requests and progress travel on the POST's SSE stream and the answers come back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_to_client_requests_and_progress_over_the_http_front_end() {
+    let env = Env::new();
+    let cfg = env.config(vec![ServerConfig::new(
+        "sdk",
+        Transport::Command(sdk_server()),
+    )]);
+    let r = run_client_http(cfg, "routing", env.dir.path()).await;
+    check_routing(&r);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batches_are_answered_as_batches_in_2025_03_26() {
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
