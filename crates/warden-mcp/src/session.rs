@@ -159,7 +159,8 @@ struct State {
     tools: HashMap<(usize, String), ToolState>,
     /// Client request id (as JSON text) → (upstream idx, upstream request id).
     inflight: HashMap<String, (usize, i64)>,
-    /// Progress tokens (as JSON text) of calls in flight → upstream idx.
+    /// Progress tokens (as JSON text) of calls in flight → (upstream idx, client
+    /// request id as JSON text).
     progress: HashMap<String, (usize, String)>,
     /// Client request id (as JSON text) → the stream its answer goes out on (a
     /// Streamable HTTP POST answered with SSE): messages related to that request go
