@@ -182,6 +182,9 @@ struct Snapshot {
     items: Arc<Vec<Value>>,
 }
 
+/// Where a client cursor points: the snapshot's items, its id, the offset.
+type PagePos = (Arc<Vec<Value>>, u64, usize);
+
 /// Lists a session keeps for paging; asking for a first page beyond this drops the
 /// oldest (its cursors then answer `-32602`).
 const MAX_SNAPSHOTS: usize = 8;
@@ -601,7 +604,7 @@ impl Session {
         &self,
         method: &'static str,
         params: &Value,
-    ) -> Result<Option<(Arc<Vec<Value>>, u64, usize)>, Value> {
+    ) -> Result<Option<PagePos>, Value> {
         let cursor = match params.get("cursor") {
             None | Some(Value::Null) => return Ok(None),
             Some(Value::String(c)) => c,

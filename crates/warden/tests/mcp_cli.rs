@@ -119,7 +119,11 @@ fn check_main(r: &Value) {
     let m = r["read_etc"]["error"]["message"].as_str().unwrap();
     assert!(m.contains("rules/mcp.cedar:1"), "{m}");
     // Prompts: a configured server's are allowed; a Cedar get_prompt forbid refuses one.
-    assert!(r["prompt_ok"]["ok"]["messages"][0].is_object(), "{:#}", r["prompt_ok"]);
+    assert!(
+        r["prompt_ok"]["ok"]["messages"][0].is_object(),
+        "{:#}",
+        r["prompt_ok"]
+    );
     let m = r["prompt_denied"]["error"]["message"].as_str().unwrap();
     assert!(m.contains("rules/mcp.cedar:3"), "{m}");
     assert_eq!(
