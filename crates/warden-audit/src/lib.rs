@@ -3,9 +3,9 @@
 //! `warden audit` and, later, the control plane use to select events.
 //!
 //! What this crate owns: the on-disk format of SPEC §5 (one JSON object per line) and
-//! the guarantee that an acknowledged event is on disk. [`AuditLog::record_durable`]
-//! and [`Ticket::wait`] return only after the event's bytes were written *and*
-//! fsynced; an event recorded without waiting is fsynced within about 100 ms. A failed
+//! the guarantee that an acknowledged event is on disk. [`AuditLog::record_durable`],
+//! [`Ticket::wait`] and, in async code, the future of [`Ticket::durable`] return only
+//! after the event's bytes were written *and* fsynced; an event recorded without waiting is fsynced within about 100 ms. A failed
 //! write or fsync is reported to every waiter and to every later call — it is never
 //! acknowledged as if it had succeeded.
 //!
@@ -68,7 +68,7 @@ mod read;
 pub use error::{AuditError, ParseValueError};
 pub use event::{Event, Stamp, Surface, Verdict, format_time, new_id};
 pub use filter::{Filter, parse_since};
-pub use log::{AuditLog, Ticket};
+pub use log::{AuditLog, Durable, Ticket};
 pub use read::{Entry, LogReader, ReadReport, Skipped, read_events};
 
 /// Re-exported because [`Event::time`] and [`Filter::since`] use it.

@@ -7,10 +7,13 @@
 use crate::error::AuditError;
 use crate::event::{Event, Stamp};
 use std::fs::{DirBuilder, File, OpenOptions};
+use std::future::Future;
 use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll, Waker};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -36,6 +39,9 @@ struct State {
     /// Sticky: after a failed write or fsync the file's state is unknown, so nothing
     /// more is written and every caller hears about it.
     failed: Option<Arc<io::Error>>,
+    /// Tasks awaiting a [`Durable`]: all woken after every commit (or failure), and
+    /// each re-registers if its event is not on disk yet.
+    wakers: Vec<Waker>,
 }
 
 struct Shared {
@@ -54,26 +60,35 @@ impl Shared {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// `Some` once event `seq` is on disk or can no longer get there; otherwise asks
+    /// the writer to commit now rather than at the end of its batching window.
+    fn check_durable(&self, st: &mut State, seq: u64) -> Option<Result<(), AuditError>> {
+        if st.durable >= seq {
+            return Some(Ok(()));
+        }
+        if let Some(err) = &st.failed {
+            return Some(Err(AuditError::Write {
+                path: self.path.clone(),
+                source: Arc::clone(err),
+            }));
+        }
+        if !st.writer_alive {
+            return Some(Err(AuditError::Closed {
+                path: self.path.clone(),
+            }));
+        }
+        if st.wanted < seq {
+            st.wanted = seq;
+            self.to_writer.notify_one();
+        }
+        None
+    }
+
     fn wait_durable(&self, seq: u64) -> Result<(), AuditError> {
         let mut st = self.lock();
         loop {
-            if st.durable >= seq {
-                return Ok(());
-            }
-            if let Some(err) = &st.failed {
-                return Err(AuditError::Write {
-                    path: self.path.clone(),
-                    source: Arc::clone(err),
-                });
-            }
-            if !st.writer_alive {
-                return Err(AuditError::Closed {
-                    path: self.path.clone(),
-                });
-            }
-            if st.wanted < seq {
-                st.wanted = seq;
-                self.to_writer.notify_one();
+            if let Some(done) = self.check_durable(&mut st, seq) {
+                return done;
             }
             st = self
                 .to_waiters
@@ -147,6 +162,48 @@ impl Ticket {
     pub fn wait(self) -> Result<(), AuditError> {
         self.shared.wait_durable(self.seq)
     }
+
+    /// [`Ticket::wait`] for async code: a future that resolves once this event is
+    /// fsynced, without blocking a thread. The commit starts now (not when the future
+    /// is first polled), so the fsync runs while the caller does other work — e.g.
+    /// forwards the action the event records — and concurrent tickets share one fsync.
+    pub fn durable(self) -> Durable {
+        self.shared.check_durable(&mut self.shared.lock(), self.seq);
+        Durable {
+            shared: self.shared,
+            seq: self.seq,
+        }
+    }
+}
+
+/// Resolves once one event is fsynced, or with the error that kept it off the disk
+/// (then treat the event as not recorded). See [`Ticket::durable`].
+#[must_use = "a Durable does nothing unless awaited"]
+pub struct Durable {
+    shared: Arc<Shared>,
+    seq: u64,
+}
+
+impl std::fmt::Debug for Durable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Durable").field("seq", &self.seq).finish()
+    }
+}
+
+impl Future for Durable {
+    type Output = Result<(), AuditError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let shared = &self.shared;
+        let mut st = shared.lock();
+        if let Some(done) = shared.check_durable(&mut st, self.seq) {
+            return Poll::Ready(done);
+        }
+        if !st.wakers.iter().any(|w| w.will_wake(cx.waker())) {
+            st.wakers.push(cx.waker().clone());
+        }
+        Poll::Pending
+    }
 }
 
 impl AuditLog {
@@ -195,6 +252,7 @@ impl AuditLog {
                 closing: false,
                 writer_alive: true,
                 failed: None,
+                wakers: Vec::new(),
             }),
             to_writer: Condvar::new(),
             to_waiters: Condvar::new(),
@@ -301,8 +359,13 @@ struct WriterExit(Arc<Shared>);
 
 impl Drop for WriterExit {
     fn drop(&mut self) {
-        self.0.lock().writer_alive = false;
+        let wakers = {
+            let mut st = self.0.lock();
+            st.writer_alive = false;
+            std::mem::take(&mut st.wakers)
+        };
         self.0.to_waiters.notify_all();
+        wakers.into_iter().for_each(Waker::wake);
     }
 }
 
@@ -358,5 +421,11 @@ fn writer(shared: Arc<Shared>, mut file: File) {
             Err(err) => st.failed = Some(Arc::new(err)),
         }
         shared.to_waiters.notify_all();
+        if !st.wakers.is_empty() {
+            let wakers = std::mem::take(&mut st.wakers);
+            drop(st);
+            wakers.into_iter().for_each(Waker::wake);
+            st = shared.lock();
+        }
     }
 }

@@ -234,6 +234,53 @@ fn flush_makes_queued_events_visible_now() {
     assert_eq!(lines(&path).len(), 11);
 }
 
+/// Drive a future to completion on this thread (the crate has no async runtime).
+fn block_on<F: std::future::Future>(fut: F) -> F::Output {
+    struct Unpark(std::thread::Thread);
+    impl std::task::Wake for Unpark {
+        fn wake(self: std::sync::Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = std::task::Waker::from(std::sync::Arc::new(Unpark(std::thread::current())));
+    let mut cx = std::task::Context::from_waker(&waker);
+    let mut fut = std::pin::pin!(fut);
+    loop {
+        if let std::task::Poll::Ready(v) = fut.as_mut().poll(&mut cx) {
+            return v;
+        }
+        std::thread::park();
+    }
+}
+
+#[test]
+fn durable_futures_resolve_once_their_events_are_on_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.jsonl");
+    let log = AuditLog::open(&path).unwrap();
+    // Several tickets in flight at once, awaited in reverse order: each resolves with
+    // its event in the file.
+    let durables: Vec<_> = (0..8)
+        .map(|i| {
+            let t = log.record(&stamp(), deny().field("n", i)).unwrap();
+            (t.id().to_string(), t.durable())
+        })
+        .collect();
+    for (id, d) in durables.into_iter().rev() {
+        block_on(d).unwrap();
+        assert!(
+            lines(&path).iter().any(|l| l.contains(&id)),
+            "{id} not in the file when its future resolved"
+        );
+    }
+    // A future is Send, so async code can hold it across an await on any runtime.
+    fn send<T: Send>(_: &T) {}
+    let d = log.record(&stamp(), deny()).unwrap().durable();
+    send(&d);
+    block_on(d).unwrap();
+    assert_eq!(lines(&path).len(), 9);
+}
+
 #[test]
 fn dropping_the_log_drains_it() {
     let dir = tempfile::tempdir().unwrap();

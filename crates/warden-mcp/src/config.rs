@@ -104,6 +104,14 @@ pub trait Authorizer: Send + Sync {
     fn tool_listed(&self, server: &str, tool: &str) -> ToolDecision {
         self.decide_tool(server, tool, &Value::Object(Default::default()))
     }
+
+    /// Decide `prompts/get` of `prompt` (the server's own name) with these arguments;
+    /// `prompts/list` asks with empty arguments.
+    fn decide_prompt(&self, server: &str, prompt: &str, args: &Value) -> ToolDecision;
+
+    /// Decide `resources/read` or `resources/subscribe` of `uri` (the server's own
+    /// URI); `resources/list` asks per URI, `resources/templates/list` with the template.
+    fn decide_resource(&self, server: &str, uri: &str) -> ToolDecision;
 }
 
 /// One credential of the session (loaded by the caller with `warden_secrets::load`).
@@ -148,11 +156,24 @@ pub struct GatewayConfig {
     pub request_timeout: Duration,
     /// How long an upstream may take to start and answer `initialize`.
     pub startup_timeout: Duration,
+    /// Most items per page of a list the gateway answers (`tools/list`, `prompts/list`,
+    /// `resources/list`, `resources/templates/list`); the rest follow by `nextCursor`.
+    pub page_size: usize,
 }
+
+/// The page size `warden mcp` uses: large enough that a typical merged list is one page
+/// (clients that ignore `nextCursor` still see it all), small enough to bound a message.
+pub const DEFAULT_PAGE_SIZE: usize = 500;
 
 impl GatewayConfig {
     /// Validate names: unique and routable.
     pub fn validate(&self) -> Result<(), GatewayError> {
+        if self.page_size == 0 {
+            return Err(GatewayError::Config(
+                "page_size is 0: use at least 1 (warden_mcp::DEFAULT_PAGE_SIZE is the default)"
+                    .into(),
+            ));
+        }
         let mut seen = std::collections::HashSet::new();
         for s in &self.servers {
             validate_server_name(&s.name)?;

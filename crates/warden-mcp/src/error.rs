@@ -14,6 +14,9 @@ pub enum GatewayError {
     /// Two `[[mcp.servers]]` with the same name.
     #[error("MCP server name {name:?} is used twice; names must be unique")]
     DuplicateServer { name: String },
+    /// A gateway setting out of range.
+    #[error("gateway configuration: {0}")]
+    Config(String),
     /// A server with neither a usable command nor a URL.
     #[error("MCP server {name:?}: {reason}")]
     BadTransport { name: String, reason: String },

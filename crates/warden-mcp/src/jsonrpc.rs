@@ -19,6 +19,8 @@ pub const INTERNAL_ERROR: i32 = ErrorCode::INTERNAL_ERROR.0;
 pub const POLICY_DENIED: i32 = -32010;
 /// The upstream server failed: it exited, timed out or is not running.
 pub const UPSTREAM_FAILED: i32 = -32011;
+/// Warden could not write the audit record of a call: refused (or its result withheld).
+pub const AUDIT_FAILED: i32 = -32012;
 
 /// What a JSON-RPC message is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -23,8 +23,8 @@ mod session;
 pub mod upstream;
 
 pub use config::{
-    AuditConfig, Authorizer, CredentialHeader, GatewayConfig, GatewayCredential, ServerConfig,
-    ToolDecision, Transport,
+    AuditConfig, Authorizer, CredentialHeader, DEFAULT_PAGE_SIZE, GatewayConfig, GatewayCredential,
+    ServerConfig, ToolDecision, Transport,
 };
 pub use error::GatewayError;
 pub use front::http::HttpOptions;

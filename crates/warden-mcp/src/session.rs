@@ -98,6 +98,22 @@ impl Gateway {
         }
     }
 
+    /// Queue an event and start its fsync now; the returned future resolves once it is
+    /// on disk. `Err`: the log cannot take events (an earlier write failed).
+    fn record_start(
+        &self,
+        ev: Event,
+    ) -> Result<(String, warden_audit::Durable), warden_audit::AuditError> {
+        let ticket = self.audit.record(&self.cfg.audit.stamp, ev)?;
+        let id = ticket.id().to_string();
+        Ok((id, ticket.durable()))
+    }
+
+    /// Record an event and return once it is on disk, without blocking a thread.
+    async fn record_durable(&self, ev: Event) -> Result<(), warden_audit::AuditError> {
+        self.record_start(ev)?.1.await
+    }
+
     /// Flush the audit log (at shutdown).
     pub fn flush(&self) {
         let _ = self.audit.flush();
@@ -143,11 +159,57 @@ struct State {
     tools: HashMap<(usize, String), ToolState>,
     /// Client request id (as JSON text) → (upstream idx, upstream request id).
     inflight: HashMap<String, (usize, i64)>,
-    /// Progress tokens (as JSON text) of calls in flight → upstream idx.
-    progress: HashMap<String, usize>,
+    /// Progress tokens (as JSON text) of calls in flight → (upstream idx, client
+    /// request id as JSON text).
+    progress: HashMap<String, (usize, String)>,
+    /// Client request id (as JSON text) → the stream its answer goes out on (a
+    /// Streamable HTTP POST answered with SSE): messages related to that request go
+    /// there too, before the answer.
+    streams: HashMap<String, mpsc::UnboundedSender<Value>>,
     /// Gateway id of a server→client request → (upstream idx, the upstream's id).
     server_reqs: HashMap<i64, (usize, Value)>,
     next_server_req: i64,
+    /// Merged lists a client is paging through, oldest first (at most `MAX_SNAPSHOTS`).
+    snapshots: Vec<Snapshot>,
+    next_snapshot: u64,
+}
+
+/// A merged list taken when the client asked for its first page; later pages are
+/// slices of it, so a client paging through sees one consistent list.
+struct Snapshot {
+    method: &'static str,
+    id: u64,
+    items: Arc<Vec<Value>>,
+}
+
+/// Where a client cursor points: the snapshot's items, its id, the offset.
+type PagePos = (Arc<Vec<Value>>, u64, usize);
+
+/// Lists a session keeps for paging; asking for a first page beyond this drops the
+/// oldest (its cursors then answer `-32602`).
+const MAX_SNAPSHOTS: usize = 8;
+
+/// Cursor format version: cursors are `wc1.` + hex of `METHOD SNAPSHOT OFFSET`.
+const CURSOR_PREFIX: &str = "wc1.";
+
+fn encode_cursor(method: &str, snapshot: u64, offset: usize) -> String {
+    format!(
+        "{CURSOR_PREFIX}{}",
+        hex::encode(format!("{method} {snapshot} {offset}"))
+    )
+}
+
+/// `(snapshot, offset)` of a cursor this gateway issued for `method`.
+fn decode_cursor(method: &str, cursor: &str) -> Option<(u64, usize)> {
+    let raw = hex::decode(cursor.strip_prefix(CURSOR_PREFIX)?).ok()?;
+    let text = String::from_utf8(raw).ok()?;
+    let mut parts = text.split(' ');
+    if parts.next()? != method {
+        return None;
+    }
+    let snapshot = parts.next()?.parse().ok()?;
+    let offset = parts.next()?.parse().ok()?;
+    parts.next().is_none().then_some((snapshot, offset))
 }
 
 #[derive(Clone)]
@@ -191,6 +253,50 @@ pub fn valid_tool_name(name: &str) -> bool {
 impl Session {
     fn send(&self, msg: Value) {
         let _ = self.to_client.send(msg);
+    }
+
+    /// Send a message related to client request `key`: on that request's own stream
+    /// when it has one, else on the session's channel.
+    fn send_for(&self, key: Option<&str>, msg: Value) {
+        let stream = key.and_then(|k| lock(&self.st).streams.get(k).cloned());
+        match stream {
+            Some(tx) => {
+                if let Err(back) = tx.send(msg) {
+                    self.send(back.0);
+                }
+            }
+            None => self.send(msg),
+        }
+    }
+
+    /// A client request in flight on upstream `idx` that has its own stream. Over stdio
+    /// an upstream does not say which request a sampling request or log message belongs
+    /// to; while one streamed request runs there, it is that one.
+    fn stream_of_upstream(&self, idx: usize) -> Option<String> {
+        let st = lock(&self.st);
+        st.inflight
+            .iter()
+            .find(|(key, (i, _))| *i == idx && st.streams.contains_key(*key))
+            .map(|(key, _)| key.clone())
+    }
+
+    /// [`Session::handle`] for one request whose related messages (progress, requests
+    /// from the server handling it, its log messages) go to `stream` rather than the
+    /// session's channel; the answer is returned as usual — send it on `stream` last.
+    pub async fn handle_streamed(
+        self: &Arc<Self>,
+        msg: Value,
+        stream: mpsc::UnboundedSender<Value>,
+    ) -> Option<Value> {
+        let key = msg.get("id").map(Value::to_string);
+        if let Some(k) = &key {
+            lock(&self.st).streams.insert(k.clone(), stream);
+        }
+        let answer = self.handle(msg).await;
+        if let Some(k) = &key {
+            lock(&self.st).streams.remove(k);
+        }
+        answer
     }
 
     fn up(&self, idx: usize) -> Option<&Arc<Upstream>> {
@@ -492,18 +598,81 @@ impl Session {
         Ok(items)
     }
 
-    fn reject_cursor(params: &Value) -> Result<(), Value> {
-        match params.get("cursor") {
-            Some(c) if !c.is_null() => Err(err(
+    /// The client's `cursor`: `Ok(None)` for a first page, else the snapshot and
+    /// offset it points at.
+    fn client_cursor(
+        &self,
+        method: &'static str,
+        params: &Value,
+    ) -> Result<Option<PagePos>, Value> {
+        let cursor = match params.get("cursor") {
+            None | Some(Value::Null) => return Ok(None),
+            Some(Value::String(c)) => c,
+            Some(_) => return Err(err(jsonrpc::INVALID_PARAMS, "cursor must be a string")),
+        };
+        let invalid = || {
+            err(
                 jsonrpc::INVALID_PARAMS,
-                "unknown cursor: warden mcp returns each list whole",
-            )),
-            _ => Ok(()),
+                format!(
+                    "invalid or expired cursor for {method}: use a nextCursor this session received, or list again without a cursor"
+                ),
+            )
+        };
+        let (id, offset) = decode_cursor(method, cursor).ok_or_else(invalid)?;
+        let st = lock(&self.st);
+        let snap = st
+            .snapshots
+            .iter()
+            .find(|s| s.method == method && s.id == id)
+            .ok_or_else(invalid)?;
+        if offset > snap.items.len() {
+            return Err(invalid());
         }
+        Ok(Some((snap.items.clone(), id, offset)))
+    }
+
+    /// One page of a merged list: from `offset`, at most `page_size` items, and a
+    /// `nextCursor` when more follow. A first page of a list longer than a page keeps
+    /// the list as a snapshot for the cursors.
+    fn page(
+        &self,
+        method: &'static str,
+        key: &str,
+        items: Arc<Vec<Value>>,
+        snapshot: Option<u64>,
+        offset: usize,
+    ) -> Value {
+        let end = offset
+            .saturating_add(self.gw.cfg.page_size)
+            .min(items.len());
+        let mut out = json!({ key: items.get(offset..end).unwrap_or_default() });
+        if end < items.len() {
+            let id = match snapshot {
+                Some(id) => id,
+                None => {
+                    let mut st = lock(&self.st);
+                    st.next_snapshot += 1;
+                    let id = st.next_snapshot;
+                    if st.snapshots.len() >= MAX_SNAPSHOTS {
+                        st.snapshots.remove(0);
+                    }
+                    st.snapshots.push(Snapshot {
+                        method,
+                        id,
+                        items: items.clone(),
+                    });
+                    id
+                }
+            };
+            out["nextCursor"] = Value::String(encode_cursor(method, id, end));
+        }
+        out
     }
 
     async fn tools_list(self: &Arc<Self>, params: &Value) -> Result<Value, Value> {
-        Self::reject_cursor(params)?;
+        if let Some((items, id, offset)) = self.client_cursor("tools/list", params)? {
+            return Ok(self.page("tools/list", "tools", items, Some(id), offset));
+        }
         let mut tasks = Vec::new();
         for (idx, u) in self.live() {
             if !self.has_cap(u, "tools") {
@@ -527,7 +696,7 @@ impl Session {
                 ),
             }
         }
-        Ok(json!({"tools": tools}))
+        Ok(self.page("tools/list", "tools", Arc::new(tools), None, 0))
     }
 
     /// Validate, authorize and pin-check an upstream's tools; rename the visible ones.
@@ -599,7 +768,9 @@ impl Session {
         cap: &'static str,
         params: &Value,
     ) -> Result<Value, Value> {
-        Self::reject_cursor(params)?;
+        if let Some((items, id, offset)) = self.client_cursor(method, params)? {
+            return Ok(self.page(method, key, items, Some(id), offset));
+        }
         let mut tasks = Vec::new();
         for (idx, u) in self.live() {
             if !self.has_cap(u, cap) {
@@ -611,6 +782,7 @@ impl Session {
                 (idx, s.fetch_all(&u, method, key).await)
             }));
         }
+        let enforce = self.gw.cfg.enforce;
         let mut all = Vec::new();
         for t in tasks {
             let Ok((idx, res)) = t.await else { continue };
@@ -629,6 +801,15 @@ impl Session {
                         let Some(v) = o.get(field).and_then(Value::as_str) else {
                             continue;
                         };
+                        let authz = &self.gw.cfg.authorizer;
+                        let d = if field == "name" {
+                            authz.decide_prompt(&server, v, &json!({}))
+                        } else {
+                            authz.decide_resource(&server, v)
+                        };
+                        if enforce && !d.allow {
+                            continue;
+                        }
                         let renamed = if field == "name" {
                             format!("{server}{SEP}{v}")
                         } else {
@@ -644,7 +825,7 @@ impl Session {
                 ),
             }
         }
-        Ok(json!({ key: all }))
+        Ok(self.page(method, key, Arc::new(all), None, 0))
     }
 
     /// Forward a request to one upstream, tracking it for cancellation and progress.
@@ -661,7 +842,9 @@ impl Session {
         let key = client_id.to_string();
         let token = params.pointer("/_meta/progressToken").map(Value::to_string);
         if let Some(t) = &token {
-            lock(&self.st).progress.insert(t.clone(), idx);
+            lock(&self.st)
+                .progress
+                .insert(t.clone(), (idx, key.clone()));
         }
         let res = u
             .request(method, Some(params), self.timeout(), |uid| {
@@ -764,7 +947,10 @@ impl Session {
         }
         if !decision.allow && enforce {
             let ev = ev.field("duration_ms", started.elapsed().as_secs_f64() * 1000.0);
-            self.gw.record(ev, true);
+            // The refusal is on disk before the client hears of it.
+            if let Err(e) = self.gw.record_durable(ev).await {
+                eprintln!("warden mcp: audit log failed: {e}");
+            }
             return Err(err_data(
                 jsonrpc::POLICY_DENIED,
                 deny_message(&format!("call to {exposed}"), &decision),
@@ -772,42 +958,75 @@ impl Session {
             ));
         }
 
+        // The decision is written durably while the call runs upstream: the fsync
+        // overlaps the call instead of following it, and the result is released only
+        // once both are done (SPEC §5). A log that cannot take the record fails the
+        // call closed, before anything is sent upstream.
+        let verdict = if decision.allow {
+            Verdict::Allow
+        } else {
+            Verdict::Deny
+        };
+        let (call_id, durable) = match self.gw.record_start(ev) {
+            Ok(started) => started,
+            Err(e) => {
+                eprintln!("warden mcp: audit log failed: {e}");
+                return Err(err(
+                    jsonrpc::AUDIT_FAILED,
+                    format!(
+                        "warden: call to {exposed} not made: the audit log cannot record it ({e})"
+                    ),
+                ));
+            }
+        };
         if let Some(o) = params.as_object_mut() {
             o.insert("name".into(), Value::String(tool.clone()));
         }
-        let res = self.forward(id, idx, "tools/call", params).await;
+        let (res, written) = tokio::join!(self.forward(id, idx, "tools/call", params), durable);
         let elapsed = started.elapsed().as_secs_f64() * 1000.0;
-        match res {
+        // The outcome: its own event, pointing at the decision (`call`), group-committed.
+        let mut end = Event::new(Surface::Mcp, "call_tool_end", &target, verdict)
+            .rule(&decision.rule)
+            .reason(&decision.reason)
+            .enforced(enforce)
+            .field("server", server.as_str())
+            .field("tool", tool.as_str())
+            .field("call", call_id.as_str())
+            .field("duration_ms", elapsed);
+        let out = match res {
             Ok(mut result) => {
                 let redacted = self.gw.secrets.scrub(&mut result);
                 self.rewrite_content_uris(&server, &mut result);
                 let size = result.to_string().len();
-                let mut ev = ev
-                    .field("duration_ms", elapsed)
-                    .field("result_bytes", size as u64)
-                    .field(
-                        "is_error",
-                        result
-                            .get("isError")
-                            .and_then(Value::as_bool)
-                            .unwrap_or(false),
-                    );
+                end = end.field("result_bytes", size as u64).field(
+                    "is_error",
+                    result
+                        .get("isError")
+                        .and_then(Value::as_bool)
+                        .unwrap_or(false),
+                );
                 if !redacted.is_empty() {
                     let names: Vec<String> = redacted.into_iter().map(|f| f.name).collect();
-                    ev = ev.field("redacted", names);
+                    end = end.field("redacted", names);
                 }
-                self.gw.record(ev, false);
                 Ok(result)
             }
             Err(e) => {
-                self.gw.record(
-                    ev.field("duration_ms", elapsed)
-                        .field("error", e.describe()),
-                    false,
-                );
+                end = end.field("error", e.describe());
                 Err(Self::call_error(&e))
             }
+        };
+        if let Err(e) = written {
+            eprintln!("warden mcp: audit log failed: {e}");
+            return Err(err(
+                jsonrpc::AUDIT_FAILED,
+                format!(
+                    "warden: the result of {exposed} is withheld: its audit record could not be written ({e})"
+                ),
+            ));
         }
+        self.gw.record(end, false);
+        out
     }
 
     /// Refusal because the tool's definition is unknown or differs from its pin.
@@ -879,14 +1098,15 @@ impl Session {
             o.insert("name".into(), Value::String(name.clone()));
         }
         let server = self.server_name(idx).to_string();
-        let res = self.forward(id, idx, "prompts/get", params).await;
-        self.record_simple(
-            "get_prompt",
-            &format!("{server}/{name}"),
-            &server,
-            res.as_ref().err(),
-        );
-        let mut r = res.map_err(|e| Self::call_error(&e))?;
+        let args = params.get("arguments").cloned().unwrap_or(json!({}));
+        let d = self.gw.cfg.authorizer.decide_prompt(&server, &name, &args);
+        let ev = self
+            .decision_event("get_prompt", &format!("{server}/{name}"), &server, &d)
+            .field("prompt", name.as_str())
+            .field("args_sha256", sha256_hex(&args));
+        let mut r = self
+            .decided_forward(id, idx, "prompts/get", params, ev, &d, &exposed)
+            .await?;
         self.gw.secrets.scrub(&mut r);
         Ok(r)
     }
@@ -913,16 +1133,24 @@ impl Session {
             o.insert("uri".into(), Value::String(uri.clone()));
         }
         let server = self.server_name(idx).to_string();
-        let res = self.forward(id, idx, method, params).await;
-        if method == "resources/read" {
-            self.record_simple(
-                "read_resource",
-                &format!("{server}/{uri}"),
-                &server,
-                res.as_ref().err(),
-            );
-        }
-        let mut r = res.map_err(|e| Self::call_error(&e))?;
+        let action = match method {
+            "resources/read" => "read_resource",
+            "resources/subscribe" => "subscribe_resource",
+            // Stopping updates needs no permission.
+            _ => {
+                return self
+                    .forward(id, idx, method, params)
+                    .await
+                    .map_err(|e| Self::call_error(&e));
+            }
+        };
+        let d = self.gw.cfg.authorizer.decide_resource(&server, &uri);
+        let ev = self
+            .decision_event(action, &format!("{server}/{uri}"), &server, &d)
+            .field("uri", uri.as_str());
+        let mut r = self
+            .decided_forward(id, idx, method, params, ev, &d, &exposed)
+            .await?;
         if let Some(Value::Array(items)) = r.get_mut("contents") {
             for it in items {
                 if let Some(Value::String(u)) = it.get_mut("uri") {
@@ -956,23 +1184,90 @@ impl Session {
                 format!("unknown reference {exposed:?}"),
             ));
         };
+        let orig = orig.to_string();
+        let server = self.server_name(idx).to_string();
+        // Completing a prompt's or resource's arguments needs the permission to use it.
+        let d = if is_uri {
+            self.gw.cfg.authorizer.decide_resource(&server, &orig)
+        } else {
+            self.gw
+                .cfg
+                .authorizer
+                .decide_prompt(&server, &orig, &json!({}))
+        };
         if let Some(r) = params.pointer_mut(&format!("/ref/{field}")) {
-            *r = Value::String(orig.to_string());
+            *r = Value::String(orig.clone());
         }
-        self.forward(id, idx, "completion/complete", params)
+        let ev = self.decision_event("complete", &format!("{server}/{orig}"), &server, &d);
+        self.decided_forward(id, idx, "completion/complete", params, ev, &d, &exposed)
             .await
-            .map_err(|e| Self::call_error(&e))
     }
 
-    fn record_simple(&self, action: &str, target: &str, server: &str, error: Option<&CallError>) {
-        let mut ev = Event::new(Surface::Mcp, action, target, Verdict::Allow)
-            .rule("mcp.servers")
-            .reason("configured server")
-            .field("server", server);
-        if let Some(e) = error {
-            ev = ev.field("error", e.describe());
+    /// The decision event of a prompt or resource operation.
+    fn decision_event(&self, action: &str, target: &str, server: &str, d: &ToolDecision) -> Event {
+        Event::new(
+            Surface::Mcp,
+            action,
+            target,
+            if d.allow {
+                Verdict::Allow
+            } else {
+                Verdict::Deny
+            },
+        )
+        .rule(&d.rule)
+        .reason(&d.reason)
+        .enforced(self.gw.cfg.enforce)
+        .field("server", server)
+    }
+
+    /// Enforce decision `d` for a request to upstream `idx`, recorded as `ev`: a refusal
+    /// is on disk before its error returns; an allowed request is forwarded while its
+    /// record is fsynced, and answered once both are done (as `tools/call`).
+    #[allow(clippy::too_many_arguments)]
+    async fn decided_forward(
+        &self,
+        id: &Value,
+        idx: usize,
+        method: &str,
+        params: Value,
+        ev: Event,
+        d: &ToolDecision,
+        exposed: &str,
+    ) -> Result<Value, Value> {
+        if !d.allow && self.gw.cfg.enforce {
+            if let Err(e) = self.gw.record_durable(ev).await {
+                eprintln!("warden mcp: audit log failed: {e}");
+            }
+            return Err(err_data(
+                jsonrpc::POLICY_DENIED,
+                deny_message(&format!("{method} of {exposed}"), d),
+                json!({"rule": d.rule, "reason": d.reason}),
+            ));
         }
-        self.gw.record(ev, false);
+        let durable = match self.gw.record_start(ev) {
+            Ok((_, durable)) => durable,
+            Err(e) => {
+                eprintln!("warden mcp: audit log failed: {e}");
+                return Err(err(
+                    jsonrpc::AUDIT_FAILED,
+                    format!(
+                        "warden: {method} of {exposed} not made: the audit log cannot record it ({e})"
+                    ),
+                ));
+            }
+        };
+        let (res, written) = tokio::join!(self.forward(id, idx, method, params), durable);
+        if let Err(e) = written {
+            eprintln!("warden mcp: audit log failed: {e}");
+            return Err(err(
+                jsonrpc::AUDIT_FAILED,
+                format!(
+                    "warden: the answer to {method} of {exposed} is withheld: its audit record could not be written ({e})"
+                ),
+            ));
+        }
+        res.map_err(|e| Self::call_error(&e))
     }
 
     fn client_notification(&self, msg: &Value) {
@@ -1070,7 +1365,8 @@ impl Session {
                 let mut m = msg;
                 m["id"] = json!(gid);
                 self.gw.secrets.scrub(&mut m);
-                self.send(m);
+                let key = self.stream_of_upstream(idx);
+                self.send_for(key.as_deref(), m);
             }
             Kind::Notification => {
                 let method = jsonrpc::method(&msg);
@@ -1092,11 +1388,18 @@ impl Session {
                     }
                     "notifications/progress" => {
                         let tok = msg.pointer("/params/progressToken").map(Value::to_string);
-                        let ok = tok.is_some_and(|t| lock(&self.st).progress.get(&t) == Some(&idx));
-                        if ok {
+                        // Only for a call of this upstream in flight; on that call's stream.
+                        let call = tok.and_then(|t| {
+                            lock(&self.st)
+                                .progress
+                                .get(&t)
+                                .filter(|(i, _)| *i == idx)
+                                .map(|(_, key)| key.clone())
+                        });
+                        if let Some(key) = call {
                             let mut m = msg;
                             self.gw.secrets.scrub(&mut m);
-                            self.send(m);
+                            self.send_for(Some(&key), m);
                         }
                     }
                     "notifications/message" => {
@@ -1110,7 +1413,8 @@ impl Session {
                             p.insert("logger".into(), Value::String(logger));
                         }
                         self.gw.secrets.scrub(&mut m);
-                        self.send(m);
+                        let key = self.stream_of_upstream(idx);
+                        self.send_for(key.as_deref(), m);
                     }
                     "notifications/cancelled" => {
                         let Some(rid) = msg.pointer("/params/requestId").cloned() else {

@@ -87,6 +87,24 @@ impl Authorizer for TestAuthz {
             reason: "allowed".into(),
         }
     }
+
+    /// Denies the prompt `args-prompt`.
+    fn decide_prompt(&self, _server: &str, prompt: &str, _args: &Value) -> ToolDecision {
+        ToolDecision {
+            allow: prompt != "args-prompt",
+            rule: "rules/mcp.cedar:4".into(),
+            reason: "prompt rule".into(),
+        }
+    }
+
+    /// Denies resources whose URI ends in `instructions.md`.
+    fn decide_resource(&self, _server: &str, uri: &str) -> ToolDecision {
+        ToolDecision {
+            allow: !uri.ends_with("instructions.md"),
+            rule: "rules/mcp.cedar:7".into(),
+            reason: "resource rule".into(),
+        }
+    }
 }
 
 struct Env {
@@ -125,6 +143,7 @@ impl Env {
             },
             request_timeout: Duration::from_secs(20),
             startup_timeout: Duration::from_secs(30),
+            page_size: warden_mcp::DEFAULT_PAGE_SIZE,
         }
     }
 
@@ -324,6 +343,34 @@ async fn python_sdk_through_gateway_to_real_servers() {
         "{prompts:?}"
     );
     assert!(!prompts.is_empty());
+    // Prompts and resources are decided by policy: denied ones are hidden and refused.
+    let prompt_names: Vec<&str> = prompts.iter().filter_map(|p| p["name"].as_str()).collect();
+    assert!(
+        prompt_names.contains(&"everything__simple-prompt"),
+        "{prompt_names:?}"
+    );
+    assert!(
+        !prompt_names.contains(&"everything__args-prompt"),
+        "{prompt_names:?}"
+    );
+    assert!(
+        r["prompt_ok"].pointer("/ok/messages/0").is_some(),
+        "{:#}",
+        r["prompt_ok"]
+    );
+    assert_eq!(
+        r["prompt_denied"]["error"]["code"], -32010,
+        "{:#}",
+        r["prompt_denied"]
+    );
+    assert_eq!(
+        r["resource_denied"]["error"]["code"], -32010,
+        "{:#}",
+        r["resource_denied"]
+    );
+    let uris = r["resources"].pointer("/ok/resources").unwrap().to_string();
+    assert!(uris.contains("architecture.md"), "{uris}");
+    assert!(!uris.contains("instructions.md"), "{uris}");
     let uri = r["resources"]
         .pointer("/ok/resources/0/uri")
         .and_then(Value::as_str)
@@ -369,16 +416,46 @@ async fn python_sdk_through_gateway_to_real_servers() {
         .unwrap();
     assert_eq!(echo["decision"], "allow");
     assert_eq!(echo["args_sha256"].as_str().unwrap().len(), 64);
-    assert!(echo["result_bytes"].as_u64().unwrap() > 0);
-    assert!(echo.get("duration_ms").is_some());
+    // The outcome of each call is its own event, pointing at the decision.
+    let end_of = |call: &Value| {
+        audit
+            .iter()
+            .find(|e| e["action"] == "call_tool_end" && e["call"] == call["id"])
+            .cloned()
+            .unwrap_or_else(|| panic!("no call_tool_end for {call}"))
+    };
+    let echo_end = end_of(echo);
+    assert_eq!(echo_end["target"], "everything/echo");
+    assert!(echo_end["result_bytes"].as_u64().unwrap() > 0);
+    assert!(echo_end.get("duration_ms").is_some());
     let leak_ev = calls.iter().find(|e| e["target"] == "test/leak").unwrap();
-    assert_eq!(leak_ev["redacted"], json!(["github", "aws-access-key"]));
+    assert_eq!(
+        end_of(leak_ev)["redacted"],
+        json!(["github", "aws-access-key"])
+    );
     let raw = std::fs::read_to_string(env.dir.path().join("audit.jsonl")).unwrap();
     assert!(
         !raw.contains("s3cr3t-github-value") && !raw.contains("ghp_abcdef"),
         "secret in audit"
     );
     assert!(audit.iter().any(|e| e["action"] == "upstream_exit"));
+    let decided = |action: &str, target: &str, decision: &str| {
+        audit
+            .iter()
+            .any(|e| e["action"] == action && e["target"] == target && e["decision"] == decision)
+    };
+    assert!(decided("get_prompt", "everything/simple-prompt", "allow"));
+    assert!(decided("get_prompt", "everything/args-prompt", "deny"));
+    assert!(decided(
+        "read_resource",
+        "everything/demo://resource/static/document/instructions.md",
+        "deny"
+    ));
+    assert!(
+        audit
+            .iter()
+            .any(|e| e["action"] == "read_resource" && e["decision"] == "allow")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -497,6 +574,318 @@ async fn malformed_client_input_gets_json_rpc_errors() {
     let r = ask(r#"{"jsonrpc":"2.0","id":"s7","method":"tools/call","params":{"name":"test__slow","arguments":{"ms":10}}}"#).await;
     assert_eq!(r["id"], "s7");
     assert_eq!(r["result"]["content"][0]["text"], "slept");
+}
+
+/// SPEC §5: a decision is on disk before the action's result is released. The audit
+/// file is read the moment each answer arrives: the call's decision must already be in
+/// it. (The writer puts bytes in the file only in the step that also fsyncs them, and
+/// without the wait an allowed call's record sits in memory for up to ~90 ms, far
+/// longer than this upstream takes to answer.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn call_decisions_are_on_disk_when_the_answer_arrives() {
+    let env = Env::new();
+    let only_test = env
+        .servers()
+        .into_iter()
+        .filter(|s| s.name == "test")
+        .collect();
+    let gw = warden_mcp::Gateway::new(env.config(only_test), Arc::new(PlainLauncher)).unwrap();
+    let mut raw = Raw::start(gw);
+    let r = raw.ask(r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"raw","version":"0"}}}"#).await;
+    assert!(r.get("result").is_some(), "{r}");
+    // Learn the tools first, so no call needs a tools/list round trip of its own.
+    let r = raw
+        .ask(r#"{"jsonrpc":"2.0","id":2,"method":"tools/list"}"#)
+        .await;
+    assert!(r.get("result").is_some(), "{r}");
+    let decisions = |verdict: &str| {
+        env.audit()
+            .iter()
+            .filter(|e| e["action"] == "call_tool" && e["decision"] == verdict)
+            .count()
+    };
+    for i in 1..=5 {
+        let r = raw
+            .ask(&format!(r#"{{"jsonrpc":"2.0","id":{},"method":"tools/call","params":{{"name":"test__read_file","arguments":{{"path":"/tmp/d{i}"}}}}}}"#, 10 + i))
+            .await;
+        assert_eq!(
+            r["result"]["content"][0]["text"],
+            format!("contents of /tmp/d{i}"),
+            "{r}"
+        );
+        assert_eq!(
+            decisions("allow"),
+            i,
+            "allowed call {i} not on disk at its answer"
+        );
+    }
+    let r = raw
+        .ask(r#"{"jsonrpc":"2.0","id":30,"method":"tools/call","params":{"name":"test__read_file","arguments":{"path":"/etc/shadow"}}}"#)
+        .await;
+    assert_eq!(r["error"]["code"], -32010, "{r}");
+    assert_eq!(
+        decisions("deny"),
+        1,
+        "the refusal is not on disk at its answer"
+    );
+}
+
+/// Pagination: the gateway walks each upstream's pages (the test server pages every
+/// list by 2) and serves the merged list in pages of its own; a client following
+/// `nextCursor` gets every item exactly once; foreign, forged or cross-list cursors
+/// are `-32602`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lists_are_paginated_both_ways() {
+    let env = Env::new();
+    let mut test: Vec<ServerConfig> = env
+        .servers()
+        .into_iter()
+        .filter(|s| s.name == "test")
+        .collect();
+    test[0].env.push(("TEST_LISTS".into(), "1".into()));
+    let mut cfg = env.config(test);
+    cfg.page_size = 3;
+    let gw = warden_mcp::Gateway::new(cfg, Arc::new(PlainLauncher)).unwrap();
+    let mut raw = Raw::start(gw);
+    let r = raw.ask(r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"raw","version":"0"}}}"#).await;
+    assert!(r.get("result").is_some(), "{r}");
+    let mut id = 10;
+    let mut all_of = async |raw: &mut Raw, method: &str, key: &str, field: &str| {
+        let mut names = Vec::new();
+        let mut cursor: Option<String> = None;
+        let mut pages = 0;
+        loop {
+            id += 1;
+            let params = match &cursor {
+                Some(c) => json!({ "cursor": c }),
+                None => json!({}),
+            };
+            let req = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
+            let r = raw.ask(&req.to_string()).await;
+            let items = r["result"][key].as_array().unwrap_or_else(|| panic!("{r}"));
+            assert!(items.len() <= 3, "page larger than page_size: {r}");
+            names.extend(items.iter().map(|i| i[field].as_str().unwrap().to_string()));
+            pages += 1;
+            match r["result"].get("nextCursor") {
+                Some(Value::String(c)) => cursor = Some(c.clone()),
+                None => break,
+                Some(other) => panic!("nextCursor {other}"),
+            }
+            assert!(pages < 20, "cursors loop");
+        }
+        (names, pages, cursor)
+    };
+    // 10 valid tools (the invalid one hidden), upstream pages of 4 and 7.
+    let (tools, pages, _) = all_of(&mut raw, "tools/list", "tools", "name").await;
+    assert_eq!(tools.len(), 10, "{tools:?}");
+    assert_eq!(pages, 4);
+    let unique: std::collections::HashSet<_> = tools.iter().collect();
+    assert_eq!(unique.len(), 10, "{tools:?}");
+    assert!(tools.contains(&"test__listdir".to_string()), "{tools:?}");
+    let (prompts, pages, _) = all_of(&mut raw, "prompts/list", "prompts", "name").await;
+    assert_eq!(
+        prompts,
+        ["test__p0", "test__p1", "test__p2", "test__p3", "test__p4"]
+    );
+    assert_eq!(pages, 2);
+    let (res, _, _) = all_of(&mut raw, "resources/list", "resources", "uri").await;
+    assert_eq!(res.len(), 5, "{res:?}");
+    assert_eq!(res[4], "test+file:///r4");
+    let (tpl, pages, _) = all_of(
+        &mut raw,
+        "resources/templates/list",
+        "resourceTemplates",
+        "uriTemplate",
+    )
+    .await;
+    assert_eq!(
+        tpl,
+        [
+            "test+file:///t0/{x}",
+            "test+file:///t1/{x}",
+            "test+file:///t2/{x}"
+        ]
+    );
+    assert_eq!(pages, 1);
+
+    // A tools cursor is not a prompts cursor; forged and foreign cursors are refused.
+    let r = raw
+        .ask(r#"{"jsonrpc":"2.0","id":90,"method":"tools/list"}"#)
+        .await;
+    let tools_cursor = r["result"]["nextCursor"].as_str().unwrap().to_string();
+    for (method, cursor) in [
+        ("prompts/list", json!(tools_cursor)),
+        ("tools/list", json!("bogus")),
+        ("tools/list", json!(tools_cursor.replace("wc1.", "wc1.00"))),
+        ("tools/list", json!(7)),
+    ] {
+        let req =
+            json!({"jsonrpc": "2.0", "id": 91, "method": method, "params": {"cursor": cursor}});
+        let r = raw.ask(&req.to_string()).await;
+        assert_eq!(r["error"]["code"], -32602, "{method} {cursor}: {r}");
+    }
+    // The cursor still works after those refusals.
+    let req = json!({"jsonrpc": "2.0", "id": 92, "method": "tools/list", "params": {"cursor": tools_cursor}});
+    let r = raw.ask(&req.to_string()).await;
+    assert_eq!(
+        r["result"]["tools"].as_array().map(Vec::len),
+        Some(3),
+        "{r}"
+    );
+}
+
+/// The gateway's Streamable HTTP front end on a free loopback port, token `t0k3n`.
+async fn http_front(cfg: GatewayConfig) -> u16 {
+    let gw = warden_mcp::Gateway::new(cfg, Arc::new(PlainLauncher)).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(warden_mcp::front::http::serve(
+        gw,
+        listener,
+        warden_mcp::HttpOptions::new("t0k3n".into()),
+    ));
+    port
+}
+
+/// POST one JSON-RPC message; the whole raw HTTP response (the connection closes).
+async fn post(port: u16, session: Option<&str>, accept: &str, body: &Value) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let body = body.to_string();
+    let sid = session
+        .map(|s| format!("Mcp-Session-Id: {s}\r\n"))
+        .unwrap_or_default();
+    let req = format!(
+        "POST /mcp HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Bearer t0k3n\r\nAccept: {accept}\r\nContent-Type: application/json\r\n{sid}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    tokio::time::timeout(Duration::from_secs(30), s.read_to_string(&mut out))
+        .await
+        .expect("the HTTP response did not end")
+        .unwrap();
+    out
+}
+
+/// MCP Streamable HTTP: a tools/call POSTed with `Accept: text/event-stream` is answered
+/// with an SSE stream carrying the call's progress notifications, then its result, then
+/// the stream ends. No GET stream is open, so the progress can only have come on the
+/// POST's own stream. The same call accepting only JSON gets a JSON answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_post_streams_progress_then_the_result() {
+    let env = Env::new();
+    let cfg = env.config(vec![ServerConfig::new(
+        "everything",
+        Transport::Command(everything()),
+    )]);
+    let port = http_front(cfg).await;
+    let both = "application/json, text/event-stream";
+    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "raw", "version": "0"}}});
+    let resp = post(port, None, both, &init).await;
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    assert!(
+        resp.to_ascii_lowercase()
+            .contains("content-type: application/json"),
+        "{resp}"
+    );
+    let sid = resp
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .starts_with("mcp-session-id:")
+                .then(|| l.split_once(':').unwrap().1.trim().to_string())
+        })
+        .expect("no Mcp-Session-Id");
+    let note = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
+    assert!(
+        post(port, Some(&sid), both, &note)
+            .await
+            .starts_with("HTTP/1.1 202")
+    );
+
+    let call = |id: u64| {
+        json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": {
+            "name": "everything__trigger-long-running-operation",
+            "arguments": {"duration": 0.3, "steps": 3},
+            "_meta": {"progressToken": format!("tok-{id}")}}})
+    };
+    let resp = post(port, Some(&sid), both, &call(2)).await;
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    assert!(
+        resp.to_ascii_lowercase()
+            .contains("content-type: text/event-stream"),
+        "{resp}"
+    );
+    let events: Vec<Value> = resp
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    assert_eq!(
+        events.len(),
+        4,
+        "three progress notifications and the result: {resp}"
+    );
+    for (i, ev) in events[..3].iter().enumerate() {
+        assert_eq!(ev["method"], "notifications/progress", "{ev}");
+        assert_eq!(ev["params"]["progressToken"], "tok-2", "{ev}");
+        assert_eq!(ev["params"]["progress"], json!(i + 1), "{ev}");
+    }
+    assert_eq!(events[3]["id"], 2, "the result comes last: {resp}");
+    assert!(
+        events[3]["result"]["content"][0]["text"]
+            .as_str()
+            .unwrap()
+            .contains("completed"),
+        "{resp}"
+    );
+
+    // A client that accepts only JSON gets JSON (its progress would go to a GET stream).
+    let resp = post(port, Some(&sid), "application/json", &call(3)).await;
+    assert!(
+        resp.to_ascii_lowercase()
+            .contains("content-type: application/json"),
+        "{resp}"
+    );
+    assert!(resp.contains("completed"), "{resp}");
+}
+
+/// Run the Python client against the gateway's Streamable HTTP front end.
+async fn run_client_http(cfg: GatewayConfig, scenario: &str, out_dir: &Path) -> Value {
+    let port = http_front(cfg).await;
+    let out = out_dir.join(format!("report-{scenario}-{}.json", rand_suffix()));
+    let mut child = tokio::process::Command::new(python())
+        .arg(fixtures().join("py/client.py"))
+        .arg(&out)
+        .arg(scenario)
+        .args(["--http", &format!("http://127.0.0.1:{port}/mcp"), "t0k3n"])
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(120), child.wait())
+        .await
+        .expect("python client timed out")
+        .unwrap();
+    assert!(status.success(), "client exited with {status}");
+    serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap()
+}
+
+/// The routing scenario (sampling, roots, elicitation and progress mid-call) with the
+/// official Python SDK client speaking Streamable HTTP to the gateway: the upstream's
+/// requests and progress travel on the POST's SSE stream and the answers come back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_to_client_requests_and_progress_over_the_http_front_end() {
+    let env = Env::new();
+    let cfg = env.config(vec![ServerConfig::new(
+        "sdk",
+        Transport::Command(sdk_server()),
+    )]);
+    let r = run_client_http(cfg, "routing", env.dir.path()).await;
+    check_routing(&r);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,7 +10,8 @@
 //! Entity model:
 //! - principal `Warden::Session::"<id>"` { user, machine, agent: String, labels: Record }
 //! - resources `Warden::Host::"<name or ip>"`, `Warden::Path::"/abs"`,
-//!   `Warden::Credential::"<name>"`, `Warden::Tool::"<server>/<tool>"`. Resources carry
+//!   `Warden::Credential::"<name>"`, `Warden::Tool::"<server>/<tool>"`,
+//!   `Warden::Prompt::"<server>/<prompt>"`, `Warden::Resource::"<server>/<uri>"`. Resources carry
 //!   no attributes (what is known about them is in the context), so the entity store is
 //!   the principal alone and is built once per principal, not per request.
 //!
@@ -22,6 +23,8 @@
 //!   root_kind ("workspace" | "mount" | "")
 //! - use_credential: host: String, ip?
 //! - call_tool: server, tool, args (the JSON arguments; null dropped, floats as strings)
+//! - get_prompt: server, prompt, args (the prompt's string arguments)
+//! - read_resource: server, uri (the server's own URI, or URI template when listing)
 
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
@@ -40,8 +43,25 @@ use crate::doc::{HostEntry, MountMode, PolicyDoc, WorkspaceMode};
 use crate::error::{Diagnostic, SourceMap, nearest};
 use crate::host::{HostKind, PortSpec};
 
-pub(crate) const ACTIONS: [&str; 5] = ["connect", "http", "mount", "use_credential", "call_tool"];
-const RESOURCE_TYPES: [&str; 5] = ["Host", "Host", "Path", "Credential", "Tool"];
+pub(crate) const ACTIONS: [&str; N_ACTS] = [
+    "connect",
+    "http",
+    "mount",
+    "use_credential",
+    "call_tool",
+    "get_prompt",
+    "read_resource",
+];
+const RESOURCE_TYPES: [&str; N_ACTS] = [
+    "Host",
+    "Host",
+    "Path",
+    "Credential",
+    "Tool",
+    "Prompt",
+    "Resource",
+];
+const N_ACTS: usize = 7;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) enum Act {
@@ -50,6 +70,8 @@ pub(crate) enum Act {
     Mount = 2,
     UseCredential = 3,
     CallTool = 4,
+    GetPrompt = 5,
+    ReadResource = 6,
 }
 
 // ---------------------------------------------------------------------------------
@@ -166,11 +188,11 @@ struct Bucket {
 /// The user's Cedar policies, partitioned per action and resource.
 #[derive(Debug, Default)]
 pub(crate) struct UserCedar {
-    buckets: [Bucket; 5],
+    buckets: [Bucket; N_ACTS],
     /// Per action: policies whose outcome depends on the principal alone (no
     /// `resource ==`/`in` scope, no `context`/`resource` in conditions). Evaluated once
     /// per principal and action, then reused for every request of that session.
-    principal_only: [Option<PolicySet>; 5],
+    principal_only: [Option<PolicySet>; N_ACTS],
     /// Distinguishes policies in the per-thread cache of principal-only outcomes.
     instance: u64,
     pub rules: HashMap<PolicyId, UserRule>,
@@ -251,13 +273,13 @@ impl UserCedar {
     }
 
     fn partition(&mut self, policies: Vec<CedarPolicy>) {
-        let mut general: [Vec<CedarPolicy>; 5] = Default::default();
-        let mut specific: [HashMap<String, Vec<CedarPolicy>>; 5] = Default::default();
-        let mut by_principal: [Vec<CedarPolicy>; 5] = Default::default();
+        let mut general: [Vec<CedarPolicy>; N_ACTS] = Default::default();
+        let mut specific: [HashMap<String, Vec<CedarPolicy>>; N_ACTS] = Default::default();
+        let mut by_principal: [Vec<CedarPolicy>; N_ACTS] = Default::default();
         for p in policies {
             let p_only = principal_only(&p);
             let acts: Vec<usize> = match p.action_constraint() {
-                ActionConstraint::Any => (0..5).collect(),
+                ActionConstraint::Any => (0..N_ACTS).collect(),
                 ActionConstraint::Eq(a) => action_index(&a).into_iter().collect(),
                 ActionConstraint::In(list) => list.iter().filter_map(action_index).collect(),
             };
@@ -282,7 +304,7 @@ impl UserCedar {
                 }
             }
         }
-        for a in 0..5 {
+        for a in 0..N_ACTS {
             let po = std::mem::take(&mut by_principal[a]);
             if !po.is_empty() {
                 let mut set = PolicySet::new();
@@ -405,6 +427,8 @@ pub(crate) struct CedarNames {
     path: EntityTypeName,
     credential: EntityTypeName,
     tool: EntityTypeName,
+    prompt: EntityTypeName,
+    resource: EntityTypeName,
     actions: Vec<EntityUid>,
 }
 
@@ -418,6 +442,8 @@ impl CedarNames {
             path: t("Warden::Path")?,
             credential: t("Warden::Credential")?,
             tool: t("Warden::Tool")?,
+            prompt: t("Warden::Prompt")?,
+            resource: t("Warden::Resource")?,
             actions: ACTIONS
                 .iter()
                 .map(|a| EntityUid::from_type_name_and_id(action_ty.clone(), EntityId::new(a)))
@@ -431,6 +457,8 @@ impl CedarNames {
             Act::Mount => &self.path,
             Act::UseCredential => &self.credential,
             Act::CallTool => &self.tool,
+            Act::GetPrompt => &self.prompt,
+            Act::ReadResource => &self.resource,
         }
     }
 }
@@ -1034,6 +1062,12 @@ pub(crate) fn compile(doc: &PolicyDoc, origin: &str, id: &str) -> String {
                 star_like(g)
             );
         }
+        let _ = writeln!(
+            o,
+            "// MCP server \"{}\": its prompts and resources (the policy format has no list for them)\n{}permit (principal, action in [Warden::Action::\"get_prompt\", Warden::Action::\"read_resource\"], resource)\nwhen {{ {server} }};\n",
+            s.name,
+            rule_ann(origin, s.line)
+        );
     }
     o
 }

@@ -34,7 +34,7 @@ pub use error::{Diagnostic, PolicyError};
 pub use fs::{DenyMatcher, normalize as normalize_path};
 pub use preset::{Preset, preset_source};
 
-use cedar::{Act, CedarInput, CedarNames, UserCedar, Val};
+use cedar::{ACTIONS, Act, CedarInput, CedarNames, UserCedar, Val};
 use fs::{DenySet, Grant};
 use host::{RequestHost, parse_request_host, special_range};
 use net::{Entry, HostIndex};
@@ -73,6 +73,17 @@ pub enum Request<'a> {
     },
     /// May this credential be sent to this host?
     Credential { name: &'a str, host: &'a str },
+    /// An MCP `prompts/get` (and whether `prompts/list` shows the prompt, asked with
+    /// empty arguments). Cedar action `get_prompt`, resource `Warden::Prompt::"server/prompt"`.
+    Prompt {
+        server: &'a str,
+        prompt: &'a str,
+        args: &'a serde_json::Value,
+    },
+    /// An MCP `resources/read` or `resources/subscribe` of `uri` (the server's own URI),
+    /// and whether a list shows it (templates are asked with the URI template). Cedar
+    /// action `read_resource`, resource `Warden::Resource::"server/uri"`.
+    Resource { server: &'a str, uri: &'a str },
 }
 
 /// Where a decision came from.
@@ -442,6 +453,25 @@ impl Policy {
             } => self.native_path(path, write, workspace, home),
             Request::Tool { server, tool, args } => Ok(self.native_tool(server, tool, args)),
             Request::Credential { name, host } => self.native_credential(name, host),
+            Request::Prompt {
+                server,
+                prompt,
+                args,
+            } => Ok(self.native_mcp_item(
+                Act::GetPrompt,
+                server,
+                prompt,
+                vec![
+                    ("prompt", Val::Str(prompt.into())),
+                    ("args", Val::Json(args.clone())),
+                ],
+            )),
+            Request::Resource { server, uri } => Ok(self.native_mcp_item(
+                Act::ReadResource,
+                server,
+                uri,
+                vec![("uri", Val::Str(uri.into()))],
+            )),
         }
     }
 
@@ -745,6 +775,43 @@ impl Policy {
             }
         }
         v.otherwise = format!("{server}/{tool} matches no tools.allow entry of server `{server}`");
+        (v, input)
+    }
+
+    /// Prompts and resources of a configured MCP server: the policy format lists only
+    /// tools, so every prompt and resource of a server in `[[mcp.servers]]` is permitted
+    /// by that entry; Cedar `forbid` rules on `get_prompt` / `read_resource` narrow it.
+    fn native_mcp_item(
+        &self,
+        act: Act,
+        server: &str,
+        name: &str,
+        mut context: Vec<(&'static str, Val)>,
+    ) -> (Verdict, CedarInput) {
+        let what = if act == Act::GetPrompt {
+            "prompt"
+        } else {
+            "resource"
+        };
+        let mut v = Verdict::default();
+        context.push(("server", Val::Str(server.into())));
+        let input = CedarInput {
+            act,
+            resource_id: format!("{server}/{name}"),
+            context,
+        };
+        match self.doc.mcp.servers.iter().find(|s| s.name == server) {
+            Some(s) => {
+                v.permit = Some((
+                    self.line(s.line),
+                    format!(
+                        "{what} {server}/{name}: the prompts and resources of MCP server `{server}` are allowed (narrow them with Cedar forbid rules on `{}`)",
+                        ACTIONS[act as usize]
+                    ),
+                ));
+            }
+            None => v.otherwise = format!("no MCP server named `{server}` in the policy"),
+        }
         (v, input)
     }
 

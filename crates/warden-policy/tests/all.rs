@@ -818,6 +818,41 @@ url = "https://mcp.example.com/mcp"
                 false,
                 "",
             ),
+            // prompts and resources: every one of a configured server
+            (
+                Request::Prompt {
+                    server: "fs",
+                    prompt: "review",
+                    args,
+                },
+                true,
+                "name = \"fs\"",
+            ),
+            (
+                Request::Resource {
+                    server: "fs",
+                    uri: "file:///a.md",
+                },
+                true,
+                "name = \"fs\"",
+            ),
+            (
+                Request::Prompt {
+                    server: "unknown",
+                    prompt: "review",
+                    args,
+                },
+                false,
+                "",
+            ),
+            (
+                Request::Resource {
+                    server: "unknown",
+                    uri: "file:///a.md",
+                },
+                false,
+                "",
+            ),
         ]
     }
 
@@ -970,7 +1005,7 @@ url = "https://mcp.example.com/mcp"
         std::fs::create_dir(dir.path().join("rules")).unwrap();
         std::fs::write(
             dir.path().join("rules/a.cedar"),
-            "// infra may reach the db\npermit (principal, action == Warden::Action::\"connect\", resource == Warden::Host::\"db.internal\")\nwhen { principal.labels.team == \"infra\" && context.port == 5432 };\n\nforbid (principal, action, resource == Warden::Host::\"api.anthropic.com\")\nwhen { principal.agent == \"evil\" };\n\nforbid (principal, action == Warden::Action::\"call_tool\", resource)\nwhen { context.args has owner && context.args.owner == \"secret-org\" };\n\nforbid (principal, action == Warden::Action::\"connect\", resource is Warden::Host)\nwhen { principal.user == \"mallory\" };\n",
+            "// infra may reach the db\npermit (principal, action == Warden::Action::\"connect\", resource == Warden::Host::\"db.internal\")\nwhen { principal.labels.team == \"infra\" && context.port == 5432 };\n\nforbid (principal, action, resource == Warden::Host::\"api.anthropic.com\")\nwhen { principal.agent == \"evil\" };\n\nforbid (principal, action == Warden::Action::\"call_tool\", resource)\nwhen { context.args has owner && context.args.owner == \"secret-org\" };\n\nforbid (principal, action == Warden::Action::\"connect\", resource is Warden::Host)\nwhen { principal.user == \"mallory\" };\n\nforbid (principal, action == Warden::Action::\"read_resource\", resource)\nwhen { context.server == \"github\" && context.uri like \"file:///private/*\" };\n\nforbid (principal, action == Warden::Action::\"get_prompt\", resource == Warden::Prompt::\"github/leak\");\n",
         )
         .unwrap();
         let src = "version = 1\n[network]\nallow = [\"api.anthropic.com\"]\n[[mcp.servers]]\nname = \"github\"\nurl = \"https://x.example/mcp\"\n[cedar]\nfiles = [\"rules/*.cedar\"]\n";
@@ -1036,6 +1071,34 @@ url = "https://mcp.example.com/mcp"
             )
             .allow
         );
+        // Prompts and resources: allowed for the configured server, narrowed by forbids.
+        let read = |uri| {
+            p.decide(
+                &who,
+                &Request::Resource {
+                    server: "github",
+                    uri,
+                },
+            )
+        };
+        let d = read("file:///private/key");
+        assert!(!d.allow);
+        assert_eq!(d.rule.to_string(), "rules/a.cedar:14");
+        assert!(read("file:///public/readme").allow);
+        let prompt = |prompt| {
+            p.decide(
+                &who,
+                &Request::Prompt {
+                    server: "github",
+                    prompt,
+                    args: &args,
+                },
+            )
+        };
+        let d = prompt("leak");
+        assert!(!d.allow);
+        assert_eq!(d.rule.to_string(), "rules/a.cedar:17");
+        assert!(prompt("review").allow);
         // Principal-only rules are cached per principal: alternate principals.
         let mut mallory = principal();
         mallory.user = "mallory".into();

@@ -77,7 +77,7 @@ files = ["rules/*.cedar"]
     std::fs::create_dir(dir.path().join("rules")).unwrap();
     std::fs::write(
         dir.path().join("rules/mcp.cedar"),
-        "forbid (principal, action == Warden::Action::\"call_tool\", resource)\nwhen { context.args has path && context.args.path like \"/etc/*\" };\n",
+        "forbid (principal, action == Warden::Action::\"call_tool\", resource)\nwhen { context.args has path && context.args.path like \"/etc/*\" };\nforbid (principal, action == Warden::Action::\"get_prompt\", resource == Warden::Prompt::\"everything/args-prompt\");\n",
     )
     .unwrap();
     dir
@@ -118,6 +118,14 @@ fn check_main(r: &Value) {
     assert!(m.contains("policy.toml:7"), "{m}");
     let m = r["read_etc"]["error"]["message"].as_str().unwrap();
     assert!(m.contains("rules/mcp.cedar:1"), "{m}");
+    // Prompts: a configured server's are allowed; a Cedar get_prompt forbid refuses one.
+    assert!(
+        r["prompt_ok"]["ok"]["messages"][0].is_object(),
+        "{:#}",
+        r["prompt_ok"]
+    );
+    let m = r["prompt_denied"]["error"]["message"].as_str().unwrap();
+    assert!(m.contains("rules/mcp.cedar:3"), "{m}");
     assert_eq!(
         r["read_ok"]["ok"]["structuredContent"]["path"],
         "/tmp/ok.txt"

@@ -5,6 +5,13 @@
 //! rebinding cannot reach the gateway), and the bearer token. Bodies over the limit
 //! are refused with 413 before they are buffered. The client's `Authorization`
 //! header is consumed here and never reaches an upstream.
+//!
+//! A POSTed request that an upstream works on (`tools/call`, `prompts/get`,
+//! `resources/read`, `completion/complete`) is answered with an SSE stream when the
+//! client accepts `text/event-stream`: the messages related to it (progress, the
+//! upstream's sampling/elicitation/roots requests, its log messages), then the response,
+//! then the stream ends. Everything else is answered `application/json`; unrelated
+//! server messages travel on the GET stream.
 
 #![allow(clippy::result_large_err)] // early-return HTTP responses; built once per rejected request
 
@@ -248,6 +255,7 @@ impl Server {
             return text(StatusCode::PAYLOAD_TOO_LARGE, "request body too large");
         }
         let existing = header(&req, "mcp-session-id").map(str::to_string);
+        let accepts_sse = header(&req, "accept").is_some_and(|a| a.contains("text/event-stream"));
         let body = match Limited::new(req.into_body(), max).collect().await {
             Ok(b) => b.to_bytes(),
             Err(_) => return text(StatusCode::PAYLOAD_TOO_LARGE, "request body too large"),
@@ -286,6 +294,25 @@ impl Server {
                 None => return text(StatusCode::NOT_FOUND, "unknown or ended session"),
             },
         };
+        // A request that an upstream works on may bring messages for the client before
+        // its answer (progress, sampling/elicitation/roots requests, log messages): when
+        // the client accepts it, answer with an SSE stream carrying them, then the answer.
+        let streamable = matches!(
+            jsonrpc::method(&msg),
+            "tools/call" | "prompts/get" | "resources/read" | "completion/complete"
+        ) && matches!(jsonrpc::kind(&msg), jsonrpc::Kind::Request);
+        if accepts_sse && streamable && new_id.is_none() {
+            let (tx, rx) = mpsc::unbounded_channel();
+            let session = hs.session.clone();
+            tokio::spawn(async move {
+                if let Some(answer) = session.handle_streamed(msg, tx.clone()).await {
+                    let _ = tx.send(answer);
+                }
+            });
+            return sse(SseBody {
+                source: Source::Request(rx),
+            });
+        }
         let answer = hs.session.handle(msg).await;
         let mut resp = match answer {
             Some(v) => full(StatusCode::OK, "application/json", v.to_string()),
@@ -320,22 +347,35 @@ impl Server {
                 "this session already has a GET stream",
             );
         };
-        let mut r = Response::new(BodyExt::boxed(SseBody { guard }));
-        r.headers_mut().insert(
-            "content-type",
-            hyper::header::HeaderValue::from_static("text/event-stream"),
-        );
-        r.headers_mut().insert(
-            "cache-control",
-            hyper::header::HeaderValue::from_static("no-cache"),
-        );
-        r
+        sse(SseBody {
+            source: Source::Session(guard),
+        })
     }
 }
 
-/// Server-sent events from the session's outgoing queue; holds the queue while open.
+fn sse(body: SseBody) -> Response<Body> {
+    let mut r = Response::new(BodyExt::boxed(body));
+    r.headers_mut().insert(
+        "content-type",
+        hyper::header::HeaderValue::from_static("text/event-stream"),
+    );
+    r.headers_mut().insert(
+        "cache-control",
+        hyper::header::HeaderValue::from_static("no-cache"),
+    );
+    r
+}
+
+enum Source {
+    /// The session's outgoing queue (the GET stream), held while the stream is open.
+    Session(OwnedMutexGuard<mpsc::UnboundedReceiver<Value>>),
+    /// One POSTed request's messages and then its answer; ends after the answer.
+    Request(mpsc::UnboundedReceiver<Value>),
+}
+
+/// Server-sent events, one JSON-RPC message each.
 struct SseBody {
-    guard: OwnedMutexGuard<mpsc::UnboundedReceiver<Value>>,
+    source: Source,
 }
 
 impl hyper::body::Body for SseBody {
@@ -346,8 +386,11 @@ impl hyper::body::Body for SseBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        let this = self.get_mut();
-        match this.guard.poll_recv(cx) {
+        let rx = match &mut self.get_mut().source {
+            Source::Session(guard) => &mut **guard,
+            Source::Request(rx) => rx,
+        };
+        match rx.poll_recv(cx) {
             Poll::Ready(Some(v)) => Poll::Ready(Some(Ok(Frame::data(Bytes::from(format!(
                 "event: message\ndata: {v}\n\n"
             )))))),

@@ -79,16 +79,32 @@ struct PolicyAuthorizer {
     principal: Principal,
 }
 
-impl Authorizer for PolicyAuthorizer {
-    fn decide_tool(&self, server: &str, tool: &str, args: &serde_json::Value) -> ToolDecision {
-        let d = self
-            .policy
-            .decide(&self.principal, &Request::Tool { server, tool, args });
+impl PolicyAuthorizer {
+    fn decide(&self, request: &Request<'_>) -> ToolDecision {
+        let d = self.policy.decide(&self.principal, request);
         ToolDecision {
             allow: d.allow,
             rule: d.rule.to_string(),
             reason: d.reason,
         }
+    }
+}
+
+impl Authorizer for PolicyAuthorizer {
+    fn decide_tool(&self, server: &str, tool: &str, args: &serde_json::Value) -> ToolDecision {
+        self.decide(&Request::Tool { server, tool, args })
+    }
+
+    fn decide_prompt(&self, server: &str, prompt: &str, args: &serde_json::Value) -> ToolDecision {
+        self.decide(&Request::Prompt {
+            server,
+            prompt,
+            args,
+        })
+    }
+
+    fn decide_resource(&self, server: &str, uri: &str) -> ToolDecision {
+        self.decide(&Request::Resource { server, uri })
     }
 }
 
@@ -173,6 +189,7 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
         },
         request_timeout: Duration::from_secs(args.timeout.max(1)),
         startup_timeout: Duration::from_secs(60),
+        page_size: warden_mcp::DEFAULT_PAGE_SIZE,
         authorizer: Arc::new(PolicyAuthorizer { policy, principal }),
     };
     // Every stdio server runs in its own Warden session under its own part of the
