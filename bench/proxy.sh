@@ -152,7 +152,7 @@ cat > "$WORK/policy.toml" <<EOF
 version = 1
 name = "bench-proxy"
 [network]
-allow = ["127.0.0.1:$UP"]
+allow = ["127.0.0.1:$UP", "127.0.0.1:$UPS"]
 EOF
 "$WARDEN" proxy --policy "$WORK/policy.toml" --listen "127.0.0.1:$WARDEN_PORT" \
   --audit "$WORK/audit.jsonl" >"$WORK/warden.log" 2>&1 &

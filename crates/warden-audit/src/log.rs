@@ -1,8 +1,10 @@
-//! The durable writer. Appenders serialize their event outside any lock, then hold
-//! the lock only to append bytes to a shared buffer. One writer thread owns the file:
-//! it takes the whole buffer, writes it with one `write`, fsyncs, and wakes waiters
-//! (group commit). Nobody else ever fsyncs, so N concurrent durable records cost
-//! about one fsync, not N.
+//! The durable writer. An appender serializes its event and writes the line to the
+//! file itself, with one `O_APPEND` write, before [`AuditLog::record`] returns: from
+//! then on the event survives a crash of this process (it is in the kernel's page
+//! cache). One writer thread fsyncs: within [`MAX_DELAY`] of the oldest unsynced
+//! event, or at once when someone waits for an event to be durable, and then wakes
+//! the waiters (group commit). Nobody else ever fsyncs, so N concurrent durable
+//! records cost about one fsync, not N.
 
 use crate::error::AuditError;
 use crate::event::{Event, Stamp};
@@ -17,17 +19,15 @@ use std::task::{Context, Poll, Waker};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// Longest time an event waits in memory when nobody is waiting for it (SPEC §5).
+/// Longest time a written event waits for its fsync when nobody is waiting for it
+/// (SPEC §5: "at most ~100 ms of batching").
 const MAX_DELAY: Duration = Duration::from_millis(90);
-/// Commit early past this many queued bytes, to bound memory under a burst.
-const MAX_BATCH: usize = 4 << 20;
 
 struct State {
-    /// Serialized lines not yet handed to the writer.
-    buf: Vec<u8>,
-    /// When the oldest byte in `buf` was queued: the batching deadline runs from it.
+    /// When the oldest event written but not yet in an fsync was written: the
+    /// batching deadline runs from it. `None`: nothing is waiting for an fsync.
     oldest: Option<Instant>,
-    /// Sequence number of the last queued event (1-based).
+    /// Sequence number of the last event written (1-based).
     queued: u64,
     /// Every event with a sequence number up to this one is fsynced.
     durable: u64,
@@ -46,6 +46,8 @@ struct State {
 
 struct Shared {
     path: PathBuf,
+    /// Opened for appending: appenders write to it, the writer thread fsyncs it.
+    file: File,
     state: Mutex<State>,
     /// Wakes the writer: first bytes queued, someone waiting, closing.
     to_writer: Condvar,
@@ -132,7 +134,7 @@ impl std::fmt::Debug for AuditLog {
     }
 }
 
-/// A queued event. [`Ticket::wait`] blocks until it is on disk; dropping the ticket
+/// A written event. [`Ticket::wait`] blocks until it is fsynced; dropping the ticket
 /// leaves it to the ~100 ms group commit.
 #[must_use = "drop the ticket to not wait, or call wait() to block until the event is on disk"]
 pub struct Ticket {
@@ -243,8 +245,8 @@ impl AuditLog {
 
         let shared = Arc::new(Shared {
             path: path.to_path_buf(),
+            file,
             state: Mutex::new(State {
-                buf: Vec::new(),
                 oldest: None,
                 queued: 0,
                 durable: 0,
@@ -261,7 +263,7 @@ impl AuditLog {
             let shared = Arc::clone(&shared);
             std::thread::Builder::new()
                 .name("warden-audit-writer".into())
-                .spawn(move || writer(shared, file))
+                .spawn(move || writer(shared))
                 .map_err(|source| AuditError::Spawn {
                     path: path.to_path_buf(),
                     source,
@@ -280,9 +282,10 @@ impl AuditLog {
         &self.handle.shared.path
     }
 
-    /// Stamp `event` (time, a new id, session, machine, user, policy) and queue it.
-    /// Returns once queued; the event is fsynced within about 100 ms, or as soon as
-    /// someone waits on the returned ticket. Fails if an earlier write failed.
+    /// Stamp `event` (time, a new id, session, machine, user, policy) and write it to
+    /// the file. Returns once written: a crash of this process no longer loses it. It
+    /// is fsynced within about 100 ms, or as soon as someone waits on the returned
+    /// ticket. Fails if this or an earlier write failed.
     pub fn record(&self, stamp: &Stamp, mut event: Event) -> Result<Ticket, AuditError> {
         event.stamp(stamp);
         let mut line = serde_json::to_vec(&event).map_err(AuditError::Encode)?;
@@ -290,30 +293,56 @@ impl AuditLog {
         let id = event.id;
 
         let shared = &self.handle.shared;
+        {
+            let st = shared.lock();
+            if let Some(err) = &st.failed {
+                return Err(AuditError::Write {
+                    path: shared.path.clone(),
+                    source: Arc::clone(err),
+                });
+            }
+            if !st.writer_alive {
+                return Err(AuditError::Closed {
+                    path: shared.path.clone(),
+                });
+            }
+        }
+        // One O_APPEND write of the whole line, outside the lock: concurrent lines
+        // (threads or processes) never interleave. A short write (a full disk) would
+        // leave a torn line another write could glue onto, so it is a failure.
+        let written = match (&shared.file).write(&line) {
+            Ok(n) if n == line.len() => Ok(()),
+            Ok(n) => Err(io::Error::new(
+                io::ErrorKind::WriteZero,
+                format!("short write: {n} of {} bytes", line.len()),
+            )),
+            Err(e) => Err(e),
+        };
         let mut st = shared.lock();
-        if let Some(err) = &st.failed {
+        if let Err(err) = written {
+            let err = Arc::new(err);
+            st.failed = Some(Arc::clone(&err));
+            let wakers = std::mem::take(&mut st.wakers);
+            drop(st);
+            shared.to_waiters.notify_all();
+            shared.to_writer.notify_one();
+            wakers.into_iter().for_each(Waker::wake);
             return Err(AuditError::Write {
                 path: shared.path.clone(),
-                source: Arc::clone(err),
+                source: err,
             });
         }
-        if !st.writer_alive {
-            return Err(AuditError::Closed {
-                path: shared.path.clone(),
-            });
-        }
-        let was_empty = st.buf.is_empty();
-        st.buf.extend_from_slice(&line);
+        // Counted only once written, so an fsync started after this covers it.
         st.queued += 1;
         let seq = st.queued;
-        if was_empty {
+        let first = st.oldest.is_none();
+        if first {
             st.oldest = Some(Instant::now());
         }
-        let big = st.buf.len() >= MAX_BATCH;
         drop(st);
-        // The writer sleeps without a deadline while the buffer is empty; the first
-        // bytes start its batching clock.
-        if was_empty || big {
+        // The writer sleeps without a deadline while nothing is unsynced; the first
+        // event starts its batching clock.
+        if first {
             shared.to_writer.notify_one();
         }
         Ok(Ticket {
@@ -329,10 +358,20 @@ impl AuditLog {
         self.record(stamp, event)?.wait()
     }
 
-    /// Block until everything queued so far is fsynced.
+    /// Block until everything written so far is fsynced. Fails if any write or
+    /// fsync has failed.
     pub fn flush(&self) -> Result<(), AuditError> {
         let shared = &self.handle.shared;
-        let seq = shared.lock().queued;
+        let seq = {
+            let st = shared.lock();
+            if let Some(err) = &st.failed {
+                return Err(AuditError::Write {
+                    path: shared.path.clone(),
+                    source: Arc::clone(err),
+                });
+            }
+            st.queued
+        };
         shared.wait_durable(seq)
     }
 }
@@ -369,17 +408,16 @@ impl Drop for WriterExit {
     }
 }
 
-fn writer(shared: Arc<Shared>, mut file: File) {
+fn writer(shared: Arc<Shared>) {
     let _exit = WriterExit(Arc::clone(&shared));
-    let mut batch: Vec<u8> = Vec::new();
     let mut st = shared.lock();
     loop {
-        // Sleep until there is a reason to commit.
+        // Sleep until there is a reason to fsync.
         loop {
             if st.failed.is_some() {
                 return;
             }
-            if st.buf.is_empty() {
+            if st.oldest.is_none() {
                 if st.closing {
                     return;
                 }
@@ -389,7 +427,7 @@ fn writer(shared: Arc<Shared>, mut file: File) {
                     .unwrap_or_else(PoisonError::into_inner);
                 continue;
             }
-            if st.closing || st.wanted > st.durable || st.buf.len() >= MAX_BATCH {
+            if st.closing || st.wanted > st.durable {
                 break;
             }
             let deadline = st.oldest.unwrap_or_else(Instant::now) + MAX_DELAY;
@@ -404,28 +442,22 @@ fn writer(shared: Arc<Shared>, mut file: File) {
                 .0;
         }
 
-        std::mem::swap(&mut st.buf, &mut batch);
+        // Events written from here on start the next batching window.
         st.oldest = None;
         let target = st.queued;
         drop(st);
 
-        let result = file.write_all(&batch).and_then(|()| file.sync_data());
-        batch.clear();
-        if batch.capacity() > MAX_BATCH {
-            batch.shrink_to(MAX_BATCH);
-        }
+        let result = shared.file.sync_data();
 
         st = shared.lock();
         match result {
-            Ok(()) => st.durable = target,
+            Ok(()) => st.durable = st.durable.max(target),
             Err(err) => st.failed = Some(Arc::new(err)),
         }
+        let wakers = std::mem::take(&mut st.wakers);
+        drop(st);
         shared.to_waiters.notify_all();
-        if !st.wakers.is_empty() {
-            let wakers = std::mem::take(&mut st.wakers);
-            drop(st);
-            wakers.into_iter().for_each(Waker::wake);
-            st = shared.lock();
-        }
+        wakers.into_iter().for_each(Waker::wake);
+        st = shared.lock();
     }
 }

@@ -304,12 +304,12 @@ fn write_failure_is_reported_to_waiters_and_later_callers() {
         return;
     }
     let log = AuditLog::open(path).unwrap();
-    let first = log.record(&stamp(), deny()).unwrap();
-    let err = log.record_durable(&stamp(), deny()).unwrap_err();
+    // The appender writes the line itself, so it hears of the failure at once ...
+    let err = log.record(&stamp(), deny()).unwrap_err();
     assert!(matches!(err, AuditError::Write { .. }), "{err}");
     assert!(err.to_string().contains("/dev/full"), "{err}");
-    // The earlier, not-yet-waited ticket was in the failed batch: no false ack.
-    assert!(first.wait().is_err());
+    // ... and so does everyone after it: nothing more is written, nothing acked.
+    assert!(log.record_durable(&stamp(), deny()).is_err());
     assert!(log.record(&stamp(), deny()).is_err());
     assert!(log.flush().is_err());
 }
@@ -501,6 +501,13 @@ fn crash_child() {
     }
     let mut out = std::io::stdout().lock();
     loop {
+        // Recorded, not waited for: written before `record` returned, so it must
+        // survive the kill as well (only a machine crash may take the unsynced tail).
+        let ticket = log
+            .record(&stamp(), deny().field("recorded", true))
+            .unwrap();
+        writeln!(out, "REC {}", ticket.id()).unwrap();
+        drop(ticket);
         let mut event = deny().field("acked", true);
         event = event.field("pad", "x".repeat(300));
         let ticket = log.record(&stamp(), event).unwrap();
@@ -512,7 +519,7 @@ fn crash_child() {
 }
 
 #[test]
-fn every_acknowledged_event_survives_sigkill() {
+fn every_recorded_event_survives_sigkill() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("audit.jsonl");
     let mut child = Command::new(std::env::current_exe().unwrap())
@@ -524,31 +531,45 @@ fn every_acknowledged_event_survives_sigkill() {
         .unwrap();
     let mut stdout = BufReader::new(child.stdout.take().unwrap());
     let mut acked = Vec::new();
+    let mut recorded = Vec::new();
     let started = Instant::now();
     let mut line = String::new();
-    while acked.len() < 30 && started.elapsed() < Duration::from_secs(60) {
+    while (acked.len() < 30 || recorded.len() < 30) && started.elapsed() < Duration::from_secs(60) {
         line.clear();
         if stdout.read_line(&mut line).unwrap() == 0 {
             break;
         }
         if let Some(id) = line.trim().strip_prefix("ACK ") {
             acked.push(id.to_string());
+        } else if let Some(id) = line.trim().strip_prefix("REC ") {
+            recorded.push(id.to_string());
         }
     }
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
     // Acks printed before the kill count too.
     for line in stdout.lines() {
-        if let Some(id) = line.unwrap().trim().strip_prefix("ACK ") {
+        let line = line.unwrap();
+        if let Some(id) = line.trim().strip_prefix("ACK ") {
             acked.push(id.to_string());
+        } else if let Some(id) = line.trim().strip_prefix("REC ") {
+            recorded.push(id.to_string());
         }
     }
     assert!(acked.len() >= 30, "child acknowledged only {}", acked.len());
+    assert!(
+        recorded.len() >= 30,
+        "child recorded only {}",
+        recorded.len()
+    );
 
     let (events, report) = read_events(&path).unwrap();
     let on_disk: HashSet<&str> = events.iter().map(|e| e.id.as_str()).collect();
     for id in &acked {
         assert!(on_disk.contains(id.as_str()), "acknowledged {id} lost");
+    }
+    for id in &recorded {
+        assert!(on_disk.contains(id.as_str()), "recorded {id} lost");
     }
     assert!(report.skipped.is_empty(), "{report:?}");
     eprintln!(

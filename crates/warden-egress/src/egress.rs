@@ -6,10 +6,10 @@
 //!   it: the 403, the NXDOMAIN, the reset all come after the fsync;
 //! - an **allowed connection** gives two events sharing a `conn` id: `connect` at
 //!   decision time (name, addresses, the dialled address, rule) and `close` when it
-//!   ends (bytes each way, duration, error). Both go through the log's group commit
-//!   (on disk within ~100 ms) rather than an fsync per connection, so the proxy adds
-//!   no disk latency to allowed traffic, and a crash mid-connection still leaves the
-//!   decision on disk.
+//!   ends (bytes each way, duration, error). Each is written to the log file before
+//!   the proxy goes on (no crash of Warden loses it) and fsynced by the group commit
+//!   within ~100 ms rather than one fsync per connection, so the proxy adds no disk
+//!   latency to allowed traffic (docs/decisions/0006-audit-durability.md).
 
 use crate::EgressError;
 use crate::dns::SyntheticPool;
@@ -351,21 +351,17 @@ impl Egress {
         }
     }
 
-    /// Record an event durably. A failure refuses the connection (fail closed).
+    /// Record an event and wait (without blocking a thread) for its fsync. A failure
+    /// refuses the connection (fail closed).
     async fn record_durable(&self, stamp: &Stamp, ev: Event) -> Result<(), Refusal> {
-        let log = self.inner.audit.clone();
-        let stamp = stamp.clone();
-        match tokio::task::spawn_blocking(move || log.record_durable(&stamp, ev)).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => {
-                tracing::error!("audit log failed; refusing: {e}");
-                Err(Refusal::internal("the audit log is failing; refusing"))
-            }
-            Err(e) => {
-                tracing::error!("audit task failed; refusing: {e}");
-                Err(Refusal::internal("the audit log is failing; refusing"))
-            }
-        }
+        let written = match self.inner.audit.record(stamp, ev) {
+            Ok(ticket) => ticket.durable().await,
+            Err(e) => Err(e),
+        };
+        written.map_err(|e| {
+            tracing::error!("audit log failed; refusing: {e}");
+            Refusal::internal("the audit log is failing; refusing")
+        })
     }
 
     fn record(&self, stamp: &Stamp, ev: Event) -> Result<(), Refusal> {

@@ -98,20 +98,20 @@ impl Gateway {
         }
     }
 
-    /// Queue an event and start its fsync now; the returned future resolves once it is
-    /// on disk. `Err`: the log cannot take events (an earlier write failed).
-    fn record_start(
-        &self,
-        ev: Event,
-    ) -> Result<(String, warden_audit::Durable), warden_audit::AuditError> {
+    /// Write an event to the log (it survives a crash of this process from here on;
+    /// the group commit fsyncs it within ~100 ms) and return its id. `Err`: the log
+    /// cannot take it.
+    fn record_written(&self, ev: Event) -> Result<String, warden_audit::AuditError> {
         let ticket = self.audit.record(&self.cfg.audit.stamp, ev)?;
-        let id = ticket.id().to_string();
-        Ok((id, ticket.durable()))
+        Ok(ticket.id().to_string())
     }
 
-    /// Record an event and return once it is on disk, without blocking a thread.
+    /// Record an event and return once it is fsynced, without blocking a thread.
     async fn record_durable(&self, ev: Event) -> Result<(), warden_audit::AuditError> {
-        self.record_start(ev)?.1.await
+        self.audit
+            .record(&self.cfg.audit.stamp, ev)?
+            .durable()
+            .await
     }
 
     /// Flush the audit log (at shutdown).
@@ -958,17 +958,17 @@ impl Session {
             ));
         }
 
-        // The decision is written durably while the call runs upstream: the fsync
-        // overlaps the call instead of following it, and the result is released only
-        // once both are done (SPEC §5). A log that cannot take the record fails the
-        // call closed, before anything is sent upstream.
+        // The decision is written to the log before the call goes upstream (an allow
+        // proceeds once written and is fsynced by the group commit; a refusal above
+        // waits for its fsync: docs/decisions/0006-audit-durability.md). A log that
+        // cannot take the record fails the call closed, before anything is sent.
         let verdict = if decision.allow {
             Verdict::Allow
         } else {
             Verdict::Deny
         };
-        let (call_id, durable) = match self.gw.record_start(ev) {
-            Ok(started) => started,
+        let call_id = match self.gw.record_written(ev) {
+            Ok(id) => id,
             Err(e) => {
                 eprintln!("warden mcp: audit log failed: {e}");
                 return Err(err(
@@ -982,7 +982,7 @@ impl Session {
         if let Some(o) = params.as_object_mut() {
             o.insert("name".into(), Value::String(tool.clone()));
         }
-        let (res, written) = tokio::join!(self.forward(id, idx, "tools/call", params), durable);
+        let res = self.forward(id, idx, "tools/call", params).await;
         let elapsed = started.elapsed().as_secs_f64() * 1000.0;
         // The outcome: its own event, pointing at the decision (`call`), group-committed.
         let mut end = Event::new(Surface::Mcp, "call_tool_end", &target, verdict)
@@ -1016,15 +1016,6 @@ impl Session {
                 Err(Self::call_error(&e))
             }
         };
-        if let Err(e) = written {
-            eprintln!("warden mcp: audit log failed: {e}");
-            return Err(err(
-                jsonrpc::AUDIT_FAILED,
-                format!(
-                    "warden: the result of {exposed} is withheld: its audit record could not be written ({e})"
-                ),
-            ));
-        }
         self.gw.record(end, false);
         out
     }
@@ -1245,8 +1236,8 @@ impl Session {
                 json!({"rule": d.rule, "reason": d.reason}),
             ));
         }
-        let durable = match self.gw.record_start(ev) {
-            Ok((_, durable)) => durable,
+        match self.gw.record_written(ev) {
+            Ok(_) => {}
             Err(e) => {
                 eprintln!("warden mcp: audit log failed: {e}");
                 return Err(err(
@@ -1257,17 +1248,9 @@ impl Session {
                 ));
             }
         };
-        let (res, written) = tokio::join!(self.forward(id, idx, method, params), durable);
-        if let Err(e) = written {
-            eprintln!("warden mcp: audit log failed: {e}");
-            return Err(err(
-                jsonrpc::AUDIT_FAILED,
-                format!(
-                    "warden: the answer to {method} of {exposed} is withheld: its audit record could not be written ({e})"
-                ),
-            ));
-        }
-        res.map_err(|e| Self::call_error(&e))
+        self.forward(id, idx, method, params)
+            .await
+            .map_err(|e| Self::call_error(&e))
     }
 
     fn client_notification(&self, msg: &Value) {

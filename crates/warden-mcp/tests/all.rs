@@ -576,11 +576,10 @@ async fn malformed_client_input_gets_json_rpc_errors() {
     assert_eq!(r["result"]["content"][0]["text"], "slept");
 }
 
-/// SPEC §5: a decision is on disk before the action's result is released. The audit
-/// file is read the moment each answer arrives: the call's decision must already be in
-/// it. (The writer puts bytes in the file only in the step that also fsyncs them, and
-/// without the wait an allowed call's record sits in memory for up to ~90 ms, far
-/// longer than this upstream takes to answer.)
+/// SPEC §5: a decision is in the audit file before the action it records goes ahead
+/// (so no crash of the gateway can lose it; docs/decisions/0006-audit-durability.md).
+/// The file is read the moment each answer arrives: the call's decision must already
+/// be in it, and a refusal's must be there before the refusal.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn call_decisions_are_on_disk_when_the_answer_arrives() {
     let env = Env::new();
