@@ -172,6 +172,32 @@ fn loader(mcp_server: Option<String>) -> crate::reload::Loader {
     })
 }
 
+/// What a running session watches for live reloads: on an enrolled machine the
+/// agent's verified bundle (the central policy; a `--policy` given at the start had to
+/// be that same policy), else the `--policy` file, if any.
+fn reload_source(
+    file: Option<PathBuf>,
+    mcp_server: Option<String>,
+) -> Option<(PathBuf, crate::reload::Loader)> {
+    let home = crate::home::warden_home();
+    let Some(bundle) = warden_agent::watched_bundle(&home) else {
+        return file.map(|p| (p, loader(mcp_server)));
+    };
+    let load: crate::reload::Loader = Box::new(move |_| {
+        let p = warden_agent::reloaded_session_policy(&home).map_err(|e| e.to_string())?;
+        match mcp_server.as_deref() {
+            Some(name) => p.for_mcp_server(name).ok_or_else(|| {
+                format!(
+                    "the policy {} has no [[mcp.servers]] entry named {name:?}",
+                    p.id()
+                )
+            }),
+            None => Ok(p),
+        }
+    });
+    Some((bundle, load))
+}
+
 /// Dispatch to the sandbox init when this process was started as one.
 pub fn maybe_sandbox_init() {
     if warden_sandbox::is_init_invocation() {
@@ -571,10 +597,7 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
             interception: Some(Arc::new(icpt)),
         },
     );
-    let reload = args
-        .policy
-        .clone()
-        .map(|p| (p, loader(args.mcp_server.clone())));
+    let reload = reload_source(args.policy.clone(), args.mcp_server.clone());
     let net = match SessionEgress::start(fds, egress, reload) {
         Ok(n) => n,
         Err(e) => return fail(&log, format!("starting the session's egress proxy: {e:#}")),
