@@ -68,9 +68,10 @@ pub struct Args {
     /// Pass an environment variable: KEY=VAL sets it, KEY copies it from the host.
     #[arg(long = "env", value_name = "KEY[=VAL]")]
     pub env: Vec<OsString>,
-    /// Run under the own policy of this `[[mcp.servers]]` entry of --policy (its
-    /// `network`, `filesystem` and `limits`): how `warden mcp` sandboxes a stdio server.
-    #[arg(long, value_name = "SERVER", requires = "policy", hide = true)]
+    /// Run under the own policy of this `[[mcp.servers]]` entry of the session's policy
+    /// (--policy, or the enrolled machine's): how `warden mcp` sandboxes a stdio server.
+    // Without `requires = "policy"`: on an enrolled machine the central policy is used.
+    #[arg(long, value_name = "SERVER", hide = true)]
     pub mcp_server: Option<String>,
     /// NAME=PLACEHOLDER: use this placeholder for credential NAME (how `warden mcp`
     /// gives a server's session the placeholders the gateway already handed out).
@@ -98,7 +99,11 @@ fn session_policy(file: Option<&Path>, mcp_server: Option<&str>) -> Result<Optio
                 p.id()
             )
         }),
-        (p, _) => Ok(p),
+        (None, Some(name)) => Err(format!(
+            "--mcp-server {name} needs --policy (or an enrolled machine): a server runs \
+             under its own part of a policy, never the built-in preset"
+        )),
+        (p, None) => Ok(p),
     }
 }
 
