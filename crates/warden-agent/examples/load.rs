@@ -298,6 +298,15 @@ async fn run(n: usize, events: usize, base: String, pid: u32, fetch: bool) {
     }
     let fanout = *last.lock().unwrap();
     let cpu1 = proc_stats(pid).2;
+    // The server's own view: from the change to the last notice built (signed) for a
+    // stream; the rest of the wall time is delivery and the machines' verification.
+    let metrics = String::from_utf8_lossy(&admin.get("/metrics").await.unwrap().body).into_owned();
+    let server_max = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("warden_push_fanout_seconds_max "))
+        .unwrap_or("?")
+        .to_string();
+    println!("server: last notice built {server_max} s after the change");
     println!(
         "push reached all {n} machines (each holds the new signed bundle, verified) in {:.3} s; \
          server CPU {:.2} s",
