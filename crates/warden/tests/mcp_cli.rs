@@ -770,3 +770,20 @@ tools.deny = [{deny}]
         "{events:#?}"
     );
 }
+
+/// `warden run --mcp-server` (how the gateway sandboxes a stdio server) never falls back
+/// to the built-in preset: standalone, it needs the policy the server is part of.
+#[test]
+fn a_server_session_without_a_policy_is_refused_when_standalone() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = Command::new(WARDEN)
+        .args(["run", "--mcp-server", "probe", "--", "true"])
+        .env("WARDEN_HOME", dir.path().join("home"))
+        .current_dir(dir.path())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(125), "{err}");
+    assert!(err.contains("--mcp-server probe needs --policy"), "{err}");
+}
