@@ -28,8 +28,8 @@ pub use node::{
     enrolled_policy,
 };
 pub use session::{
-    DEFAULT_SPOOL_CAP, SPOOL_CAP_ENV, parse_size, session_policy, session_policy_with_cap,
-    spool_cap,
+    DEFAULT_SPOOL_CAP, SPOOL_CAP_ENV, parse_size, reloaded_session_policy, session_policy,
+    session_policy_with_cap, spool_cap, watched_bundle,
 };
 pub use spool::{Cursor, UploadReport};
 pub use warden_control::client::{Auth, Client};

@@ -13,7 +13,7 @@ use std::time::Duration;
 use warden_control::client::{Auth, Client, SseParser};
 use warden_control::proto::{
     AuditAck, AuditBatch, BundlePayload, EnrollRequest, EnrollResponse, LeaseRequest,
-    LeaseResponse, SignedBundle, decode_public_key, encode_public_key,
+    LeaseResponse, SignedBundle, StreamNotice, decode_public_key, encode_public_key,
 };
 use zeroize::Zeroizing;
 
@@ -585,17 +585,7 @@ impl Node {
     /// Sync once and say what changed; false when the fetch failed.
     async fn sync_and_report(&self, client: &Client) -> bool {
         match self.sync_bundle(client).await {
-            Ok(SyncOutcome::Updated(p)) => match &p.policy {
-                Some(pol) => eprintln!(
-                    "warden agent: policy {}@v{} in force (serial {})",
-                    pol.name, pol.version, p.serial
-                ),
-                None => eprintln!(
-                    "warden agent: no policy targets this machine (serial {}); sessions \
-                     will not start",
-                    p.serial
-                ),
-            },
+            Ok(SyncOutcome::Updated(p)) => report_updated(&p),
             Ok(SyncOutcome::NotModified) => {}
             Err(e) => {
                 eprintln!("warden agent: bundle fetch: {e}");
@@ -614,8 +604,9 @@ impl Node {
         // A failed fetch is retried with backoff (FETCH_RETRY_FIRST doubling up to
         // FETCH_RETRY_MAX) rather than waiting for the next notice or resync; the last
         // good bundle stays in force meanwhile.
+        // The server's first notice (sent as the stream opens) carries the bundle, so
+        // there is no fetch here.
         let mut retry = RetryTimer::default();
-        retry.record(self.sync_and_report(client).await);
         loop {
             tokio::select! {
                 frame = body.frame() => {
@@ -624,9 +615,23 @@ impl Node {
                         warden_control::ControlError::Http(format!("stream: {e}"))
                     })?;
                     if let Ok(data) = frame.into_data() {
-                        let events = parser.feed(&data);
-                        if events.iter().any(|(name, _)| name == "bundle") {
-                            retry.record(self.sync_and_report(client).await);
+                        let notices: Vec<String> = parser
+                            .feed(&data)
+                            .into_iter()
+                            .filter(|(name, _)| name == "bundle")
+                            .map(|(_, d)| d)
+                            .collect();
+                        // Only the newest notice of a burst matters.
+                        if let Some(d) = notices.last() {
+                            let ok = match self.accept_notice(d) {
+                                Some(Ok(())) => true,
+                                Some(Err(e)) => {
+                                    eprintln!("warden agent: bundle on the stream: {e}; fetching it");
+                                    self.sync_and_report(client).await
+                                }
+                                None => self.sync_and_report(client).await,
+                            };
+                            retry.record(ok);
                         }
                     }
                 }
@@ -634,6 +639,23 @@ impl Node {
                 () = retry.wait() => retry.record(self.sync_and_report(client).await),
             }
         }
+    }
+
+    /// Take the bundle a stream notice carries. `None`: the notice has none (fetch it).
+    /// A bundle with the ETag already held is not written again.
+    fn accept_notice(&self, data: &str) -> Option<Result<(), AgentError>> {
+        let notice: StreamNotice = serde_json::from_str(data).ok()?;
+        let bundle = notice.bundle?;
+        if let (Ok(Some(stored)), Ok(Some(_))) = (self.load_stored(), self.held_bundle())
+            && stored.etag.is_some()
+            && stored.etag == notice.etag
+        {
+            return Some(Ok(()));
+        }
+        Some(
+            self.accept_bundle(&bundle, notice.etag.as_deref())
+                .map(|p| report_updated(&p)),
+        )
     }
 
     async fn upload_loop(&self, client: &Client, opts: &AgentOptions) {
@@ -648,6 +670,21 @@ impl Node {
                 }
             }
         }
+    }
+}
+
+/// Say which policy a newly accepted bundle put in force.
+fn report_updated(p: &BundlePayload) {
+    match &p.policy {
+        Some(pol) => eprintln!(
+            "warden agent: policy {}@v{} in force (serial {})",
+            pol.name, pol.version, p.serial
+        ),
+        None => eprintln!(
+            "warden agent: no policy targets this machine (serial {}); sessions will not \
+             start",
+            p.serial
+        ),
     }
 }
 

@@ -14,7 +14,7 @@
 //!   audit event is ever dropped to make room).
 
 use crate::error::AgentError;
-use crate::node::{Node, PolicyInForce};
+use crate::node::{EnrolledPolicy, Node, PolicyInForce};
 use std::path::Path;
 use warden_policy::Policy;
 
@@ -88,17 +88,7 @@ pub fn session_policy_with_cap(
             cap,
         });
     }
-    // Nothing relative may resolve for a central policy: the server validated it
-    // against an empty directory, and so does the node.
-    let base = home.join("agent").join("central-policy-root");
-    let origin = format!("central:{}@v{}", central.name, central.version);
-    let policy = Policy::parse(&central.source, &origin, &base).map_err(|e| {
-        AgentError::Policy(format!(
-            "the central policy {} does not compile on this machine (is this warden \
-             older than the server?): {e}",
-            central.id
-        ))
-    })?;
+    let policy = compile_central(home, &central)?;
     if let Some(path) = local {
         let l = load_local(path)?;
         if l.id() != policy.id() {
@@ -114,4 +104,45 @@ pub fn session_policy_with_cap(
         }
     }
     Ok(Some(policy))
+}
+
+/// Compile the central policy of a verified bundle.
+fn compile_central(home: &Path, central: &EnrolledPolicy) -> Result<Policy, AgentError> {
+    // Nothing relative may resolve for a central policy: the server validated it
+    // against an empty directory, and so does the node.
+    let base = home.join("agent").join("central-policy-root");
+    let origin = format!("central:{}@v{}", central.name, central.version);
+    Policy::parse(&central.source, &origin, &base).map_err(|e| {
+        AgentError::Policy(format!(
+            "the central policy {} does not compile on this machine (is this warden \
+             older than the server?): {e}",
+            central.id
+        ))
+    })
+}
+
+/// The file a running session on an enrolled machine watches: the agent replaces it
+/// (atomically) with every new verified bundle. `None` when this machine is not
+/// enrolled (a session then follows its local `--policy` file, if any).
+pub fn watched_bundle(home: &Path) -> Option<std::path::PathBuf> {
+    let node = Node::new(home);
+    matches!(node.identity(), Ok(Some(_))).then(|| node.bundle_path())
+}
+
+/// For a running session on an enrolled machine, after the bundle changed: the central
+/// policy of the verified bundle now held. The spool cap is not checked (it decides
+/// whether a session may start, not which rules a running one follows). `Err` when
+/// there is no policy to move to (no verified bundle, or none assigned to this
+/// machine): the caller keeps the policy in force and says why.
+pub fn reloaded_session_policy(home: &Path) -> Result<Policy, AgentError> {
+    match Node::new(home).policy_in_force()? {
+        PolicyInForce::Central(p) => compile_central(home, &p),
+        PolicyInForce::Standalone => Err(AgentError::NoBundle(
+            "this machine is no longer enrolled".into(),
+        )),
+        PolicyInForce::Unassigned { serial } => Err(AgentError::NoBundle(format!(
+            "the control plane assigns no policy to this machine (serial {serial})"
+        ))),
+        PolicyInForce::None { reason } => Err(AgentError::NoBundle(reason)),
+    }
 }

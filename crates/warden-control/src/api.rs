@@ -9,7 +9,7 @@ use crate::proto::{
     AuditAck, AuditBatch, BundlePayload, BundlePolicy, EnrollRequest, EnrollResponse, LeaseRequest,
     LeaseResponse, SignedBundle, StreamNotice,
 };
-use crate::server::{App, NOTIFY_CHANNEL};
+use crate::server::{ActiveSet, App, NOTIFY_CHANNEL};
 use crate::store::{
     AuditQuery, AuditRow, MachineRow, PolicyRow, SessionRow, TokenRow, fmt_ms, now_ms,
 };
@@ -711,6 +711,8 @@ async fn get_machine(
 
 async fn revoke_machine(State(app): State<App>, Path(id): Path<String>) -> ApiResult<StatusCode> {
     if app.store.revoke_machine(&id).await? {
+        // Its open streams get no further bundle: they read the revoked set anew.
+        app.invalidate_active_set().await;
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(fail(StatusCode::NOT_FOUND, "no such machine"))
@@ -1031,35 +1033,17 @@ fn etag_of(p: Option<&PolicyRow>) -> String {
     }
 }
 
-async fn node_bundle(
-    State(app): State<App>,
-    Extension(MachineCaller(m)): Extension<MachineCaller>,
-    headers: HeaderMap,
-) -> ApiResult<Response> {
-    let (serial, policies) = app.active_policies().await?;
-    let eff = effective(&policies, &m);
-    let etag = etag_of(eff);
-    let held = eff.map(|p| format!("{}@v{}", p.name, p.version));
-    if let Ok(mut seen) = app.seen.lock() {
-        seen.insert(m.id.clone(), (now_ms(), held));
-    }
-    let inm = headers
-        .get(header::IF_NONE_MATCH)
-        .and_then(|v| v.to_str().ok());
-    if inm == Some(etag.as_str()) {
-        app.metrics
-            .bundles_not_modified
-            .fetch_add(1, Ordering::Relaxed);
-        let mut r = StatusCode::NOT_MODIFIED.into_response();
-        if let Ok(v) = HeaderValue::from_str(&etag) {
-            r.headers_mut().insert(header::ETAG, v);
-        }
-        return Ok(r);
-    }
+/// Sign `m`'s bundle at the serial of `set`; with its ETag and the `name@vN` it holds.
+fn sign_bundle(
+    app: &App,
+    set: &ActiveSet,
+    m: &MachineRow,
+) -> Result<(String, Option<String>, SignedBundle), ControlError> {
+    let eff = effective(&set.policies, m);
     let payload = BundlePayload {
         format: 1,
         machine: m.id.clone(),
-        serial,
+        serial: set.serial,
         issued_at: fmt_ms(now_ms()),
         policy: eff.map(|p| BundlePolicy {
             name: p.name.clone(),
@@ -1071,8 +1055,50 @@ async fn node_bundle(
             created_at: fmt_ms(p.created_at),
         }),
     };
-    let signed = SignedBundle::sign(&payload, &app.signing).map_err(ControlError::from)?;
+    let signed = SignedBundle::sign(&payload, &app.signing)?;
     app.metrics.bundles_served.fetch_add(1, Ordering::Relaxed);
+    Ok((
+        etag_of(eff),
+        eff.map(|p| format!("{}@v{}", p.name, p.version)),
+        signed,
+    ))
+}
+
+/// Remember which policy a machine was served (written to the store in batches).
+fn record_served(app: &App, machine: &str, held: Option<String>) {
+    if let Ok(mut seen) = app.seen.lock() {
+        seen.insert(machine.to_string(), (now_ms(), held));
+    }
+}
+
+async fn node_bundle(
+    State(app): State<App>,
+    Extension(MachineCaller(m)): Extension<MachineCaller>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let set = app.active_set().await?;
+    let eff = effective(&set.policies, &m);
+    let etag = etag_of(eff);
+    let inm = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok());
+    if inm == Some(etag.as_str()) {
+        record_served(
+            &app,
+            &m.id,
+            eff.map(|p| format!("{}@v{}", p.name, p.version)),
+        );
+        app.metrics
+            .bundles_not_modified
+            .fetch_add(1, Ordering::Relaxed);
+        let mut r = StatusCode::NOT_MODIFIED.into_response();
+        if let Ok(v) = HeaderValue::from_str(&etag) {
+            r.headers_mut().insert(header::ETAG, v);
+        }
+        return Ok(r);
+    }
+    let (etag, held, signed) = sign_bundle(&app, &set, &m)?;
+    record_served(&app, &m.id, held);
     let mut r = Json(signed).into_response();
     if let Ok(v) = HeaderValue::from_str(&etag) {
         r.headers_mut().insert(header::ETAG, v);
@@ -1084,6 +1110,8 @@ async fn node_bundle(
 struct StreamGuard {
     app: App,
     machine: String,
+    /// The machine as it was when the stream opened (labels do not change).
+    machine_row: MachineRow,
 }
 
 impl Drop for StreamGuard {
@@ -1114,6 +1142,7 @@ async fn node_stream(
     let guard = StreamGuard {
         app: app.clone(),
         machine: m.id.clone(),
+        machine_row: m,
     };
     let rx = app.serial.subscribe();
     let stopping = app.stopping.subscribe();
@@ -1130,6 +1159,28 @@ async fn node_stream(
                 }
             }
             let s = *rx.borrow_and_update();
+            // The notice carries the machine's signed bundle, so that a push does not
+            // turn into one fetch per machine: the node verifies it exactly as a
+            // fetched one. When it cannot be built here, the notice alone still tells
+            // the node to fetch.
+            let mut notice = StreamNotice {
+                serial: s.value,
+                bundle: None,
+                etag: None,
+            };
+            match guard.app.active_set().await {
+                Ok(set) if set.revoked.contains(&guard.machine_row.id) => return None,
+                Ok(set) => match sign_bundle(&guard.app, &set, &guard.machine_row) {
+                    Ok((etag, held, bundle)) => {
+                        record_served(&guard.app, &guard.machine, held);
+                        notice.serial = set.serial;
+                        notice.bundle = Some(bundle);
+                        notice.etag = Some(etag);
+                    }
+                    Err(e) => tracing::warn!("signing a bundle for the stream: {e}"),
+                },
+                Err(e) => tracing::warn!("reading the policies for the stream: {e}"),
+            }
             if !first {
                 let micros = s.changed_at.elapsed().as_micros();
                 guard
@@ -1137,8 +1188,7 @@ async fn node_stream(
                     .metrics
                     .observe_fanout(u64::try_from(micros).unwrap_or(u64::MAX));
             }
-            let data = serde_json::to_string(&StreamNotice { serial: s.value })
-                .unwrap_or_else(|_| "{}".into());
+            let data = serde_json::to_string(&notice).unwrap_or_else(|_| "{}".into());
             let ev = SseEvent::default().event("bundle").data(data);
             Some((Ok::<_, Infallible>(ev), (rx, false, guard, stopping)))
         },

@@ -183,7 +183,7 @@ impl Client {
         let resp = tokio::time::timeout(Duration::from_secs(60), self.http.request(req))
             .await
             .map_err(|_| ControlError::Http(format!("{}: timed out", self.base)))?
-            .map_err(|e| ControlError::Http(format!("cannot reach {}: {e}", self.base)))?;
+            .map_err(|e| self.unreachable(&e))?;
         let status = resp.status();
         let header = |n: hyper::header::HeaderName| {
             resp.headers()
@@ -235,6 +235,28 @@ impl Client {
     }
 
     /// Open a long-lived streaming GET (server-sent events).
+    /// Why a request got no answer, with the whole cause chain (the legacy client's
+    /// own message is only "client error (Connect)") and, for a certificate the client
+    /// does not trust, what to do about it.
+    fn unreachable(&self, e: &(dyn std::error::Error + 'static)) -> ControlError {
+        let mut text = e.to_string();
+        let mut cause = e.source();
+        while let Some(c) = cause {
+            text.push_str(": ");
+            text.push_str(&c.to_string());
+            cause = c.source();
+        }
+        let hint = if text.contains("certificate") {
+            format!(
+                "; if the server's certificate is from a private CA, name its PEM file in {}",
+                crate::tls::SERVER_CA_ENV
+            )
+        } else {
+            String::new()
+        };
+        ControlError::Http(format!("cannot reach {}: {text}{hint}", self.base))
+    }
+
     pub async fn open_stream(&self, path: &str) -> Result<hyper::Response<Incoming>, ControlError> {
         let req = self.build(
             Method::GET,
@@ -245,7 +267,7 @@ impl Client {
         let resp = tokio::time::timeout(Duration::from_secs(30), self.http.request(req))
             .await
             .map_err(|_| ControlError::Http(format!("{}: timed out", self.base)))?
-            .map_err(|e| ControlError::Http(format!("cannot reach {}: {e}", self.base)))?;
+            .map_err(|e| self.unreachable(&e))?;
         if !resp.status().is_success() {
             let status = resp.status();
             let body = resp

@@ -263,8 +263,14 @@ impl std::fmt::Debug for LeaseResponse {
 }
 
 /// One message on the node stream (`GET /api/v1/node/stream`, server-sent events
-/// named `bundle`): the policy serial changed, fetch the bundle.
+/// named `bundle`): sent when the stream opens and whenever the policy serial changes.
+/// It carries the machine's signed bundle and its ETag, which the node verifies like a
+/// fetched one; a notice without a bundle means "fetch it" (`GET /api/v1/node/bundle`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StreamNotice {
     pub serial: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bundle: Option<SignedBundle>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etag: Option<String>,
 }

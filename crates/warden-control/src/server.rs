@@ -7,7 +7,7 @@ use crate::error::ControlError;
 use crate::metrics::Metrics;
 use crate::store::{Backend, PolicyRow, Store, TokenRow, now_ms};
 use ed25519_dalek::SigningKey;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -30,6 +30,8 @@ pub struct Config {
     pub master_key: Option<String>,
     /// Delete audit events older than this many days (0: keep forever).
     pub audit_retention_days: u32,
+    /// How often the retention runs (the first run is at start); default one hour.
+    pub retention_interval: Duration,
     /// How often a replica re-reads the policy serial even without a notification.
     pub serial_poll: Duration,
     /// Serve HTTPS with this certificate chain and key (PEM files) instead of HTTP.
@@ -52,6 +54,7 @@ impl Config {
             admin_token: None,
             master_key: None,
             audit_retention_days: 0,
+            retention_interval: Duration::from_secs(3600),
             serial_poll: Duration::from_secs(30),
             tls: None,
         }
@@ -79,8 +82,8 @@ pub struct AppInner {
     pub seen: Mutex<HashMap<String, (i64, Option<String>)>>,
     /// Streams open per machine on this replica.
     pub connected: Mutex<HashMap<String, u32>>,
-    /// Active policies, cached for one serial.
-    pub policies: RwLock<(i64, Arc<Vec<PolicyRow>>)>,
+    /// Active policies and revoked machines, cached for one serial.
+    pub policies: RwLock<Arc<ActiveSet>>,
     pub config: Config,
     /// Set when the server stops: node streams end so that shutdown can finish.
     pub stopping: watch::Sender<bool>,
@@ -116,20 +119,56 @@ impl AppInner {
 
     /// The active policies at the current serial.
     pub async fn active_policies(&self) -> Result<(i64, Arc<Vec<PolicyRow>>), ControlError> {
+        let set = self.active_set().await?;
+        Ok((set.serial, set.policies.clone()))
+    }
+
+    /// The active policies and the revoked machines at the current serial: read from
+    /// the store once per serial (and after a revocation), however many machines ask.
+    pub async fn active_set(&self) -> Result<Arc<ActiveSet>, ControlError> {
         let serial = self.serial.borrow().value;
         {
             let cached = self.policies.read().await;
-            if cached.0 == serial && serial != 0 {
-                return Ok((cached.0, cached.1.clone()));
+            if cached.serial == serial && serial != 0 {
+                return Ok(cached.clone());
             }
         }
         let mut cached = self.policies.write().await;
-        if cached.0 == serial && serial != 0 {
-            return Ok((cached.0, cached.1.clone()));
+        if cached.serial == serial && serial != 0 {
+            return Ok(cached.clone());
         }
-        let rows = Arc::new(self.store.active_policies().await?);
-        *cached = (serial, rows.clone());
-        Ok((serial, rows))
+        let set = Arc::new(ActiveSet {
+            serial,
+            policies: Arc::new(self.store.active_policies().await?),
+            revoked: self.store.revoked_machines().await?.into_iter().collect(),
+        });
+        *cached = set.clone();
+        Ok(set)
+    }
+
+    /// Forget the cached set (a machine was revoked): the next reader reloads it.
+    pub async fn invalidate_active_set(&self) {
+        let mut cached = self.policies.write().await;
+        *cached = Arc::new(ActiveSet::empty());
+    }
+}
+
+/// What every machine's bundle is derived from at one serial.
+#[derive(Debug)]
+pub struct ActiveSet {
+    pub serial: i64,
+    pub policies: Arc<Vec<PolicyRow>>,
+    /// Machines revoked when the set was read: they get no bundle on their stream.
+    pub revoked: HashSet<String>,
+}
+
+impl ActiveSet {
+    fn empty() -> ActiveSet {
+        ActiveSet {
+            serial: -1,
+            policies: Arc::new(Vec::new()),
+            revoked: HashSet::new(),
+        }
     }
 }
 
@@ -253,7 +292,7 @@ pub async fn start(config: Config) -> Result<Running, ControlError> {
         nonces: Mutex::new(HashMap::new()),
         seen: Mutex::new(HashMap::new()),
         connected: Mutex::new(HashMap::new()),
-        policies: RwLock::new((-1, Arc::new(Vec::new()))),
+        policies: RwLock::new(Arc::new(ActiveSet::empty())),
         config: config.clone(),
         stopping: watch::channel(false).0,
         policy_base,
@@ -332,12 +371,10 @@ fn spawn_background(app: App) -> Vec<tokio::task::JoinHandle<()>> {
     if app.config.audit_retention_days > 0 {
         let a = app.clone();
         tasks.push(tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(3600));
+            let mut tick = tokio::time::interval(a.config.retention_interval);
             loop {
                 tick.tick().await;
-                let days = i64::from(a.config.audit_retention_days);
-                let before = now_ms().saturating_sub(days * 86_400_000) * 1000;
-                match a.store.delete_events_before(before).await {
+                match apply_retention(&a, now_ms()).await {
                     Ok(n) if n > 0 => tracing::info!("audit retention removed {n} events"),
                     Ok(_) => {}
                     Err(e) => tracing::warn!("audit retention failed: {e}"),
@@ -346,6 +383,19 @@ fn spawn_background(app: App) -> Vec<tokio::task::JoinHandle<()>> {
         }));
     }
     tasks
+}
+
+/// Delete the audit events older than the retention (`audit_retention_days` before
+/// `now_ms`, by the event's own time); how many were deleted. Nothing with retention 0.
+pub async fn apply_retention(app: &AppInner, now_ms: i64) -> Result<u64, ControlError> {
+    let days = i64::from(app.config.audit_retention_days);
+    if days == 0 {
+        return Ok(0);
+    }
+    let before_us = now_ms
+        .saturating_sub(days.saturating_mul(86_400_000))
+        .saturating_mul(1000);
+    app.store.delete_events_before(before_us).await
 }
 
 /// Write the pending last-seen times.

@@ -504,18 +504,34 @@ impl Store {
         &self,
         seen: &[(String, i64, Option<String>)],
     ) -> Result<(), ControlError> {
-        for (id, at, held) in seen {
-            sqlx::query(
-                "UPDATE machines SET last_seen = $1, policy_held = COALESCE($2, policy_held) \
-                 WHERE id = $3",
-            )
-            .bind(*at)
-            .bind(held.as_deref())
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
+        // One transaction per flush: after a push every machine is touched at once, and
+        // one commit (one fsync on SQLite) per machine would hold the writer for seconds.
+        for chunk in seen.chunks(1000) {
+            let mut tx = self.pool.begin().await?;
+            for (id, at, held) in chunk {
+                sqlx::query(
+                    "UPDATE machines SET last_seen = $1, policy_held = COALESCE($2, policy_held) \
+                     WHERE id = $3",
+                )
+                .bind(*at)
+                .bind(held.as_deref())
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
         }
         Ok(())
+    }
+
+    /// The ids of every revoked machine.
+    pub async fn revoked_machines(&self) -> Result<Vec<String>, ControlError> {
+        let rows = sqlx::query("SELECT id FROM machines WHERE revoked = 1")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| r.try_get::<String, _>("id").map_err(ControlError::from))
+            .collect()
     }
 
     // ---- policies ---------------------------------------------------------------

@@ -1294,3 +1294,152 @@ async fn https_server_with_a_pinned_ca_and_secure_cookies() {
     assert!(e.contains("missing-key.pem"), "{e}");
     env.server.stop().await;
 }
+
+/// The ids of every stored audit event, sorted.
+async fn stored_ids(env: &Env) -> Vec<String> {
+    let all: Vec<Value> = admin(env)
+        .get("/api/v1/audit?limit=1000")
+        .await
+        .unwrap()
+        .json()
+        .unwrap();
+    let mut ids: Vec<String> = all
+        .iter()
+        .map(|e| e["id"].as_str().unwrap().to_string())
+        .collect();
+    ids.sort();
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_retention_deletes_older_events_and_keeps_newer_ones() {
+    const DAY_MS: i64 = 86_400_000;
+    let env = start_with(|c| {
+        c.audit_retention_days = 30;
+        c.retention_interval = Duration::from_millis(100);
+    })
+    .await;
+    let m = enroll(&env, json!({})).await;
+    let now = warden_control::store::now_ms();
+    let at = |id: &str, ms: i64| {
+        let mut e = event(id, "s-r", "network", "connect");
+        e["time"] = json!(warden_control::store::fmt_ms(ms));
+        e
+    };
+    let batch = json!({"events": [
+        at("old-40d", now - 40 * DAY_MS),
+        at("mid-10d", now - 10 * DAY_MS),
+        at("new-1h", now - 3_600_000),
+    ]});
+    machine_client(&env, &m)
+        .post_json("/api/v1/node/audit", &batch)
+        .await
+        .unwrap()
+        .ok()
+        .unwrap();
+    // The server's own retention task (every 100 ms here) removes the 40-day-old event
+    // and keeps the ones inside the 30 days.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let ids = stored_ids(&env).await;
+        if !ids.contains(&"old-40d".to_string()) {
+            assert_eq!(ids, ["mid-10d", "new-1h"]);
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "retention never ran: {ids:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // 25 days later, the 10-day-old event is past the retention and the newest is not.
+    let removed = warden_control::server::apply_retention(&env.server.app, now + 25 * DAY_MS)
+        .await
+        .unwrap();
+    assert_eq!(removed, 1);
+    assert_eq!(stored_ids(&env).await, ["new-1h"]);
+}
+
+/// The next `bundle` notice on a node stream; `None` when the stream ended.
+async fn next_notice(
+    body: &mut hyper::body::Incoming,
+    parser: &mut warden_control::client::SseParser,
+) -> Option<warden_control::proto::StreamNotice> {
+    use http_body_util::BodyExt;
+    loop {
+        let frame = tokio::time::timeout(Duration::from_secs(30), body.frame())
+            .await
+            .expect("no notice within 30 s");
+        let data = match frame {
+            None | Some(Err(_)) => return None,
+            Some(Ok(f)) => f.into_data().unwrap_or_default(),
+        };
+        if let Some((_, d)) = parser.feed(&data).into_iter().find(|(n, _)| n == "bundle") {
+            return Some(serde_json::from_str(&d).unwrap());
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_notices_carry_the_signed_bundle_and_stop_at_revocation() {
+    let env = start().await;
+    push(&env, POLICY, "all").await.ok().unwrap();
+    let m = enroll(&env, json!({})).await;
+    let pinned = warden_control::proto::decode_public_key(&m.server_key).unwrap();
+    let c = machine_client(&env, &m);
+    let mut body = c
+        .open_stream("/api/v1/node/stream")
+        .await
+        .unwrap()
+        .into_body();
+    let mut parser = warden_control::client::SseParser::default();
+    // The first notice, as the stream opens, carries the bundle in force and its ETag.
+    let first = next_notice(&mut body, &mut parser).await.unwrap();
+    let payload = first.bundle.as_ref().unwrap().verify(&pinned).unwrap();
+    assert_eq!(payload.machine, m.id);
+    assert_eq!(payload.policy.unwrap().version, 1);
+    let fetched = c.get("/api/v1/node/bundle").await.unwrap();
+    assert_eq!(first.etag, fetched.etag, "same ETag as a fetch");
+    // A push: the notice carries the new bundle, signed for this machine.
+    push(
+        &env,
+        &POLICY.replace("api.github.com\"]", "x.org\"]"),
+        "all",
+    )
+    .await
+    .ok()
+    .unwrap();
+    let second = next_notice(&mut body, &mut parser).await.unwrap();
+    let payload = second.bundle.as_ref().unwrap().verify(&pinned).unwrap();
+    assert_eq!(payload.machine, m.id);
+    assert!(payload.serial > first.serial);
+    let policy = payload.policy.unwrap();
+    assert_eq!(policy.version, 2);
+    assert!(policy.source.contains("x.org"));
+    assert_ne!(second.etag, first.etag);
+    // A tampered bundle from the stream does not verify.
+    let mut tampered = second.bundle.clone().unwrap();
+    tampered.payload = base64::engine::general_purpose::STANDARD.encode(
+        String::from_utf8(
+            base64::engine::general_purpose::STANDARD
+                .decode(&tampered.payload)
+                .unwrap(),
+        )
+        .unwrap()
+        .replace("x.org", "y.org"),
+    );
+    assert!(tampered.verify(&pinned).is_err());
+    // Revoked: the next push sends it nothing and its stream ends.
+    assert_eq!(
+        admin(&env)
+            .delete(&format!("/api/v1/machines/{}", m.id))
+            .await
+            .unwrap()
+            .status
+            .as_u16(),
+        204
+    );
+    push(&env, POLICY, "all").await.ok().unwrap();
+    assert!(next_notice(&mut body, &mut parser).await.is_none());
+    env.server.stop().await;
+}

@@ -1,5 +1,6 @@
-//! Live policy reload for the commands that run an egress proxy (`warden proxy`,
-//! `warden run`): the policy file is watched (size, mtime and contents, every
+//! Live policy reload for the commands that enforce a policy while they run (`warden
+//! proxy`, `warden run`, `warden mcp`): the policy file (on an enrolled machine, the
+//! agent's verified bundle) is watched (size, mtime and contents, every
 //! [`POLL`]) and, when asked, re-read on SIGHUP. A valid new policy applies to new
 //! connections at once; an invalid one is reported on stderr with its diagnostics and
 //! the policy in force stays.
@@ -38,10 +39,28 @@ pub fn whole_file() -> Loader {
     Box::new(|p| Policy::load(p).map_err(|e| e.to_string()))
 }
 
+/// What enforces a policy and takes a new one: the egress proxy, the MCP gateway's
+/// authorizer.
+pub trait Reload: Send + 'static {
+    /// Put `policy` in force for new connections and calls; `source` says where from.
+    fn reload(&self, policy: Policy, source: String);
+    /// `name@digest` of the policy in force.
+    fn policy_id(&self) -> String;
+}
+
+impl Reload for Egress {
+    fn reload(&self, policy: Policy, source: String) {
+        Egress::reload(self, policy, source);
+    }
+    fn policy_id(&self) -> String {
+        Egress::policy_id(self)
+    }
+}
+
 /// Watches `path` until the task is dropped; `who` prefixes the messages
-/// (`warden proxy`, `warden run`). With `on_hup`, SIGHUP forces a re-read.
+/// (`warden proxy`, `warden run`, `warden mcp`). With `on_hup`, SIGHUP forces a re-read.
 pub async fn watch_policy(
-    egress: Egress,
+    egress: impl Reload,
     path: PathBuf,
     load: Loader,
     on_hup: bool,

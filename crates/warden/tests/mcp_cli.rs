@@ -658,3 +658,140 @@ network.allow = ["127.0.0.2:{port}"]
         "{events:#?}"
     );
 }
+
+/// On an enrolled machine (real `warden server`, `enroll`, `agent`), a running gateway
+/// follows a policy pushed to the control plane: the next tool call is decided by it.
+#[test]
+fn an_enrolled_gateway_follows_a_pushed_policy() {
+    const ADMIN: &str = "mcp-cli-admin-token-0123456789abcdef";
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().canonicalize().unwrap();
+    let home = root.join("home");
+    let port = free_port();
+    let server = format!("http://127.0.0.1:{port}");
+    let mut srv = Command::new(WARDEN)
+        .args(["server", "--listen", &format!("127.0.0.1:{port}")])
+        .env("WARDEN_HOME", root.join("srv"))
+        .env("WARDEN_ADMIN_TOKEN", ADMIN)
+        .env("WARDEN_MASTER_KEY", "44".repeat(32))
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = srv.stderr.take().unwrap();
+    let _srv = Kill(srv);
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stderr));
+    while !lines
+        .next()
+        .expect("warden server exited")
+        .unwrap()
+        .contains("listening on")
+    {}
+    let cli = |args: &[&str]| {
+        let o = Command::new(WARDEN)
+            .args(args)
+            .env("WARDEN_HOME", &home)
+            .env("WARDEN_SERVER", &server)
+            .env("WARDEN_TOKEN", ADMIN)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        (o.status.success(), all)
+    };
+    let version = |deny: &str| {
+        format!(
+            r#"version = 1
+name = "central-mcp"
+
+[[mcp.servers]]
+name = "probe"
+command = ["python3", "{srv}"]
+tools.deny = [{deny}]
+{mounts}
+"#,
+            srv = fixtures().join("py/test_server.py").display(),
+            mounts = fixture_mounts(),
+        )
+    };
+    let v1 = root.join("v1.toml");
+    std::fs::write(&v1, version("\"listdir\"")).unwrap();
+    let (ok, out) = cli(&["policy", "push", v1.to_str().unwrap()]);
+    assert!(ok, "{out}");
+    let (ok, out) = cli(&["token", "create", "--enroll"]);
+    assert!(ok, "{out}");
+    let token = out.split_whitespace().last().unwrap().to_string();
+    let (ok, out) = cli(&["enroll", "--server", &server, "--token", &token]);
+    assert!(ok, "{out}");
+    let _agent = Kill(
+        Command::new(WARDEN)
+            .arg("agent")
+            .env("WARDEN_HOME", &home)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !cli(&["status"]).1.contains("central-mcp@v1") {
+        assert!(std::time::Instant::now() < deadline, "no bundle arrived");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // `--policy` names the central policy itself, as the enrolled rule requires.
+    let mut gw = Conversation::start(&v1, &home, &root);
+    let listdir = serde_json::json!({"name": "probe__listdir", "arguments": {"path": "/"}});
+    let r = gw.request(2, "tools/call", listdir.clone());
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("central:central-mcp@v1")),
+        "v1 denies listdir: {r}"
+    );
+    let v2 = root.join("v2.toml");
+    std::fs::write(&v2, version("")).unwrap();
+    let (ok, out) = cli(&["policy", "push", v2.to_str().unwrap()]);
+    assert!(ok && out.contains("central-mcp@v2"), "{out}");
+    let mut id = 3;
+    loop {
+        let r = gw.request(id, "tools/call", listdir.clone());
+        if r["result"]["content"][0]["text"]
+            .as_str()
+            .is_some_and(|t| !t.starts_with("error"))
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline + Duration::from_secs(30),
+            "the pushed policy never reached the gateway: {r}"
+        );
+        id += 1;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(gw);
+    let events = audit(&root);
+    assert!(
+        events.iter().any(|e| e["action"] == "policy_reload"),
+        "{events:#?}"
+    );
+}
+
+/// `warden run --mcp-server` (how the gateway sandboxes a stdio server) never falls back
+/// to the built-in preset: standalone, it needs the policy the server is part of.
+#[test]
+fn a_server_session_without_a_policy_is_refused_when_standalone() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = Command::new(WARDEN)
+        .args(["run", "--mcp-server", "probe", "--", "true"])
+        .env("WARDEN_HOME", dir.path().join("home"))
+        .current_dir(dir.path())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(125), "{err}");
+    assert!(err.contains("--mcp-server probe needs --policy"), "{err}");
+}

@@ -1058,6 +1058,138 @@ echo "=== end"
     assert!(!out.contains(REAL_TOKEN), "{}", text(&o));
 }
 
+/// Kills a background process when the test ends, also when it fails.
+struct Reaper(std::process::Child);
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// An enrolled machine (a real `warden server`, `warden enroll`, `warden agent`): a
+/// policy pushed to the control plane while a session runs reaches that session, whose
+/// next connection follows it (issue #7, delivery).
+#[test]
+fn an_enrolled_session_follows_a_policy_pushed_while_it_runs() {
+    const ADMIN: &str = "run-network-admin-token-0123456789";
+    let Some(lab) = Lab::new(B::Namespaces, &format!("{BASE}{NET}")) else {
+        return;
+    };
+    let root = lab.env.dir.path().canonicalize().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let server = format!("http://127.0.0.1:{port}");
+    let mut srv = Command::new(WARDEN)
+        .args(["server", "--listen", &format!("127.0.0.1:{port}")])
+        .env("WARDEN_HOME", root.join("srv"))
+        .env("WARDEN_ADMIN_TOKEN", ADMIN)
+        .env("WARDEN_MASTER_KEY", "22".repeat(32))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = srv.stderr.take().unwrap();
+    let _srv = Reaper(srv);
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stderr));
+    while !lines
+        .next()
+        .expect("warden server exited")
+        .unwrap()
+        .contains("listening on")
+    {}
+    let cli = |args: &[&str]| {
+        let o = Command::new(WARDEN)
+            .args(args)
+            .env("WARDEN_HOME", &lab.env.warden_home)
+            .env("WARDEN_SERVER", &server)
+            .env("WARDEN_TOKEN", ADMIN)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "warden {args:?}: {}", text(&o));
+        stdout(&o)
+    };
+    // The central policy is the lab's policy file, so `--policy` (which the lab always
+    // passes) names the same policy and is accepted.
+    cli(&["policy", "push", lab.env.policy.to_str().unwrap()]);
+    let token = cli(&["token", "create", "--enroll"]);
+    let token = token.split_whitespace().last().unwrap().to_string();
+    cli(&["enroll", "--server", &server, "--token", &token]);
+    let _agent = Reaper(
+        Command::new(WARDEN)
+            .arg("agent")
+            .env("WARDEN_HOME", &lab.env.warden_home)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let status = || {
+        let o = Command::new(WARDEN)
+            .arg("status")
+            .env("WARDEN_HOME", &lab.env.warden_home)
+            .output()
+            .unwrap();
+        text(&o)
+    };
+    let t = Instant::now();
+    while !status().contains("test@v1") {
+        assert!(t.elapsed() < Duration::from_secs(30), "no bundle arrived");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    let ws = lab.env.ws.clone();
+    let script = r#"
+echo "before: $(curl -sS -m 5 http://other.test/hello/before 2>&1)"
+touch phase1
+while [ ! -e phase2 ]; do sleep 0.02; done
+i=0
+while :; do
+    out=$(curl -sS -m 5 http://other.test/hello/after 2>&1)
+    case "$out" in *"says hello"*) break;; esac
+    i=$((i + 1)); [ "$i" -gt 200 ] && break
+    sleep 0.05
+done
+echo "after: $out (attempts $i)"
+"#;
+    let child = lab
+        .command(&[], script)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    lab.wait_for(&ws.join("phase1"), Duration::from_secs(60));
+    let widened =
+        format!("{BASE}{NET}").replace("\"rebind.test\"", "\"rebind.test\", \"other.test\"");
+    let v2 = root.join("v2.toml");
+    std::fs::write(&v2, format!("version = 1\nname = \"test\"\n{widened}")).unwrap();
+    let pushed = Instant::now();
+    assert!(cli(&["policy", "push", v2.to_str().unwrap()]).contains("test@v2"));
+    std::fs::write(ws.join("phase2"), "").unwrap();
+    let o = child.wait_with_output().unwrap();
+    let out = stdout(&o);
+    assert_eq!(lab.exit(), Some(0), "{}", text(&o));
+    assert!(line(&out, "before").contains("denied"), "{}", text(&o));
+    assert!(line(&out, "after").contains("says hello"), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("reloaded"),
+        "{}",
+        text(&o)
+    );
+    eprintln!(
+        "pushed policy in force in the session after {:?}",
+        pushed.elapsed()
+    );
+    assert!(
+        lab.events().iter().any(|e| e["action"] == "policy_reload"),
+        "no policy_reload event"
+    );
+}
+
 crate::per_backend!(
     real_clients_reach_allowed_hosts_by_proxy_and_transparently,
     bypass_attempts_reach_nothing,

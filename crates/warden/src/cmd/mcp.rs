@@ -74,14 +74,28 @@ pub enum Pins {
     },
 }
 
+/// Decides tool calls by the policy in force, which a live reload replaces (on an
+/// enrolled machine, when the agent stores a new verified bundle): new calls follow it.
 struct PolicyAuthorizer {
-    policy: Policy,
+    policy: std::sync::RwLock<Arc<Policy>>,
     principal: Principal,
+    /// Where a reload is recorded.
+    audit: PathBuf,
+    session: String,
+}
+
+impl PolicyAuthorizer {
+    fn current(&self) -> Arc<Policy> {
+        match self.policy.read() {
+            Ok(p) => p.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
 }
 
 impl PolicyAuthorizer {
     fn decide(&self, request: &Request<'_>) -> ToolDecision {
-        let d = self.policy.decide(&self.principal, request);
+        let d = self.current().decide(&self.principal, request);
         ToolDecision {
             allow: d.allow,
             rule: d.rule.to_string(),
@@ -108,6 +122,32 @@ impl Authorizer for PolicyAuthorizer {
     }
 }
 
+/// The reload target of a running gateway.
+struct McpReload(Arc<PolicyAuthorizer>);
+
+impl crate::reload::Reload for McpReload {
+    fn reload(&self, policy: Policy, source: String) {
+        let id = policy.id().to_string();
+        match self.0.policy.write() {
+            Ok(mut p) => *p = Arc::new(policy),
+            Err(poisoned) => *poisoned.into_inner() = Arc::new(policy),
+        }
+        let recorded = AuditLog::open(&self.0.audit).and_then(|log| {
+            log.record_durable(
+                &stamp(&self.0.session, &id),
+                Event::new(Surface::Session, "policy_reload", &source, Verdict::Allow)
+                    .reason("policy changed; new tool calls follow it"),
+            )
+        });
+        if let Err(e) = recorded {
+            eprintln!("warden mcp: could not record the policy reload: {e}");
+        }
+    }
+    fn policy_id(&self) -> String {
+        self.0.current().id().to_string()
+    }
+}
+
 fn stamp(session: &str, policy: &str) -> Stamp {
     Stamp {
         session: session.into(),
@@ -125,7 +165,20 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
     if let Some(PinsCommand::Pins(p)) = args.command {
         return pins(p, args.audit);
     }
+    // On an enrolled machine the control plane's policy is in force (the same rule as
+    // `warden run`: a `--policy` must be that policy), and the gateway follows the
+    // bundles the agent stores.
+    let wh = home::warden_home();
+    let bundle = warden_agent::watched_bundle(&wh);
     let policy = match &args.policy {
+        _ if bundle.is_some() => match warden_agent::session_policy(&wh, args.policy.as_deref()) {
+            Ok(Some(p)) => p,
+            Ok(None) => Policy::preset(warden_policy::Preset::Balanced),
+            Err(e) => {
+                eprintln!("warden mcp: {e}");
+                return Ok(ExitCode::from(crate::EXIT_WARDEN_FAILED));
+            }
+        },
         Some(path) => match Policy::load(path) {
             Ok(p) => p,
             Err(e) => {
@@ -176,27 +229,37 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
         };
     let servers = servers(&policy, &principal);
     let extra_roots = policy.doc().tls.extra_roots.clone();
+    let audit_file = args.audit.clone().unwrap_or_else(home::default_audit_file);
+    let enforce = policy.mode() == Mode::Enforce;
+    let policy_id = policy.id().to_string();
+    let authorizer = Arc::new(PolicyAuthorizer {
+        policy: std::sync::RwLock::new(Arc::new(policy)),
+        principal,
+        audit: audit_file.clone(),
+        session: session.clone(),
+    });
     let cfg = GatewayConfig {
         servers,
-        enforce: policy.mode() == Mode::Enforce,
+        enforce,
         credentials,
         extra_roots,
         pins_file: pins_file(),
         audit: AuditConfig {
-            file: args.audit.clone().unwrap_or_else(home::default_audit_file),
-            stamp: stamp(&session, policy.id()),
+            file: audit_file,
+            stamp: stamp(&session, &policy_id),
             record_args: false,
         },
         request_timeout: Duration::from_secs(args.timeout.max(1)),
         startup_timeout: Duration::from_secs(60),
         page_size: warden_mcp::DEFAULT_PAGE_SIZE,
-        authorizer: Arc::new(PolicyAuthorizer { policy, principal }),
+        authorizer: authorizer.clone(),
     };
     // Every stdio server runs in its own Warden session under its own part of the
     // policy (docs/mcp.md, "Upstream sandboxing").
     let launcher: Arc<dyn UpstreamLauncher> = Arc::new(SandboxLauncher {
         exe: std::env::current_exe().context("locating the warden binary")?,
         policy: args.policy.clone(),
+        enrolled: bundle.is_some(),
         audit: args.audit.clone(),
     });
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -205,6 +268,20 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
         .build()
         .context("starting the async runtime")?;
     let served = rt.block_on(async move {
+        // New tool rules apply to new calls at once; the upstream servers and their
+        // credentials stay those of the start (docs/control-plane.md).
+        if let Some(bundle) = bundle {
+            let load: crate::reload::Loader = Box::new(move |_| {
+                warden_agent::reloaded_session_policy(&wh).map_err(|e| e.to_string())
+            });
+            tokio::spawn(crate::reload::watch_policy(
+                McpReload(authorizer),
+                bundle,
+                load,
+                false,
+                "warden mcp",
+            ));
+        }
         let gw = match warden_mcp::Gateway::new(cfg, launcher) {
             Ok(gw) => gw,
             Err(e) => {
@@ -492,6 +569,8 @@ fn pins(cmd: Pins, audit: Option<PathBuf>) -> anyhow::Result<ExitCode> {
 struct SandboxLauncher {
     exe: PathBuf,
     policy: Option<PathBuf>,
+    /// This machine is enrolled: servers run under the central policy.
+    enrolled: bool,
     audit: Option<PathBuf>,
 }
 
@@ -505,18 +584,22 @@ impl UpstreamLauncher for SandboxLauncher {
             name: server.name.clone(),
             reason: reason.into(),
         };
-        let policy = self
-            .policy
-            .as_ref()
-            .ok_or_else(|| bad("a stdio server needs a policy file (--policy)"))?;
+        // On an enrolled machine the server's session takes the control plane's policy
+        // in force when it starts (and follows later pushes), never a local file.
+        let policy = match (&self.policy, self.enrolled) {
+            (_, true) => None,
+            (Some(p), false) => Some(p),
+            (None, false) => return Err(bad("a stdio server needs a policy file (--policy)")),
+        };
         if argv.is_empty() {
             return Err(bad("command is empty"));
         }
         let mut cmd = tokio::process::Command::new(&self.exe);
-        cmd.arg("run")
-            .arg("--policy")
-            .arg(policy)
-            .arg("--mcp-server")
+        cmd.arg("run");
+        if let Some(p) = policy {
+            cmd.arg("--policy").arg(p);
+        }
+        cmd.arg("--mcp-server")
             .arg(&server.name)
             .arg("--name")
             .arg(format!("mcp:{}", server.name));

@@ -138,7 +138,11 @@ pub fn policy_history(a: HistoryArgs) -> anyhow::Result<ExitCode> {
 /// `warden policy rollback NAME VERSION`.
 #[derive(clap::Args)]
 pub struct RollbackArgs {
+    /// The policy's name.
     pub name: String,
+    /// The version to publish again. (Its clap id is not `version`, which is taken by
+    /// `--version`: with it, `policy rollback` panicked in clap's argument checks.)
+    #[arg(id = "policy_version", value_name = "VERSION")]
     pub version: i64,
     #[command(flatten)]
     pub conn: Conn,

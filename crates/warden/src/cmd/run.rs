@@ -68,9 +68,10 @@ pub struct Args {
     /// Pass an environment variable: KEY=VAL sets it, KEY copies it from the host.
     #[arg(long = "env", value_name = "KEY[=VAL]")]
     pub env: Vec<OsString>,
-    /// Run under the own policy of this `[[mcp.servers]]` entry of --policy (its
-    /// `network`, `filesystem` and `limits`): how `warden mcp` sandboxes a stdio server.
-    #[arg(long, value_name = "SERVER", requires = "policy", hide = true)]
+    /// Run under the own policy of this `[[mcp.servers]]` entry of the session's policy
+    /// (--policy, or the enrolled machine's): how `warden mcp` sandboxes a stdio server.
+    // Without `requires = "policy"`: on an enrolled machine the central policy is used.
+    #[arg(long, value_name = "SERVER", hide = true)]
     pub mcp_server: Option<String>,
     /// NAME=PLACEHOLDER: use this placeholder for credential NAME (how `warden mcp`
     /// gives a server's session the placeholders the gateway already handed out).
@@ -98,7 +99,11 @@ fn session_policy(file: Option<&Path>, mcp_server: Option<&str>) -> Result<Optio
                 p.id()
             )
         }),
-        (p, _) => Ok(p),
+        (None, Some(name)) => Err(format!(
+            "--mcp-server {name} needs --policy (or an enrolled machine): a server runs \
+             under its own part of a policy, never the built-in preset"
+        )),
+        (p, None) => Ok(p),
     }
 }
 
@@ -170,6 +175,32 @@ fn loader(mcp_server: Option<String>) -> crate::reload::Loader {
         session_policy(Some(path), mcp_server.as_deref())?
             .ok_or_else(|| format!("{} gave no policy", path.display()))
     })
+}
+
+/// What a running session watches for live reloads: on an enrolled machine the
+/// agent's verified bundle (the central policy; a `--policy` given at the start had to
+/// be that same policy), else the `--policy` file, if any.
+fn reload_source(
+    file: Option<PathBuf>,
+    mcp_server: Option<String>,
+) -> Option<(PathBuf, crate::reload::Loader)> {
+    let home = crate::home::warden_home();
+    let Some(bundle) = warden_agent::watched_bundle(&home) else {
+        return file.map(|p| (p, loader(mcp_server)));
+    };
+    let load: crate::reload::Loader = Box::new(move |_| {
+        let p = warden_agent::reloaded_session_policy(&home).map_err(|e| e.to_string())?;
+        match mcp_server.as_deref() {
+            Some(name) => p.for_mcp_server(name).ok_or_else(|| {
+                format!(
+                    "the policy {} has no [[mcp.servers]] entry named {name:?}",
+                    p.id()
+                )
+            }),
+            None => Ok(p),
+        }
+    });
+    Some((bundle, load))
 }
 
 /// Dispatch to the sandbox init when this process was started as one.
@@ -571,10 +602,7 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
             interception: Some(Arc::new(icpt)),
         },
     );
-    let reload = args
-        .policy
-        .clone()
-        .map(|p| (p, loader(args.mcp_server.clone())));
+    let reload = reload_source(args.policy.clone(), args.mcp_server.clone());
     let net = match SessionEgress::start(fds, egress, reload) {
         Ok(n) => n,
         Err(e) => return fail(&log, format!("starting the session's egress proxy: {e:#}")),
