@@ -53,7 +53,9 @@ pub use env::{DEFAULT_ENV_PASSTHROUGH, session_env};
 pub use error::SandboxError;
 pub use gvisor::{RUNSC_INSTALL_HINT, find_runsc};
 pub use init::init_main;
-pub use net::{DNS_ADDR, NetworkFds, PROXY_ADDR, TUN_MTU, TUN_NAME, TUN_V4, TUN_V6};
+pub use net::{
+    DNS_ADDR, NetworkFds, PROXY_ADDR, TUN_MTU, TUN_NAME, TUN_V4, TUN_V6, defer_tun_teardown,
+};
 pub use preflight::{Check, preflight, preflight_report};
 pub use session::{Prepared, Session, SessionExit, prepare, spawn};
 

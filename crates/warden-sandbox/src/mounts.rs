@@ -370,15 +370,17 @@ pub(crate) fn build_root(req: &InitRequest, warnings: &mut Vec<String>) -> Resul
         .map_err(|e| err("read-only root", e))?;
     let _ = rw;
 
-    // Leave the staging root and the host's root behind.
+    // Leave the staging root and the host's root behind: the host's root is a mount
+    // below the staging root, so the one lazy detach of the staging root takes it along
+    // (one RCU grace period instead of two: each detach waits for one, ~1-4 ms here).
     drop(old);
     drop(root);
     drop(proc_fd);
-    sys::umount_detach(Path::new(OLD)).map_err(|e| err("detach host root", e))?;
     std::env::set_current_dir(NEW).map_err(|e| err("chdir new root", e))?;
     sys::pivot_root(Path::new("."), Path::new("."))
         .map_err(|e| err("pivot_root to session root", e))?;
-    sys::umount_detach(Path::new(".")).map_err(|e| err("detach staging root", e))?;
+    sys::umount_detach(Path::new("."))
+        .map_err(|e| err("detach the staging root and the host's root", e))?;
     std::env::set_current_dir("/").map_err(|e| err("chdir /", e))?;
     Ok(())
 }

@@ -18,7 +18,7 @@
 
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, TcpListener, UdpSocket};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 /// Name of the session's TUN device.
 pub const TUN_NAME: &str = "warden0";
@@ -134,6 +134,27 @@ fn check(r: libc::c_int) -> io::Result<()> {
 }
 
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+const TUNSETPERSIST: libc::c_ulong = 0x4004_54cb;
+
+/// Leaves the deletion of the session's TUN device to the kernel's teardown of the
+/// session's network namespace instead of the close of its last descriptor.
+///
+/// Closing the last descriptor of a non-persistent TUN device unregisters the device
+/// there and then, under the RTNL lock with RCU grace periods (≈ 20 ms on a loaded
+/// machine), and a process cannot finish exiting before its descriptors are closed: every
+/// `warden run` would pay it after the command has ended. A persistent device is not
+/// unregistered on close; it goes with its network namespace, which the kernel tears down
+/// in the background once its last socket is closed (the TUN device has rtnl link ops, so
+/// it is deleted, never moved to the host's namespace).
+///
+/// Call this on a descriptor of the device (`tun`, or a `dup` of it) only once the session
+/// has ended. While a session runs its device must stay non-persistent: if the proxy's
+/// descriptor is closed, the device and its routes go with it (no route out, see the
+/// module documentation).
+pub fn defer_tun_teardown(tun: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: TUNSETPERSIST takes an integer argument; no memory is passed.
+    check(unsafe { libc::ioctl(tun.as_raw_fd(), TUNSETPERSIST, 1 as libc::c_ulong) })
+}
 
 fn open_tun() -> io::Result<OwnedFd> {
     // SAFETY: open of a constant path; the result is checked.

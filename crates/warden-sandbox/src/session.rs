@@ -78,6 +78,68 @@ const NS_FLAGS: libc::c_int = libc::CLONE_NEWUSER
     | libc::CLONE_NEWIPC
     | libc::CLONE_NEWUTS;
 
+/// Stack of the child between `clone` and its `execve` of the init.
+const CHILD_STACK: usize = 64 * 1024;
+
+/// What the child of [`prepare`] needs before its `execve`, prepared before the clone.
+struct ChildArgs {
+    exe: *const libc::c_char,
+    argv: [*const libc::c_char; 3],
+    envp: [*const libc::c_char; 1],
+    channel: RawFd,
+    slave: RawFd,
+    last_cap: libc::c_ulong,
+    cap_hdr: CapHeader,
+    cap_all: [CapData; 2],
+    empty: libc::sigset_t,
+}
+
+/// The child of [`prepare`]'s clone, sharing the parent's memory (`CLONE_VM`) until it
+/// executes the init: async-signal-safe calls on `ChildArgs` only, then execve or _exit.
+extern "C" fn spawn_init(arg: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: `arg` is the `ChildArgs` the suspended parent keeps alive until we execute.
+    let a = unsafe { &*(arg as *const ChildArgs) };
+    // SAFETY: async-signal-safe calls only, on data prepared before the clone.
+    unsafe {
+        if a.slave >= 0 {
+            libc::dup2(a.slave, 0);
+            libc::dup2(a.slave, 1);
+            libc::dup2(a.slave, 2);
+        }
+        if a.channel == 3 {
+            libc::fcntl(3, libc::F_SETFD, 0);
+        } else {
+            libc::dup2(a.channel, 3);
+        }
+        libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGKILL as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+        );
+        libc::syscall(
+            libc::SYS_capset,
+            &a.cap_hdr as *const CapHeader,
+            a.cap_all.as_ptr(),
+        );
+        let mut cap: libc::c_ulong = 0;
+        while cap <= a.last_cap {
+            libc::prctl(
+                libc::PR_CAP_AMBIENT,
+                libc::PR_CAP_AMBIENT_RAISE as libc::c_ulong,
+                cap,
+                0 as libc::c_ulong,
+                0 as libc::c_ulong,
+            );
+            cap += 1;
+        }
+        libc::sigprocmask(libc::SIG_SETMASK, &a.empty, std::ptr::null_mut());
+        libc::execve(a.exe, a.argv.as_ptr(), a.envp.as_ptr());
+        libc::_exit(125)
+    }
+}
+
 fn validate(spec: &SandboxSpec) -> Result<(), SandboxError> {
     if spec.command.is_empty() {
         return Err(SandboxError::InvalidSpec("no command given".into()));
@@ -187,14 +249,8 @@ pub fn prepare(spec: &SandboxSpec) -> Result<Prepared, SandboxError> {
     let (parent_end, child_end) = socketpair()?;
 
     // Everything the child needs, prepared before clone.
-    let exe = c"/proc/self/exe";
-    let arg0 = c"warden";
     let marker =
         CString::new(INIT_MARKER).map_err(|e| SandboxError::os("marker", io::Error::other(e)))?;
-    let argv = [arg0.as_ptr(), marker.as_ptr(), std::ptr::null()];
-    let envp = [std::ptr::null::<libc::c_char>()];
-    let child_fd = child_end.as_raw_fd();
-    let slave_fd = slave.as_ref().map_or(-1, |s| s.as_raw_fd());
     // The init must keep its capabilities in the new user namespace across its execve
     // (a non-root uid, or a uid not mapped yet, loses them at exec otherwise): the child
     // raises them all as ambient before exec; the agent clears the ambient set.
@@ -202,76 +258,53 @@ pub fn prepare(spec: &SandboxSpec) -> Result<Prepared, SandboxError> {
         .ok()
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or(40);
-    let cap_hdr = CapHeader {
-        version: 0x2008_0522,
-        pid: 0,
+    let exe = c"/proc/self/exe";
+    let mut child = ChildArgs {
+        exe: exe.as_ptr(),
+        argv: [c"warden".as_ptr(), marker.as_ptr(), std::ptr::null()],
+        envp: [std::ptr::null()],
+        channel: child_end.as_raw_fd(),
+        slave: slave.as_ref().map_or(-1, |s| s.as_raw_fd()),
+        last_cap,
+        cap_hdr: CapHeader {
+            version: 0x2008_0522,
+            pid: 0,
+        },
+        cap_all: [CapData {
+            effective: !0,
+            permitted: !0,
+            inheritable: !0,
+        }; 2],
+        // SAFETY: an all-zero sigset is a valid value; emptied properly below.
+        empty: unsafe { std::mem::zeroed() },
     };
-    let cap_all = [CapData {
-        effective: !0,
-        permitted: !0,
-        inheritable: !0,
-    }; 2];
-    // SAFETY: an empty sigset prepared before clone.
-    let mut empty: libc::sigset_t = unsafe { std::mem::zeroed() };
-    // SAFETY: initialising the local set.
-    unsafe { libc::sigemptyset(&mut empty) };
+    // SAFETY: initialising the set.
+    unsafe { libc::sigemptyset(&mut child.empty) };
+    // The child runs on its own stack in this process's memory until its execve.
+    let mut stack = vec![0u8; CHILD_STACK];
+    // SAFETY: one past the end of the buffer, aligned down to 16 bytes: the initial
+    // stack pointer of a downward-growing stack.
+    let top = unsafe { stack.as_mut_ptr().add(stack.len()) };
+    let top = top.wrapping_sub(top as usize % 16);
 
-    // SAFETY: clone without CLONE_VM behaves like fork: the child gets a copy of the address
-    // space. The child branch below only calls async-signal-safe functions on data prepared
-    // above and ends in execve or _exit, so it is sound even if this process has threads.
+    // SAFETY: CLONE_VM | CLONE_VFORK, as posix_spawn does: the child shares this
+    // process's memory and this thread is suspended until the child has executed (or
+    // exited), so `child` and `stack` outlive its use of them, and the address space is
+    // not copied (no page tables to copy for the child, no copy-on-write faults here
+    // afterwards). The child only reads `child` and calls async-signal-safe functions,
+    // then execve or _exit, so it is sound even if this process has threads.
     let pid = unsafe {
-        libc::syscall(
-            libc::SYS_clone,
-            (NS_FLAGS | libc::SIGCHLD) as libc::c_ulong,
-            0 as libc::c_ulong,
-            0 as libc::c_ulong,
-            0 as libc::c_ulong,
-            0 as libc::c_ulong,
+        libc::clone(
+            spawn_init,
+            top.cast(),
+            NS_FLAGS | libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+            (&mut child as *mut ChildArgs).cast(),
         )
     };
-    if pid == 0 {
-        // SAFETY: child of clone; async-signal-safe calls only (see above).
-        unsafe {
-            if slave_fd >= 0 {
-                libc::dup2(slave_fd, 0);
-                libc::dup2(slave_fd, 1);
-                libc::dup2(slave_fd, 2);
-            }
-            if child_fd == 3 {
-                libc::fcntl(3, libc::F_SETFD, 0);
-            } else {
-                libc::dup2(child_fd, 3);
-            }
-            libc::prctl(
-                libc::PR_SET_PDEATHSIG,
-                libc::SIGKILL as libc::c_ulong,
-                0 as libc::c_ulong,
-                0 as libc::c_ulong,
-                0 as libc::c_ulong,
-            );
-            libc::syscall(
-                libc::SYS_capset,
-                &cap_hdr as *const CapHeader,
-                cap_all.as_ptr(),
-            );
-            let mut cap: libc::c_ulong = 0;
-            while cap <= last_cap {
-                libc::prctl(
-                    libc::PR_CAP_AMBIENT,
-                    libc::PR_CAP_AMBIENT_RAISE as libc::c_ulong,
-                    cap,
-                    0 as libc::c_ulong,
-                    0 as libc::c_ulong,
-                );
-                cap += 1;
-            }
-            libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
-            libc::execve(exe.as_ptr(), argv.as_ptr(), envp.as_ptr());
-            libc::_exit(125);
-        }
-    }
+    let clone_error = io::Error::last_os_error();
+    drop(stack);
     if pid < 0 {
-        return Err(userns_error(io::Error::last_os_error()));
+        return Err(userns_error(clone_error));
     }
     let pid = pid as i32;
     drop(child_end);

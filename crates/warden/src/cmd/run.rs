@@ -5,10 +5,12 @@
 use anyhow::{Context, bail};
 use std::collections::HashMap;
 use std::ffi::OsString;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use warden_audit::{AuditLog, Event, Stamp, Surface, Verdict};
 use warden_egress::{Egress, EgressConfig, Identity, Interception, SystemResolver};
@@ -647,6 +649,10 @@ struct SessionEgress {
     runtime: Option<tokio::runtime::Runtime>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     tun: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    /// Set once the session has ended and the proxy is being stopped.
+    stopping: Arc<AtomicBool>,
+    /// A descriptor of the session's TUN device (see `Drop`).
+    tun_keep: Arc<Mutex<Option<OwnedFd>>>,
 }
 
 impl SessionEgress {
@@ -676,15 +682,28 @@ impl SessionEgress {
             warden_egress::serve_dns(egress.clone(), dns),
         ));
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let stopping = Arc::new(AtomicBool::new(false));
+        let tun_keep = Arc::new(Mutex::new(None::<OwnedFd>));
         let tun = fds.tun.map(|tun| {
-            runtime.spawn(warden_egress::serve_tun_until(
-                egress.clone(),
-                tun,
-                warden_sandbox::TUN_MTU,
-                async {
-                    let _ = stopped.await;
-                },
-            ))
+            // A second descriptor of the device, to leave its deletion to the kernel's
+            // teardown of the namespace once the session has ended (see `Drop`).
+            if let Ok(mut keep) = tun_keep.lock() {
+                *keep = tun.try_clone().ok();
+            }
+            let (egress, stopping, keep) = (egress.clone(), stopping.clone(), tun_keep.clone());
+            runtime.spawn(async move {
+                let served =
+                    warden_egress::serve_tun_until(egress, tun, warden_sandbox::TUN_MTU, async {
+                        let _ = stopped.await;
+                    })
+                    .await;
+                if !stopping.load(Ordering::SeqCst) {
+                    // Ended while the session may still run: the device goes now, and
+                    // its routes with it (no route out).
+                    drop(keep.lock().ok().and_then(|mut k| k.take()));
+                }
+                served
+            })
         });
         if let Some((path, load)) = reload {
             runtime.spawn(crate::reload::watch_policy(
@@ -700,6 +719,8 @@ impl SessionEgress {
             runtime: Some(runtime),
             stop: Some(stop),
             tun,
+            stopping,
+            tun_keep,
         })
     }
 }
@@ -714,6 +735,7 @@ async fn report_end(what: &str, f: impl std::future::Future<Output = std::io::Re
 
 impl Drop for SessionEgress {
     fn drop(&mut self) {
+        self.stopping.store(true, Ordering::SeqCst);
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
@@ -723,6 +745,16 @@ impl Drop for SessionEgress {
                 // (see `warden_egress::serve_tun_until`).
                 let _ =
                     rt.block_on(async { tokio::time::timeout(Duration::from_secs(5), tun).await });
+            }
+            // The session is gone (this is dropped once it has ended): its TUN device is
+            // deleted with its network namespace, in the background, rather than by the
+            // close of the last descriptor, which would hold up this process's exit.
+            if let Some(keep) = self.tun_keep.lock().ok().and_then(|mut k| k.take())
+                && let Err(e) = warden_sandbox::defer_tun_teardown(keep.as_fd())
+            {
+                eprintln!(
+                    "warden: could not hand the session's TUN device to the namespace teardown: {e}"
+                );
             }
             // Nothing left to wait for: flows ended above, the session is gone.
             rt.shutdown_background();
