@@ -36,7 +36,7 @@ pub const RUNSC_CANDIDATES: &[&str] =
     &["/usr/local/bin/runsc", "/usr/bin/runsc", "/usr/sbin/runsc"];
 
 /// How to get `runsc`, for error messages.
-pub const RUNSC_INSTALL_HINT: &str = "Install gVisor release-20240729 or newer as /usr/local/bin/runsc: `sudo scripts/install-gvisor` from Warden's repository (Debian 13's build; Debian 12's `apt-get install runsc` is older and breaks `ls -l` inside sessions), or see https://gvisor.dev/docs/user_guide/install/";
+pub const RUNSC_INSTALL_HINT: &str = "Install gVisor: `apt-get install runsc` (Debian, Ubuntu), or place the `runsc` binary in /usr/local/bin";
 
 /// The bundle and runsc's state directory, on the init's side of the session: the
 /// session's `/tmp` tmpfs, which the command never sees (gVisor mounts its own `/tmp`).
