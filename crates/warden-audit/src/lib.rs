@@ -5,8 +5,10 @@
 //! What this crate owns: the on-disk format of SPEC §5 (one JSON object per line) and
 //! the guarantee that an acknowledged event is on disk. [`AuditLog::record_durable`],
 //! [`Ticket::wait`] and, in async code, the future of [`Ticket::durable`] return only
-//! after the event's bytes were written *and* fsynced; an event recorded without waiting is fsynced within about 100 ms. A failed
-//! write or fsync is reported to every waiter and to every later call — it is never
+//! after the event was fsynced. [`AuditLog::record`] itself returns only after the
+//! event's line is written to the file (a crash of the process can no longer lose it);
+//! without waiting, it is fsynced within about 100 ms. A failed write or fsync is
+//! reported to its caller, every waiter and every later call — it is never
 //! acknowledged as if it had succeeded.
 //!
 //! What it must never do: hold a secret value. Every field of an event is built from
