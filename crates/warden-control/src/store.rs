@@ -380,15 +380,24 @@ impl Store {
     }
 
     /// Insert or replace the token with this id (admin bootstrap from the
-    /// environment). One statement: replicas starting together may both run it.
+    /// environment). Replicas starting together may both run it: on PostgreSQL the
+    /// loser of that race can fail on the token's other unique key (`hash`, which
+    /// `ON CONFLICT (id)` does not arbitrate) instead of updating; once the winner has
+    /// committed, a second attempt takes the update path.
     pub async fn upsert_token(&self, t: &TokenRow) -> Result<(), ControlError> {
         let sql = format!(
             "{} ON CONFLICT (id) DO UPDATE SET hash = excluded.hash, role = excluded.role, \
              name = excluded.name, expires_at = excluded.expires_at",
             Self::TOKEN_INSERT
         );
-        let q = sqlx::query(sqlx::AssertSqlSafe(sql));
-        self.affected(Self::bind_token(q, t)).await?;
+        let attempt = || {
+            let q = sqlx::query(sqlx::AssertSqlSafe(sql.clone()));
+            self.affected(Self::bind_token(q, t))
+        };
+        if attempt().await.is_err() {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            attempt().await?;
+        }
         Ok(())
     }
 
