@@ -132,6 +132,22 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) -> bool {
     is_ws
 }
 
+/// Replace single header values (`(name, old value, new value)`), keeping the order
+/// of repeated headers and every other value as it was.
+fn replace_values(headers: &mut HeaderMap, updates: Vec<(HeaderName, HeaderValue, HeaderValue)>) {
+    for (name, old, new) in updates {
+        let all: Vec<HeaderValue> = headers
+            .get_all(&name)
+            .iter()
+            .map(|v| if *v == old { new.clone() } else { v.clone() })
+            .collect();
+        headers.remove(&name);
+        for v in all {
+            headers.append(name.clone(), v);
+        }
+    }
+}
+
 /// The URL without query or fragment (what events record).
 pub(crate) fn shown(url: &str) -> &str {
     url.split(['?', '#']).next().unwrap_or(url)
@@ -405,19 +421,7 @@ impl Exchange {
                     Err(e) => return Err(bad(&e)),
                 }
             }
-            for (name, old, new) in updates {
-                // Replace just that value, keeping the order of repeated headers.
-                let all: Vec<HeaderValue> = parts
-                    .headers
-                    .get_all(&name)
-                    .iter()
-                    .map(|v| if *v == old { new.clone() } else { v.clone() })
-                    .collect();
-                parts.headers.remove(&name);
-                for v in all {
-                    parts.headers.append(name.clone(), v);
-                }
-            }
+            replace_values(&mut parts.headers, updates);
             if let Some(pq) = parts.uri.path_and_query()
                 && let Some(rw) = hc.injector.apply(pq.as_str().as_bytes())
             {
@@ -533,18 +537,7 @@ impl Exchange {
                 updates.push((name.clone(), value.clone(), v));
             }
         }
-        for (name, old, new) in updates {
-            let all: Vec<HeaderValue> = parts
-                .headers
-                .get_all(&name)
-                .iter()
-                .map(|v| if *v == old { new.clone() } else { v.clone() })
-                .collect();
-            parts.headers.remove(&name);
-            for v in all {
-                parts.headers.append(name.clone(), v);
-            }
-        }
+        replace_values(&mut parts.headers, updates);
         let no_body = head
             || parts.status == StatusCode::NO_CONTENT
             || parts.status == StatusCode::NOT_MODIFIED
