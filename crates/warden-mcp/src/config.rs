@@ -112,6 +112,12 @@ pub trait Authorizer: Send + Sync {
     /// Decide `resources/read` or `resources/subscribe` of `uri` (the server's own
     /// URI); `resources/list` asks per URI, `resources/templates/list` with the template.
     fn decide_resource(&self, server: &str, uri: &str) -> ToolDecision;
+
+    /// The id of the policy deciding now, when it can change while the gateway runs
+    /// (a live reload): events carry it instead of the id the gateway started with.
+    fn policy_id(&self) -> Option<String> {
+        None
+    }
 }
 
 /// One credential of the session (loaded by the caller with `warden_secrets::load`).

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
-use warden_audit::{AuditLog, Event, Surface, Verdict};
+use warden_audit::{AuditLog, Event, Stamp, Surface, Verdict};
 
 use crate::config::{GatewayConfig, ToolDecision, Transport};
 use crate::jsonrpc::{self, Kind};
@@ -85,13 +85,26 @@ impl Gateway {
         self.secrets.placeholder(credential)
     }
 
+    /// What events are stamped with: the configured stamp, with the id of the policy
+    /// deciding now (it changes with a live reload).
+    fn stamp(&self) -> std::borrow::Cow<'_, Stamp> {
+        match self.cfg.authorizer.policy_id() {
+            Some(id) if id != self.cfg.audit.stamp.policy => {
+                let mut s = self.cfg.audit.stamp.clone();
+                s.policy = id;
+                std::borrow::Cow::Owned(s)
+            }
+            _ => std::borrow::Cow::Borrowed(&self.cfg.audit.stamp),
+        }
+    }
+
     /// Record an event; denials wait until they are on disk.
     fn record(&self, ev: Event, durable: bool) {
-        let stamp = &self.cfg.audit.stamp;
+        let stamp = self.stamp();
         let res = if durable {
-            self.audit.record_durable(stamp, ev)
+            self.audit.record_durable(&stamp, ev)
         } else {
-            self.audit.record(stamp, ev).map(|_| ())
+            self.audit.record(&stamp, ev).map(|_| ())
         };
         if let Err(e) = res {
             eprintln!("warden mcp: audit log failed: {e}");
@@ -102,16 +115,14 @@ impl Gateway {
     /// the group commit fsyncs it within ~100 ms) and return its id. `Err`: the log
     /// cannot take it.
     fn record_written(&self, ev: Event) -> Result<String, warden_audit::AuditError> {
-        let ticket = self.audit.record(&self.cfg.audit.stamp, ev)?;
+        let ticket = self.audit.record(&self.stamp(), ev)?;
         Ok(ticket.id().to_string())
     }
 
     /// Record an event and return once it is fsynced, without blocking a thread.
     async fn record_durable(&self, ev: Event) -> Result<(), warden_audit::AuditError> {
-        self.audit
-            .record(&self.cfg.audit.stamp, ev)?
-            .durable()
-            .await
+        let ticket = self.audit.record(&self.stamp(), ev)?;
+        ticket.durable().await
     }
 
     /// Flush the audit log (at shutdown).

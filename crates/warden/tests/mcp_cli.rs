@@ -777,6 +777,35 @@ tools.deny = [{deny}]
         events.iter().any(|e| e["action"] == "policy_reload"),
         "{events:#?}"
     );
+    // Each decision names the policy that made it: v1's refusal, v2's allow (the id
+    // the reload switched to).
+    let v2_id = events
+        .iter()
+        .filter(|e| e["action"] == "policy_reload")
+        .filter_map(|e| e["policy"].as_str())
+        .next_back()
+        .unwrap()
+        .to_string();
+    let calls: Vec<&serde_json::Value> = events
+        .iter()
+        .filter(|e| e["action"] == "call_tool" && e["target"] == "probe/listdir")
+        .collect();
+    let policy_of = |decision: &str| {
+        calls
+            .iter()
+            .filter(|e| e["decision"] == decision)
+            .map(|e| e["policy"].as_str().unwrap_or("").to_string())
+            .collect::<Vec<_>>()
+    };
+    let (denied, allowed) = (policy_of("deny"), policy_of("allow"));
+    assert!(
+        v2_id.starts_with("central-mcp@") && !denied.is_empty() && !denied.contains(&v2_id),
+        "{v2_id}: {calls:#?}"
+    );
+    assert!(
+        !allowed.is_empty() && allowed.iter().all(|p| *p == v2_id),
+        "{v2_id}: {calls:#?}"
+    );
 }
 
 /// `warden run --mcp-server` (how the gateway sandboxes a stdio server) never falls back

@@ -120,6 +120,10 @@ impl Authorizer for PolicyAuthorizer {
     fn decide_resource(&self, server: &str, uri: &str) -> ToolDecision {
         self.decide(&Request::Resource { server, uri })
     }
+
+    fn policy_id(&self) -> Option<String> {
+        Some(self.current().id().to_string())
+    }
 }
 
 /// The reload target of a running gateway.
