@@ -5,6 +5,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod control_common;
+
+use control_common::ControlServer;
 use serde_json::Value;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -667,34 +670,9 @@ fn an_enrolled_gateway_follows_a_pushed_policy() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().canonicalize().unwrap();
     let home = root.join("home");
-    let port = free_port();
-    let server = format!("http://127.0.0.1:{port}");
-    let mut srv = Command::new(WARDEN)
-        .args(["server", "--listen", &format!("127.0.0.1:{port}")])
-        .env("WARDEN_HOME", root.join("srv"))
-        .env("WARDEN_ADMIN_TOKEN", ADMIN)
-        .env("WARDEN_MASTER_KEY", "44".repeat(32))
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = srv.stderr.take().unwrap();
-    let _srv = Kill(srv);
-    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stderr));
-    while !lines
-        .next()
-        .expect("warden server exited")
-        .unwrap()
-        .contains("listening on")
-    {}
+    let control = ControlServer::start(&root.join("srv"), ADMIN);
     let cli = |args: &[&str]| {
-        let o = Command::new(WARDEN)
-            .args(args)
-            .env("WARDEN_HOME", &home)
-            .env("WARDEN_SERVER", &server)
-            .env("WARDEN_TOKEN", ADMIN)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
+        let o = control.cli(&home, args);
         let all = format!(
             "{}{}",
             String::from_utf8_lossy(&o.stdout),
@@ -721,20 +699,7 @@ tools.deny = [{deny}]
     std::fs::write(&v1, version("\"listdir\"")).unwrap();
     let (ok, out) = cli(&["policy", "push", v1.to_str().unwrap()]);
     assert!(ok, "{out}");
-    let (ok, out) = cli(&["token", "create", "--enroll"]);
-    assert!(ok, "{out}");
-    let token = out.split_whitespace().last().unwrap().to_string();
-    let (ok, out) = cli(&["enroll", "--server", &server, "--token", &token]);
-    assert!(ok, "{out}");
-    let _agent = Kill(
-        Command::new(WARDEN)
-            .arg("agent")
-            .env("WARDEN_HOME", &home)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let _agent = control.enroll_with_agent(&home);
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while !cli(&["status"]).1.contains("central-mcp@v1") {
         assert!(std::time::Instant::now() < deadline, "no bundle arrived");

@@ -9,8 +9,10 @@
 //! with the test, leaving nothing behind.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
 
+mod control_common;
 mod run_common;
 
+use control_common::ControlServer;
 use run_common::*;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -1058,15 +1060,6 @@ echo "=== end"
     assert!(!out.contains(REAL_TOKEN), "{}", text(&o));
 }
 
-/// Kills a background process when the test ends, also when it fails.
-struct Reaper(std::process::Child);
-impl Drop for Reaper {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// An enrolled machine (a real `warden server`, `warden enroll`, `warden agent`): a
 /// policy pushed to the control plane while a session runs reaches that session, whose
 /// next connection follows it (issue #7, delivery).
@@ -1077,57 +1070,16 @@ fn an_enrolled_session_follows_a_policy_pushed_while_it_runs() {
         return;
     };
     let root = lab.env.dir.path().canonicalize().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let server = format!("http://127.0.0.1:{port}");
-    let mut srv = Command::new(WARDEN)
-        .args(["server", "--listen", &format!("127.0.0.1:{port}")])
-        .env("WARDEN_HOME", root.join("srv"))
-        .env("WARDEN_ADMIN_TOKEN", ADMIN)
-        .env("WARDEN_MASTER_KEY", "22".repeat(32))
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = srv.stderr.take().unwrap();
-    let _srv = Reaper(srv);
-    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stderr));
-    while !lines
-        .next()
-        .expect("warden server exited")
-        .unwrap()
-        .contains("listening on")
-    {}
+    let control = ControlServer::start(&root.join("srv"), ADMIN);
     let cli = |args: &[&str]| {
-        let o = Command::new(WARDEN)
-            .args(args)
-            .env("WARDEN_HOME", &lab.env.warden_home)
-            .env("WARDEN_SERVER", &server)
-            .env("WARDEN_TOKEN", ADMIN)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
+        let o = control.cli(&lab.env.warden_home, args);
         assert!(o.status.success(), "warden {args:?}: {}", text(&o));
         stdout(&o)
     };
     // The central policy is the lab's policy file, so `--policy` (which the lab always
     // passes) names the same policy and is accepted.
     cli(&["policy", "push", lab.env.policy.to_str().unwrap()]);
-    let token = cli(&["token", "create", "--enroll"]);
-    let token = token.split_whitespace().last().unwrap().to_string();
-    cli(&["enroll", "--server", &server, "--token", &token]);
-    let _agent = Reaper(
-        Command::new(WARDEN)
-            .arg("agent")
-            .env("WARDEN_HOME", &lab.env.warden_home)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let _agent = control.enroll_with_agent(&lab.env.warden_home);
     let status = || {
         let o = Command::new(WARDEN)
             .arg("status")
