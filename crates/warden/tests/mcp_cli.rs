@@ -743,18 +743,20 @@ tools.deny = [{deny}]
         "{events:#?}"
     );
     // Each decision names the policy that made it: v1's refusal, v2's allow (the id
-    // the reload switched to).
-    let v2_id = events
-        .iter()
-        .filter(|e| e["action"] == "policy_reload")
-        .filter_map(|e| e["policy"].as_str())
-        .next_back()
-        .unwrap()
-        .to_string();
+    // the gateway's reload switched to; the sandboxed server's own session records
+    // reloads of its part of the policy too, under another session id).
     let calls: Vec<&serde_json::Value> = events
         .iter()
         .filter(|e| e["action"] == "call_tool" && e["target"] == "probe/listdir")
         .collect();
+    let gateway = calls[0]["session"].clone();
+    let v2_id = events
+        .iter()
+        .filter(|e| e["action"] == "policy_reload" && e["session"] == gateway)
+        .filter_map(|e| e["policy"].as_str())
+        .next_back()
+        .unwrap()
+        .to_string();
     let policy_of = |decision: &str| {
         calls
             .iter()
