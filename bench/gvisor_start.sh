@@ -14,11 +14,11 @@ need() { command -v "$1" >/dev/null 2>&1; }
 if ! need runsc || ! need hyperfine; then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq >/dev/null 2>&1 || true
-    need runsc || apt-get install -y -qq runsc >/dev/null 2>&1 || echo "bench: could not install runsc" >&2
     need hyperfine || apt-get install -y -qq hyperfine >/dev/null 2>&1 || echo "bench: no hyperfine; using a bash loop" >&2
   fi
 fi
-need runsc || { echo "bench: runsc is required (apt-get install runsc)" >&2; exit 1; }
+[ "$(id -u)" != 0 ] || "$ROOT/scripts/install-gvisor" || echo "bench: could not install gVisor (scripts/install-gvisor)" >&2
+need runsc || { echo "bench: runsc is required (sudo scripts/install-gvisor)" >&2; exit 1; }
 [ "$(id -u)" = 0 ] || { echo "bench: the gvisor backend runs only for root" >&2; exit 1; }
 
 cargo build --release -q -p warden --manifest-path "$ROOT/Cargo.toml"

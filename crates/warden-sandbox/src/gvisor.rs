@@ -6,8 +6,17 @@
 //! writes an OCI bundle and executes `runsc run` on it:
 //!
 //! - the bundle's root is the session root (`/`, read-only), served by gVisor's gofer;
-//!   every mount of the spec is a recursive bind of its session path (so the overmounts
-//!   hiding `filesystem.deny` paths come along), read-only or read-write as decided;
+//!   every mount of the spec is a recursive bind of its session path, read-only or
+//!   read-write as decided;
+//! - every path the session root hides (`filesystem.deny`) is hidden again by a mount
+//!   *of gVisor's own* (an empty read-only tmpfs over a directory, a read-only bind of
+//!   an empty file over a file). The host overmounts alone are not enough: gVisor
+//!   releases that open host files directly (directfs) do not see the session's
+//!   overmounts when they `unlink`, and the kernel lets a mount point of another mount
+//!   namespace be unlinked — `rm` of a hidden file deleted the host's file. With
+//!   gVisor's own mount there, the path resolves to it inside the sandbox: reads see it
+//!   empty, writes get `EROFS`, `unlink`/`rename` get `EBUSY`, and the host file is
+//!   never looked up;
 //! - `/proc`, `/dev`, `/sys`, `/tmp` and the home are gVisor's own (in the sandbox's
 //!   memory): the command never sees the init's `/tmp`, where the bundle and runsc's
 //!   state live ([`BUNDLE_DIR`]);
@@ -24,6 +33,7 @@
 //! network, IPC, UTS and cgroup namespaces, see only the session root, and hold
 //! capabilities only within the session's user namespace.
 
+use crate::mounts::HiddenPath;
 use crate::proto::InitRequest;
 use serde_json::{Value, json};
 use std::ffi::CString;
@@ -36,7 +46,7 @@ pub const RUNSC_CANDIDATES: &[&str] =
     &["/usr/local/bin/runsc", "/usr/bin/runsc", "/usr/sbin/runsc"];
 
 /// How to get `runsc`, for error messages.
-pub const RUNSC_INSTALL_HINT: &str = "Install gVisor: `apt-get install runsc` (Debian, Ubuntu), or place the `runsc` binary in /usr/local/bin";
+pub const RUNSC_INSTALL_HINT: &str = "Install gVisor release-20240729 or newer as /usr/local/bin/runsc: `sudo scripts/install-gvisor` from Warden's repository (Debian 13's build; Debian 12's `apt-get install runsc` is older and breaks `ls -l` inside sessions), or see https://gvisor.dev/docs/user_guide/install/";
 
 /// The bundle and runsc's state directory, on the init's side of the session: the
 /// session's `/tmp` tmpfs, which the command never sees (gVisor mounts its own `/tmp`).
@@ -100,15 +110,27 @@ pub(crate) fn kill_argv(runsc: &Path, id: &str, sig: libc::c_int) -> Result<Vec<
     cstrings(v)
 }
 
-/// Writes `BUNDLE_DIR/config.json` for `req`.
-pub(crate) fn write_bundle(req: &InitRequest) -> Result<(), String> {
+/// The empty read-only file bound over hidden files inside gVisor.
+fn empty_file() -> String {
+    format!("{BUNDLE_DIR}/empty")
+}
+
+/// Writes `BUNDLE_DIR/config.json` for `req`; `hidden` are the session paths the
+/// session root hides.
+pub(crate) fn write_bundle(req: &InitRequest, hidden: &[HiddenPath]) -> Result<(), String> {
     std::fs::create_dir_all(state_dir()).map_err(|e| format!("{BUNDLE_DIR}: {e}"))?;
     std::fs::set_permissions(
         BUNDLE_DIR,
         std::os::unix::fs::PermissionsExt::from_mode(0o700),
     )
     .map_err(|e| format!("{BUNDLE_DIR}: {e}"))?;
-    let config = oci_config(req);
+    if hidden.iter().any(|h| !h.dir) {
+        let empty = empty_file();
+        std::fs::write(&empty, b"").map_err(|e| format!("{empty}: {e}"))?;
+        std::fs::set_permissions(&empty, std::os::unix::fs::PermissionsExt::from_mode(0o444))
+            .map_err(|e| format!("{empty}: {e}"))?;
+    }
+    let config = oci_config(req, hidden);
     let body = serde_json::to_vec_pretty(&config).map_err(|e| format!("config.json: {e}"))?;
     std::fs::write(format!("{BUNDLE_DIR}/config.json"), body)
         .map_err(|e| format!("{BUNDLE_DIR}/config.json: {e}"))
@@ -119,7 +141,7 @@ fn lossy(p: &Path) -> String {
 }
 
 /// The OCI runtime spec of the session (see the module documentation).
-pub(crate) fn oci_config(req: &InitRequest) -> Value {
+pub(crate) fn oci_config(req: &InitRequest, hidden: &[HiddenPath]) -> Value {
     let spec = &req.spec;
     let env: Vec<String> = spec
         .env
@@ -187,6 +209,18 @@ pub(crate) fn oci_config(req: &InitRequest) -> Value {
             json!({"destination": lossy(&m.target), "type": "bind", "source": lossy(&m.target),
                    "options": ["rbind", "nosuid", "nodev", if m.writable { "rw" } else { "ro" }]}),
         ));
+    }
+    // After the mounts that hold them (the sort below is stable, and a hidden path is
+    // never shallower than its mount).
+    for h in hidden {
+        let m = if h.dir {
+            json!({"destination": lossy(&h.path), "type": "tmpfs", "source": "tmpfs",
+                   "options": ["ro", "nosuid", "nodev", "noexec", "size=4k", "mode=0555"]})
+        } else {
+            json!({"destination": lossy(&h.path), "type": "bind", "source": empty_file(),
+                   "options": ["bind", "ro", "nosuid", "nodev", "noexec"]})
+        };
+        mounts.push((depth(&h.path), m));
     }
     mounts.sort_by_key(|(d, _)| *d);
     let mounts: Vec<Value> = mounts.into_iter().map(|(_, m)| m).collect();
@@ -278,6 +312,13 @@ fn masked(index: u32, flag: u64) -> Value {
 /// follows); conditions on different arguments must all hold.
 pub(crate) fn seccomp_profile() -> Value {
     let errno = |names: &[&str], args: Vec<Value>| json!({"names": names, "action": "SCMP_ACT_ERRNO", "errnoRet": libc::EPERM, "args": args});
+    // `clone3` takes its flags through memory that seccomp cannot read, so it is refused
+    // whole, with `ENOSYS` as in the `namespaces` backend: C libraries then fall back to
+    // `clone`, whose namespace flags the rules below refuse. `SCMP_ACT_ERRNO` cannot say
+    // `ENOSYS` here (gVisor releases up to at least 20240729 ignore `errnoRet` and answer
+    // `EPERM`, on which glibc does not fall back, so threads fail); `SCMP_ACT_TRACE` with
+    // no tracer is answered `ENOSYS` by gVisor as by Linux, and the command cannot
+    // become a tracer (`ptrace` is refused).
     let new_ns: Vec<u64> = [
         libc::CLONE_NEWNS,
         libc::CLONE_NEWCGROUP,
@@ -303,6 +344,7 @@ pub(crate) fn seccomp_profile() -> Value {
         "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_AARCH64"],
         "syscalls": [
             errno(DENIED, vec![]),
+            {"names": ["clone3"], "action": "SCMP_ACT_TRACE", "args": []},
             errno(&["clone"], new_ns.iter().map(|f| masked(0, *f)).collect()),
             errno(&["unshare"], new_ns.iter().map(|f| masked(0, *f)).collect()),
             errno(&["socket"], families),
@@ -361,7 +403,7 @@ mod tests {
 
     #[test]
     fn bundle_mirrors_the_session_root() {
-        let c = oci_config(&req());
+        let c = oci_config(&req(), &[]);
         assert_eq!(c["root"]["path"], "/");
         assert_eq!(c["root"]["readonly"], true);
         assert_eq!(c["process"]["user"]["uid"], 1000);
@@ -401,8 +443,50 @@ mod tests {
                 .contains(&json!("ptrace"))
         );
         // The only multi-condition rule across arguments is netlink other than ROUTE.
-        let nl = &rules[4]["args"];
+        let nl = &rules[5]["args"];
         assert_eq!(nl[0]["index"], 0);
         assert_eq!(nl[1]["index"], 2);
+        // clone3 as a whole: ENOSYS (a trace rule with no tracer), so libc falls back
+        // to clone, whose namespace flags are refused.
+        assert_eq!(rules[1]["names"], json!(["clone3"]));
+        assert_eq!(rules[1]["action"], "SCMP_ACT_TRACE");
+    }
+
+    #[test]
+    fn hidden_paths_are_gvisor_mounts_after_their_mount() {
+        let hidden = [
+            HiddenPath {
+                path: "/ws/.env".into(),
+                dir: false,
+            },
+            HiddenPath {
+                path: "/ws/a/data".into(),
+                dir: true,
+            },
+        ];
+        let c = oci_config(&req(), &hidden);
+        let mounts = c["mounts"].as_array().unwrap();
+        let at = |d: &str| {
+            mounts
+                .iter()
+                .rposition(|m| m["destination"] == d)
+                .unwrap_or_else(|| panic!("{d} not mounted: {mounts:?}"))
+        };
+        let file = &mounts[at("/ws/.env")];
+        assert_eq!(file["type"], "bind");
+        assert_eq!(file["source"], format!("{BUNDLE_DIR}/empty"));
+        assert!(file["options"].as_array().unwrap().contains(&json!("ro")));
+        let dir = &mounts[at("/ws/a/data")];
+        assert_eq!(dir["type"], "tmpfs");
+        assert!(dir["options"].as_array().unwrap().contains(&json!("ro")));
+        // The hiding mount comes after the mount it hides something in, also when
+        // both are at the same path.
+        assert!(at("/ws") < at("/ws/.env"));
+        assert_eq!(mounts[at("/ws/a/data")]["type"], "tmpfs");
+        let first_data = mounts
+            .iter()
+            .position(|m| m["destination"] == "/ws/a/data")
+            .unwrap();
+        assert_eq!(mounts[first_data]["type"], "bind");
     }
 }

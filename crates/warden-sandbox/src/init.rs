@@ -127,7 +127,7 @@ fn run_init(slot: &mut Option<OwnedFd>) -> Result<i32, String> {
         proto::send_fd(chan.as_raw_fd(), d.as_raw_fd())
             .map_err(|e| format!("passing the sock_diag socket: {e}"))?;
     }
-    mounts::build_root(&req, &mut warnings)?;
+    let hidden = mounts::build_root(&req, &mut warnings)?;
     for w in warnings {
         report(chan, &Report::Warning(w));
     }
@@ -159,7 +159,7 @@ fn run_init(slot: &mut Option<OwnedFd>) -> Result<i32, String> {
     }
     if agent == 0 {
         drop(sfd);
-        let code = match agent_main(&req, chan) {
+        let code = match agent_main(&req, &hidden, chan) {
             Err(AgentError::Setup(msg)) => {
                 report(chan, &Report::SetupFailed(msg));
                 EXIT_SETUP
@@ -271,7 +271,11 @@ fn setup<T>(what: &str, r: std::io::Result<T>) -> Result<T, AgentError> {
 }
 
 /// The agent: harden, then exec. Only returns on failure.
-fn agent_main(req: &InitRequest, chan: &OwnedFd) -> Result<std::convert::Infallible, AgentError> {
+fn agent_main(
+    req: &InitRequest,
+    hidden: &[mounts::HiddenPath],
+    chan: &OwnedFd,
+) -> Result<std::convert::Infallible, AgentError> {
     sys::reset_signals();
     // SAFETY: setsid has no memory effects.
     if unsafe { libc::setsid() } < 0 {
@@ -363,7 +367,7 @@ fn agent_main(req: &InitRequest, chan: &OwnedFd) -> Result<std::convert::Infalli
                     crate::gvisor::RUNSC_INSTALL_HINT
                 ))
             })?;
-            crate::gvisor::write_bundle(req).map_err(AgentError::Setup)?;
+            crate::gvisor::write_bundle(req, hidden).map_err(AgentError::Setup)?;
             setup(
                 "PR_SET_NO_NEW_PRIVS",
                 sys::prctl(libc::PR_SET_NO_NEW_PRIVS, 1),

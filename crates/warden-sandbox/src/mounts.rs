@@ -218,7 +218,19 @@ fn write_file(root: &OwnedFd, path: &str, content: &[u8], mode: u32) -> Result<(
 
 /// Builds the new root and switches to it. On return the process's root is the session
 /// root and the host's is gone from its view.
-pub(crate) fn build_root(req: &InitRequest, warnings: &mut Vec<String>) -> Result<(), String> {
+/// A session path that `filesystem.deny` hides (overmounted in the session root).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct HiddenPath {
+    pub path: PathBuf,
+    pub dir: bool,
+}
+
+/// Builds the session root and pivots into it. Returns the session paths it hid, which
+/// the `gvisor` backend hides again inside gVisor (see gvisor.rs).
+pub(crate) fn build_root(
+    req: &InitRequest,
+    warnings: &mut Vec<String>,
+) -> Result<Vec<HiddenPath>, String> {
     let spec = &req.spec;
     sys::mount(
         None,
@@ -362,7 +374,7 @@ pub(crate) fn build_root(req: &InitRequest, warnings: &mut Vec<String>) -> Resul
         }
     }
 
-    hide_paths(req, &root, warnings)?;
+    let hidden = hide_paths(req, &root, warnings)?;
 
     // The root tmpfs itself becomes read-only (all mount points exist now); only this
     // mount, not the writable ones below it.
@@ -382,7 +394,7 @@ pub(crate) fn build_root(req: &InitRequest, warnings: &mut Vec<String>) -> Resul
     sys::umount_detach(Path::new("."))
         .map_err(|e| err("detach the staging root and the host's root", e))?;
     std::env::set_current_dir("/").map_err(|e| err("chdir /", e))?;
-    Ok(())
+    Ok(hidden)
 }
 
 /// The paths that stay writable for Landlock.
@@ -619,7 +631,11 @@ struct Hidden {
     dir: bool,
 }
 
-fn hide_one(h: &Hidden, what: &Path) -> Result<(), String> {
+fn hide_one(h: &Hidden, what: &Path, hidden: &mut Vec<HiddenPath>) -> Result<(), String> {
+    hidden.push(HiddenPath {
+        path: what.to_path_buf(),
+        dir: h.dir,
+    });
     if h.dir {
         mount_fs(
             "tmpfs",
@@ -672,8 +688,13 @@ fn open_existing(root: &OwnedFd, session: &Path) -> Result<Option<Hidden>, Strin
     }
 }
 
-fn hide_paths(req: &InitRequest, root: &OwnedFd, warnings: &mut Vec<String>) -> Result<(), String> {
+fn hide_paths(
+    req: &InitRequest,
+    root: &OwnedFd,
+    warnings: &mut Vec<String>,
+) -> Result<Vec<HiddenPath>, String> {
     let spec = &req.spec;
+    let mut hidden = Vec::new();
     let mounts: Vec<&Mount> = spec
         .mounts
         .iter()
@@ -685,13 +706,13 @@ fn hide_paths(req: &InitRequest, root: &OwnedFd, warnings: &mut Vec<String>) -> 
             if let Ok(rel) = h.strip_prefix(&m.source) {
                 let session = m.target.join(rel);
                 if let Some(x) = open_existing(root, &session)? {
-                    hide_one(&x, &session)?;
+                    hide_one(&x, &session, &mut hidden)?;
                 }
             }
         }
     }
     if spec.hide_patterns.is_empty() {
-        return Ok(());
+        return Ok(hidden);
     }
     let mut b = globset::GlobSetBuilder::new();
     for p in &spec.hide_patterns {
@@ -707,7 +728,7 @@ fn hide_paths(req: &InitRequest, root: &OwnedFd, warnings: &mut Vec<String>) -> 
             continue;
         };
         if set.is_match(&m.source) || set.is_match(&m.target) {
-            hide_one(&top, &m.target)?;
+            hide_one(&top, &m.target, &mut hidden)?;
             continue;
         }
         if !top.dir {
@@ -732,10 +753,10 @@ fn hide_paths(req: &InitRequest, root: &OwnedFd, warnings: &mut Vec<String>) -> 
             ));
         }
         for (h, path) in &found {
-            hide_one(h, path)?;
+            hide_one(h, path, &mut hidden)?;
         }
     }
-    Ok(())
+    Ok(hidden)
 }
 
 /// Depth-first walk of an `O_PATH` directory descriptor. Returns false when a bound was hit.

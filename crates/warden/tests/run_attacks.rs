@@ -53,18 +53,37 @@ fn deny_patterns_hide_files_inside_the_workspace(b: B) {
     std::fs::write(env.ws.join("app/config/.env"), "NESTED-SECRET").unwrap();
     std::fs::write(env.ws.join("app/server.pem"), "PEM-SECRET").unwrap();
     std::fs::write(env.ws.join("app/readme"), "visible").unwrap();
-    let o = env.sh("cat .env app/config/.env app/server.pem 2>&1; cat app/readme; echo x > .env 2>&1 || echo write-denied; rm -f .env 2>&1 || echo rm-denied");
+    // Read, overwrite, delete, rename away, and delete the directory holding one: the
+    // workspace is writable, the hidden files must stay both unreadable and intact.
+    let o = env.sh(
+        "cat .env app/config/.env app/server.pem 2>&1; cat app/readme; \
+         echo x > .env 2>&1 || echo write-denied; rm -f .env 2>&1 || echo rm-denied; \
+         mv app/server.pem app/stolen 2>&1 || echo mv-denied; cat app/stolen 2>&1; \
+         rm -rf app/config 2>&1 || echo rmdir-denied; ls -l .env app 2>&1",
+    );
     let out = stdout(&o);
     assert!(!out.contains("SECRET"), "{}", text(&o));
     assert!(
-        out.contains("visible") && out.contains("write-denied") && out.contains("rm-denied"),
+        out.contains("visible")
+            && out.contains("write-denied")
+            && out.contains("rm-denied")
+            && out.contains("mv-denied")
+            && out.contains("rmdir-denied"),
         "{}",
         text(&o)
     );
-    assert_eq!(
-        std::fs::read_to_string(env.ws.join(".env")).unwrap(),
-        "TOP-SECRET"
-    );
+    for (path, content) in [
+        (".env", "TOP-SECRET"),
+        ("app/config/.env", "NESTED-SECRET"),
+        ("app/server.pem", "PEM-SECRET"),
+    ] {
+        assert_eq!(
+            std::fs::read_to_string(env.ws.join(path)).ok().as_deref(),
+            Some(content),
+            "{path} changed on the host: {}",
+            text(&o)
+        );
+    }
     let ev = env.audit_events();
     assert!(
         ev.iter().any(|e| e["surface"] == "filesystem"
@@ -359,6 +378,7 @@ fn dangerous_syscalls_fail(b: B) {
         "unshare_net",
         "clone_newuser",
         "clone3",
+        "clone3_newuser",
         "af_packet",
         "af_vsock",
         "netlink_audit",
@@ -373,6 +393,10 @@ fn dangerous_syscalls_fail(b: B) {
     // What must keep working.
     attack(&env, "fork", None);
     attack(&env, "netlink_route", None);
+    // glibc's pthread_create tries clone3 first and falls back to clone only on ENOSYS:
+    // threads must keep working where clone3 is refused.
+    let o = env.sh("python3 -c 'import threading; t = threading.Thread(target=print, args=(\"thread-ok\",)); t.start(); t.join()'");
+    assert!(stdout(&o).contains("thread-ok"), "{}", text(&o));
 }
 
 fn i386_entry_point_kills_the_process(b: B) {

@@ -167,6 +167,21 @@ fn python_and_node_run_in_the_workspace(b: B) {
     assert!(env.ws.join("py.out").exists() && env.ws.join("js.out").exists());
 }
 
+/// Everyday file tools work on the workspace: `ls -l` and `stat` (coreutils' statx
+/// with AT_NO_AUTOMOUNT, which Debian 12's gVisor rejected), `find`, `du`.
+fn file_tools_work_in_the_workspace(b: B) {
+    let env = Env::new_for(b, BASE);
+    std::fs::write(env.ws.join("f.txt"), "12345").unwrap();
+    let o = env.sh("ls -l f.txt && stat -c '%n %s' f.txt && find . -name f.txt && du -s . >/dev/null && echo tools-ok");
+    assert_code(&o, 0);
+    let out = stdout(&o);
+    assert!(
+        out.contains("f.txt 5") && out.contains("./f.txt") && out.contains("tools-ok"),
+        "{}",
+        text(&o)
+    );
+}
+
 fn workspace_read_only_and_none(b: B) {
     let env = Env::new_for(b, "[filesystem]\nworkspace = \"ro\"\n");
     std::fs::write(env.ws.join("f"), "content").unwrap();
@@ -357,6 +372,7 @@ crate::per_backend!(
     pipes_pass_through,
     environment_is_filtered,
     python_and_node_run_in_the_workspace,
+    file_tools_work_in_the_workspace,
     workspace_read_only_and_none,
     tty_is_a_pty_with_resize,
     ctrl_c_reaches_the_session,

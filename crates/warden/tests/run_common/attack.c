@@ -43,6 +43,16 @@ int main(int argc, char **argv) {
         return blocked(r, n);
     }
     if (!strcmp(n, "clone3")) { char a[88] = {0}; return blocked(syscall(SYS_clone3, a, sizeof a), n); }
+    if (!strcmp(n, "clone3_newuser")) {
+        /* struct clone_args: flags at 0, exit_signal at 32; no stack: fork-like. */
+        unsigned long long a[11] = {0};
+        a[0] = CLONE_NEWUSER | CLONE_NEWNS;
+        a[4] = SIGCHLD;
+        long r = syscall(SYS_clone3, a, sizeof a);
+        if (r == 0) _exit(0);
+        if (r > 0) waitpid(r, NULL, 0);
+        return blocked(r, n);
+    }
     if (!strcmp(n, "fork")) { pid_t p = fork(); if (p == 0) _exit(0); if (p > 0) waitpid(p, NULL, 0); return p > 0 ? 0 : 1; }
     if (!strcmp(n, "af_packet")) return blocked(socket(AF_PACKET, SOCK_RAW, 0), n);
     if (!strcmp(n, "af_vsock")) return blocked(socket(40 /*AF_VSOCK*/, SOCK_STREAM, 0), n);

@@ -48,10 +48,10 @@ pub fn gvisor_available() -> bool {
     if !found {
         assert!(
             std::env::var_os("CI").is_none(),
-            "runsc is not installed (apt-get install runsc): the gVisor backend cannot be tested"
+            "runsc is not installed (scripts/install-gvisor): the gVisor backend cannot be tested"
         );
         eprintln!(
-            "\n!!!!! SKIPPING the gVisor variant: runsc is not installed (apt-get install runsc) !!!!!\n"
+            "\n!!!!! SKIPPING the gVisor variant: runsc is not installed (scripts/install-gvisor) !!!!!\n"
         );
     }
     found
