@@ -29,9 +29,10 @@
 //! `runsc` itself is not put under Warden's seccomp filter or Landlock: it must create
 //! namespaces, mount, `pivot_root` and `ptrace` its stub processes, which both layers
 //! forbid. Its sentry and gofer install gVisor's own allow-list filters before they
-//! serve the command. The runsc processes stay in the session's user, mount, PID,
-//! network, IPC, UTS and cgroup namespaces, see only the session root, and hold
-//! capabilities only within the session's user namespace.
+//! serve the command. The runsc processes stay in the session's PID, network, IPC,
+//! UTS and cgroup namespaces and see only the session root; they run in a user and mount
+//! namespace nested in the session's ([`enter_nested_namespaces`]), so their
+//! capabilities count only there and the session root's mounts are locked to them.
 
 use crate::mounts::HiddenPath;
 use crate::proto::InitRequest;
@@ -60,6 +61,72 @@ pub fn find_runsc() -> Option<PathBuf> {
             .map(|c| unsafe { libc::access(c.as_ptr(), libc::X_OK) } == 0)
             .unwrap_or(false)
     })
+}
+
+/// The oldest gVisor release the backend runs: older releases fail `statx` with
+/// `AT_NO_AUTOMOUNT` (`ls -l` breaks) and cannot start in the nested user namespace
+/// (see docs/decisions/0004-backends.md, "gVisor versions").
+pub const RUNSC_MIN_RELEASE: u32 = 20240729;
+
+/// The release date in `runsc --version`'s first line (`runsc version 0.0~20240729.0`,
+/// `runsc version release-20240729.0`), if it has one.
+fn release_of(version: &str) -> Option<u32> {
+    let line = version.lines().next()?;
+    line.split(|c: char| !c.is_ascii_digit())
+        .find(|w| w.len() == 8 && w.starts_with("20"))
+        .and_then(|w| w.parse().ok())
+}
+
+/// Checks that `runsc` is release [`RUNSC_MIN_RELEASE`] or newer. `runsc --version`
+/// costs about 50 ms, so its answer is remembered in `cache` (a small text file) under
+/// the binary's device, inode, size and modification time; a replaced binary is asked
+/// again. A version without a release date (a development build) is accepted.
+pub fn check_runsc_release(runsc: &Path, cache: &Path) -> Result<(), crate::SandboxError> {
+    use std::os::unix::fs::MetadataExt;
+    let unsupported = |what: String| crate::SandboxError::Unsupported {
+        what,
+        fix: format!("{RUNSC_INSTALL_HINT}."),
+    };
+    let meta = std::fs::metadata(runsc)
+        .map_err(|e| unsupported(format!("gVisor: {}: {e}", runsc.display())))?;
+    let key = format!(
+        "{} {} {} {} {}",
+        runsc.display(),
+        meta.dev(),
+        meta.ino(),
+        meta.size(),
+        meta.mtime_nsec() + meta.mtime() * 1_000_000_000
+    );
+    let cached = std::fs::read_to_string(cache).ok().and_then(|c| {
+        let (k, v) = c.split_once('\n')?;
+        (k == key).then(|| v.to_string())
+    });
+    let version = match cached {
+        Some(v) => v,
+        None => {
+            let out = std::process::Command::new(runsc)
+                .arg("--version")
+                .stdin(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .output()
+                .map_err(|e| unsupported(format!("gVisor: {} --version: {e}", runsc.display())))?;
+            let v = String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .to_string();
+            // Best effort: without the cache the next session asks again.
+            let _ = std::fs::write(cache, format!("{key}\n{v}"));
+            v
+        }
+    };
+    match release_of(&version) {
+        Some(r) if r < RUNSC_MIN_RELEASE => Err(unsupported(format!(
+            "gVisor: {} is release-{r} ({version:?}); Warden needs release-{RUNSC_MIN_RELEASE} or newer",
+            runsc.display()
+        ))),
+        _ => Ok(()),
+    }
 }
 
 fn state_dir() -> String {
@@ -108,6 +175,30 @@ pub(crate) fn kill_argv(runsc: &Path, id: &str, sig: libc::c_int) -> Result<Vec<
     v.extend(global_flags());
     v.extend(["kill".into(), id.into(), sig.to_string()]);
     cstrings(v)
+}
+
+/// Moves the calling process (the agent, about to execute runsc) into a new user and
+/// mount namespace nested in the session's, with the same single uid and gid mapped.
+/// runsc keeps every capability it needs (they are full in the new user namespace), but
+/// the session root's mounts, copied into a mount namespace of a less privileged user
+/// namespace, become locked together: neither runsc nor a process that escaped gVisor
+/// can unmount one of them alone (a hiding overmount, or the read-only root) to uncover
+/// what it covers.
+pub(crate) fn enter_nested_namespaces(uid: u32, gid: u32) -> Result<(), String> {
+    // SAFETY: unshare has no memory effects; the agent is single-threaded.
+    if unsafe { libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNS) } != 0 {
+        return Err(format!(
+            "a nested user namespace for runsc: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    let write = |file: &str, body: String| {
+        std::fs::write(format!("/proc/self/{file}"), body)
+            .map_err(|e| format!("/proc/self/{file} of runsc's user namespace: {e}"))
+    };
+    write("uid_map", format!("{uid} {uid} 1\n"))?;
+    write("setgroups", "deny".into())?;
+    write("gid_map", format!("{gid} {gid} 1\n"))
 }
 
 /// The empty read-only file bound over hidden files inside gVisor.
@@ -450,6 +541,60 @@ mod tests {
         // to clone, whose namespace flags are refused.
         assert_eq!(rules[1]["names"], json!(["clone3"]));
         assert_eq!(rules[1]["action"], "SCMP_ACT_TRACE");
+    }
+
+    #[test]
+    fn release_dates_are_read_from_runsc_versions() {
+        assert_eq!(
+            release_of("runsc version 0.0~20221219.0\nspec: 1.0.2-dev"),
+            Some(20221219)
+        );
+        assert_eq!(
+            release_of("runsc version release-20240729.0\n"),
+            Some(20240729)
+        );
+        assert_eq!(release_of("runsc version 0.0.0"), None);
+        assert_eq!(release_of(""), None);
+    }
+
+    #[test]
+    fn an_old_runsc_is_refused_and_the_answer_is_cached() {
+        let dir = std::env::temp_dir().join(format!("warden-runsc-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let fake = dir.join("runsc");
+        let cache = dir.join("cache");
+        let write = |body: &str| {
+            std::fs::write(&fake, body).unwrap();
+            std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+                .unwrap();
+        };
+        write("#!/bin/sh\necho 'runsc version 0.0~20221219.0'\n");
+        let e = check_runsc_release(&fake, &cache).unwrap_err().to_string();
+        assert!(
+            e.contains("release-20221219") && e.contains("install-gvisor"),
+            "{e}"
+        );
+        // Cached: the same answer without running the binary (it can no longer run;
+        // its modification time is unchanged by chmod).
+        let before = std::fs::metadata(&fake).unwrap().modified().unwrap();
+        std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o000))
+            .unwrap();
+        let again = check_runsc_release(&fake, &cache).unwrap_err().to_string();
+        assert!(again.contains("release-20221219"), "{again}");
+        // A new binary (other size and time) is asked again.
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        write("#!/bin/sh\necho 'runsc version 0.0~20240729.0'   \n");
+        assert_ne!(
+            std::fs::metadata(&fake).unwrap().modified().unwrap(),
+            before
+        );
+        check_runsc_release(&fake, &cache).unwrap();
+        assert!(
+            std::fs::read_to_string(&cache)
+                .unwrap()
+                .contains("20240729")
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -368,6 +368,7 @@ fn agent_main(
                 ))
             })?;
             crate::gvisor::write_bundle(req, hidden).map_err(AgentError::Setup)?;
+            crate::gvisor::enter_nested_namespaces(req.uid, req.gid).map_err(AgentError::Setup)?;
             setup(
                 "PR_SET_NO_NEW_PRIVS",
                 sys::prctl(libc::PR_SET_NO_NEW_PRIVS, 1),

@@ -51,7 +51,7 @@ use std::path::PathBuf;
 
 pub use env::{DEFAULT_ENV_PASSTHROUGH, session_env};
 pub use error::SandboxError;
-pub use gvisor::{RUNSC_INSTALL_HINT, find_runsc};
+pub use gvisor::{RUNSC_INSTALL_HINT, RUNSC_MIN_RELEASE, check_runsc_release, find_runsc};
 pub use init::init_main;
 pub use net::{
     DNS_ADDR, NetworkFds, PROXY_ADDR, TUN_MTU, TUN_NAME, TUN_V4, TUN_V6, defer_tun_teardown,

@@ -718,3 +718,125 @@ crate::per_backend!(
     unprivileged_user_core_attacks,
     unprivileged_user_with_limits_and_no_delegation_fails_closed,
 );
+
+/// From where a process that escaped gVisor would stand (runsc's own user and mount
+/// namespaces), the session root's mounts cannot be taken apart: runsc runs in a user
+/// namespace nested in the session's, so the overmounts hiding `filesystem.deny` paths
+/// and the read-only root are locked to what they cover. (Without the nested namespace
+/// the `umount` below succeeds: runsc would hold every capability of the namespace that
+/// owns those mounts.)
+#[test]
+fn gvisor_runsc_cannot_unmount_a_hiding_overmount() {
+    if !is_root() || !gvisor_available() {
+        return;
+    }
+    let env = Env::new_for(B::Gvisor, BASE);
+    std::fs::write(env.ws.join(".env"), "TOP-SECRET").unwrap();
+    let mut child = env
+        .cmd(&[], &["sleep", "30"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let warden = child.id();
+    let _guard = Kill(std::mem::replace(
+        &mut child,
+        Command::new("true").spawn().unwrap(),
+    ));
+    let _ = child.wait();
+    // The `runsc ... run` process among the session's processes.
+    let runsc = (0..200)
+        .find_map(|_| {
+            let found = descendants(warden).into_iter().find(|p| {
+                std::fs::read(format!("/proc/{p}/cmdline"))
+                    .map(|c| {
+                        let c = String::from_utf8_lossy(&c);
+                        c.contains("runsc") && c.split('\0').any(|a| a == "run")
+                    })
+                    .unwrap_or(false)
+            });
+            if found.is_none() {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            found
+        })
+        .expect("no runsc process in the session");
+    let mountinfo = std::fs::read_to_string(format!("/proc/{runsc}/mountinfo")).unwrap();
+    let hidden = mountinfo
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .find(|m| m.ends_with("/.env"))
+        .unwrap_or_else(|| panic!("no overmount on .env in runsc's namespace:\n{mountinfo}"))
+        .to_string();
+    // umount2(MNT_DETACH) from runsc's user and mount namespaces and its root (the
+    // session root). A direct system call: umount(8) needs a /proc of its own PID
+    // namespace, which the session's /proc is not.
+    const UMOUNT: &str = "import ctypes, os, sys\n\
+        libc = ctypes.CDLL(None, use_errno=True)\n\
+        r = libc.umount2(sys.argv[1].encode(), 2)\n\
+        print('unmounted' if r == 0 else 'refused: ' + os.strerror(ctypes.get_errno()))";
+    for target in [hidden.as_str(), "/"] {
+        let pid = runsc.to_string();
+        let o = Command::new("nsenter")
+            .args([
+                "-t", &pid, "-U", "-m", "-r", "-w", "--", "python3", "-c", UMOUNT, target,
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            stdout(&o).contains("refused: Invalid argument"),
+            "umount {target} in runsc's namespaces: {}",
+            text(&o)
+        );
+    }
+    let after = std::fs::read_to_string(format!("/proc/{runsc}/mountinfo")).unwrap();
+    assert!(
+        after
+            .lines()
+            .any(|l| l.split(' ').nth(4) == Some(hidden.as_str())),
+        "the overmount on {hidden} is gone:\n{after}"
+    );
+}
+
+/// Every process below `pid`.
+fn descendants(pid: u32) -> Vec<u32> {
+    let mut parent_of = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(p) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
+            continue;
+        };
+        // "pid (comm) state ppid ...": comm may hold spaces, so split after the last ')'.
+        let Some(ppid) = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        parent_of.push((p, ppid));
+    }
+    let mut out = vec![pid];
+    let mut i = 0;
+    while i < out.len() {
+        let cur = out[i];
+        out.extend(
+            parent_of
+                .iter()
+                .filter(|(_, pp)| *pp == cur)
+                .map(|(p, _)| *p),
+        );
+        i += 1;
+    }
+    out.remove(0);
+    out
+}

@@ -535,6 +535,15 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
     if let Err(e) = warden_sandbox::preflight(&spec) {
         return fail(&open_log()?, e.to_string());
     }
+    if backend == warden_sandbox::Backend::Gvisor
+        && let Some(runsc) = warden_sandbox::find_runsc()
+        && let Err(e) = warden_sandbox::check_runsc_release(
+            &runsc,
+            &crate::home::warden_home().join("runsc-release"),
+        )
+    {
+        return fail(&open_log()?, e.to_string());
+    }
 
     // The audit log is opened, and the decisions and the session start recorded durably,
     // on a helper thread while the sandbox is being built; the command only runs once
