@@ -178,12 +178,14 @@ pub(crate) fn kill_argv(runsc: &Path, id: &str, sig: libc::c_int) -> Result<Vec<
 }
 
 /// Moves the calling process (the agent, about to execute runsc) into a new user and
-/// mount namespace nested in the session's, with the same single uid and gid mapped.
-/// runsc keeps every capability it needs (they are full in the new user namespace), but
-/// the session root's mounts, copied into a mount namespace of a less privileged user
-/// namespace, become locked together: neither runsc nor a process that escaped gVisor
-/// can unmount one of them alone (a hiding overmount, or the read-only root) to uncover
-/// what it covers.
+/// mount namespace nested in the session's, where the caller's uid and gid (its only
+/// ones in the session) are root. runsc keeps every capability it needs (they are full
+/// in the new user namespace, and runsc runs only as root there), but the session
+/// root's mounts, copied into a mount namespace of a less privileged user namespace,
+/// become locked together: neither runsc nor a process that escaped gVisor can unmount
+/// one of them alone (a hiding overmount, or the read-only root) to uncover what it
+/// covers. For root nothing else changes; for an unprivileged caller the command runs
+/// as root inside gVisor, with no capability (see [`oci_config`]).
 pub(crate) fn enter_nested_namespaces(uid: u32, gid: u32) -> Result<(), String> {
     // SAFETY: unshare has no memory effects; the agent is single-threaded.
     if unsafe { libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNS) } != 0 {
@@ -196,9 +198,9 @@ pub(crate) fn enter_nested_namespaces(uid: u32, gid: u32) -> Result<(), String> 
         std::fs::write(format!("/proc/self/{file}"), body)
             .map_err(|e| format!("/proc/self/{file} of runsc's user namespace: {e}"))
     };
-    write("uid_map", format!("{uid} {uid} 1\n"))?;
+    write("uid_map", format!("0 {uid} 1\n"))?;
     write("setgroups", "deny".into())?;
-    write("gid_map", format!("{gid} {gid} 1\n"))
+    write("gid_map", format!("0 {gid} 1\n"))
 }
 
 /// The empty read-only file bound over hidden files inside gVisor.
@@ -284,8 +286,7 @@ pub(crate) fn oci_config(req: &InitRequest, hidden: &[HiddenPath]) -> Value {
         (
             depth(&spec.home),
             json!({"destination": lossy(&spec.home), "type": "tmpfs", "source": "tmpfs",
-                   "options": ["nosuid", "nodev", "mode=0700",
-                               format!("uid={}", req.uid), format!("gid={}", req.gid)]}),
+                   "options": ["nosuid", "nodev", "mode=0700", "uid=0", "gid=0"]}),
         ),
     ];
     for m in &spec.mounts {
@@ -320,7 +321,10 @@ pub(crate) fn oci_config(req: &InitRequest, hidden: &[HiddenPath]) -> Value {
         "ociVersion": "1.0.2",
         "process": {
             "terminal": req.use_pty,
-            "user": {"uid": req.uid, "gid": req.gid},
+            // The caller's uid is root in runsc's user namespace (see
+            // `enter_nested_namespaces`): the command runs as that uid, without any
+            // capability, so the workspace's files are its own.
+            "user": {"uid": 0, "gid": 0},
             "args": args,
             "env": env,
             "cwd": lossy(&spec.cwd),
@@ -497,7 +501,7 @@ mod tests {
         let c = oci_config(&req(), &[]);
         assert_eq!(c["root"]["path"], "/");
         assert_eq!(c["root"]["readonly"], true);
-        assert_eq!(c["process"]["user"]["uid"], 1000);
+        assert_eq!(c["process"]["user"]["uid"], 0);
         assert_eq!(c["process"]["capabilities"]["bounding"], json!([]));
         let dests: Vec<&str> = c["mounts"]
             .as_array()

@@ -135,14 +135,6 @@ pub fn preflight_report(spec: &SandboxSpec) -> Vec<Check> {
                     ),
                     format!("{}.", crate::gvisor::RUNSC_INSTALL_HINT),
                 ))
-            } else if unpriv {
-                // runsc refuses a non-root user without its --rootless mode, and that mode
-                // maps the user to root inside, which would make every file of the
-                // workspace look owned by someone else to the command.
-                Some((
-                    "the gvisor backend runs only for root (runsc cannot run as an unprivileged user inside the session's user namespace)".to_string(),
-                    "Run warden as root, or use --backend namespaces with a policy that does not require gvisor.".to_string(),
-                ))
             } else {
                 None
             },
