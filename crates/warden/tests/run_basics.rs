@@ -319,6 +319,23 @@ fn tty_is_a_pty_with_resize(b: B) {
     );
 }
 
+/// A full-screen program is rarely the session's first process (a shell or an agent
+/// starts it): a window size change must reach it too.
+fn resize_reaches_a_process_below_the_first(b: B) {
+    let env = Env::new_for(b, BASE);
+    let py = "import signal, sys, time\n\
+        signal.signal(signal.SIGWINCH, lambda *a: (print('WINCHED', flush=True), sys.exit(0)))\n\
+        print('READY1', flush=True)\n\
+        time.sleep(10)";
+    let (out, code) = on_pty(
+        &env,
+        "read_until('READY1'); time.sleep(0.2); resize(41, 101)",
+        &["sh", "-c", &format!("python3 -c \"{py}\"; echo AFTER")],
+    );
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("WINCHED") && out.contains("AFTER"), "{out}");
+}
+
 fn ctrl_c_reaches_the_session(b: B) {
     let env = Env::new_for(b, BASE);
     let (out, code) = on_pty(
@@ -375,6 +392,7 @@ crate::per_backend!(
     file_tools_work_in_the_workspace,
     workspace_read_only_and_none,
     tty_is_a_pty_with_resize,
+    resize_reaches_a_process_below_the_first,
     ctrl_c_reaches_the_session,
     sigterm_is_forwarded_to_the_session,
     sigkill_to_warden_kills_the_session,
