@@ -203,6 +203,29 @@ pub(crate) fn enter_nested_namespaces(uid: u32, gid: u32) -> Result<(), String> 
     write("gid_map", format!("0 {gid} 1\n"))
 }
 
+/// Sets `O_APPEND` on those of `fds` that are regular files. gVisor keeps its own offset
+/// for every host descriptor it imports, so stdout and stderr redirected to one file
+/// (`>out 2>&1`, one open file description) would overwrite each other from offset 0;
+/// appending, every write lands at the end, which is where the shared offset of
+/// sequential writers would have put it. The flag stays on the caller's open file
+/// description after the session (it only matters to a writer that seeks).
+pub(crate) fn append_to_regular_files(fds: &[libc::c_int]) {
+    for &fd in fds {
+        // SAFETY: fstat into a zeroed stat, fcntl on a descriptor we hold; errors are
+        // ignored (the descriptor is then left as it is).
+        unsafe {
+            let mut st: libc::stat = std::mem::zeroed();
+            if libc::fstat(fd, &mut st) != 0 || st.st_mode & libc::S_IFMT != libc::S_IFREG {
+                continue;
+            }
+            let flags = libc::fcntl(fd, libc::F_GETFL);
+            if flags >= 0 && flags & libc::O_APPEND == 0 {
+                libc::fcntl(fd, libc::F_SETFL, flags | libc::O_APPEND);
+            }
+        }
+    }
+}
+
 /// The empty read-only file bound over hidden files inside gVisor.
 fn empty_file() -> String {
     format!("{BUNDLE_DIR}/empty")

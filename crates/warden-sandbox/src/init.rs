@@ -369,6 +369,7 @@ fn agent_main(
             })?;
             crate::gvisor::write_bundle(req, hidden).map_err(AgentError::Setup)?;
             crate::gvisor::enter_nested_namespaces(req.uid, req.gid).map_err(AgentError::Setup)?;
+            crate::gvisor::append_to_regular_files(&[1, 2]);
             setup(
                 "PR_SET_NO_NEW_PRIVS",
                 sys::prctl(libc::PR_SET_NO_NEW_PRIVS, 1),

@@ -336,6 +336,23 @@ fn resize_reaches_a_process_below_the_first(b: B) {
     assert!(out.contains("WINCHED") && out.contains("AFTER"), "{out}");
 }
 
+/// `>out 2>&1`: both streams on one open file, interleaved as written.
+fn stdout_and_stderr_to_one_file_keep_every_line(b: B) {
+    let env = Env::new_for(b, BASE);
+    let path = env.dir.path().join("out.txt");
+    let file = std::fs::File::create(&path).unwrap();
+    let status = env
+        .cmd(&[], &["sh", "-c", "echo one; echo two >&2; echo three"])
+        .stdout(file.try_clone().unwrap())
+        .stderr(file)
+        .status()
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+    let out = std::fs::read_to_string(&path).unwrap();
+    // Warden's own warnings may come first; the session's lines follow in order.
+    assert!(out.ends_with("one\ntwo\nthree\n"), "{out:?}");
+}
+
 fn ctrl_c_reaches_the_session(b: B) {
     let env = Env::new_for(b, BASE);
     let (out, code) = on_pty(
@@ -393,6 +410,7 @@ crate::per_backend!(
     workspace_read_only_and_none,
     tty_is_a_pty_with_resize,
     resize_reaches_a_process_below_the_first,
+    stdout_and_stderr_to_one_file_keep_every_line,
     ctrl_c_reaches_the_session,
     sigterm_is_forwarded_to_the_session,
     sigkill_to_warden_kills_the_session,
