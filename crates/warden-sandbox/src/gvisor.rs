@@ -16,7 +16,8 @@
 //!   namespace be unlinked — `rm` of a hidden file deleted the host's file. With
 //!   gVisor's own mount there, the path resolves to it inside the sandbox: reads see it
 //!   empty, writes get `EROFS`, `unlink`/`rename` get `EBUSY`, and the host file is
-//!   never looked up;
+//!   never looked up. The git guard's covers (mounts.rs) are laid again the same way:
+//!   a repository's configuration and hooks read-only, its `.git` pinned;
 //! - `/proc`, `/dev`, `/sys`, `/tmp` and the home are gVisor's own (in the sandbox's
 //!   memory): the command never sees the init's `/tmp`, where the bundle and runsc's
 //!   state live ([`BUNDLE_DIR`]);
@@ -34,7 +35,7 @@
 //! namespace nested in the session's ([`enter_nested_namespaces`]), so their
 //! capabilities count only there and the session root's mounts are locked to them.
 
-use crate::mounts::HiddenPath;
+use crate::mounts::{Cover, Overmount};
 use crate::proto::InitRequest;
 use serde_json::{Value, json};
 use std::ffi::CString;
@@ -231,22 +232,22 @@ fn empty_file() -> String {
     format!("{BUNDLE_DIR}/empty")
 }
 
-/// Writes `BUNDLE_DIR/config.json` for `req`; `hidden` are the session paths the
-/// session root hides.
-pub(crate) fn write_bundle(req: &InitRequest, hidden: &[HiddenPath]) -> Result<(), String> {
+/// Writes `BUNDLE_DIR/config.json` for `req`; `covered` are the paths the session root
+/// covered inside its mounts.
+pub(crate) fn write_bundle(req: &InitRequest, covered: &[Overmount]) -> Result<(), String> {
     std::fs::create_dir_all(state_dir()).map_err(|e| format!("{BUNDLE_DIR}: {e}"))?;
     std::fs::set_permissions(
         BUNDLE_DIR,
         std::os::unix::fs::PermissionsExt::from_mode(0o700),
     )
     .map_err(|e| format!("{BUNDLE_DIR}: {e}"))?;
-    if hidden.iter().any(|h| !h.dir) {
+    if covered.iter().any(|c| c.cover == Cover::HiddenFile) {
         let empty = empty_file();
         std::fs::write(&empty, b"").map_err(|e| format!("{empty}: {e}"))?;
         std::fs::set_permissions(&empty, std::os::unix::fs::PermissionsExt::from_mode(0o444))
             .map_err(|e| format!("{empty}: {e}"))?;
     }
-    let config = oci_config(req, hidden);
+    let config = oci_config(req, covered);
     let body = serde_json::to_vec_pretty(&config).map_err(|e| format!("config.json: {e}"))?;
     std::fs::write(format!("{BUNDLE_DIR}/config.json"), body)
         .map_err(|e| format!("{BUNDLE_DIR}/config.json: {e}"))
@@ -257,7 +258,7 @@ fn lossy(p: &Path) -> String {
 }
 
 /// The OCI runtime spec of the session (see the module documentation).
-pub(crate) fn oci_config(req: &InitRequest, hidden: &[HiddenPath]) -> Value {
+pub(crate) fn oci_config(req: &InitRequest, covered: &[Overmount]) -> Value {
     let spec = &req.spec;
     let env: Vec<String> = spec
         .env
@@ -325,17 +326,23 @@ pub(crate) fn oci_config(req: &InitRequest, hidden: &[HiddenPath]) -> Value {
                    "options": ["rbind", "nosuid", "nodev", if m.writable { "rw" } else { "ro" }]}),
         ));
     }
-    // After the mounts that hold them (the sort below is stable, and a hidden path is
+    // After the mounts that hold them (the sort below is stable, and a covered path is
     // never shallower than its mount).
-    for h in hidden {
-        let m = if h.dir {
-            json!({"destination": lossy(&h.path), "type": "tmpfs", "source": "tmpfs",
-                   "options": ["ro", "nosuid", "nodev", "noexec", "size=4k", "mode=0555"]})
-        } else {
-            json!({"destination": lossy(&h.path), "type": "bind", "source": empty_file(),
-                   "options": ["bind", "ro", "nosuid", "nodev", "noexec"]})
+    for c in covered {
+        let path = lossy(&c.path);
+        let m = match c.cover {
+            Cover::HiddenDir => json!({"destination": path, "type": "tmpfs", "source": "tmpfs",
+                "options": ["ro", "nosuid", "nodev", "noexec", "size=4k", "mode=0555"]}),
+            Cover::HiddenFile => {
+                json!({"destination": path, "type": "bind", "source": empty_file(),
+                "options": ["bind", "ro", "nosuid", "nodev", "noexec"]})
+            }
+            Cover::ReadOnly => json!({"destination": path, "type": "bind", "source": path,
+                "options": ["rbind", "ro", "nosuid", "nodev"]}),
+            Cover::Pinned => json!({"destination": path, "type": "bind", "source": path,
+                "options": ["rbind", "rw", "nosuid", "nodev"]}),
         };
-        mounts.push((depth(&h.path), m));
+        mounts.push((depth(&c.path), m));
     }
     mounts.sort_by_key(|(d, _)| *d);
     let mounts: Vec<Value> = mounts.into_iter().map(|(_, m)| m).collect();
@@ -627,13 +634,13 @@ mod tests {
     #[test]
     fn hidden_paths_are_gvisor_mounts_after_their_mount() {
         let hidden = [
-            HiddenPath {
+            Overmount {
                 path: "/ws/.env".into(),
-                dir: false,
+                cover: Cover::HiddenFile,
             },
-            HiddenPath {
+            Overmount {
                 path: "/ws/a/data".into(),
-                dir: true,
+                cover: Cover::HiddenDir,
             },
         ];
         let c = oci_config(&req(), &hidden);

@@ -127,7 +127,7 @@ fn run_init(slot: &mut Option<OwnedFd>) -> Result<i32, String> {
         proto::send_fd(chan.as_raw_fd(), d.as_raw_fd())
             .map_err(|e| format!("passing the sock_diag socket: {e}"))?;
     }
-    let hidden = mounts::build_root(&req, &mut warnings)?;
+    let covered = mounts::build_root(&req, &mut warnings)?;
     for w in warnings {
         report(chan, &Report::Warning(w));
     }
@@ -159,7 +159,7 @@ fn run_init(slot: &mut Option<OwnedFd>) -> Result<i32, String> {
     }
     if agent == 0 {
         drop(sfd);
-        let code = match agent_main(&req, &hidden, chan) {
+        let code = match agent_main(&req, &covered, chan) {
             Err(AgentError::Setup(msg)) => {
                 report(chan, &Report::SetupFailed(msg));
                 EXIT_SETUP
@@ -273,7 +273,7 @@ fn setup<T>(what: &str, r: std::io::Result<T>) -> Result<T, AgentError> {
 /// The agent: harden, then exec. Only returns on failure.
 fn agent_main(
     req: &InitRequest,
-    hidden: &[mounts::HiddenPath],
+    covered: &[mounts::Overmount],
     chan: &OwnedFd,
 ) -> Result<std::convert::Infallible, AgentError> {
     sys::reset_signals();
@@ -367,7 +367,7 @@ fn agent_main(
                     crate::gvisor::RUNSC_INSTALL_HINT
                 ))
             })?;
-            crate::gvisor::write_bundle(req, hidden).map_err(AgentError::Setup)?;
+            crate::gvisor::write_bundle(req, covered).map_err(AgentError::Setup)?;
             crate::gvisor::enter_nested_namespaces(req.uid, req.gid).map_err(AgentError::Setup)?;
             crate::gvisor::append_to_regular_files(&[1, 2]);
             setup(

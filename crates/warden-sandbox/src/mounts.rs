@@ -218,19 +218,34 @@ fn write_file(root: &OwnedFd, path: &str, content: &[u8], mode: u32) -> Result<(
 
 /// Builds the new root and switches to it. On return the process's root is the session
 /// root and the host's is gone from its view.
-/// A session path that `filesystem.deny` hides (overmounted in the session root).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct HiddenPath {
-    pub path: PathBuf,
-    pub dir: bool,
+/// How the session root covers a path inside one of its mounts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Cover {
+    /// `filesystem.deny`: an empty read-only directory over it.
+    HiddenDir,
+    /// `filesystem.deny`: an empty read-only file over it.
+    HiddenFile,
+    /// The path itself, read-only (a repository's git configuration and hooks).
+    ReadOnly,
+    /// The path itself, as writable as before: a mount point cannot be renamed, removed
+    /// or replaced (a repository's `.git`).
+    Pinned,
 }
 
-/// Builds the session root and pivots into it. Returns the session paths it hid, which
-/// the `gvisor` backend hides again inside gVisor (see gvisor.rs).
+/// A path the session root covers; the `gvisor` backend covers it again inside gVisor
+/// (see gvisor.rs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Overmount {
+    pub path: PathBuf,
+    pub cover: Cover,
+}
+
+/// Builds the session root and pivots into it. Returns the paths it covered inside its
+/// mounts, which the `gvisor` backend covers again inside gVisor (see gvisor.rs).
 pub(crate) fn build_root(
     req: &InitRequest,
     warnings: &mut Vec<String>,
-) -> Result<Vec<HiddenPath>, String> {
+) -> Result<Vec<Overmount>, String> {
     let spec = &req.spec;
     sys::mount(
         None,
@@ -374,7 +389,8 @@ pub(crate) fn build_root(
         }
     }
 
-    let hidden = hide_paths(req, &root, warnings)?;
+    let mut covered = guard_git(req, &root)?;
+    covered.extend(hide_paths(req, &root, warnings)?);
 
     // The root tmpfs itself becomes read-only (all mount points exist now); only this
     // mount, not the writable ones below it.
@@ -394,7 +410,7 @@ pub(crate) fn build_root(
     sys::umount_detach(Path::new("."))
         .map_err(|e| err("detach the staging root and the host's root", e))?;
     std::env::set_current_dir("/").map_err(|e| err("chdir /", e))?;
-    Ok(hidden)
+    Ok(covered)
 }
 
 /// The paths that stay writable for Landlock.
@@ -625,16 +641,190 @@ fn build_dev(old: &OwnedFd, root: &OwnedFd) -> Result<(), String> {
     Ok(())
 }
 
+// ---- git guard ---------------------------------------------------------------------
+//
+// What an agent writes into a repository's `.git` runs on the host: the user's git (a
+// shell prompt runs `git status` on every command, an IDE polls it) executes hooks and
+// `core.fsmonitor`, `core.sshCommand`, `diff.*.textconv`, ... from the repository's
+// configuration, outside any sandbox. In every writable mount whose top holds a `.git`,
+// the session root therefore pins `.git` (a mount point cannot be renamed or replaced)
+// and lays read-only binds over the repository's configuration and hooks, also those of
+// its submodules and a `core.hooksPath` inside the writable mounts. Commits, branches,
+// fetches and the index stay writable. See docs/decisions/0002-sandbox.md ("Git
+// repositories"), also for what this does not cover.
+
+/// What in a git directory runs or redirects commands: configuration, hooks, and the
+/// file that points a git directory at another one's configuration.
+const GIT_GUARDED: &[&str] = &["config", "config.worktree", "commondir", "hooks"];
+/// Nesting of `.git/modules/<name>/modules/...` followed, and entries read per level.
+const GIT_MODULES_MAX_DEPTH: usize = 3;
+const GIT_MODULES_MAX_ENTRIES: usize = 256;
+
+fn self_bind(
+    h: &Hidden,
+    what: &Path,
+    cover: Cover,
+    out: &mut Vec<Overmount>,
+) -> Result<(), String> {
+    let attrs = MOUNT_ATTR_NOSUID
+        | MOUNT_ATTR_NODEV
+        | if cover == Cover::ReadOnly {
+            MOUNT_ATTR_RDONLY
+        } else {
+            0
+        };
+    bind(&h.fd, &h.fd, attrs, what)?;
+    out.push(Overmount {
+        path: what.to_path_buf(),
+        cover,
+    });
+    Ok(())
+}
+
+fn guard_git(req: &InitRequest, root: &OwnedFd) -> Result<Vec<Overmount>, String> {
+    let spec = &req.spec;
+    let writable: Vec<&Mount> = spec
+        .mounts
+        .iter()
+        .filter(|m| m.writable && !spec.hide.iter().any(|h| m.source.starts_with(h)))
+        .collect();
+    // A path the policy itself mounts writable is left as the policy says.
+    let chosen = |p: &Path| writable.iter().any(|m| m.target == p);
+    let mut out = Vec::new();
+    for m in &writable {
+        let git = m.target.join(".git");
+        let Some(h) = open_existing(root, &git)? else {
+            continue;
+        };
+        if chosen(&git) {
+            continue;
+        }
+        if !h.dir {
+            // A linked worktree's or submodule's `gitdir:` pointer.
+            self_bind(&h, &git, Cover::ReadOnly, &mut out)?;
+            continue;
+        }
+        self_bind(&h, &git, Cover::Pinned, &mut out)?;
+        guard_git_dir(root, &git, 0, &chosen, &mut out)?;
+        if let Some(hooks) = hooks_path(root, &git, &m.target)?
+            && writable.iter().any(|w| hooks.starts_with(&w.target))
+            && !chosen(&hooks)
+            && let Some(h) = open_existing(root, &hooks)?
+        {
+            self_bind(&h, &hooks, Cover::ReadOnly, &mut out)?;
+        }
+    }
+    Ok(out)
+}
+
+/// Covers the guarded entries of one git directory and of its submodules' ones.
+fn guard_git_dir(
+    root: &OwnedFd,
+    dir: &Path,
+    depth: usize,
+    chosen: &dyn Fn(&Path) -> bool,
+    out: &mut Vec<Overmount>,
+) -> Result<(), String> {
+    for name in GIT_GUARDED {
+        let path = dir.join(name);
+        if chosen(&path) {
+            continue;
+        }
+        let h = match open_existing(root, &path)? {
+            Some(h) => h,
+            // No hooks directory (git makes one, but it may have been removed): make an
+            // empty one so that none can be made inside the session. If this fails the
+            // agent, with the same credentials, cannot make it either.
+            None if *name == "hooks" => {
+                let Some(parent) = open_existing(root, dir)? else {
+                    continue;
+                };
+                if sys::mkdirat(parent.fd.as_raw_fd(), c"hooks", 0o755).is_err() {
+                    continue;
+                }
+                match open_existing(root, &path)? {
+                    Some(h) => h,
+                    None => continue,
+                }
+            }
+            None => continue,
+        };
+        self_bind(&h, &path, Cover::ReadOnly, out)?;
+    }
+    if depth >= GIT_MODULES_MAX_DEPTH {
+        return Ok(());
+    }
+    let modules = dir.join("modules");
+    let Some(m) = open_existing(root, &modules)? else {
+        return Ok(());
+    };
+    if !m.dir {
+        return Ok(());
+    }
+    let Ok(rd) = fs::read_dir(fdp(&m.fd)) else {
+        return Ok(());
+    };
+    for ent in rd.flatten().take(GIT_MODULES_MAX_ENTRIES) {
+        if ent.file_type().is_ok_and(|t| t.is_dir()) {
+            guard_git_dir(root, &modules.join(ent.file_name()), depth + 1, chosen, out)?;
+        }
+    }
+    Ok(())
+}
+
+/// `core.hooksPath` of the repository whose git directory is `git` (session path), as
+/// a session path: relative values are relative to the working tree `worktree`.
+fn hooks_path(root: &OwnedFd, git: &Path, worktree: &Path) -> Result<Option<PathBuf>, String> {
+    let Some(cfg) = open_existing(root, &git.join("config"))? else {
+        return Ok(None);
+    };
+    // Read through the descriptor's /proc link: the path may hold a symlink, cfg not.
+    let Ok(text) = fs::read_to_string(fdp(&cfg.fd)) else {
+        return Ok(None);
+    };
+    Ok(git_config_value(&text, "core", "hookspath").map(|v| worktree.join(v)))
+}
+
+/// The last value of `section.key` (both lowercase, no subsection) in git config text.
+/// Enough for `core.hooksPath`: a value git reads from an include is not seen here.
+fn git_config_value(text: &str, section: &str, key: &str) -> Option<String> {
+    let mut current = String::new();
+    let mut found = None;
+    for line in text.lines() {
+        let line = line.trim();
+        if let Some(rest) = line.strip_prefix('[') {
+            let name = rest.split([']', ' ', '"']).next().unwrap_or_default();
+            current = name.to_ascii_lowercase();
+            continue;
+        }
+        if current != section {
+            continue;
+        }
+        let Some((k, v)) = line.split_once('=') else {
+            continue;
+        };
+        if k.trim().eq_ignore_ascii_case(key) {
+            let v = v.split([';', '#']).next().unwrap_or_default().trim();
+            found = Some(v.trim_matches('"').to_string());
+        }
+    }
+    found.filter(|v| !v.is_empty())
+}
+
 /// A match found by the walk: the entry's `O_PATH|O_NOFOLLOW` descriptor and its kind.
 struct Hidden {
     fd: OwnedFd,
     dir: bool,
 }
 
-fn hide_one(h: &Hidden, what: &Path, hidden: &mut Vec<HiddenPath>) -> Result<(), String> {
-    hidden.push(HiddenPath {
+fn hide_one(h: &Hidden, what: &Path, hidden: &mut Vec<Overmount>) -> Result<(), String> {
+    hidden.push(Overmount {
         path: what.to_path_buf(),
-        dir: h.dir,
+        cover: if h.dir {
+            Cover::HiddenDir
+        } else {
+            Cover::HiddenFile
+        },
     });
     if h.dir {
         mount_fs(
@@ -692,7 +882,7 @@ fn hide_paths(
     req: &InitRequest,
     root: &OwnedFd,
     warnings: &mut Vec<String>,
-) -> Result<Vec<HiddenPath>, String> {
+) -> Result<Vec<Overmount>, String> {
     let spec = &req.spec;
     let mut hidden = Vec::new();
     let mounts: Vec<&Mount> = spec
@@ -823,6 +1013,19 @@ fn walk(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn git_config_values_are_read_case_insensitively() {
+        let cfg = "[core]\n\trepositoryformatversion = 0\n[remote \"origin\"]\n\thooksPath = no\n[Core]\n\tHooksPath = \".husky\" ; set by husky\n";
+        assert_eq!(
+            super::git_config_value(cfg, "core", "hookspath").as_deref(),
+            Some(".husky")
+        );
+        assert_eq!(
+            super::git_config_value("[core]\n", "core", "hookspath"),
+            None
+        );
+    }
+
     #[test]
     fn glob_matches_absolute_paths() {
         let g = globset::GlobBuilder::new("**/.env")

@@ -361,6 +361,91 @@ fn host_abstract_socket_is_unreachable(b: B) {
     );
 }
 
+// ---- harness escapes ---------------------------------------------------------------------
+
+fn git(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
+    Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(["-c", "user.name=t", "-c", "user.email=t@t"])
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// What the agent writes into `.git` runs on the host the next time the user's git (or
+/// their shell prompt) runs there: hooks, `core.fsmonitor`, a replaced `.git`, a
+/// husky-style `core.hooksPath` directory. None of it may be planted; committing must
+/// keep working.
+fn git_hooks_and_config_cannot_be_planted_for_the_host(b: B) {
+    let env = Env::new_for(b, BASE);
+    assert!(git(&env.ws, &["init", "-q"]).status.success());
+    std::fs::create_dir_all(env.ws.join(".husky")).unwrap();
+    std::fs::write(env.ws.join(".husky/pre-commit"), "#!/bin/sh\nexit 0\n").unwrap();
+    std::fs::write(env.ws.join("a.txt"), "a\n").unwrap();
+    assert!(
+        git(&env.ws, &["config", "core.hooksPath", ".husky"])
+            .status
+            .success()
+    );
+    assert!(git(&env.ws, &["add", "-A"]).status.success());
+    assert!(git(&env.ws, &["commit", "-qm", "host"]).status.success());
+    let config_before = std::fs::read_to_string(env.ws.join(".git/config")).unwrap();
+    let o = env.sh(
+        "export GIT_AUTHOR_NAME=a GIT_AUTHOR_EMAIL=a@a GIT_COMMITTER_NAME=a GIT_COMMITTER_EMAIL=a@a; \
+         printf '#!/bin/sh\\ntouch /tmp/pwned\\n' > .git/hooks/post-checkout 2>&1 || echo hook-denied; \
+         rm -rf .git/hooks 2>&1 || echo rmhooks-denied; \
+         git config core.fsmonitor 'touch /tmp/pwned' 2>&1 || echo config-denied; \
+         echo 'echo pwned' >> .husky/pre-commit 2>&1 || echo husky-denied; \
+         mv .git .git-old 2>&1 || echo mv-denied; \
+         echo b >> a.txt && git commit -qam agent && echo committed",
+    );
+    let out = stdout(&o);
+    for word in [
+        "hook-denied",
+        "rmhooks-denied",
+        "config-denied",
+        "husky-denied",
+        "mv-denied",
+        "committed",
+    ] {
+        assert!(out.contains(word), "{word}: {}", text(&o));
+    }
+    // On the host: the agent's commit is there, nothing it planted is.
+    let log = git(&env.ws, &["log", "--format=%s"]);
+    assert_eq!(String::from_utf8_lossy(&log.stdout), "agent\nhost\n");
+    assert_eq!(
+        std::fs::read_to_string(env.ws.join(".git/config")).unwrap(),
+        config_before
+    );
+    assert!(!env.ws.join(".git/hooks/post-checkout").exists());
+    assert_eq!(
+        std::fs::read_to_string(env.ws.join(".husky/pre-commit")).unwrap(),
+        "#!/bin/sh\nexit 0\n"
+    );
+    assert!(env.ws.join(".git/HEAD").exists() && !env.ws.join(".git-old").exists());
+}
+
+/// A policy that mounts a repository's `.git` writable itself opts it out of the guard.
+fn a_policy_mounting_git_writable_opts_out_of_the_git_guard(b: B) {
+    let env = Env::new_for(b, BASE);
+    // The workspace's path is known only now: write the policy naming its `.git`.
+    let git_dir = env.ws.join(".git");
+    std::fs::write(
+        &env.policy,
+        format!(
+            "version = 1\nname = \"test\"\n{BASE}\n[[filesystem.mounts]]\nhost = \"{}\"\nmode = \"rw\"\n",
+            git_dir.display()
+        ),
+    )
+    .unwrap();
+    assert!(git(&env.ws, &["init", "-q"]).status.success());
+    let o = env.sh("git config remote.origin.url https://example.invalid/r && echo cfg-ok");
+    assert!(stdout(&o).contains("cfg-ok"), "{}", text(&o));
+    let cfg = std::fs::read_to_string(git_dir.join("config")).unwrap();
+    assert!(cfg.contains("https://example.invalid/r"), "{cfg}");
+}
+
 // ---- kernel surface ---------------------------------------------------------------------
 
 fn dangerous_syscalls_fail(b: B) {
@@ -699,6 +784,8 @@ crate::per_backend!(
     host_unix_socket_in_the_workspace_is_unreachable_but_session_sockets_work,
     host_abstract_socket_is_unreachable,
     dangerous_syscalls_fail,
+    git_hooks_and_config_cannot_be_planted_for_the_host,
+    a_policy_mounting_git_writable_opts_out_of_the_git_guard,
     i386_entry_point_kills_the_process,
     tiocsti_fails,
     inherited_descriptors_are_closed,
