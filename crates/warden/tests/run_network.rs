@@ -1063,7 +1063,8 @@ echo "=== end"
 /// An enrolled machine (a real `warden server`, `warden enroll`, `warden agent`): a
 /// policy pushed to the control plane while a session runs reaches that session, whose
 /// next connection follows it, still narrowed by the session's local file (issue #7,
-/// delivery).
+/// delivery). A push that the local file no longer fits (the central policy drops the
+/// mount the local file names) moves the session to denying everything (fail closed).
 #[test]
 fn an_enrolled_session_follows_a_policy_pushed_while_it_runs() {
     const ADMIN: &str = "run-network-admin-token-0123456789";
@@ -1075,6 +1076,18 @@ fn an_enrolled_session_follows_a_policy_pushed_while_it_runs() {
         return;
     };
     let root = lab.env.dir.path().canonicalize().unwrap();
+    // Both the local file and the central policy (until v3) mount this directory.
+    let shared = root.join("shared");
+    std::fs::create_dir_all(&shared).unwrap();
+    let mount = format!(
+        "[[filesystem.mounts]]\nhost = \"{}\"\nmode = \"ro\"\n",
+        shared.display()
+    );
+    std::fs::write(
+        &lab.env.policy,
+        format!("version = 1\nname = \"test\"\n{widened}{mount}"),
+    )
+    .unwrap();
     let control = ControlServer::start(&root.join("srv"), ADMIN);
     let cli = |args: &[&str]| {
         let o = control.cli(&lab.env.warden_home, args);
@@ -1082,7 +1095,11 @@ fn an_enrolled_session_follows_a_policy_pushed_while_it_runs() {
         stdout(&o)
     };
     let v1 = root.join("v1.toml");
-    std::fs::write(&v1, format!("version = 1\nname = \"team\"\n{BASE}{NET}")).unwrap();
+    std::fs::write(
+        &v1,
+        format!("version = 1\nname = \"team\"\n{BASE}{NET}{mount}"),
+    )
+    .unwrap();
     cli(&["policy", "push", v1.to_str().unwrap()]);
     let _agent = control.enroll_with_agent(&lab.env.warden_home);
     let status = || {
@@ -1112,6 +1129,16 @@ while :; do
     sleep 0.05
 done
 echo "after: $out (attempts $i)"
+touch phase3
+while [ ! -e phase4 ]; do sleep 0.02; done
+i=0
+while :; do
+    out=$(curl -sS -m 5 http://api.test/hello/refused 2>&1)
+    case "$out" in *denied*) break;; esac
+    i=$((i + 1)); [ "$i" -gt 200 ] && break
+    sleep 0.05
+done
+echo "refused: $out (attempts $i)"
 "#;
     let child = lab
         .command(&[], script)
@@ -1121,17 +1148,31 @@ echo "after: $out (attempts $i)"
         .unwrap();
     lab.wait_for(&ws.join("phase1"), Duration::from_secs(60));
     let v2 = root.join("v2.toml");
-    std::fs::write(&v2, format!("version = 1\nname = \"team\"\n{widened}")).unwrap();
+    std::fs::write(
+        &v2,
+        format!("version = 1\nname = \"team\"\n{widened}{mount}"),
+    )
+    .unwrap();
     let pushed = Instant::now();
     assert!(cli(&["policy", "push", v2.to_str().unwrap()]).contains("team@v2"));
     std::fs::write(ws.join("phase2"), "").unwrap();
+    lab.wait_for(&ws.join("phase3"), Duration::from_secs(60));
+    // v3 drops the mount the local file names: the local file no longer fits.
+    let v3 = root.join("v3.toml");
+    std::fs::write(&v3, format!("version = 1\nname = \"team\"\n{widened}")).unwrap();
+    assert!(cli(&["policy", "push", v3.to_str().unwrap()]).contains("team@v3"));
+    std::fs::write(ws.join("phase4"), "").unwrap();
     let o = child.wait_with_output().unwrap();
     let out = stdout(&o);
     assert_eq!(lab.exit(), Some(0), "{}", text(&o));
     assert!(line(&out, "before").contains("denied"), "{}", text(&o));
     assert!(line(&out, "after").contains("says hello"), "{}", text(&o));
+    assert!(line(&out, "refused").contains("denied"), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("reloaded"), "{}", text(&o));
     assert!(
-        String::from_utf8_lossy(&o.stderr).contains("reloaded"),
+        err.contains(&format!("the mount of `{}`", shared.display()))
+            && err.contains("no longer narrows the central policy"),
         "{}",
         text(&o)
     );
@@ -1140,6 +1181,17 @@ echo "after: $out (attempts $i)"
         pushed.elapsed()
     );
     let events = lab.events();
+    let refused = network_events(&events, "connect")
+        .find(|e| e["target"] == "api.test:80" && e["decision"] == "deny")
+        .expect("no refused connection");
+    assert!(
+        refused["policy"].as_str().unwrap().ends_with("#refused")
+            && refused["reason"]
+                .as_str()
+                .unwrap()
+                .contains("everything is denied until the session is restarted"),
+        "{refused}"
+    );
     let reload = events
         .iter()
         .find(|e| e["action"] == "policy_reload")
