@@ -4,11 +4,15 @@
 //! The rule for central and local policy (documented in docs/control-plane.md):
 //! - not enrolled: the local `--policy` file applies (or, without one, the caller's
 //!   built-in preset — [`session_policy`] returns `None`);
-//! - enrolled: the policy from the last verified bundle is the one in force. warden-policy
-//!   cannot intersect two policies, so a local file cannot be combined with it; a local
-//!   `--policy` is accepted only when it *is* the central policy (same `name@digest`),
-//!   and refused otherwise with a message naming both. Central denies therefore always
-//!   win, and a local file can never widen what the control plane allows;
+//! - enrolled: the policy from the last verified bundle is the one in force, and a local
+//!   `--policy` file only narrows it (`Policy::narrowed_by`: a request is allowed only
+//!   when both allow it). A local file that asks for more than the central policy grants
+//!   (a mount, credential or MCP server it lacks) refuses the session with a message
+//!   naming the entry. Central denies therefore always win, and a local file can never
+//!   widen what the control plane allows;
+//! - a running session re-applies the same local policy (as compiled at its start) to
+//!   every new central policy ([`reloaded_session_policy`]); when that fails, the session
+//!   moves to a policy that denies everything and says why (fail closed);
 //! - enrolled with no verified bundle, a bundle assigning no policy, or a spool whose
 //!   undelivered part has reached its cap: the session is refused (fail closed, and no
 //!   audit event is ever dropped to make room).
@@ -89,21 +93,21 @@ pub fn session_policy_with_cap(
         });
     }
     let policy = compile_central(home, &central)?;
-    if let Some(path) = local {
-        let l = load_local(path)?;
-        if l.id() != policy.id() {
-            return Err(AgentError::Policy(format!(
-                "this machine is enrolled and the control plane's policy {} ({}) is in \
-                 force; the local policy {} ({}) cannot be combined with it. Run without \
-                 --policy, or have an admin push the local policy to the control plane",
-                policy.id(),
-                central.origin(),
-                path.display(),
-                l.id()
-            )));
+    match local {
+        None => Ok(Some(policy)),
+        Some(path) => {
+            let l = load_local(path)?;
+            policy.narrowed_by(&l).map(Some).map_err(|e| {
+                AgentError::Policy(format!(
+                    "this machine is enrolled and the control plane's policy {} ({}) is in \
+                     force; the local policy {} can only narrow it, but it asks for more:\n{e}",
+                    policy.id(),
+                    central.origin(),
+                    path.display(),
+                ))
+            })
         }
     }
-    Ok(Some(policy))
 }
 
 /// Compile the central policy of a verified bundle.
@@ -130,13 +134,44 @@ pub fn watched_bundle(home: &Path) -> Option<std::path::PathBuf> {
 }
 
 /// For a running session on an enrolled machine, after the bundle changed: the central
-/// policy of the verified bundle now held. The spool cap is not checked (it decides
-/// whether a session may start, not which rules a running one follows). `Err` when
-/// there is no policy to move to (no verified bundle, or none assigned to this
-/// machine): the caller keeps the policy in force and says why.
-pub fn reloaded_session_policy(home: &Path) -> Result<Policy, AgentError> {
+/// policy of the verified bundle now held, narrowed by `local` — the session's local
+/// policy as compiled when it started (`Policy::narrowing` of its start policy), so the
+/// same local file keeps applying. The spool cap is not checked (it decides whether a
+/// session may start, not which rules a running one follows).
+///
+/// When `local` asks for more than the new central policy grants, the result is a
+/// `Policy::refused` one (id `<central id>+<local id>#refused`) that denies every
+/// request with the reason: never wider than the new central policy (fail closed). The
+/// caller should show `Policy::refusal`.
+///
+/// `Err` when there is no policy to move to (no verified bundle, or none assigned to
+/// this machine): the caller keeps the policy in force and says why.
+pub fn reloaded_session_policy(home: &Path, local: Option<&Policy>) -> Result<Policy, AgentError> {
     match Node::new(home).policy_in_force()? {
-        PolicyInForce::Central(p) => compile_central(home, &p),
+        PolicyInForce::Central(p) => {
+            let central = compile_central(home, &p)?;
+            let Some(local) = local else {
+                return Ok(central);
+            };
+            Ok(central.narrowed_by(local).unwrap_or_else(|e| {
+                Policy::refused(
+                    format!("{}+{}#refused", central.id(), local.id()),
+                    format!("{} narrowed by {}", central.origin(), local.origin()),
+                    format!(
+                        "the local policy {} no longer narrows the central policy {} ({}): \
+                         {}; everything is denied until the session is restarted",
+                        local.origin(),
+                        central.id(),
+                        central.origin(),
+                        e.diagnostics()
+                            .iter()
+                            .map(|d| d.message.as_str())
+                            .collect::<Vec<_>>()
+                            .join("; ")
+                    ),
+                )
+            }))
+        }
         PolicyInForce::Standalone => Err(AgentError::NoBundle(
             "this machine is no longer enrolled".into(),
         )),

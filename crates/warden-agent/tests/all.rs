@@ -419,22 +419,39 @@ async fn server_killed_during_uploads_loses_and_duplicates_nothing() {
     let _ = child.wait();
 }
 
-/// `session_policy`: standalone uses the local file, enrolled uses the central policy,
-/// a different local file is refused, an identical one accepted, and a full spool
-/// refuses new sessions.
+/// `session_policy`: standalone uses the local file, enrolled uses the central policy
+/// narrowed by the local file (a local file asking for more is refused), a running
+/// session re-applies its local policy to each new central one (and denies everything
+/// when it no longer fits), and a full spool refuses new sessions.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn session_policy_central_wins_and_spool_cap_refuses() {
-    use warden_agent::{AgentError, session_policy_with_cap};
+async fn session_policy_narrows_central_by_local_and_spool_cap_refuses() {
+    use warden_agent::{AgentError, reloaded_session_policy, session_policy_with_cap};
+    use warden_policy::{Principal, Request};
     let dir = tempfile::tempdir().unwrap();
     let server = start(dir.path()).await;
     let base = format!("http://{}", server.addr);
     let home = dir.path().join("node");
-    let central_src = policy("central", "api.github.com");
+    let mount = "[[filesystem.mounts]]\nhost = \"/opt/data\"\nmode = \"ro\"\n";
+    let central_src = format!("{}{mount}", policy("central", "api.github.com"));
+    let local_src = "version = 1\nname = \"local\"\n[network]\n\
+        allow = [\"api.github.com\", \"example.com\"]\n\
+        [[filesystem.mounts]]\nhost = \"/opt/data/sub\"\nmode = \"rw\"\n";
     let local_path = dir.path().join("local.toml");
-    std::fs::write(&local_path, policy("local", "example.com")).unwrap();
-    let same_path = dir.path().join("same.toml");
-    std::fs::write(&same_path, &central_src).unwrap();
+    std::fs::write(&local_path, local_src).unwrap();
+    let wider_path = dir.path().join("wider.toml");
+    std::fs::write(
+        &wider_path,
+        format!(
+            "{}[[filesystem.mounts]]\nhost = \"/etc\"\nmode = \"ro\"\n",
+            policy("wider", "api.github.com")
+        ),
+    )
+    .unwrap();
     const CAP: u64 = 1 << 20;
+    let allows = |p: &warden_policy::Policy, host: &str| {
+        p.decide(&Principal::default(), &Request::Connect { host, port: 443 })
+            .allow
+    };
 
     // Not enrolled: no local file -> the caller's preset; a local file -> that file.
     assert!(session_policy_with_cap(&home, None, CAP).unwrap().is_none());
@@ -452,23 +469,53 @@ async fn session_policy_central_wins_and_spool_cap_refuses() {
     push(&base, &central_src).await;
     node.sync_bundle(&node.client().unwrap()).await.unwrap();
 
-    let p = session_policy_with_cap(&home, None, CAP).unwrap().unwrap();
-    assert_eq!(p.name(), "central");
-    assert_eq!(p.origin(), "central:central@v1");
-    let e = session_policy_with_cap(&home, Some(&local_path), CAP).unwrap_err();
-    let msg = e.to_string();
-    assert!(matches!(e, AgentError::Policy(_)), "{msg}");
-    assert!(msg.contains("central@") && msg.contains("local@"), "{msg}");
-    let p = session_policy_with_cap(&home, Some(&same_path), CAP)
+    let central = session_policy_with_cap(&home, None, CAP).unwrap().unwrap();
+    assert_eq!(central.name(), "central");
+    assert_eq!(central.origin(), "central:central@v1");
+    // Narrowed: only what both allow.
+    let p = session_policy_with_cap(&home, Some(&local_path), CAP)
         .unwrap()
         .unwrap();
-    assert_eq!(
-        p.id(),
-        session_policy_with_cap(&home, None, CAP)
-            .unwrap()
-            .unwrap()
-            .id()
+    let (_, local) = p.narrowing().unwrap();
+    assert_eq!(p.id(), format!("{}+{}", central.id(), local.id()));
+    assert_eq!(p.origin(), "central:central@v1 narrowed by local.toml");
+    assert!(allows(&p, "api.github.com"));
+    assert!(
+        !allows(&p, "example.com"),
+        "the central policy does not allow it"
     );
+    // A local file asking for a mount the central policy lacks: refused, naming it.
+    let e = session_policy_with_cap(&home, Some(&wider_path), CAP).unwrap_err();
+    let msg = e.to_string();
+    assert!(matches!(e, AgentError::Policy(_)), "{msg}");
+    assert!(
+        msg.contains("`/etc`") && msg.contains("central:central@v1"),
+        "{msg}"
+    );
+
+    // A running session re-applies its local policy to each new central policy.
+    let local = local.clone();
+    let widened = format!(
+        "{}{mount}",
+        policy("central", "api.github.com\", \"example.com")
+    );
+    push(&base, &widened).await;
+    node.sync_bundle(&node.client().unwrap()).await.unwrap();
+    let r = reloaded_session_policy(&home, Some(&local)).unwrap();
+    assert!(r.refusal().is_none());
+    assert!(r.id().ends_with(&format!("+{}", local.id())), "{}", r.id());
+    assert!(allows(&r, "example.com"));
+    // The new central policy drops the mount the local file needs: deny everything.
+    push(&base, &policy("central", "api.github.com")).await;
+    node.sync_bundle(&node.client().unwrap()).await.unwrap();
+    let r = reloaded_session_policy(&home, Some(&local)).unwrap();
+    let why = r.refusal().unwrap();
+    assert!(why.contains("`/opt/data/sub`"), "{why}");
+    assert!(r.id().ends_with("#refused"), "{}", r.id());
+    assert!(!allows(&r, "api.github.com"));
+    // Without a local file: the central policy itself.
+    let r = reloaded_session_policy(&home, None).unwrap();
+    assert!(r.narrowing().is_none() && allows(&r, "api.github.com"));
 
     // Undelivered spool at the cap: refused with the sizes; delivered: allowed again.
     let spool = home.join("audit.jsonl");

@@ -420,7 +420,7 @@ fn cedar_diag(
 // Per-request evaluation
 
 /// Entity type names and action uids, parsed once.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct CedarNames {
     session: EntityTypeName,
     host: EntityTypeName,

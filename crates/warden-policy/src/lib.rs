@@ -17,6 +17,7 @@ mod doc;
 mod error;
 mod fs;
 pub mod host;
+mod narrow;
 mod net;
 mod parse;
 mod preset;
@@ -137,7 +138,7 @@ struct Verdict {
 }
 
 /// A compiled, immutable policy.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Policy {
     origin: String,
     id: String,
@@ -147,6 +148,8 @@ pub struct Policy {
     deny_set: Arc<DenySet>,
     user: Arc<UserCedar>,
     names: Option<CedarNames>,
+    /// Plain, or a central policy narrowed by a local one (decided by both), or refused.
+    kind: narrow::Kind,
 }
 
 // Compile-time check: policies are shared across threads.
@@ -255,6 +258,7 @@ impl Policy {
             deny_set,
             user,
             names,
+            kind: narrow::Kind::Plain,
         }
     }
 
@@ -265,7 +269,27 @@ impl Policy {
     /// only the credentials the server names, no MCP servers of its own, and the same
     /// mode and Cedar rules. Its id is `<id>#mcp:<server>`. `None` when the policy has
     /// no such server.
+    ///
+    /// Of a narrowed policy: the central server's part narrowed by the local server's
+    /// part (`None` when either lacks the server). Of a refused policy: refused too.
     pub fn for_mcp_server(&self, server: &str) -> Option<Policy> {
+        match &self.kind {
+            narrow::Kind::Plain => {}
+            narrow::Kind::Narrowed(p) => {
+                let c = p.central.for_mcp_server(server)?;
+                let l = p.local.for_mcp_server(server)?;
+                // `narrowed_by` already checked every server's tables of the local file
+                // when this policy was built; a failure here refuses the server.
+                return c.narrowed_by(&l).ok();
+            }
+            narrow::Kind::Refused(why) => {
+                return Some(Policy::refused(
+                    format!("{}#mcp:{server}", self.id),
+                    self.origin.clone(),
+                    why.to_string(),
+                ));
+            }
+        }
         let s = self.doc.mcp.servers.iter().find(|s| s.name == server)?;
         let mut doc = self.doc.clone();
         doc.network = s.network.clone();
@@ -349,7 +373,15 @@ impl Policy {
 
     /// Decide one request. Any matching forbid (TOML deny or Cedar forbid) denies;
     /// else any permit (TOML allow or Cedar permit) allows; else default deny.
+    ///
+    /// A narrowed policy ([`Policy::narrowed_by`]) allows only what its central and its
+    /// local part both allow; a refused one ([`Policy::refused`]) denies everything.
     pub fn decide(&self, principal: &Principal, request: &Request<'_>) -> Decision {
+        match &self.kind {
+            narrow::Kind::Plain => {}
+            narrow::Kind::Narrowed(p) => return narrow::decide(p, principal, request),
+            narrow::Kind::Refused(why) => return Decision::deny_default(why.to_string()),
+        }
         let (verdict, input) = match self.native(request) {
             Ok(v) => v,
             Err(d) => return d,
@@ -436,6 +468,12 @@ impl Policy {
         principal: &Principal,
         request: &Request<'_>,
     ) -> Result<(cedar_policy::Request, cedar_policy::Entities), String> {
+        if !matches!(self.kind, narrow::Kind::Plain) {
+            return Err(format!(
+                "{} is not one Cedar policy set: ask its parts (Policy::narrowing)",
+                self.id
+            ));
+        }
         let (_, input) = self.native(request).map_err(|d| d.reason)?;
         let names = self.names.as_ref().ok_or("Cedar is unavailable")?;
         cedar::build_owned(names, principal, &input)
@@ -856,6 +894,16 @@ impl Policy {
     /// metadata, ... in any IPv6 spelling) and no IP/CIDR entry of `network.allow`
     /// admits it, or when an IP/CIDR entry of `network.deny` covers it; `None` otherwise.
     pub fn check_address(&self, ip: IpAddr, port: u16) -> Option<Decision> {
+        match &self.kind {
+            narrow::Kind::Plain => {}
+            narrow::Kind::Narrowed(p) => {
+                return p
+                    .central
+                    .check_address(ip, port)
+                    .or_else(|| p.local.check_address(ip, port));
+            }
+            narrow::Kind::Refused(why) => return Some(Decision::deny_default(why.to_string())),
+        }
         let ip = ip.to_canonical();
         let shown = match ip {
             IpAddr::V6(v6) => format!("[{v6}]:{port}"),
@@ -883,6 +931,14 @@ impl Policy {
     /// SPEC §4: the workspace is never `/`, `$HOME` or a parent of them unless the
     /// policy names it explicitly in `filesystem.mounts`.
     pub fn check_workspace(&self, workspace: &Path, home: &Path) -> Result<(), String> {
+        match &self.kind {
+            narrow::Kind::Plain => {}
+            narrow::Kind::Narrowed(p) => {
+                p.central.check_workspace(workspace, home)?;
+                return p.local.check_workspace(workspace, home);
+            }
+            narrow::Kind::Refused(why) => return Err(why.to_string()),
+        }
         fs::check_workspace(&self.doc.filesystem, workspace, home)
     }
 
@@ -895,7 +951,19 @@ impl Policy {
     }
 
     /// The Cedar text the TOML compiles to, followed by the user's Cedar files.
+    ///
+    /// Of a narrowed policy: both parts' texts, one after the other (a request must be
+    /// allowed by each part on its own; the two are not one policy set).
     pub fn to_cedar(&self) -> String {
+        if let narrow::Kind::Narrowed(p) = &self.kind {
+            return format!(
+                "// ---- central: {} (a request must be allowed by both parts) ----\n{}\n// ---- local: {} ----\n{}",
+                p.central.id(),
+                p.central.to_cedar(),
+                p.local.id(),
+                p.local.to_cedar()
+            );
+        }
         let mut out = cedar::compile(&self.doc, &self.origin, &self.id);
         for (name, text) in &self.user.texts {
             out.push_str(&format!("\n// ---- {name} ----\n"));

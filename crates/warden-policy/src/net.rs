@@ -15,7 +15,7 @@ pub(crate) struct Entry {
     pub written: String,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub(crate) struct HostIndex {
     exact: HashMap<String, Vec<Entry>>,
     one_label: HashMap<String, Vec<Entry>>,

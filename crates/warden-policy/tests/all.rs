@@ -1465,3 +1465,464 @@ mod presets {
         assert!(!sees(&p, "/home/alice/proj/src/lib.rs", true));
     }
 }
+
+/// `Policy::narrowed_by`: a central policy narrowed by a local file allows only what
+/// both allow, on every surface; a local file asking for more than the central one
+/// grants is an error naming the entry.
+mod narrow {
+    use super::*;
+
+    const CENTRAL: &str = r#"version = 1
+name = "central"
+[network]
+allow = ["both.test", "central-only.test", "denied-locally.test", "api.test", "10.9.0.0/16:*"]
+deny = ["central-deny.test"]
+[[network.http]]
+host = "api.test"
+methods = ["GET", "DELETE"]
+[filesystem]
+workspace = "rw"
+deny = ["**/.env"]
+[[filesystem.mounts]]
+host = "/opt/data"
+mode = "ro"
+[[filesystem.mounts]]
+host = "/srv/shared"
+mode = "rw"
+[limits]
+memory = "4GiB"
+pids = 100
+[[credentials]]
+name = "tok"
+source = "env:CENTRAL_TOK"
+hosts = ["both.test", "central-only.test"]
+[[mcp.servers]]
+name = "gh"
+command = ["gh-mcp"]
+credentials = ["tok"]
+tools.allow = ["get_*", "list_*"]
+tools.deny = ["get_secret"]
+network.allow = ["both.test", "central-only.test"]
+[cedar]
+files = ["central.cedar"]
+"#;
+
+    const LOCAL: &str = r#"version = 1
+name = "local"
+[network]
+allow = ["both.test", "local-only.test", "central-deny.test", "denied-locally.test", "api.test", "10.0.0.0/8:*"]
+deny = ["denied-locally.test"]
+[[network.http]]
+host = "api.test"
+methods = ["GET", "POST"]
+[filesystem]
+workspace = "ro"
+deny = ["**/*.pem"]
+[[filesystem.mounts]]
+host = "/opt/data/sub"
+mode = "rw"
+[[filesystem.mounts]]
+host = "/srv/shared"
+mode = "rw"
+[limits]
+memory = "1GiB"
+cpus = 1.0
+[[credentials]]
+name = "tok"
+source = "env:LOCAL_TOK"
+hosts = ["both.test", "local-only.test"]
+[[mcp.servers]]
+name = "gh"
+command = ["gh-mcp"]
+credentials = ["tok"]
+tools.allow = ["get_*", "search_*"]
+network.allow = ["both.test", "local-only.test"]
+[cedar]
+files = ["local.cedar"]
+"#;
+
+    const CENTRAL_CEDAR: &str = "forbid (principal, action == Warden::Action::\"call_tool\", resource)\nwhen { context.args has repo && context.args.repo == \"central-secret\" };\n";
+    const LOCAL_CEDAR: &str = "forbid (principal, action == Warden::Action::\"call_tool\", resource)\nwhen { context.args has repo && context.args.repo == \"local-secret\" };\n";
+
+    /// Both files (and their Cedar files) in a fresh directory, loaded.
+    fn load(central: &str, local: &str) -> (tempfile::TempDir, Policy, Policy) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("central.cedar"), CENTRAL_CEDAR).unwrap();
+        std::fs::write(dir.path().join("local.cedar"), LOCAL_CEDAR).unwrap();
+        std::fs::write(dir.path().join("central.toml"), central).unwrap();
+        std::fs::write(dir.path().join("local.toml"), local).unwrap();
+        let c = Policy::load(&dir.path().join("central.toml")).unwrap();
+        let l = Policy::load(&dir.path().join("local.toml")).unwrap();
+        (dir, c, l)
+    }
+
+    fn combined() -> (tempfile::TempDir, Policy, Policy, Policy) {
+        let (dir, c, l) = load(CENTRAL, LOCAL);
+        let n = c.narrowed_by(&l).unwrap();
+        (dir, c, l, n)
+    }
+
+    fn at(file: &str, line: u32) -> RuleRef {
+        RuleRef::Line {
+            file: file.into(),
+            line,
+        }
+    }
+
+    fn connect(p: &Policy, host: &str) -> Decision {
+        p.decide(&principal(), &Request::Connect { host, port: 443 })
+    }
+
+    #[test]
+    fn id_origin_and_parts() {
+        let (_d, c, l, n) = combined();
+        assert_eq!(n.id(), format!("{}+{}", c.id(), l.id()));
+        assert_eq!(n.origin(), "central.toml narrowed by local.toml");
+        let (pc, pl) = n.narrowing().unwrap();
+        assert_eq!((pc.id(), pl.id()), (c.id(), l.id()));
+        assert!(c.narrowing().is_none());
+        // Stable: the same two files give the same id.
+        assert_eq!(c.narrowed_by(&l).unwrap().id(), n.id());
+    }
+
+    #[test]
+    fn network_allowed_only_when_both_allow_and_the_denying_rule_is_reported() {
+        let (_d, _c, _l, n) = combined();
+        let both = connect(&n, "both.test");
+        assert!(both.allow, "{both:?}");
+        assert_eq!(
+            both.rule,
+            at("central.toml", line_of(CENTRAL, "10.9.0.0/16:*"))
+        );
+        assert!(both.reason.contains("local.toml"), "{}", both.reason);
+        // Central only: the local file does not allow it.
+        let d = connect(&n, "central-only.test");
+        assert!(!d.allow);
+        assert_eq!(d.rule, RuleRef::Default);
+        assert_eq!(
+            d.reason,
+            "central-only.test:443 matches no network.allow entry"
+        );
+        // Local only: the central policy does not allow it.
+        let d = connect(&n, "local-only.test");
+        assert!(!d.allow);
+        assert_eq!(d.rule, RuleRef::Default);
+        // The local file allows a host the central policy denies: still denied, by central.
+        let d = connect(&n, "central-deny.test");
+        assert!(!d.allow);
+        assert_eq!(
+            d.rule,
+            at("central.toml", line_of(CENTRAL, "deny = [\"central-deny"))
+        );
+        // The central policy allows a host the local file denies: denied, by local.
+        let d = connect(&n, "denied-locally.test");
+        assert!(!d.allow);
+        assert_eq!(
+            d.rule,
+            at("local.toml", line_of(LOCAL, "deny = [\"denied-locally"))
+        );
+    }
+
+    #[test]
+    fn http_rules_of_both_apply() {
+        let (_d, _c, _l, n) = combined();
+        let http = |m: &str| {
+            n.decide(
+                &principal(),
+                &Request::Http {
+                    method: m,
+                    url: "https://api.test/x",
+                },
+            )
+        };
+        assert!(http("GET").allow);
+        let post = http("POST");
+        assert!(!post.allow);
+        assert_eq!(
+            post.rule,
+            at("central.toml", line_of(CENTRAL, "host = \"api.test\""))
+        );
+        let delete = http("DELETE");
+        assert!(!delete.allow);
+        assert_eq!(
+            delete.rule,
+            at("local.toml", line_of(LOCAL, "host = \"api.test\""))
+        );
+    }
+
+    #[test]
+    fn a_resolved_special_address_needs_both_to_allow_it() {
+        let (_d, _c, _l, n) = combined();
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        assert!(n.check_address(ip("10.9.1.1"), 443).is_none());
+        // Only the local file allows 10.1.0.0/16: refused.
+        assert!(n.check_address(ip("10.1.1.1"), 443).is_some());
+        assert!(n.check_address(ip("127.0.0.1"), 443).is_some());
+    }
+
+    #[test]
+    fn mcp_tools_and_cedar_rules_of_both_decide() {
+        let (_d, _c, _l, n) = combined();
+        let tool = |t: &str, args: serde_json::Value| {
+            n.decide(
+                &principal(),
+                &Request::Tool {
+                    server: "gh",
+                    tool: t,
+                    args: &args,
+                },
+            )
+        };
+        let none = serde_json::json!({});
+        assert!(tool("get_issue", none.clone()).allow);
+        let d = tool("list_repos", none.clone());
+        assert!(!d.allow);
+        assert!(d.reason.contains("no tools.allow entry"), "{}", d.reason);
+        let d = tool("search_code", none.clone());
+        assert!(!d.allow);
+        assert_eq!(d.rule, RuleRef::Default);
+        assert!(
+            d.reason.contains("of server `gh`"),
+            "central lacks search_*: {}",
+            d.reason
+        );
+        let d = tool("get_secret", none);
+        assert!(!d.allow);
+        assert!(d.reason.contains("tools.deny"), "{}", d.reason);
+        // A Cedar forbid of either file denies.
+        let d = tool("get_issue", serde_json::json!({"repo": "central-secret"}));
+        assert!(!d.allow);
+        assert!(d.rule.to_string().contains("central.cedar"), "{:?}", d.rule);
+        let d = tool("get_issue", serde_json::json!({"repo": "local-secret"}));
+        assert!(!d.allow);
+        assert!(d.rule.to_string().contains("local.cedar"), "{:?}", d.rule);
+        assert!(tool("get_issue", serde_json::json!({"repo": "open"})).allow);
+        // A server the local file does not name is not allowed.
+        let d = n.decide(
+            &principal(),
+            &Request::Tool {
+                server: "other",
+                tool: "get_x",
+                args: &serde_json::json!({}),
+            },
+        );
+        assert!(!d.allow);
+    }
+
+    #[test]
+    fn credentials_go_only_where_both_send_them() {
+        let (_d, _c, _l, n) = combined();
+        let cred = |h: &str| {
+            n.decide(
+                &principal(),
+                &Request::Credential {
+                    name: "tok",
+                    host: h,
+                },
+            )
+            .allow
+        };
+        assert!(cred("both.test"));
+        assert!(!cred("central-only.test"));
+        assert!(!cred("local-only.test"));
+        // The secret comes from where the central policy says.
+        let c = &n.doc().credentials;
+        assert_eq!(c.len(), 1);
+        assert_eq!(c[0].source, CredentialSource::Env("CENTRAL_TOK".into()));
+    }
+
+    #[test]
+    fn paths_mounts_workspace_and_deny_patterns() {
+        let (_d, _c, _l, n) = combined();
+        let ws = Path::new("/work/ws");
+        let home = Path::new("/home/u");
+        let path = |p: &str, write: bool| {
+            n.decide(
+                &principal(),
+                &Request::Path {
+                    path: Path::new(p),
+                    write,
+                    workspace: ws,
+                    home,
+                },
+            )
+        };
+        assert!(path("/opt/data/sub/f", false).allow);
+        // Local rw inside a central ro mount: read-only.
+        assert!(!path("/opt/data/sub/f", true).allow);
+        // Central mounts the parent; the local file only the subdirectory.
+        assert!(!path("/opt/data/other", false).allow);
+        assert!(path("/srv/shared/f", true).allow);
+        // The workspace: the stricter mode (local ro).
+        assert!(path("/work/ws/f", false).allow);
+        let d = path("/work/ws/f", true);
+        assert!(!d.allow);
+        assert_eq!(
+            d.rule,
+            at("local.toml", line_of(LOCAL, "workspace = \"ro\""))
+        );
+        // Deny patterns of both files hide.
+        assert!(!path("/srv/shared/.env", false).allow);
+        assert!(!path("/srv/shared/key.pem", false).allow);
+        let fs = &n.doc().filesystem;
+        assert_eq!(fs.workspace, WorkspaceMode::Ro);
+        assert_eq!(fs.deny, ["**/.env", "**/*.pem"]);
+        let mounts: Vec<_> = fs
+            .mounts
+            .iter()
+            .map(|m| (m.host.to_str().unwrap(), m.mode))
+            .collect();
+        assert_eq!(
+            mounts,
+            [
+                ("/opt/data/sub", MountMode::Ro),
+                ("/srv/shared", MountMode::Rw)
+            ]
+        );
+        let m = n.deny_matcher(home);
+        assert!(m.is_denied(Path::new("/srv/shared/.env")));
+        assert!(m.is_denied(Path::new("/srv/shared/a.pem")));
+    }
+
+    #[test]
+    fn limits_mode_backend_and_intercept_take_the_stricter() {
+        let (_d, _c, _l, n) = combined();
+        let lim = n.doc().limits;
+        assert_eq!(lim.memory, Some(1 << 30));
+        assert_eq!(lim.pids, Some(100));
+        assert_eq!(lim.cpus, Some(1.0));
+        assert_eq!(n.mode(), Mode::Enforce);
+        assert_eq!(n.doc().sandbox.backend, SandboxBackend::Namespaces);
+
+        let audit = CENTRAL.replace("name = \"central\"", "name = \"central\"\nmode = \"audit\"");
+        let gvisor =
+            format!("{LOCAL}[sandbox]\nbackend = \"gvisor\"\n[tls]\nintercept = \"all\"\n");
+        let (_d, c, l) = load(&audit, &gvisor);
+        let n = c.narrowed_by(&l).unwrap();
+        assert_eq!(n.mode(), Mode::Enforce, "audit central, enforcing local");
+        assert_eq!(n.doc().sandbox.backend, SandboxBackend::Gvisor);
+        assert_eq!(n.doc().tls.intercept, Intercept::All);
+        // The other way round: the central requirement stays.
+        let (_d, c, l) = load(
+            &format!("{CENTRAL}[sandbox]\nbackend = \"gvisor\"\n"),
+            LOCAL,
+        );
+        let n = c.narrowed_by(&l).unwrap();
+        assert_eq!(n.doc().sandbox.backend, SandboxBackend::Gvisor);
+        let both_audit = LOCAL.replace("name = \"local\"", "name = \"local\"\nmode = \"audit\"");
+        let (_d, c, l) = load(&audit, &both_audit);
+        assert_eq!(c.narrowed_by(&l).unwrap().mode(), Mode::Audit);
+    }
+
+    #[test]
+    fn a_mcp_servers_own_part_is_narrowed_too() {
+        let (_d, _c, _l, n) = combined();
+        let s = n.for_mcp_server("gh").unwrap();
+        assert!(s.narrowing().is_some());
+        assert!(connect(&s, "both.test").allow);
+        assert!(!connect(&s, "central-only.test").allow);
+        assert!(!connect(&s, "local-only.test").allow);
+        assert!(n.for_mcp_server("other").is_none());
+    }
+
+    #[test]
+    fn asking_for_more_than_the_central_policy_grants_is_an_error_naming_it() {
+        let extra_mount =
+            format!("{LOCAL}[[filesystem.mounts]]\nhost = \"/etc/secrets\"\nmode = \"ro\"\n");
+        let (_d, c, l) = load(CENTRAL, &extra_mount);
+        let e = c.narrowed_by(&l).unwrap_err();
+        let msg = e.to_string();
+        assert_eq!(e.diagnostics().len(), 1, "{msg}");
+        assert_eq!(
+            e.diagnostics()[0].line,
+            line_of(&extra_mount, "/etc/secrets")
+        );
+        assert!(msg.starts_with("local.toml:"), "{msg}");
+        assert!(msg.contains("`/etc/secrets`"), "{msg}");
+        assert!(
+            msg.contains("the central policy central.toml does not allow it"),
+            "{msg}"
+        );
+        assert!(msg.contains("hint:"), "{msg}");
+
+        // A parent of a central mount is not inside it.
+        let parent = LOCAL.replace("/opt/data/sub", "/opt");
+        let (_d, c, l) = load(CENTRAL, &parent);
+        assert!(
+            c.narrowed_by(&l)
+                .unwrap_err()
+                .to_string()
+                .contains("`/opt`")
+        );
+
+        let cred = format!(
+            "{LOCAL}[[credentials]]\nname = \"mine\"\nsource = \"env:MINE\"\nhosts = [\"both.test\"]\n"
+        );
+        let (_d, c, l) = load(CENTRAL, &cred);
+        assert!(
+            c.narrowed_by(&l)
+                .unwrap_err()
+                .to_string()
+                .contains("credential `mine`")
+        );
+
+        let server = format!("{LOCAL}[[mcp.servers]]\nname = \"extra\"\ncommand = [\"x\"]\n");
+        let (_d, c, l) = load(CENTRAL, &server);
+        assert!(
+            c.narrowed_by(&l)
+                .unwrap_err()
+                .to_string()
+                .contains("MCP server `extra`")
+        );
+
+        let command = LOCAL.replace(
+            "command = [\"gh-mcp\"]",
+            "command = [\"sh\", \"-c\", \"evil\"]",
+        );
+        let (_d, c, l) = load(CENTRAL, &command);
+        let msg = c.narrowed_by(&l).unwrap_err().to_string();
+        assert!(msg.contains("another command or URL"), "{msg}");
+
+        let server_mount = LOCAL.replace(
+            "network.allow = [\"both.test\", \"local-only.test\"]",
+            "network.allow = [\"both.test\"]\nfilesystem.mounts = [{ host = \"/opt/data\", mode = \"ro\" }]",
+        );
+        let (_d, c, l) = load(CENTRAL, &server_mount);
+        let msg = c.narrowed_by(&l).unwrap_err().to_string();
+        assert!(
+            msg.contains("MCP server `gh`: the mount of `/opt/data`"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn a_refused_policy_denies_everything_with_its_reason() {
+        let r = Policy::refused(
+            "central@0123456789ab+local@0123456789ab#refused".into(),
+            "central:central@v2 narrowed by local.toml".into(),
+            "the local file no longer narrows the central policy".into(),
+        );
+        assert_eq!(
+            r.refusal(),
+            Some("the local file no longer narrows the central policy")
+        );
+        let d = connect(&r, "both.test");
+        assert!(!d.allow);
+        assert_eq!(
+            d.reason,
+            "the local file no longer narrows the central policy"
+        );
+        assert!(
+            r.check_address("203.0.113.1".parse().unwrap(), 443)
+                .is_some()
+        );
+        assert!(
+            r.check_workspace(Path::new("/work"), Path::new("/home/u"))
+                .is_err()
+        );
+        assert_eq!(r.doc().filesystem.workspace, WorkspaceMode::None);
+        let s = r.for_mcp_server("gh").unwrap();
+        assert!(s.refusal().is_some());
+        assert!(!connect(&s, "both.test").allow);
+    }
+}

@@ -663,7 +663,8 @@ network.allow = ["127.0.0.2:{port}"]
 }
 
 /// On an enrolled machine (real `warden server`, `enroll`, `agent`), a running gateway
-/// follows a policy pushed to the control plane: the next tool call is decided by it.
+/// follows a policy pushed to the control plane: the next tool call is decided by it,
+/// narrowed by the same local `--policy` file as at the start.
 #[test]
 fn an_enrolled_gateway_follows_a_pushed_policy() {
     const ADMIN: &str = "mcp-cli-admin-token-0123456789abcdef";
@@ -680,10 +681,10 @@ fn an_enrolled_gateway_follows_a_pushed_policy() {
         );
         (o.status.success(), all)
     };
-    let version = |deny: &str| {
+    let version = |name: &str, deny: &str| {
         format!(
             r#"version = 1
-name = "central-mcp"
+name = "{name}"
 
 [[mcp.servers]]
 name = "probe"
@@ -696,7 +697,7 @@ tools.deny = [{deny}]
         )
     };
     let v1 = root.join("v1.toml");
-    std::fs::write(&v1, version("\"listdir\"")).unwrap();
+    std::fs::write(&v1, version("central-mcp", "\"listdir\"")).unwrap();
     let (ok, out) = cli(&["policy", "push", v1.to_str().unwrap()]);
     assert!(ok, "{out}");
     let _agent = control.enroll_with_agent(&home);
@@ -706,8 +707,10 @@ tools.deny = [{deny}]
         std::thread::sleep(Duration::from_millis(100));
     }
 
-    // `--policy` names the central policy itself, as the enrolled rule requires.
-    let mut gw = Conversation::start(&v1, &home, &root);
+    // The local file allows listdir; the central v1 does not: denied by the central.
+    let local = root.join("local.toml");
+    std::fs::write(&local, version("local-mcp", "")).unwrap();
+    let mut gw = Conversation::start(&local, &home, &root);
     let listdir = serde_json::json!({"name": "probe__listdir", "arguments": {"path": "/"}});
     let r = gw.request(2, "tools/call", listdir.clone());
     assert!(
@@ -717,7 +720,7 @@ tools.deny = [{deny}]
         "v1 denies listdir: {r}"
     );
     let v2 = root.join("v2.toml");
-    std::fs::write(&v2, version("")).unwrap();
+    std::fs::write(&v2, version("central-mcp", "")).unwrap();
     let (ok, out) = cli(&["policy", "push", v2.to_str().unwrap()]);
     assert!(ok && out.contains("central-mcp@v2"), "{out}");
     let mut id = 3;
@@ -765,8 +768,13 @@ tools.deny = [{deny}]
             .collect::<Vec<_>>()
     };
     let (denied, allowed) = (policy_of("deny"), policy_of("allow"));
+    // Every id is the central one narrowed by the local file's (`central+local`).
     assert!(
-        v2_id.starts_with("central-mcp@") && !denied.is_empty() && !denied.contains(&v2_id),
+        v2_id.starts_with("central-mcp@")
+            && v2_id.contains("+local-mcp@")
+            && !denied.is_empty()
+            && !denied.contains(&v2_id)
+            && denied.iter().all(|p| p.contains("+local-mcp@")),
         "{v2_id}: {calls:#?}"
     );
     assert!(

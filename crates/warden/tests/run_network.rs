@@ -1052,23 +1052,45 @@ echo "=== end"
 
 /// An enrolled machine (a real `warden server`, `warden enroll`, `warden agent`): a
 /// policy pushed to the control plane while a session runs reaches that session, whose
-/// next connection follows it (issue #7, delivery).
+/// next connection follows it, still narrowed by the session's local file (issue #7,
+/// delivery). A push that the local file no longer fits (the central policy drops the
+/// mount the local file names) moves the session to denying everything (fail closed).
 #[test]
 fn an_enrolled_session_follows_a_policy_pushed_while_it_runs() {
     const ADMIN: &str = "run-network-admin-token-0123456789";
-    let Some(lab) = Lab::new(B::Namespaces, &format!("{BASE}{NET}")) else {
+    let widened =
+        format!("{BASE}{NET}").replace("\"rebind.test\"", "\"rebind.test\", \"other.test\"");
+    // The local file (`--policy`, which the lab always passes) allows other.test; the
+    // central policy allows it only from v2 on.
+    let Some(lab) = Lab::new(B::Namespaces, &widened) else {
         return;
     };
     let root = lab.env.dir.path().canonicalize().unwrap();
+    // Both the local file and the central policy (until v3) mount this directory.
+    let shared = root.join("shared");
+    std::fs::create_dir_all(&shared).unwrap();
+    let mount = format!(
+        "[[filesystem.mounts]]\nhost = \"{}\"\nmode = \"ro\"\n",
+        shared.display()
+    );
+    std::fs::write(
+        &lab.env.policy,
+        format!("version = 1\nname = \"test\"\n{widened}{mount}"),
+    )
+    .unwrap();
     let control = ControlServer::start(&root.join("srv"), ADMIN);
     let cli = |args: &[&str]| {
         let o = control.cli(&lab.env.warden_home, args);
         assert!(o.status.success(), "warden {args:?}: {}", text(&o));
         stdout(&o)
     };
-    // The central policy is the lab's policy file, so `--policy` (which the lab always
-    // passes) names the same policy and is accepted.
-    cli(&["policy", "push", lab.env.policy.to_str().unwrap()]);
+    let v1 = root.join("v1.toml");
+    std::fs::write(
+        &v1,
+        format!("version = 1\nname = \"team\"\n{BASE}{NET}{mount}"),
+    )
+    .unwrap();
+    cli(&["policy", "push", v1.to_str().unwrap()]);
     let _agent = control.enroll_with_agent(&lab.env.warden_home);
     let status = || {
         let o = Command::new(WARDEN)
@@ -1079,7 +1101,7 @@ fn an_enrolled_session_follows_a_policy_pushed_while_it_runs() {
         text(&o)
     };
     let t = Instant::now();
-    while !status().contains("test@v1") {
+    while !status().contains("team@v1") {
         assert!(t.elapsed() < Duration::from_secs(30), "no bundle arrived");
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -1097,6 +1119,16 @@ while :; do
     sleep 0.05
 done
 echo "after: $out (attempts $i)"
+touch phase3
+while [ ! -e phase4 ]; do sleep 0.02; done
+i=0
+while :; do
+    out=$(curl -sS -m 5 http://api.test/hello/refused 2>&1)
+    case "$out" in *denied*) break;; esac
+    i=$((i + 1)); [ "$i" -gt 200 ] && break
+    sleep 0.05
+done
+echo "refused: $out (attempts $i)"
 "#;
     let child = lab
         .command(&[], script)
@@ -1105,20 +1137,32 @@ echo "after: $out (attempts $i)"
         .spawn()
         .unwrap();
     lab.wait_for(&ws.join("phase1"), Duration::from_secs(60));
-    let widened =
-        format!("{BASE}{NET}").replace("\"rebind.test\"", "\"rebind.test\", \"other.test\"");
     let v2 = root.join("v2.toml");
-    std::fs::write(&v2, format!("version = 1\nname = \"test\"\n{widened}")).unwrap();
+    std::fs::write(
+        &v2,
+        format!("version = 1\nname = \"team\"\n{widened}{mount}"),
+    )
+    .unwrap();
     let pushed = Instant::now();
-    assert!(cli(&["policy", "push", v2.to_str().unwrap()]).contains("test@v2"));
+    assert!(cli(&["policy", "push", v2.to_str().unwrap()]).contains("team@v2"));
     std::fs::write(ws.join("phase2"), "").unwrap();
+    lab.wait_for(&ws.join("phase3"), Duration::from_secs(60));
+    // v3 drops the mount the local file names: the local file no longer fits.
+    let v3 = root.join("v3.toml");
+    std::fs::write(&v3, format!("version = 1\nname = \"team\"\n{widened}")).unwrap();
+    assert!(cli(&["policy", "push", v3.to_str().unwrap()]).contains("team@v3"));
+    std::fs::write(ws.join("phase4"), "").unwrap();
     let o = child.wait_with_output().unwrap();
     let out = stdout(&o);
     assert_eq!(lab.exit(), Some(0), "{}", text(&o));
     assert!(line(&out, "before").contains("denied"), "{}", text(&o));
     assert!(line(&out, "after").contains("says hello"), "{}", text(&o));
+    assert!(line(&out, "refused").contains("denied"), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("reloaded"), "{}", text(&o));
     assert!(
-        String::from_utf8_lossy(&o.stderr).contains("reloaded"),
+        err.contains(&format!("the mount of `{}`", shared.display()))
+            && err.contains("no longer narrows the central policy"),
         "{}",
         text(&o)
     );
@@ -1126,9 +1170,160 @@ echo "after: $out (attempts $i)"
         "pushed policy in force in the session after {:?}",
         pushed.elapsed()
     );
+    let events = lab.events();
+    let refused = network_events(&events, "connect")
+        .find(|e| e["target"] == "api.test:80" && e["decision"] == "deny")
+        .expect("no refused connection");
     assert!(
-        lab.events().iter().any(|e| e["action"] == "policy_reload"),
-        "no policy_reload event"
+        refused["policy"].as_str().unwrap().ends_with("#refused")
+            && refused["reason"]
+                .as_str()
+                .unwrap()
+                .contains("everything is denied until the session is restarted"),
+        "{refused}"
+    );
+    let reload = events
+        .iter()
+        .find(|e| e["action"] == "policy_reload")
+        .expect("no policy_reload event");
+    // The reloaded policy is the new central one narrowed by the same local file.
+    let id = reload["policy"].as_str().unwrap();
+    assert!(id.starts_with("team@") && id.contains("+test@"), "{reload}");
+    let allowed: Vec<_> = network_events(&events, "http")
+        .filter(|e| e["target"].as_str().unwrap_or("").contains("other.test"))
+        .filter(|e| e["decision"] == "allow")
+        .collect();
+    assert!(
+        !allowed.is_empty() && allowed.iter().all(|e| e["policy"] == id),
+        "{events:#?}"
+    );
+}
+
+/// SPEC §1, §4: on an enrolled machine a local `--policy` file only narrows the central
+/// policy. A host the central policy allows and the local file denies is refused; a host
+/// the central policy denies stays refused although the local file allows it; the audit
+/// names the combined policy and the rule of the file that denied. A local mount the
+/// central policy lacks refuses the session (exit 125) naming the path.
+#[test]
+fn an_enrolled_machine_narrows_the_central_policy_with_a_local_file() {
+    const ADMIN: &str = "run-network-narrow-admin-0123456789";
+    let local = format!(
+        "{BASE}[network]\nallow = [\"api.test\", \"git.test\", \"other.test\"]\ndeny = [\"other.test\"]\n"
+    );
+    let Some(lab) = Lab::new(B::Namespaces, &local) else {
+        return;
+    };
+    let root = lab.env.dir.path().canonicalize().unwrap();
+    let control = ControlServer::start(&root.join("srv"), ADMIN);
+    let central = root.join("central.toml");
+    std::fs::write(
+        &central,
+        format!(
+            "version = 1\nname = \"team\"\n{BASE}[network]\nallow = [\"api.test\", \"other.test\"]\ndeny = [\"git.test\"]\n"
+        ),
+    )
+    .unwrap();
+    let o = control.cli(
+        &lab.env.warden_home,
+        &["policy", "push", central.to_str().unwrap()],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let _agent = control.enroll_with_agent(&lab.env.warden_home);
+    let t = Instant::now();
+    while !text(&control.cli(&lab.env.warden_home, &["status"])).contains("team@v1") {
+        assert!(t.elapsed() < Duration::from_secs(30), "no bundle arrived");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    let o = lab.run(
+        r#"
+echo "both: $(curl -sS -m 5 http://api.test/hello/both 2>&1)"
+echo "local-denies: $(curl -sS -m 5 http://other.test/hello/local 2>&1)"
+echo "central-denies: $(curl -sS -m 5 http://git.test/hello/central 2>&1)"
+"#,
+    );
+    let out = stdout(&o);
+    assert_eq!(lab.exit(), Some(0), "{}", text(&o));
+    assert!(line(&out, "both").contains("says hello"), "{}", text(&o));
+    assert!(
+        line(&out, "local-denies").contains("denied"),
+        "{}",
+        text(&o)
+    );
+    assert!(
+        line(&out, "central-denies").contains("denied"),
+        "{}",
+        text(&o)
+    );
+    let events = lab.events();
+    let start = events
+        .iter()
+        .find(|e| e["surface"] == "session" && e["action"] == "start")
+        .expect("no session start");
+    let id = start["policy"].as_str().unwrap();
+    assert!(id.starts_with("team@") && id.contains("+test@"), "{start}");
+    let decision = |host: &str| {
+        network_events(&events, "connect")
+            .find(|e| e["target"] == format!("{host}:80"))
+            .unwrap_or_else(|| panic!("no connect event for {host}: {events:#?}"))
+    };
+    let both = decision("api.test");
+    assert_eq!(
+        (&both["decision"], &both["policy"]),
+        (&"allow".into(), &id.into())
+    );
+    let d = decision("other.test");
+    assert_eq!(
+        (&d["decision"], &d["policy"]),
+        (&"deny".into(), &id.into()),
+        "{d}"
+    );
+    assert!(
+        d["rule"].as_str().unwrap().starts_with("policy.toml:"),
+        "{d}"
+    );
+    let d = decision("git.test");
+    assert_eq!(
+        (&d["decision"], &d["policy"]),
+        (&"deny".into(), &id.into()),
+        "{d}"
+    );
+    assert!(
+        d["rule"].as_str().unwrap().starts_with("central:team@v1:"),
+        "{d}"
+    );
+
+    // A local mount the central policy does not have: refused before anything runs.
+    let secret = root.join("not-in-central");
+    std::fs::create_dir_all(&secret).unwrap();
+    let wider = root.join("wider.toml");
+    std::fs::write(
+        &wider,
+        format!(
+            "version = 1\nname = \"wider\"\n{local}[[filesystem.mounts]]\nhost = \"{}\"\nmode = \"ro\"\n",
+            secret.display()
+        ),
+    )
+    .unwrap();
+    let o = Command::new(WARDEN)
+        .arg("run")
+        .arg("--policy")
+        .arg(&wider)
+        .arg("--workspace")
+        .arg(&lab.env.ws)
+        .args(["--", "/bin/true"])
+        .env("WARDEN_HOME", &lab.env.warden_home)
+        .env("HOME", &lab.env.home)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_code(&o, 125);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains(&format!("the mount of `{}`", secret.display()))
+            && err.contains("the central policy central:team@v1 does not allow it"),
+        "{}",
+        text(&o)
     );
 }
 

@@ -169,9 +169,9 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
     if let Some(PinsCommand::Pins(p)) = args.command {
         return pins(p, args.audit);
     }
-    // On an enrolled machine the control plane's policy is in force (the same rule as
-    // `warden run`: a `--policy` must be that policy), and the gateway follows the
-    // bundles the agent stores.
+    // On an enrolled machine the control plane's policy is in force, narrowed by a
+    // `--policy` file (the same rule as `warden run`), and the gateway follows the
+    // bundles the agent stores, re-applying the same local policy to each.
     let wh = home::warden_home();
     let bundle = warden_agent::watched_bundle(&wh);
     let policy = match &args.policy {
@@ -192,6 +192,7 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
         },
         None => Policy::preset(warden_policy::Preset::Balanced),
     };
+    let local = policy.narrowing().map(|(_, l)| l.clone());
     let session = format!("mcp-{}", hex_id());
     let principal = Principal {
         session: session.clone(),
@@ -276,7 +277,7 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
         // credentials stay those of the start (docs/control-plane.md).
         if let Some(bundle) = bundle {
             let load: crate::reload::Loader = Box::new(move |_| {
-                warden_agent::reloaded_session_policy(&wh).map_err(|e| e.to_string())
+                crate::cmd::run::enrolled_reload(&wh, local.as_ref(), "warden mcp")
             });
             tokio::spawn(crate::reload::watch_policy(
                 McpReload(authorizer),
@@ -573,7 +574,8 @@ fn pins(cmd: Pins, audit: Option<PathBuf>) -> anyhow::Result<ExitCode> {
 struct SandboxLauncher {
     exe: PathBuf,
     policy: Option<PathBuf>,
-    /// This machine is enrolled: servers run under the central policy.
+    /// This machine is enrolled: servers run under the central policy (narrowed by
+    /// `policy`, if any).
     enrolled: bool,
     audit: Option<PathBuf>,
 }
@@ -589,10 +591,11 @@ impl UpstreamLauncher for SandboxLauncher {
             reason: reason.into(),
         };
         // On an enrolled machine the server's session takes the control plane's policy
-        // in force when it starts (and follows later pushes), never a local file.
+        // in force when it starts (and follows later pushes), narrowed by the same
+        // `--policy` file as the gateway's, if any.
         let policy = match (&self.policy, self.enrolled) {
-            (_, true) => None,
-            (Some(p), false) => Some(p),
+            (Some(p), _) => Some(p),
+            (None, true) => None,
             (None, false) => return Err(bad("a stdio server needs a policy file (--policy)")),
         };
         if argv.is_empty() {

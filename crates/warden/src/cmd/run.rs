@@ -88,12 +88,15 @@ pub struct Args {
     pub command: Vec<OsString>,
 }
 
-/// The policy a session runs under: the enrolled machine's central policy or the local
-/// file (see `warden_agent::session_policy` for the rule), narrowed to one MCP server's
-/// part of it with `--mcp-server`. `None`: not enrolled and no file (the preset).
-fn session_policy(file: Option<&Path>, mcp_server: Option<&str>) -> Result<Option<Policy>, String> {
-    let policy = warden_agent::session_policy(&crate::home::warden_home(), file)
-        .map_err(|e| e.to_string())?;
+/// The policy a session runs under: the enrolled machine's central policy (narrowed by
+/// the local file, if any) or the local file (see `warden_agent::session_policy` for the
+/// rule). `None`: not enrolled and no file (the preset).
+fn session_policy(file: Option<&Path>) -> Result<Option<Policy>, String> {
+    warden_agent::session_policy(&crate::home::warden_home(), file).map_err(|e| e.to_string())
+}
+
+/// `policy`, or with `--mcp-server` that server's own part of it.
+fn for_server(policy: Option<Policy>, mcp_server: Option<&str>) -> Result<Option<Policy>, String> {
     match (policy, mcp_server) {
         (Some(p), Some(name)) => p.for_mcp_server(name).map(Some).ok_or_else(|| {
             format!(
@@ -174,16 +177,17 @@ impl Drop for Leases {
 /// How `--policy` is re-read for live reloads: the same rule as at the start.
 fn loader(mcp_server: Option<String>) -> crate::reload::Loader {
     Box::new(move |path| {
-        session_policy(Some(path), mcp_server.as_deref())?
+        for_server(session_policy(Some(path))?, mcp_server.as_deref())?
             .ok_or_else(|| format!("{} gave no policy", path.display()))
     })
 }
 
 /// What a running session watches for live reloads: on an enrolled machine the
-/// agent's verified bundle (the central policy; a `--policy` given at the start had to
-/// be that same policy), else the `--policy` file, if any.
+/// agent's verified bundle (each new central policy, narrowed by `local`: the local
+/// policy the session started with), else the `--policy` file, if any.
 fn reload_source(
     file: Option<PathBuf>,
+    local: Option<Policy>,
     mcp_server: Option<String>,
 ) -> Option<(PathBuf, crate::reload::Loader)> {
     let home = crate::home::warden_home();
@@ -191,18 +195,25 @@ fn reload_source(
         return file.map(|p| (p, loader(mcp_server)));
     };
     let load: crate::reload::Loader = Box::new(move |_| {
-        let p = warden_agent::reloaded_session_policy(&home).map_err(|e| e.to_string())?;
-        match mcp_server.as_deref() {
-            Some(name) => p.for_mcp_server(name).ok_or_else(|| {
-                format!(
-                    "the policy {} has no [[mcp.servers]] entry named {name:?}",
-                    p.id()
-                )
-            }),
-            None => Ok(p),
-        }
+        let p = enrolled_reload(&home, local.as_ref(), "warden run")?;
+        for_server(Some(p), mcp_server.as_deref())?.ok_or_else(|| "no policy".to_string())
     });
     Some((bundle, load))
+}
+
+/// The policy a running session on an enrolled machine moves to after a push: the new
+/// central policy narrowed by the session's `local` policy. When the local policy no
+/// longer fits, that is a policy denying everything; `who` says so on stderr.
+pub(crate) fn enrolled_reload(
+    home: &Path,
+    local: Option<&Policy>,
+    who: &str,
+) -> Result<Policy, String> {
+    let p = warden_agent::reloaded_session_policy(home, local).map_err(|e| e.to_string())?;
+    if let Some(why) = p.refusal() {
+        eprintln!("{who}: {why}\r");
+    }
+    Ok(p)
 }
 
 /// Dispatch to the sandbox init when this process was started as one.
@@ -261,7 +272,13 @@ fn hide_lists(deny: &[String], home: &Path) -> (Vec<PathBuf>, Vec<String>) {
 
 pub fn main(args: Args) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
-    let policy = session_policy(args.policy.as_deref(), args.mcp_server.as_deref())
+    let full = session_policy(args.policy.as_deref()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    // On an enrolled machine, the local policy a reload re-applies to each new central one.
+    let local = full
+        .as_ref()
+        .and_then(Policy::narrowing)
+        .map(|(_, l)| l.clone());
+    let policy = for_server(full, args.mcp_server.as_deref())
         .map_err(|e| anyhow::anyhow!("{e}"))?
         .unwrap_or_else(|| Policy::preset(Preset::Balanced));
     let backend = choose_backend(args.backend, &policy)?;
@@ -613,7 +630,7 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
             interception: Some(Arc::new(icpt)),
         },
     );
-    let reload = reload_source(args.policy.clone(), args.mcp_server.clone());
+    let reload = reload_source(args.policy.clone(), local, args.mcp_server.clone());
     let net = match SessionEgress::start(fds, egress, reload) {
         Ok(n) => n,
         Err(e) => return fail(&log, format!("starting the session's egress proxy: {e:#}")),
