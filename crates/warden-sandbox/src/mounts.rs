@@ -646,8 +646,9 @@ fn build_dev(old: &OwnedFd, root: &OwnedFd) -> Result<(), String> {
 // What an agent writes into a repository's `.git` runs on the host: the user's git (a
 // shell prompt runs `git status` on every command, an IDE polls it) executes hooks and
 // `core.fsmonitor`, `core.sshCommand`, `diff.*.textconv`, ... from the repository's
-// configuration, outside any sandbox. In every writable mount whose top holds a `.git`,
-// the session root therefore pins `.git` (a mount point cannot be renamed or replaced)
+// configuration, outside any sandbox. In every repository at the top of a writable
+// mount or up to two levels below it, the session root therefore pins `.git` (a mount
+// point cannot be renamed or replaced)
 // and lays read-only binds over the repository's configuration and hooks, also those of
 // its submodules and a `core.hooksPath` inside the writable mounts. Commits, branches,
 // fetches and the index stay writable. See docs/decisions/0002-sandbox.md ("Git
@@ -659,6 +660,10 @@ const GIT_GUARDED: &[&str] = &["config", "config.worktree", "commondir", "hooks"
 /// Nesting of `.git/modules/<name>/modules/...` followed, and entries read per level.
 const GIT_MODULES_MAX_DEPTH: usize = 3;
 const GIT_MODULES_MAX_ENTRIES: usize = 256;
+/// Levels below the top of a writable mount searched for repositories, and entries read
+/// per mount (session start must not become a tree walk).
+const GIT_SCAN_DEPTH: usize = 2;
+const GIT_SCAN_MAX_ENTRIES: usize = 5_000;
 
 fn self_bind(
     h: &Hidden,
@@ -691,8 +696,13 @@ fn guard_git(req: &InitRequest, root: &OwnedFd) -> Result<Vec<Overmount>, String
     // A path the policy itself mounts writable is left as the policy says.
     let chosen = |p: &Path| writable.iter().any(|m| m.target == p);
     let mut out = Vec::new();
+    let mut repos = Vec::new();
     for m in &writable {
-        let git = m.target.join(".git");
+        let mut seen = 0;
+        find_repos(root, &m.target, 0, &mut seen, &mut repos)?;
+    }
+    for repo in &repos {
+        let git = repo.join(".git");
         let Some(h) = open_existing(root, &git)? else {
             continue;
         };
@@ -706,7 +716,7 @@ fn guard_git(req: &InitRequest, root: &OwnedFd) -> Result<Vec<Overmount>, String
         }
         self_bind(&h, &git, Cover::Pinned, &mut out)?;
         guard_git_dir(root, &git, 0, &chosen, &mut out)?;
-        if let Some(hooks) = hooks_path(root, &git, &m.target)?
+        if let Some(hooks) = hooks_path(root, &git, repo)?
             && writable.iter().any(|w| hooks.starts_with(&w.target))
             && !chosen(&hooks)
             && let Some(h) = open_existing(root, &hooks)?
@@ -715,6 +725,47 @@ fn guard_git(req: &InitRequest, root: &OwnedFd) -> Result<Vec<Overmount>, String
         }
     }
     Ok(out)
+}
+
+/// Working trees (directories holding a `.git`) at `dir` and up to
+/// [`GIT_SCAN_DEPTH`] levels below it, not inside the directories the pattern walk
+/// skips either; at most [`GIT_SCAN_MAX_ENTRIES`] entries per mount are read.
+fn find_repos(
+    root: &OwnedFd,
+    dir: &Path,
+    depth: usize,
+    seen: &mut usize,
+    out: &mut Vec<PathBuf>,
+) -> Result<(), String> {
+    let Some(d) = open_existing(root, dir)? else {
+        return Ok(());
+    };
+    if !d.dir {
+        return Ok(());
+    }
+    let Ok(rd) = fs::read_dir(fdp(&d.fd)) else {
+        return Ok(());
+    };
+    let mut below = Vec::new();
+    for ent in rd.flatten() {
+        *seen += 1;
+        if *seen > GIT_SCAN_MAX_ENTRIES {
+            break;
+        }
+        let name = ent.file_name();
+        if name == ".git" {
+            out.push(dir.to_path_buf());
+        } else if depth < GIT_SCAN_DEPTH
+            && ent.file_type().is_ok_and(|t| t.is_dir())
+            && !HIDE_WALK_SKIP_DIRS.iter().any(|s| OsStr::new(s) == name)
+        {
+            below.push(dir.join(name));
+        }
+    }
+    for b in below {
+        find_repos(root, &b, depth + 1, seen, out)?;
+    }
+    Ok(())
 }
 
 /// Covers the guarded entries of one git directory and of its submodules' ones.

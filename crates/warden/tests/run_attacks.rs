@@ -390,6 +390,10 @@ fn git_hooks_and_config_cannot_be_planted_for_the_host(b: B) {
     );
     assert!(git(&env.ws, &["add", "-A"]).status.success());
     assert!(git(&env.ws, &["commit", "-qm", "host"]).status.success());
+    // A second repository two levels down (a workspace holding clones).
+    let inner = env.ws.join("libs/inner");
+    std::fs::create_dir_all(&inner).unwrap();
+    assert!(git(&inner, &["init", "-q"]).status.success());
     let config_before = std::fs::read_to_string(env.ws.join(".git/config")).unwrap();
     let o = env.sh(
         "export GIT_AUTHOR_NAME=a GIT_AUTHOR_EMAIL=a@a GIT_COMMITTER_NAME=a GIT_COMMITTER_EMAIL=a@a; \
@@ -398,6 +402,7 @@ fn git_hooks_and_config_cannot_be_planted_for_the_host(b: B) {
          git config core.fsmonitor 'touch /tmp/pwned' 2>&1 || echo config-denied; \
          echo 'echo pwned' >> .husky/pre-commit 2>&1 || echo husky-denied; \
          mv .git .git-old 2>&1 || echo mv-denied; \
+         echo x > libs/inner/.git/hooks/pre-commit 2>&1 || echo inner-hook-denied; \
          echo b >> a.txt && git commit -qam agent && echo committed",
     );
     let out = stdout(&o);
@@ -407,6 +412,7 @@ fn git_hooks_and_config_cannot_be_planted_for_the_host(b: B) {
         "config-denied",
         "husky-denied",
         "mv-denied",
+        "inner-hook-denied",
         "committed",
     ] {
         assert!(out.contains(word), "{word}: {}", text(&o));
