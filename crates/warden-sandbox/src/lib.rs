@@ -57,7 +57,7 @@ pub use net::{
     DNS_ADDR, NetworkFds, PROXY_ADDR, TUN_MTU, TUN_NAME, TUN_V4, TUN_V6, defer_tun_teardown,
 };
 pub use preflight::{Check, preflight, preflight_report};
-pub use session::{Prepared, Session, SessionExit, prepare, spawn};
+pub use session::{Prepared, Session, SessionExit, prepare, prepare_with_trust_bundle, spawn};
 
 /// `argv[1]` of a process started as a session init. The `warden` binary checks it first
 /// thing in `main` and calls [`init_main`].

@@ -528,7 +528,8 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
         tty: TtyMode::Auto,
         session_id: session.clone(),
         network: Network::Egress,
-        trust_bundle: Some(icpt.session_bundle()),
+        // Supplied late (below): the host's CA roots are still loading.
+        trust_bundle: None,
         backend,
     };
 
@@ -565,7 +566,12 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
             Ok(log)
         })
     };
-    let prepared = warden_sandbox::prepare(&spec);
+    // The session's trust bundle (the host's roots plus the session CA) goes to the init
+    // once it is being built: the roots load on a thread of their own meanwhile.
+    let prepared = warden_sandbox::prepare_with_trust_bundle(&spec, || {
+        icpt.session_bundle()
+            .map_err(|e| format!("credentials: TLS interception: {e}"))
+    });
     let recorded = recorder
         .join()
         .unwrap_or_else(|_| Err(anyhow::anyhow!("the audit recorder panicked")));
