@@ -39,8 +39,16 @@ fn report(chan: &OwnedFd, r: &Report) {
     }
 }
 
-/// Entry point of a session init (see [`crate::INIT_MARKER`]). Never returns.
+/// Entry point of a session init (see [`crate::INIT_MARKER`]). Never returns. Started any
+/// other way (by hand, without the marker), it exits with status 2 and touches nothing.
 pub fn init_main() -> ! {
+    if !crate::is_init_invocation() {
+        eprintln!(
+            "this program is the init of `warden run` sessions, started by warden; it is not a command of its own"
+        );
+        // SAFETY: _exit ends the process; nothing was set up.
+        unsafe { libc::_exit(2) }
+    }
     // SAFETY: fd 3 was placed there by `spawn` for this process; nothing else owns it.
     let mut chan = Some(unsafe { OwnedFd::from_raw_fd(CHANNEL_FD) });
     let code = match run_init(&mut chan) {

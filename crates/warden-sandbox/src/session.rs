@@ -288,10 +288,22 @@ fn prepare_inner(
         .ok()
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or(40);
-    let exe = c"/proc/self/exe";
+    // The init: the dedicated program when there is one, else this executable again.
+    let (exe, argv0) = match crate::init_program() {
+        Some(program) => {
+            if let Some((what, fix)) = crate::init_program_problem() {
+                return Err(SandboxError::Unsupported { what, fix });
+            }
+            (
+                sys::cstr(program).map_err(|e| SandboxError::os("the init program path", e))?,
+                c"warden-init",
+            )
+        }
+        None => (c"/proc/self/exe".to_owned(), c"warden"),
+    };
     let mut child = ChildArgs {
         exe: exe.as_ptr(),
-        argv: [c"warden".as_ptr(), marker.as_ptr(), std::ptr::null()],
+        argv: [argv0.as_ptr(), marker.as_ptr(), std::ptr::null()],
         envp: [std::ptr::null()],
         channel: child_end.as_raw_fd(),
         slave: slave.as_ref().map_or(-1, |s| s.as_raw_fd()),
