@@ -291,6 +291,10 @@ fn read_pem_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError>
 }
 
 fn dedup(certs: Vec<CertificateDer<'static>>) -> Vec<CertificateDer<'static>> {
+    // The system store's loader returns its certificates sorted and deduplicated.
+    if certs.windows(2).all(|w| w[0].as_ref() < w[1].as_ref()) {
+        return certs;
+    }
     let mut seen = HashSet::new();
     let first: Vec<bool> = certs.iter().map(|c| seen.insert(c.as_ref())).collect();
     drop(seen);
@@ -304,10 +308,15 @@ fn dedup(certs: Vec<CertificateDer<'static>>) -> Vec<CertificateDer<'static>> {
 fn push_pem(out: &mut String, cert: &CertificateDer<'_>) {
     let b64 = base64::engine::general_purpose::STANDARD.encode(cert.as_ref());
     out.push_str("-----BEGIN CERTIFICATE-----\n");
-    for line in b64.as_bytes().chunks(64) {
-        // Base64 output is ASCII, so every chunk is valid UTF-8.
-        out.push_str(&String::from_utf8_lossy(line));
+    // Base64 output is ASCII: every split is at a character boundary.
+    let mut rest = b64.as_str();
+    while let Some((line, tail)) = rest.split_at_checked(rest.len().min(64)) {
+        if line.is_empty() {
+            break;
+        }
+        out.push_str(line);
         out.push('\n');
+        rest = tail;
     }
     out.push_str("-----END CERTIFICATE-----\n");
 }
