@@ -215,8 +215,11 @@ impl Interception {
         })
     }
 
-    /// Everything from the policy: a new [`SessionCa`], [`UpstreamTrust::load`] with
-    /// the policy's `tls.extra_roots`, and every `[[credentials]]` entry loaded with
+    /// Everything from the policy: a new [`SessionCa`], the upstream trust with the
+    /// policy's `tls.extra_roots` ([`UpstreamTrust::load_in_background`]: a load that
+    /// fails — no usable root, an unreadable `extra_roots` file — is reported by
+    /// [`Interception::session_bundle`], [`Interception::trust_ready`] and every
+    /// upstream handshake), and every `[[credentials]]` entry loaded with
     /// [`warden_secrets::load`] (plus `presets`, the provider bindings of the
     /// `balanced` preset, for variables the policy does not bind itself), each given a
     /// fresh placeholder. Returns the vault leases to revoke when the session ends.
@@ -239,8 +242,10 @@ impl Interception {
         given: &HashMap<String, String>,
     ) -> Result<(Interception, Vec<LeaseId>), InterceptError> {
         let doc = policy.doc();
+        // The system roots load on their own thread while the rest is prepared: the
+        // first use of the trust (the session bundle, an upstream handshake) waits.
+        let trust = UpstreamTrust::load_in_background(doc.tls.extra_roots.clone());
         let ca = SessionCa::new()?;
-        let trust = UpstreamTrust::load(&doc.tls.extra_roots)?;
         let mut creds = Vec::new();
         let mut leases = Vec::new();
         let mut rng = rand::rng();
@@ -307,10 +312,16 @@ impl Interception {
         &self.trust
     }
 
+    /// Waits until the upstream trust is loaded; the load's error if it failed.
+    pub fn trust_ready(&self) -> Result<(), TlsError> {
+        self.trust.wait()
+    }
+
     /// The PEM bundle the session trusts: system roots, the session CA, `extra_roots`.
     /// Overlay it at `/etc/ssl/certs/ca-certificates.crt` and point [`Self::session_env`]
-    /// at it.
-    pub fn session_bundle(&self) -> String {
+    /// at it. Waits for the upstream trust to be loaded; its error if that failed
+    /// (no usable root, an unreadable `tls.extra_roots` file).
+    pub fn session_bundle(&self) -> Result<String, TlsError> {
         self.trust.session_bundle(&self.ca)
     }
 

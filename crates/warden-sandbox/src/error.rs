@@ -15,6 +15,10 @@ pub enum SandboxError {
         /// How to enable it.
         fix: String,
     },
+    /// What the caller supplies late ([`crate::prepare_with_trust_bundle`]) could not be
+    /// produced: the caller's own message.
+    #[error("{0}")]
+    Caller(String),
     /// The caller's spec is unusable.
     #[error("invalid sandbox spec: {0}")]
     InvalidSpec(String),

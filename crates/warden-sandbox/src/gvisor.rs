@@ -523,6 +523,7 @@ mod tests {
             gid: 1000,
             use_pty: false,
             unix_guard: false,
+            trust_bundle_follows: false,
         }
     }
 

@@ -39,8 +39,16 @@ fn report(chan: &OwnedFd, r: &Report) {
     }
 }
 
-/// Entry point of a session init (see [`crate::INIT_MARKER`]). Never returns.
+/// Entry point of a session init (see [`crate::INIT_MARKER`]). Never returns. Started any
+/// other way (by hand, without the marker), it exits with status 2 and touches nothing.
 pub fn init_main() -> ! {
+    if !crate::is_init_invocation() {
+        eprintln!(
+            "this program is the init of `warden run` sessions, started by warden; it is not a command of its own"
+        );
+        // SAFETY: _exit ends the process; nothing was set up.
+        unsafe { libc::_exit(2) }
+    }
     // SAFETY: fd 3 was placed there by `spawn` for this process; nothing else owns it.
     let mut chan = Some(unsafe { OwnedFd::from_raw_fd(CHANNEL_FD) });
     let code = match run_init(&mut chan) {
@@ -70,7 +78,7 @@ fn run_init(slot: &mut Option<OwnedFd>) -> Result<i32, String> {
     // SAFETY: setsid has no memory effects.
     unsafe { libc::setsid() };
     let mut stream = proto::stream_of(chan).map_err(|e| format!("channel: {e}"))?;
-    let req: InitRequest = match proto::read_frame(&mut stream) {
+    let mut req: InitRequest = match proto::read_frame(&mut stream) {
         Ok(Some(r)) => r,
         Ok(None) => return Err("the parent closed the channel before sending the spec".into()),
         Err(e) => return Err(format!("reading the spec: {e}")),
@@ -126,6 +134,13 @@ fn run_init(slot: &mut Option<OwnedFd>) -> Result<i32, String> {
         report(chan, &Report::Fd(proto::FdKind::UnixDiag));
         proto::send_fd(chan.as_raw_fd(), d.as_raw_fd())
             .map_err(|e| format!("passing the sock_diag socket: {e}"))?;
+    }
+    if req.trust_bundle_follows {
+        let bundle = proto::read_bytes(&mut stream)
+            .map_err(|e| format!("reading the session's trust bundle: {e}"))?;
+        let bundle = String::from_utf8(bundle)
+            .map_err(|_| "the session's trust bundle is not UTF-8 text".to_string())?;
+        req.spec.trust_bundle = Some(bundle);
     }
     let covered = mounts::build_root(&req, &mut warnings)?;
     for w in warnings {

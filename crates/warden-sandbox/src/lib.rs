@@ -13,9 +13,11 @@
 //! - decide policy: the caller (the `warden` CLI, via `warden-policy`) says which paths are
 //!   mounted or hidden and which limits apply; this crate only enforces;
 //! - do complex work in a forked copy of a multi-threaded process: the session is started
-//!   by re-executing the current binary (`/proc/self/exe`) with the hidden marker
-//!   [`INIT_MARKER`] as `argv[1]`; that process calls [`init_main`], reads its
-//!   [`SandboxSpec`] from a dedicated descriptor and sets the session up single-threaded.
+//!   by executing a fresh init — the small `warden-init` program set with
+//!   [`set_init_program`], or else the current binary again (`/proc/self/exe`) — with the
+//!   hidden marker [`INIT_MARKER`] as `argv[1]`; that process calls [`init_main`], reads
+//!   its [`SandboxSpec`] from a dedicated descriptor and sets the session up
+//!   single-threaded.
 //!
 //! This is the only crate of the workspace allowed `unsafe`; every `unsafe` block carries a
 //! `// SAFETY:` comment.
@@ -23,7 +25,7 @@
 //! Process tree of a session:
 //! ```text
 //! warden run (parent, may be multi-threaded)
-//!   └─ init   = /proc/self/exe __warden-sandbox-init, PID 1 of the session's PID namespace,
+//!   └─ init   = warden-init __warden-sandbox-init, PID 1 of the session's PID namespace,
 //!      │        in new user/mount/net/IPC/UTS/cgroup namespaces. Builds the root, reaps,
 //!      │        forwards signals, exits with the agent's status.
 //!      └─ agent: hardened (setsid/pty, Landlock, no caps, no_new_privs, seccomp), execs CMD.
@@ -57,15 +59,57 @@ pub use net::{
     DNS_ADDR, NetworkFds, PROXY_ADDR, TUN_MTU, TUN_NAME, TUN_V4, TUN_V6, defer_tun_teardown,
 };
 pub use preflight::{Check, preflight, preflight_report};
-pub use session::{Prepared, Session, SessionExit, prepare, spawn};
+pub use session::{Prepared, Session, SessionExit, prepare, prepare_with_trust_bundle, spawn};
 
-/// `argv[1]` of a process started as a session init. The `warden` binary checks it first
-/// thing in `main` and calls [`init_main`].
+/// `argv[1]` of a process started as a session init: the program set with
+/// [`set_init_program`], or else the current executable, which then checks it first thing
+/// in `main` and calls [`init_main`].
 pub const INIT_MARKER: &str = "__warden-sandbox-init";
 
 /// Returns true when this process was started as a session init (see [`INIT_MARKER`]).
 pub fn is_init_invocation() -> bool {
     std::env::args_os().nth(1).is_some_and(|a| a == INIT_MARKER)
+}
+
+/// The program set with [`set_init_program`].
+static INIT_PROGRAM: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// Starts every later session's init as `program`, a small binary whose `main` only calls
+/// [`init_main`] (`warden-init`), instead of re-executing the current executable with
+/// [`INIT_MARKER`]: a session's start pays for loading, relocating and initialising its
+/// init, which for a large program costs about a millisecond more. The path should be
+/// absolute and as trusted as the caller itself (the caller's own directory). When it
+/// cannot be executed, [`preflight`] and [`prepare`] fail, naming it; nothing falls back
+/// to another program. Set once, before the first session; returns false (and changes
+/// nothing) when it was set already.
+pub fn set_init_program(program: PathBuf) -> bool {
+    INIT_PROGRAM.set(program).is_ok()
+}
+
+/// The program set with [`set_init_program`], if any.
+pub(crate) fn init_program() -> Option<&'static std::path::Path> {
+    INIT_PROGRAM.get().map(PathBuf::as_path)
+}
+
+/// Why the init program set with [`set_init_program`] cannot be started, if it cannot:
+/// `(what, fix)`.
+pub(crate) fn init_program_problem() -> Option<(String, String)> {
+    let program = init_program()?;
+    let c =
+        std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(program.as_os_str())).ok()?;
+    // SAFETY: access(2) on a valid NUL-terminated path.
+    if unsafe { libc::access(c.as_ptr(), libc::X_OK) } == 0 {
+        return None;
+    }
+    let e = std::io::Error::last_os_error();
+    Some((
+        format!(
+            "the session init program {} cannot be executed ({e})",
+            program.display()
+        ),
+        "It is built and installed together with the program that starts sessions, and          must stay in the same directory: for warden, `cargo build --release -p warden`          builds both `warden` and `warden-init`, and `cargo install --path crates/warden`          installs both."
+            .to_string(),
+    ))
 }
 
 /// A directory or file of the host made visible in the session.

@@ -124,6 +124,13 @@ pub fn preflight_report(spec: &SandboxSpec) -> Vec<Check> {
         problem: cg,
     });
 
+    if crate::init_program().is_some() {
+        out.push(Check {
+            layer: "session init",
+            problem: crate::init_program_problem(),
+        });
+    }
+
     if spec.backend == Backend::Gvisor {
         out.push(Check {
             layer: "gVisor",

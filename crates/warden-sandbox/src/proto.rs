@@ -27,6 +27,10 @@ pub(crate) struct InitRequest {
     /// Whether the agent hands a seccomp user-notification listener back (host Unix socket
     /// guard).
     pub unix_guard: bool,
+    /// The session's trust bundle follows as one [`write_bytes`] frame, read by the init
+    /// right before it builds the root (the spec's `trust_bundle` is `None` then).
+    #[serde(default)]
+    pub trust_bundle_follows: bool,
 }
 
 /// What a descriptor passed back to the parent is.
@@ -75,6 +79,29 @@ pub(crate) fn write_frame<T: Serialize>(w: &mut impl Write, msg: &T) -> io::Resu
     buf.extend_from_slice(&len.to_le_bytes());
     buf.extend_from_slice(&body);
     w.write_all(&buf)
+}
+
+/// Writes `bytes` as one frame, as they are (no JSON: for the large trust bundle).
+pub(crate) fn write_bytes(w: &mut impl Write, bytes: &[u8]) -> io::Result<()> {
+    let len = u32::try_from(bytes.len()).map_err(io::Error::other)?;
+    w.write_all(&len.to_le_bytes())?;
+    w.write_all(bytes)
+}
+
+/// Reads one frame written by [`write_bytes`].
+pub(crate) fn read_bytes(r: &mut impl Read) -> io::Result<Vec<u8>> {
+    let mut len = [0u8; 4];
+    r.read_exact(&mut len)?;
+    let len = u32::from_le_bytes(len) as usize;
+    if len > MAX_FRAME {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "frame too large",
+        ));
+    }
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body)?;
+    Ok(body)
 }
 
 /// Reads one frame; `Ok(None)` on a clean end-of-file before any byte of a frame.

@@ -228,6 +228,36 @@ struct Received {
 
 /// Builds the session up to the point where only `execve` of the command is left.
 pub fn prepare(spec: &SandboxSpec) -> Result<Prepared, SandboxError> {
+    prepare_inner(spec, None)
+}
+
+/// What the caller hands over once the init has been started (see
+/// [`prepare_with_trust_bundle`]).
+type LateBundle<'a> = Box<dyn FnOnce() -> Result<String, String> + 'a>;
+
+/// [`prepare`], with the session's trust bundle ([`SandboxSpec::trust_bundle`], which
+/// must be `None` here) supplied late: `bundle` is called on this thread once the init
+/// has been started, while it builds the session's namespaces and network, so that a
+/// bundle still being computed elsewhere (the host's CA roots load on a thread of their
+/// own) costs no time of its own. Its result is shown at [`crate::SESSION_TRUST_BUNDLE`]
+/// exactly as `trust_bundle` would be. An `Err` stops the session before anything ran
+/// and is returned as [`SandboxError::Caller`].
+pub fn prepare_with_trust_bundle<'a>(
+    spec: &SandboxSpec,
+    bundle: impl FnOnce() -> Result<String, String> + 'a,
+) -> Result<Prepared, SandboxError> {
+    if spec.trust_bundle.is_some() {
+        return Err(SandboxError::InvalidSpec(
+            "the trust bundle is given twice (in the spec and late)".into(),
+        ));
+    }
+    prepare_inner(spec, Some(Box::new(bundle)))
+}
+
+fn prepare_inner(
+    spec: &SandboxSpec,
+    late: Option<LateBundle<'_>>,
+) -> Result<Prepared, SandboxError> {
     validate(spec)?;
     let use_pty = match spec.tty {
         TtyMode::Auto => sys::isatty(0) && sys::isatty(1),
@@ -258,10 +288,22 @@ pub fn prepare(spec: &SandboxSpec) -> Result<Prepared, SandboxError> {
         .ok()
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or(40);
-    let exe = c"/proc/self/exe";
+    // The init: the dedicated program when there is one, else this executable again.
+    let (exe, argv0) = match crate::init_program() {
+        Some(program) => {
+            if let Some((what, fix)) = crate::init_program_problem() {
+                return Err(SandboxError::Unsupported { what, fix });
+            }
+            (
+                sys::cstr(program).map_err(|e| SandboxError::os("the init program path", e))?,
+                c"warden-init",
+            )
+        }
+        None => (c"/proc/self/exe".to_owned(), c"warden"),
+    };
     let mut child = ChildArgs {
         exe: exe.as_ptr(),
-        argv: [c"warden".as_ptr(), marker.as_ptr(), std::ptr::null()],
+        argv: [argv0.as_ptr(), marker.as_ptr(), std::ptr::null()],
         envp: [std::ptr::null()],
         channel: child_end.as_raw_fd(),
         slave: slave.as_ref().map_or(-1, |s| s.as_raw_fd()),
@@ -327,7 +369,7 @@ pub fn prepare(spec: &SandboxSpec) -> Result<Prepared, SandboxError> {
         guard: None,
         reaped: None,
     };
-    match session.handshake(spec, parent_end, use_pty) {
+    match session.handshake(spec, parent_end, use_pty, late) {
         Ok((stream, unix_guard, fds)) => {
             if spec.network == crate::Network::Egress
                 && (fds.proxy.is_none() || fds.dns.is_none())
@@ -443,6 +485,7 @@ impl Session {
         spec: &SandboxSpec,
         chan: OwnedFd,
         use_pty: bool,
+        late: Option<LateBundle<'_>>,
     ) -> Result<(std::os::unix::net::UnixStream, bool, Received), SandboxError> {
         // SAFETY: getuid/getgid cannot fail.
         let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
@@ -463,10 +506,18 @@ impl Session {
             gid,
             use_pty,
             unix_guard,
+            trust_bundle_follows: late.is_some(),
         };
         let mut stream = std::os::unix::net::UnixStream::from(chan);
         proto::write_frame(&mut stream, &req)
             .map_err(|e| SandboxError::Setup(format!("sending the spec to the init: {e}")))?;
+        if let Some(bundle) = late {
+            // The init builds the namespaces and the network meanwhile, then waits for it.
+            let bundle = bundle().map_err(SandboxError::Caller)?;
+            proto::write_bytes(&mut stream, bundle.as_bytes()).map_err(|e| {
+                SandboxError::Setup(format!("sending the trust bundle to the init: {e}"))
+            })?;
+        }
         let mut fds = Received::default();
         loop {
             let msg: Option<Report> = proto::read_frame(&mut stream)

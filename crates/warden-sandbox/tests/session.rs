@@ -40,6 +40,19 @@ fn run(spec: &SandboxSpec) -> i32 {
     e.code
 }
 
+/// Runs `spec` with its trust bundle handed over late; a failed hand-over is 125 (its
+/// message must be the caller's).
+fn late_bundle(spec: &SandboxSpec, bundle: Result<String, String>) -> i32 {
+    let want_err = bundle.clone().err();
+    match warden_sandbox::prepare_with_trust_bundle(spec, move || bundle) {
+        Ok(p) => p.start().unwrap().wait().unwrap().code,
+        Err(e) => {
+            assert_eq!(Some(e.to_string()), want_err, "{e}");
+            125
+        }
+    }
+}
+
 /// Runs `spec` with [`warden_sandbox::Network::Egress`]; the network descriptors are
 /// held (unserved) for the session's life when `keep`, else closed before it starts.
 fn run_net(spec: &SandboxSpec, keep: bool) -> i32 {
@@ -164,6 +177,19 @@ fn main() {
     );
     trusting.trust_bundle = Some("SESSION-CA\n".into());
     check("trust bundle overlaid read-only", run(&trusting), 0);
+    trusting.trust_bundle = None;
+    check(
+        "trust bundle supplied late, overlaid read-only",
+        late_bundle(&trusting, Ok("SESSION-CA\n".into())),
+        0,
+    );
+    let marker = ws.join("late-bundle-ran");
+    let touching = spec(&ws, &["touch", marker.to_str().unwrap()]);
+    check(
+        "a late bundle that fails stops the session before the command",
+        late_bundle(&touching, Err("no roots here".into())) + i32::from(marker.exists()),
+        125,
+    );
     check(
         "egress doors: TUN routes v4+v6, proxy listener, DNS socket",
         run_net(&spec(&ws, &["python3", "-c", NET_UP]), true),

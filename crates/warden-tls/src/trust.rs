@@ -8,7 +8,8 @@ use rustls::{ClientConfig, RootCertStore};
 use std::collections::HashSet;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::thread::JoinHandle;
 
 /// The roots the proxy trusts toward real servers: the host's system store
 /// (`rustls-native-certs`, which honours `SSL_CERT_FILE`/`SSL_CERT_DIR` and otherwise
@@ -16,21 +17,39 @@ use std::sync::{Arc, OnceLock};
 /// among them, so a minted leaf can never be mistaken for a real upstream.
 ///
 /// Load once per session; [`UpstreamTrust::client_config`] builds each ALPN variant
-/// once and then hands out clones of the same `Arc`.
+/// once and then hands out clones of the same `Arc`. Reading the system store (a
+/// bundle and every file of `/etc/ssl/certs`) takes a few milliseconds:
+/// [`UpstreamTrust::load_in_background`] does it on a thread of its own while the
+/// caller goes on, and every method that needs the roots waits for them.
 pub struct UpstreamTrust {
+    /// Set once the roots are loaded (or failed to load).
+    roots: OnceLock<Result<Roots, Arc<TlsError>>>,
+    /// The thread loading them, until someone has waited for it.
+    loading: Mutex<Option<JoinHandle<Result<Roots, TlsError>>>>,
+    configs: [OnceLock<Arc<ClientConfig>>; 4],
+}
+
+/// What a load produced.
+struct Roots {
     system: Vec<CertificateDer<'static>>,
     extra: Vec<CertificateDer<'static>>,
-    roots: Arc<RootCertStore>,
+    store: Arc<RootCertStore>,
     provider: Arc<rustls::crypto::CryptoProvider>,
-    configs: [OnceLock<Arc<ClientConfig>>; 4],
+    /// `system` as PEM, encoded with the load (the start of every session bundle).
+    system_pem: String,
 }
 
 impl fmt::Debug for UpstreamTrust {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("UpstreamTrust")
-            .field("system_roots", &self.system.len())
-            .field("extra_roots", &self.extra.len())
-            .finish_non_exhaustive()
+        let mut d = f.debug_struct("UpstreamTrust");
+        match self.roots.get() {
+            Some(Ok(r)) => d
+                .field("system_roots", &r.system.len())
+                .field("extra_roots", &r.extra.len()),
+            Some(Err(e)) => d.field("failed", &e.to_string()),
+            None => d.field("loading", &true),
+        };
+        d.finish_non_exhaustive()
     }
 }
 
@@ -41,21 +60,33 @@ impl UpstreamTrust {
     /// use, is an error naming the file (a typo must not silently drop a root). An
     /// empty system store is accepted only if `extra_roots` supplies at least one root.
     pub fn load(extra_roots: &[PathBuf]) -> Result<Self, TlsError> {
-        let native = rustls_native_certs::load_native_certs();
-        let detail = if native.errors.is_empty() {
-            "no certificates found".to_string()
-        } else {
-            native
-                .errors
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join("; ")
+        load_roots(extra_roots).map(Self::ready)
+    }
+
+    /// [`UpstreamTrust::load`] on a thread of its own: returns at once, and the first
+    /// method that needs the roots waits for them. A load that fails is reported by
+    /// every such method ([`UpstreamTrust::wait`], [`UpstreamTrust::client_config`],
+    /// the bundles) with the error [`UpstreamTrust::load`] would have returned, so a
+    /// caller that must not go on without the roots calls [`UpstreamTrust::wait`]
+    /// before it does.
+    pub fn load_in_background(extra_roots: Vec<PathBuf>) -> Self {
+        let paths = extra_roots.clone();
+        let spawned = std::thread::Builder::new()
+            .name("warden-ca-roots".into())
+            .spawn(move || load_roots(&paths));
+        let (roots, handle) = match spawned {
+            Ok(handle) => (OnceLock::new(), Some(handle)),
+            // No thread to be had: load here instead.
+            Err(_) => (
+                OnceLock::from(load_roots(&extra_roots).map_err(Arc::new)),
+                None,
+            ),
         };
-        Self::from_parts(native.certs, extra_roots).map_err(|e| match e {
-            TlsError::NoRoots { .. } => TlsError::NoRoots { detail },
-            other => other,
-        })
+        Self {
+            roots,
+            loading: Mutex::new(handle),
+            configs: Default::default(),
+        }
     }
 
     /// Like [`UpstreamTrust::load`] with an explicit system store (tests, or a host
@@ -64,34 +95,41 @@ impl UpstreamTrust {
         system: Vec<CertificateDer<'static>>,
         extra_roots: &[PathBuf],
     ) -> Result<Self, TlsError> {
-        let mut roots = RootCertStore::empty();
-        let system = dedup(system);
-        // Distribution bundles carry the odd certificate webpki cannot parse; those
-        // are skipped, as every rustls-based client does.
-        roots.add_parsable_certificates(system.iter().cloned());
-        let mut extra = Vec::new();
-        for path in extra_roots {
-            let certs = read_pem_certs(path)?;
-            for cert in certs {
-                roots.add(cert.clone()).map_err(|e| TlsError::ExtraRoot {
-                    path: path.clone(),
-                    reason: format!("not a usable CA certificate: {e}"),
-                })?;
-                extra.push(cert);
+        roots_from_parts(system, extra_roots).map(Self::ready)
+    }
+
+    fn ready(roots: Roots) -> Self {
+        Self {
+            roots: OnceLock::from(Ok(roots)),
+            loading: Mutex::new(None),
+            configs: Default::default(),
+        }
+    }
+
+    /// Waits until the roots are loaded; the load's error if it failed.
+    pub fn wait(&self) -> Result<(), TlsError> {
+        self.roots().map(|_| ())
+    }
+
+    fn roots(&self) -> Result<&Roots, TlsError> {
+        if self.roots.get().is_none() {
+            let mut loading = self.loading.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(handle) = loading.take() {
+                let loaded = handle.join().unwrap_or_else(|_| {
+                    Err(TlsError::NoRoots {
+                        detail: "the thread loading them panicked".to_string(),
+                    })
+                });
+                let _ = self.roots.set(loaded.map_err(Arc::new));
             }
         }
-        if roots.is_empty() {
-            return Err(TlsError::NoRoots {
-                detail: "no certificates found".to_string(),
-            });
+        match self.roots.get() {
+            Some(Ok(roots)) => Ok(roots),
+            Some(Err(e)) => Err(TlsError::Background(e.clone())),
+            None => Err(TlsError::NoRoots {
+                detail: "they were never loaded".to_string(),
+            }),
         }
-        Ok(Self {
-            system,
-            extra: dedup(extra),
-            roots: Arc::new(roots),
-            provider: Arc::new(rustls::crypto::aws_lc_rs::default_provider()),
-            configs: Default::default(),
-        })
     }
 
     /// A client config verifying upstream certificates (chain and name) against these
@@ -101,9 +139,10 @@ impl UpstreamTrust {
         if let Some(config) = slot.get() {
             return Ok(config.clone());
         }
-        let mut config = ClientConfig::builder_with_provider(self.provider.clone())
+        let roots = self.roots()?;
+        let mut config = ClientConfig::builder_with_provider(roots.provider.clone())
             .with_safe_default_protocol_versions()?
-            .with_root_certificates(self.roots.clone())
+            .with_root_certificates(roots.store.clone())
             .with_no_client_auth();
         config.alpn_protocols = alpn.protocols();
         let config = Arc::new(config);
@@ -111,31 +150,87 @@ impl UpstreamTrust {
     }
 
     /// The system roots and extra roots as one PEM bundle (no session CA).
-    pub fn pem_bundle(&self) -> String {
-        let mut out = String::new();
-        for cert in self.system.iter().chain(&self.extra) {
+    pub fn pem_bundle(&self) -> Result<String, TlsError> {
+        let roots = self.roots()?;
+        let mut out = roots.system_pem.clone();
+        for cert in &roots.extra {
             push_pem(&mut out, cert);
         }
-        out
+        Ok(out)
     }
 
     /// The session's trust bundle: system roots, then the session CA, then the extra
     /// roots, deduplicated. Certificates only: it never contains a private key.
-    pub fn session_bundle(&self, ca: &SessionCa) -> String {
-        let mut out = String::new();
-        let mut seen = HashSet::new();
-        let certs = self
-            .system
-            .iter()
-            .chain(std::iter::once(ca.cert_der()))
-            .chain(&self.extra);
-        for cert in certs {
-            if seen.insert(cert.as_ref()) {
+    pub fn session_bundle(&self, ca: &SessionCa) -> Result<String, TlsError> {
+        let roots = self.roots()?;
+        let mut out = roots.system_pem.clone();
+        // `system` is deduplicated already; the few others are checked one by one.
+        let mut added: Vec<&[u8]> = Vec::new();
+        for cert in std::iter::once(ca.cert_der()).chain(&roots.extra) {
+            let der = cert.as_ref();
+            if !added.contains(&der) && !roots.system.iter().any(|s| s.as_ref() == der) {
+                added.push(der);
                 push_pem(&mut out, cert);
             }
         }
-        out
+        Ok(out)
     }
+}
+
+fn load_roots(extra_roots: &[PathBuf]) -> Result<Roots, TlsError> {
+    let native = rustls_native_certs::load_native_certs();
+    let detail = if native.errors.is_empty() {
+        "no certificates found".to_string()
+    } else {
+        native
+            .errors
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
+    roots_from_parts(native.certs, extra_roots).map_err(|e| match e {
+        TlsError::NoRoots { .. } => TlsError::NoRoots { detail },
+        other => other,
+    })
+}
+
+fn roots_from_parts(
+    system: Vec<CertificateDer<'static>>,
+    extra_roots: &[PathBuf],
+) -> Result<Roots, TlsError> {
+    let mut store = RootCertStore::empty();
+    let system = dedup(system);
+    // Distribution bundles carry the odd certificate webpki cannot parse; those
+    // are skipped, as every rustls-based client does.
+    store.add_parsable_certificates(system.iter().cloned());
+    let mut extra = Vec::new();
+    for path in extra_roots {
+        let certs = read_pem_certs(path)?;
+        for cert in certs {
+            store.add(cert.clone()).map_err(|e| TlsError::ExtraRoot {
+                path: path.clone(),
+                reason: format!("not a usable CA certificate: {e}"),
+            })?;
+            extra.push(cert);
+        }
+    }
+    if store.is_empty() {
+        return Err(TlsError::NoRoots {
+            detail: "no certificates found".to_string(),
+        });
+    }
+    let mut system_pem = String::with_capacity(system.iter().map(|c| c.len() * 4 / 3 + 80).sum());
+    for cert in &system {
+        push_pem(&mut system_pem, cert);
+    }
+    Ok(Roots {
+        system,
+        extra: dedup(extra),
+        store: Arc::new(store),
+        provider: Arc::new(rustls::crypto::aws_lc_rs::default_provider()),
+        system_pem,
+    })
 }
 
 impl SessionCa {
@@ -143,7 +238,7 @@ impl SessionCa {
     /// that [`ca_env`] points clients at: the system roots, this session's CA and the
     /// extra roots. Convenience for [`UpstreamTrust::load`] + [`UpstreamTrust::session_bundle`].
     pub fn trust_bundle(&self, extra_roots: &[PathBuf]) -> Result<String, TlsError> {
-        Ok(UpstreamTrust::load(extra_roots)?.session_bundle(self))
+        UpstreamTrust::load(extra_roots)?.session_bundle(self)
     }
 }
 
@@ -196,20 +291,32 @@ fn read_pem_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError>
 }
 
 fn dedup(certs: Vec<CertificateDer<'static>>) -> Vec<CertificateDer<'static>> {
+    // The system store's loader returns its certificates sorted and deduplicated.
+    if certs.windows(2).all(|w| w[0].as_ref() < w[1].as_ref()) {
+        return certs;
+    }
     let mut seen = HashSet::new();
+    let first: Vec<bool> = certs.iter().map(|c| seen.insert(c.as_ref())).collect();
+    drop(seen);
     certs
         .into_iter()
-        .filter(|c| seen.insert(c.as_ref().to_vec()))
+        .zip(first)
+        .filter_map(|(c, first)| first.then_some(c))
         .collect()
 }
 
 fn push_pem(out: &mut String, cert: &CertificateDer<'_>) {
     let b64 = base64::engine::general_purpose::STANDARD.encode(cert.as_ref());
     out.push_str("-----BEGIN CERTIFICATE-----\n");
-    for line in b64.as_bytes().chunks(64) {
-        // Base64 output is ASCII, so every chunk is valid UTF-8.
-        out.push_str(&String::from_utf8_lossy(line));
+    // Base64 output is ASCII: every split is at a character boundary.
+    let mut rest = b64.as_str();
+    while let Some((line, tail)) = rest.split_at_checked(rest.len().min(64)) {
+        if line.is_empty() {
+            break;
+        }
+        out.push_str(line);
         out.push('\n');
+        rest = tail;
     }
     out.push_str("-----END CERTIFICATE-----\n");
 }

@@ -209,6 +209,44 @@ fn bundle_holds_system_roots_the_session_ca_and_extra_roots_but_no_key() -> Resu
     Ok(())
 }
 
+#[test]
+fn roots_loaded_in_the_background_are_the_same_roots() -> Result<(), BoxError> {
+    let ca = SessionCa::new()?;
+    let extra = SessionCa::new()?;
+    let dir = tempfile::tempdir()?;
+    let pem = dir.path().join("extra.pem");
+    std::fs::write(&pem, extra.cert_pem())?;
+    let eager = UpstreamTrust::load(std::slice::from_ref(&pem))?;
+    let background = UpstreamTrust::load_in_background(vec![pem]);
+    assert_eq!(background.session_bundle(&ca)?, eager.session_bundle(&ca)?);
+    assert_eq!(background.pem_bundle()?, eager.pem_bundle()?);
+    assert_eq!(format!("{background:?}"), format!("{eager:?}"));
+    background.client_config(Alpn::H2AndHttp1)?;
+    Ok(())
+}
+
+#[test]
+fn a_background_load_that_fails_is_reported_by_every_use() -> Result<(), BoxError> {
+    let ca = SessionCa::new()?;
+    let dir = tempfile::tempdir()?;
+    let missing = dir.path().join("missing.pem");
+    let trust = UpstreamTrust::load_in_background(vec![missing.clone()]);
+    let errors = [
+        trust.wait().err(),
+        trust.session_bundle(&ca).err(),
+        trust.client_config(Alpn::Http1).err(),
+        trust.wait().err(),
+    ];
+    for err in errors {
+        let message = err.map(|e| e.to_string()).unwrap_or_default();
+        assert!(
+            message.contains("tls.extra_roots") && message.contains(&missing.display().to_string()),
+            "{message}"
+        );
+    }
+    Ok(())
+}
+
 fn contains_der(bundle: &str, der: &[u8]) -> bool {
     use base64::Engine;
     let b64 = base64::engine::general_purpose::STANDARD.encode(der);

@@ -229,6 +229,41 @@ fn warden_failures_exit_125() {
         .output()
         .unwrap();
     assert_code(&o, 125);
+    // A warden without its session init next to it runs nothing, and says what to do.
+    let lonely = env.dir.path().join("lonely");
+    std::fs::create_dir(&lonely).unwrap();
+    let bin = lonely.join("warden");
+    if std::fs::hard_link(WARDEN, &bin).is_err() {
+        std::fs::copy(WARDEN, &bin).unwrap();
+    }
+    let ran = env.ws.join("ran");
+    let o = Command::new(&bin)
+        .args(["run", "--policy"])
+        .arg(&env.policy)
+        .args(["--workspace"])
+        .arg(&env.ws)
+        .args(["--", "touch"])
+        .arg(&ran)
+        .env("WARDEN_HOME", &env.warden_home)
+        .output()
+        .unwrap();
+    assert_code(&o, 125);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains(&lonely.join("warden-init").display().to_string())
+            && err.contains("cargo install --path crates/warden"),
+        "{}",
+        text(&o)
+    );
+    assert!(!ran.exists(), "the command ran without its init");
+    // Started by hand, the init does nothing.
+    let o = Command::new(WARDEN_INIT).output().unwrap();
+    assert_code(&o, 2);
+    assert!(
+        text(&o).contains("not a command of its own"),
+        "{}",
+        text(&o)
+    );
 }
 
 /// Runs `warden run` on a pty made by python and scripts it; returns python's stdout.

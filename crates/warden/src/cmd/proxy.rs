@@ -150,7 +150,11 @@ fn interception_for(
         std::fs::create_dir_all(dir)
             .with_context(|| format!("could not create {}", dir.display()))?;
     }
-    std::fs::write(&bundle, icpt.session_bundle())
+    let pem = icpt
+        .session_bundle()
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .with_context(|| format!("setting up TLS interception for {}", args.policy.display()))?;
+    std::fs::write(&bundle, pem)
         .with_context(|| format!("could not write the CA bundle to {}", bundle.display()))?;
     eprintln!(
         "warden proxy: intercepting TLS with session CA {}; clients must trust {}. Environment for the agent:",

@@ -216,11 +216,23 @@ pub(crate) fn enrolled_reload(
     Ok(p)
 }
 
-/// Dispatch to the sandbox init when this process was started as one.
+/// Dispatch to the sandbox init when this process was started as one (sessions start
+/// `warden-init` instead, see [`use_init_program`]; a `warden` binary still works as one).
 pub fn maybe_sandbox_init() {
     if warden_sandbox::is_init_invocation() {
         warden_sandbox::init_main();
     }
+}
+
+/// Sessions start `warden-init` from the directory this `warden` is in (`cargo build`
+/// and `cargo install` put both there): a small program starts faster than this one. A
+/// missing or unusable one fails the session's preflight, naming it (no fallback).
+fn use_init_program() -> anyhow::Result<()> {
+    let exe = std::env::current_exe()
+        .context("locating the warden binary (its directory holds warden-init)")?;
+    let dir = exe.parent().unwrap_or(Path::new("/"));
+    warden_sandbox::set_init_program(dir.join("warden-init"));
+    Ok(())
 }
 
 const EXIT_FAILED: u8 = crate::EXIT_WARDEN_FAILED;
@@ -282,6 +294,7 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
         .map_err(|e| anyhow::anyhow!("{e}"))?
         .unwrap_or_else(|| Policy::preset(Preset::Balanced));
     let backend = choose_backend(args.backend, &policy)?;
+    use_init_program()?;
     let home = home_dir();
     let workspace = match &args.workspace {
         Some(w) => w.clone(),
@@ -545,7 +558,8 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
         tty: TtyMode::Auto,
         session_id: session.clone(),
         network: Network::Egress,
-        trust_bundle: Some(icpt.session_bundle()),
+        // Supplied late (below): the host's CA roots are still loading.
+        trust_bundle: None,
         backend,
     };
 
@@ -591,7 +605,12 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
             Ok(log)
         })
     };
-    let prepared = warden_sandbox::prepare(&spec);
+    // The session's trust bundle (the host's roots plus the session CA) goes to the init
+    // once it is being built: the roots load on a thread of their own meanwhile.
+    let prepared = warden_sandbox::prepare_with_trust_bundle(&spec, || {
+        icpt.session_bundle()
+            .map_err(|e| format!("credentials: TLS interception: {e}"))
+    });
     let recorded = recorder
         .join()
         .unwrap_or_else(|_| Err(anyhow::anyhow!("the audit recorder panicked")));

@@ -8,6 +8,8 @@ use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 
 pub const WARDEN: &str = env!("CARGO_BIN_EXE_warden");
+/// The session init `warden run` starts from its own directory.
+pub const WARDEN_INIT: &str = env!("CARGO_BIN_EXE_warden-init");
 pub const NOBODY: u32 = 65534;
 
 pub struct Env {
@@ -143,12 +145,14 @@ impl Env {
                 chown_r(d, NOBODY);
             }
             // The build directory may not be reachable by `nobody` (a checkout under /root):
-            // run a link (or copy) of the binary that lives in this world-readable dir.
-            let link = root.join("warden");
-            if std::fs::hard_link(WARDEN, &link).is_err() {
-                std::fs::copy(WARDEN, &link).unwrap();
+            // run a link (or copy) of the binaries that lives in this world-readable dir.
+            for (bin, name) in [(WARDEN, "warden"), (WARDEN_INIT, "warden-init")] {
+                let link = root.join(name);
+                if std::fs::hard_link(bin, &link).is_err() {
+                    std::fs::copy(bin, &link).unwrap();
+                }
             }
-            warden = link;
+            warden = root.join("warden");
         }
         Env {
             dir,
