@@ -103,6 +103,7 @@ fn environment_is_filtered(b: B) {
     let warden_set = |key: &str, value: &str| match key.to_ascii_uppercase().as_str() {
         "HTTP_PROXY" | "HTTPS_PROXY" | "ALL_PROXY" => value == "http://127.0.0.1:3128",
         "NO_PROXY" => value == "localhost,127.0.0.1,::1",
+        "IS_SANDBOX" => value == "1",
         "SSL_CERT_FILE"
         | "REQUESTS_CA_BUNDLE"
         | "CURL_CA_BUNDLE"
@@ -120,6 +121,7 @@ fn environment_is_filtered(b: B) {
     };
     assert!(out.contains("HTTPS_PROXY=http://127.0.0.1:3128"), "{out}");
     assert!(out.contains("no_proxy=localhost,127.0.0.1,::1"), "{out}");
+    assert!(out.contains("IS_SANDBOX=1\n"), "{out}");
     for line in out.lines() {
         let (key, value) = line.split_once('=').unwrap_or((line, ""));
         if warden_set(key, value) {

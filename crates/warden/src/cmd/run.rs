@@ -503,6 +503,10 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
     for k in ["NO_PROXY", "no_proxy"] {
         vars.push((k.into(), "localhost,127.0.0.1,::1".into()));
     }
+    // Tell tools they run in a sandbox: Claude Code refuses
+    // `--dangerously-skip-permissions` as root (root in a session is not root on the
+    // host) unless IS_SANDBOX=1 says the boundary is elsewhere, which it is.
+    vars.push(("IS_SANDBOX".into(), "1".into()));
     // Credentials and TLS: a session CA for the proxy's interception, the session's
     // trust bundle (the host's roots plus that CA) overlaid at the system bundle path,
     // and every loaded credential as a placeholder (the real value stays here).
