@@ -92,6 +92,11 @@ pub(crate) fn write_bytes(w: &mut impl Write, bytes: &[u8]) -> io::Result<()> {
 pub(crate) fn read_bytes(r: &mut impl Read) -> io::Result<Vec<u8>> {
     let mut len = [0u8; 4];
     r.read_exact(&mut len)?;
+    read_body(r, len)
+}
+
+/// The body of a frame whose length prefix is `len`.
+fn read_body(r: &mut impl Read, len: [u8; 4]) -> io::Result<Vec<u8>> {
     let len = u32::from_le_bytes(len) as usize;
     if len > MAX_FRAME {
         return Err(io::Error::new(
@@ -122,15 +127,7 @@ pub(crate) fn read_frame<T: for<'de> Deserialize<'de>>(r: &mut impl Read) -> io:
             Err(e) => return Err(e),
         }
     }
-    let len = u32::from_le_bytes(len) as usize;
-    if len > MAX_FRAME {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "frame too large",
-        ));
-    }
-    let mut body = vec![0u8; len];
-    r.read_exact(&mut body)?;
+    let body = read_body(r, len)?;
     serde_json::from_slice(&body)
         .map(Some)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
