@@ -164,6 +164,14 @@ impl Env {
         ]
     }
 
+    /// Only the `test` server of [`Env::servers`].
+    fn test_only(&self) -> Vec<ServerConfig> {
+        self.servers()
+            .into_iter()
+            .filter(|s| s.name == "test")
+            .collect()
+    }
+
     fn audit(&self) -> Vec<Value> {
         std::fs::read_to_string(self.dir.path().join("audit.jsonl"))
             .unwrap_or_default()
@@ -463,12 +471,7 @@ async fn changed_tool_definition_is_hidden_and_refused_until_approved() {
     let env = Env::new();
     let desc = env.dir.path().join("desc.txt");
     std::fs::write(&desc, "Describe things.").unwrap();
-    let only_test = || {
-        env.servers()
-            .into_iter()
-            .filter(|s| s.name == "test")
-            .collect::<Vec<_>>()
-    };
+    let only_test = || env.test_only();
 
     let r1 = run_client(env.config(only_test()), "pins", env.dir.path()).await;
     assert!(tool_names(&r1["tools"]).contains(&"test__describe".to_string()));
@@ -544,12 +547,8 @@ impl Raw {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_client_input_gets_json_rpc_errors() {
     let env = Env::new();
-    let only_test = env
-        .servers()
-        .into_iter()
-        .filter(|s| s.name == "test")
-        .collect();
-    let gw = warden_mcp::Gateway::new(env.config(only_test), Arc::new(PlainLauncher)).unwrap();
+    let gw =
+        warden_mcp::Gateway::new(env.config(env.test_only()), Arc::new(PlainLauncher)).unwrap();
     let mut raw = Raw::start(gw);
     let mut ask = async |line: &str| raw.ask(line).await;
     let r = ask("{not json").await;
@@ -583,12 +582,8 @@ async fn malformed_client_input_gets_json_rpc_errors() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn call_decisions_are_on_disk_when_the_answer_arrives() {
     let env = Env::new();
-    let only_test = env
-        .servers()
-        .into_iter()
-        .filter(|s| s.name == "test")
-        .collect();
-    let gw = warden_mcp::Gateway::new(env.config(only_test), Arc::new(PlainLauncher)).unwrap();
+    let gw =
+        warden_mcp::Gateway::new(env.config(env.test_only()), Arc::new(PlainLauncher)).unwrap();
     let mut raw = Raw::start(gw);
     let r = raw.ask(r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"raw","version":"0"}}}"#).await;
     assert!(r.get("result").is_some(), "{r}");
@@ -636,11 +631,7 @@ async fn call_decisions_are_on_disk_when_the_answer_arrives() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lists_are_paginated_both_ways() {
     let env = Env::new();
-    let mut test: Vec<ServerConfig> = env
-        .servers()
-        .into_iter()
-        .filter(|s| s.name == "test")
-        .collect();
+    let mut test = env.test_only();
     test[0].env.push(("TEST_LISTS".into(), "1".into()));
     let mut cfg = env.config(test);
     cfg.page_size = 3;
@@ -971,8 +962,7 @@ fn bench_tools_call_through_gateway_vs_direct() {
         let d = measure(direct.stdout.take().unwrap(), direct.stdin.take().unwrap(), init, "read_file", n).await;
 
         let env = Env::new();
-        let servers = env.servers().into_iter().filter(|s| s.name == "test").collect();
-        let gw = warden_mcp::Gateway::new(env.config(servers), Arc::new(PlainLauncher)).unwrap();
+        let gw = warden_mcp::Gateway::new(env.config(env.test_only()), Arc::new(PlainLauncher)).unwrap();
         let (client, server) = tokio::io::duplex(1 << 20);
         let (sr, sw) = tokio::io::split(server);
         tokio::spawn(warden_mcp::front::stdio::serve(gw, sr, sw));
