@@ -28,6 +28,34 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// `warden server` on 127.0.0.1:`port` with `extra` arguments, the admin token `ADMIN`
+/// and a master key of `key_byte` repeated; returns once it listens.
+fn start_server(home: &Path, port: u16, key_byte: &str, extra: &[&std::ffi::OsStr]) -> Reaper {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_warden"))
+        .args(["server", "--listen", &format!("127.0.0.1:{port}")])
+        .args(extra)
+        .env("WARDEN_HOME", home)
+        .env("WARDEN_ADMIN_TOKEN", ADMIN)
+        .env("WARDEN_MASTER_KEY", key_byte.repeat(32))
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let server = Reaper(child);
+    loop {
+        let line = lines
+            .next()
+            .expect("server exited before listening")
+            .unwrap();
+        if line.contains("listening on") {
+            break;
+        }
+    }
+    // Keep reading: the server's later stderr must not hit a closed pipe.
+    std::thread::spawn(move || lines.for_each(drop));
+    server
+}
+
 fn warden(home: &Path, server: &str, args: &[&str], stdin: Option<&str>) -> Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_warden"))
         .args(args)
@@ -61,23 +89,7 @@ fn push_enroll_sync_status_vault_and_audit() {
     let (srv_home, node_home) = (dir.path().join("srv"), dir.path().join("node"));
     let port = free_port();
     let server = format!("http://127.0.0.1:{port}");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_warden"))
-        .args(["server", "--listen", &format!("127.0.0.1:{port}")])
-        .env("WARDEN_HOME", &srv_home)
-        .env("WARDEN_ADMIN_TOKEN", ADMIN)
-        .env("WARDEN_MASTER_KEY", "11".repeat(32))
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = BufReader::new(child.stderr.take().unwrap());
-    let _server = Reaper(child);
-    let mut lines = stderr.lines();
-    loop {
-        let line = lines.next().expect("server exited").unwrap();
-        if line.contains("listening on") {
-            break;
-        }
-    }
+    let _server = start_server(&srv_home, port, "11", &[]);
 
     std::fs::write(
         dir.path().join("team.toml"),
@@ -300,27 +312,18 @@ fn control_commands_work_over_https_with_warden_server_ca() {
 
     let port = free_port();
     let server = format!("https://127.0.0.1:{port}");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_warden"))
-        .args(["server", "--listen", &format!("127.0.0.1:{port}")])
-        .arg("--tls-cert")
-        .arg(d.join("srv.crt"))
-        .arg("--tls-key")
-        .arg(d.join("srv.key"))
-        .env("WARDEN_HOME", &srv_home)
-        .env("WARDEN_ADMIN_TOKEN", ADMIN)
-        .env("WARDEN_MASTER_KEY", "33".repeat(32))
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = BufReader::new(child.stderr.take().unwrap());
-    let _server = Reaper(child);
-    let mut lines = stderr.lines();
-    loop {
-        let line = lines.next().expect("server exited").unwrap();
-        if line.contains("listening on") {
-            break;
-        }
-    }
+    let (crt, key) = (d.join("srv.crt"), d.join("srv.key"));
+    let _server = start_server(
+        &srv_home,
+        port,
+        "33",
+        &[
+            "--tls-cert".as_ref(),
+            crt.as_os_str(),
+            "--tls-key".as_ref(),
+            key.as_os_str(),
+        ],
+    );
 
     // Without the CA, the server's certificate is refused.
     let out = warden_env(&srv_home, &server, &["policy", "ls"], &[]);
