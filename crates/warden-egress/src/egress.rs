@@ -13,7 +13,7 @@
 
 use crate::EgressError;
 use crate::dns::SyntheticPool;
-use crate::intercept::{HostCreds, Interception};
+use crate::intercept::{Credentials, HostCreds, Interception};
 use crate::io::Counters;
 use crate::resolve::Resolve;
 use crate::sni::Hello;
@@ -90,6 +90,8 @@ struct Loaded {
     policy: Policy,
     stamp: Stamp,
     source: String,
+    /// The credentials in force with it (`None` without interception).
+    creds: Option<Arc<Credentials>>,
 }
 
 /// See [`Egress::version`]. Holds the loaded policy, so its address is not reused
@@ -253,7 +255,11 @@ fn with_ctx(ev: Event, target: &Target, ctx: &Ctx) -> Event {
 impl Egress {
     /// An egress enforcing `policy`.
     pub fn new(policy: Policy, config: EgressConfig) -> Egress {
-        let loaded = load(policy, &config.identity, config.policy_source);
+        let creds = config
+            .interception
+            .as_ref()
+            .map(|i| i.credentials().clone());
+        let loaded = load(policy, &config.identity, config.policy_source, creds);
         Egress {
             inner: Arc::new(Inner {
                 state: ArcSwap::from_pointee(loaded),
@@ -269,18 +275,50 @@ impl Egress {
         }
     }
 
-    /// Make `policy` the one new decisions follow. Connections already open keep
-    /// going under the decision they were made with. Records a `session`-surface
-    /// `policy_reload` event.
+    /// Make `policy` the one new decisions follow, with the credentials in force
+    /// (whose bindings it can narrow through `use_credential` decisions). Connections
+    /// already open keep going under the decision they were made with. Records a
+    /// `session`-surface `policy_reload` event.
     pub fn reload(&self, policy: Policy, source: String) {
-        let loaded = load(policy, &self.inner.identity, source);
-        let ev = Event::new(
+        let creds = self.inner.state.load().creds.clone();
+        self.put_in_force(load(policy, &self.inner.identity, source, creds), &[]);
+    }
+
+    /// [`Egress::reload`] with new credentials ([`Credentials::reloaded`]): the
+    /// policy and the credentials go into force together, for new connections.
+    /// `problems` (credentials that could not be loaded) are recorded in the
+    /// `policy_reload` event. Without interception the credentials are ignored.
+    pub fn reload_with_credentials(
+        &self,
+        policy: Policy,
+        source: String,
+        credentials: Credentials,
+        problems: &[String],
+    ) {
+        let creds = self
+            .inner
+            .interception
+            .as_ref()
+            .map(|_| Arc::new(credentials));
+        self.put_in_force(load(policy, &self.inner.identity, source, creds), problems);
+    }
+
+    /// The credentials in force (`None` without interception).
+    pub fn credentials(&self) -> Option<Arc<Credentials>> {
+        self.inner.state.load().creds.clone()
+    }
+
+    fn put_in_force(&self, loaded: Loaded, problems: &[String]) {
+        let mut ev = Event::new(
             Surface::Session,
             "policy_reload",
             &loaded.source,
             Verdict::Allow,
         )
         .reason("policy file changed");
+        if !problems.is_empty() {
+            ev = ev.field("credentials_not_loaded", problems.to_vec());
+        }
         let stamp = loaded.stamp.clone();
         self.inner.state.store(Arc::new(loaded));
         if let Err(e) = self.inner.audit.record(&stamp, ev) {
@@ -734,23 +772,24 @@ impl Egress {
     /// up, and then: `[tls] intercept = "all"`, or a credential bound to the host, or
     /// `[[network.http]]` rules for it (`intercept = "needed"`).
     pub(crate) fn wants_interception(&self, host: &RequestHost) -> bool {
-        let Some(icpt) = self.interception() else {
+        let l = self.inner.state.load();
+        let Some(creds) = &l.creds else {
             return false;
         };
-        let l = self.inner.state.load();
         l.policy.doc().tls.intercept == Intercept::All
             || self.http_restricted(host)
-            || icpt.any_bound(&l.policy, &self.inner.principal, host)
+            || creds.any_bound(&l.policy, &self.inner.principal, host)
     }
 
     /// The credential guard and injector for requests to `host`; `None` without
     /// interception. A failure to build them refuses (fail closed).
     pub(crate) fn host_creds(&self, host: &RequestHost) -> Result<Option<Arc<HostCreds>>, Refusal> {
-        let Some(icpt) = self.interception() else {
+        let l = self.inner.state.load();
+        let Some(creds) = &l.creds else {
             return Ok(None);
         };
-        let l = self.inner.state.load();
-        icpt.for_host(self, &l.policy, &self.inner.principal, host)
+        creds
+            .for_host(&l.policy, &self.inner.principal, host)
             .map(Some)
             .map_err(|e| {
                 tracing::error!("could not build the credential guard for {host}: {e}");
@@ -780,19 +819,24 @@ impl Egress {
         let l = self.inner.state.load_full();
         let name: &str = &finding.credential;
         let rule = Self::credential_rule(&l, name);
-        let hosts = self
-            .interception()
-            .map(|i| i.hosts_of(name))
+        let hosts = l
+            .creds
+            .as_ref()
+            .map(|c| c.hosts_of(name))
             .unwrap_or_default();
         let which = match finding.which {
             Which::Real => "real value",
             Which::Placeholder => "placeholder",
         };
         let host = req.origin.host_str();
+        let allowed = if hosts.is_empty() {
+            "it is bound to no host (the policy in force no longer binds it)".to_string()
+        } else {
+            format!("it may only be sent to: {}", hosts.join(", "))
+        };
         let reason = format!(
-            "{which} of credential `{name}` ({} form) in the {location} of a request to {host}; it may only be sent to: {}",
+            "{which} of credential `{name}` ({} form) in the {location} of a request to {host}; {allowed}",
             finding.form.as_str(),
-            hosts.join(", ")
         );
         let enforce = l.policy.mode() == Mode::Enforce;
         let ev = Event::new(Surface::Credential, "exfiltration", name, Verdict::Deny)
@@ -938,7 +982,12 @@ fn ctx_fields(target: &Target, ctx: &Ctx) -> Vec<(&'static str, Value)> {
     v
 }
 
-fn load(policy: Policy, identity: &Identity, source: String) -> Loaded {
+fn load(
+    policy: Policy,
+    identity: &Identity,
+    source: String,
+    creds: Option<Arc<Credentials>>,
+) -> Loaded {
     let stamp = Stamp {
         session: identity.session.clone(),
         machine: identity.machine.clone(),
@@ -949,6 +998,7 @@ fn load(policy: Policy, identity: &Identity, source: String) -> Loaded {
         policy,
         stamp,
         source,
+        creds,
     }
 }
 

@@ -17,7 +17,7 @@
 //! finding before any byte of the value left.
 
 use crate::egress::{Ctx, Egress, Refusal, ReqInfo};
-use crate::intercept::{HostCreds, Interception};
+use crate::intercept::HostCreds;
 use crate::target::{Target, parse_authority, printable};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, combinators::BoxBody};
@@ -162,8 +162,8 @@ pub(crate) struct Exchange {
     /// The client leg is TLS that Warden terminated: injection happens only here
     /// (a real value never goes on the wire in clear text).
     pub tls: bool,
+    /// `None` without interception.
     pub creds: Option<Arc<HostCreds>>,
-    pub icpt: Option<Arc<Interception>>,
     pub conn: String,
 }
 
@@ -226,7 +226,6 @@ impl Exchange {
             origin,
             tls,
             creds,
-            icpt: egress.interception().cloned(),
             conn,
         })
     }
@@ -439,15 +438,11 @@ impl Exchange {
                 }
             }
         }
-        if let Some(icpt) = &self.icpt {
-            for &i in &hc.headers {
-                if let Some((name, value, cred)) = icpt.header_of(i) {
-                    let mut v = HeaderValue::from_bytes(value).map_err(|e| bad(&e))?;
-                    v.set_sensitive(true);
-                    parts.headers.insert(name.clone(), v);
-                    used.push((Arc::from(cred), format!("header {name}")));
-                }
-            }
+        for h in &hc.headers {
+            let mut v = HeaderValue::from_bytes(&h.value).map_err(|e| bad(&e))?;
+            v.set_sensitive(true);
+            parts.headers.insert(h.name.clone(), v);
+            used.push((h.credential.clone(), format!("header {}", h.name)));
         }
         let mut seen: Vec<&str> = Vec::new();
         for (cred, _) in &used {
@@ -516,8 +511,8 @@ impl Exchange {
     ) -> Response<RespBody> {
         let (mut parts, body) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers);
-        let scrub = match &self.icpt {
-            Some(i) if !i.scrubber().is_empty() => i.scrubber().clone(),
+        let scrub = match &self.creds {
+            Some(c) if !c.scrub.is_empty() => c.scrub.clone(),
             _ => return Response::from_parts(parts, body.boxed()),
         };
         let info = self.info(method, url);
@@ -545,7 +540,7 @@ impl Exchange {
         if no_body {
             return Response::from_parts(parts, body.boxed());
         }
-        let stable = self.icpt.as_ref().is_some_and(|i| i.length_stable());
+        let stable = self.creds.as_ref().is_some_and(|c| c.scrub_stable);
         if !stable {
             parts.headers.remove(header::CONTENT_LENGTH);
         }
@@ -1090,7 +1085,7 @@ async fn handle(flow: Arc<Flow>, mut req: Request<Incoming>) -> Response<RespBod
         && let Some(client) = client_upgrade
     {
         let upstream = hyper::upgrade::on(&mut resp);
-        let scrub = x.icpt.as_ref().map(|i| i.scrubber().clone());
+        let scrub = x.creds.as_ref().map(|c| c.scrub.clone());
         let _ = flow.upgrades.send(Bridge {
             client,
             upstream,

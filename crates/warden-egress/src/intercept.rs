@@ -5,9 +5,11 @@
 //!
 //! Built once when a session starts ([`Interception::new`], or
 //! [`Interception::from_policy`] which also loads the values) and handed to the
-//! egress in [`crate::EgressConfig::interception`].
+//! egress in [`crate::EgressConfig::interception`]. The CA and the trust stay for the
+//! session; the [`Credentials`] in force are paired with the policy in force and move
+//! with it on a reload ([`Credentials::reloaded`],
+//! [`crate::Egress::reload_with_credentials`]).
 
-use crate::egress::Egress;
 use hyper::header::HeaderName;
 use std::collections::HashMap;
 use std::fmt;
@@ -26,6 +28,8 @@ use warden_tls::{SessionCa, TlsError, UpstreamTrust};
 pub struct SessionCredential {
     /// `[[credentials]] name`.
     pub name: String,
+    /// Where the value came from; `None` when the caller loaded it some other way.
+    pub source: Option<Source>,
     /// The real value (only ever sent to `hosts`, over TLS).
     pub secret: Secret,
     /// What the session holds instead.
@@ -83,26 +87,61 @@ pub enum InterceptError {
     Placeholder { name: String, why: String },
 }
 
-/// A credential's fixed facts, next to the [`SecretSet`].
+/// A credential's facts, next to the [`SecretSet`].
 struct Meta {
     name: String,
+    /// Where the value came from (`None`: handed over by the caller). A reload naming
+    /// the same source keeps the value instead of loading it again.
+    source: Option<Source>,
+    /// The real value (kept for reloads: a rotated placeholder must stand for it).
+    secret: Secret,
     hosts: Vec<HostPattern>,
     hosts_written: Vec<String>,
     env: Option<String>,
     placeholder: Placeholder,
     /// `header` and the rendered `format` (holds the real value; zeroized on drop).
-    header: Option<(HeaderName, Zeroizing<Vec<u8>>)>,
+    header: Option<Arc<InjectedHeader>>,
     /// Placeholders in request bodies are replaced too.
     inject_body: bool,
     /// The placeholder has the value's length and escaping classes ([`same_shape`]).
     stable: bool,
 }
 
-/// The session's TLS authority, upstream trust and credentials. Share it as
-/// `Arc<Interception>`.
+/// A header the proxy sets on requests to a credential's hosts.
+pub(crate) struct InjectedHeader {
+    pub name: HeaderName,
+    /// The rendered `format`, real value included (zeroized on drop).
+    pub value: Zeroizing<Vec<u8>>,
+    /// The credential's name.
+    pub credential: Arc<str>,
+}
+
+/// The session's TLS authority and upstream trust, and the credentials it started
+/// with. Share it as `Arc<Interception>`.
+///
+/// The credentials in force can change while the session runs
+/// ([`Credentials::reloaded`], [`crate::Egress::reload_with_credentials`]); the CA and the
+/// trust cannot.
 pub struct Interception {
     ca: Arc<SessionCa>,
     trust: Arc<UpstreamTrust>,
+    credentials: Arc<Credentials>,
+}
+
+impl fmt::Debug for Interception {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Interception")
+            .field("ca", &self.ca)
+            .field("trust", &self.trust)
+            .field("credentials", &self.credentials)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A set of loaded credentials: values, placeholders, bindings, and the guards and
+/// injectors derived from them per host. Paired with the policy in force (a reload
+/// swaps both at once), so every decision sees one consistent pair.
+pub struct Credentials {
     set: SecretSet,
     meta: Vec<Meta>,
     scrub: Arc<Rewrite>,
@@ -111,16 +150,11 @@ pub struct Interception {
     cache: Mutex<HashMap<(String, String), Arc<HostCreds>>>,
 }
 
-impl fmt::Debug for Interception {
+impl fmt::Debug for Credentials {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Interception")
-            .field("ca", &self.ca)
-            .field("trust", &self.trust)
-            .field(
-                "credentials",
-                &self.meta.iter().map(|m| &m.name).collect::<Vec<_>>(),
-            )
-            .finish_non_exhaustive()
+        f.debug_list()
+            .entries(self.meta.iter().map(|m| &m.name))
+            .finish()
     }
 }
 
@@ -131,8 +165,8 @@ pub(crate) struct HostCreds {
     pub guard: Arc<Detector>,
     /// Placeholder → real value for the credentials bound to the host.
     pub injector: Arc<Rewrite>,
-    /// `header`s to set: (credential index, header name).
-    pub headers: Vec<usize>,
+    /// `header`s to set.
+    pub headers: Vec<Arc<InjectedHeader>>,
     /// Placeholder → real value in request bodies, for the bound credentials that opt
     /// in with `inject_body = true`; `None` when none does.
     pub body_injector: Option<Arc<Rewrite>>,
@@ -141,18 +175,97 @@ pub(crate) struct HostCreds {
     pub body_stable: bool,
     /// Any credential is bound to this host.
     pub any_bound: bool,
+    /// Every real value → its placeholder, for answers (all the credentials).
+    pub scrub: Arc<Rewrite>,
+    /// `scrub` keeps every encoded form's length.
+    pub scrub_stable: bool,
 }
 
 /// How many (policy, host) entries the derived-guard cache keeps before starting over.
 const CACHE_LIMIT: usize = 512;
 
-impl Interception {
-    /// Set up interception with `ca`, `trust` and the session's `credentials`.
-    pub fn new(
-        ca: SessionCa,
-        trust: UpstreamTrust,
-        credentials: Vec<SessionCredential>,
-    ) -> Result<Interception, InterceptError> {
+/// A credential the policy (or a provider preset) asks for, before its value is loaded.
+struct Wanted {
+    name: String,
+    source: Source,
+    hosts: Vec<String>,
+    env: Option<String>,
+    header: Option<String>,
+    format: Option<String>,
+    inject_body: bool,
+}
+
+impl Wanted {
+    fn with(self, secret: Secret, placeholder: Placeholder) -> SessionCredential {
+        SessionCredential {
+            name: self.name,
+            source: Some(self.source),
+            secret,
+            placeholder,
+            hosts: self.hosts,
+            env: self.env,
+            header: self.header,
+            format: self.format,
+            inject_body: self.inject_body,
+        }
+    }
+}
+
+/// Every `[[credentials]]` entry of `policy`, then each of `presets` whose variable
+/// or name the policy does not bind itself.
+fn wanted(policy: &Policy, presets: &[ProviderBinding]) -> Vec<Wanted> {
+    let doc = policy.doc();
+    let mut out: Vec<Wanted> = doc
+        .credentials
+        .iter()
+        .map(|c| Wanted {
+            name: c.name.clone(),
+            source: match &c.source {
+                CredentialSource::Env(v) => Source::Env(v.clone()),
+                CredentialSource::File(p) => Source::File(p.clone()),
+                CredentialSource::Command(cmd) => Source::Command(cmd.clone()),
+                CredentialSource::Vault(n) => Source::Vault(n.clone()),
+            },
+            hosts: c.hosts.iter().map(ToString::to_string).collect(),
+            env: c.env.clone(),
+            header: c.header.clone(),
+            format: c.format.clone(),
+            inject_body: c.inject_body,
+        })
+        .collect();
+    for p in presets {
+        let bound = doc
+            .credentials
+            .iter()
+            .any(|c| c.env.as_deref() == Some(p.env_var) || c.name == p.name);
+        if !bound {
+            out.push(Wanted {
+                name: p.name.to_string(),
+                source: Source::Env(p.env_var.to_string()),
+                hosts: p.hosts.iter().map(|h| h.to_string()).collect(),
+                env: Some(p.env_var.to_string()),
+                header: None,
+                format: None,
+                inject_body: false,
+            });
+        }
+    }
+    out
+}
+
+/// Credentials after a reload, and what could not be loaded.
+pub struct Reloaded {
+    pub credentials: Credentials,
+    /// Vault leases taken for values loaded by this reload (end them with the session).
+    pub leases: Vec<LeaseId>,
+    /// One message per credential that could not be loaded (name and source, never a
+    /// value); such a credential is left out of the new set.
+    pub problems: Vec<String>,
+}
+
+impl Credentials {
+    /// The credentials `credentials`, with their guards and injectors prepared.
+    pub fn new(credentials: Vec<SessionCredential>) -> Result<Credentials, InterceptError> {
         let mut meta = Vec::with_capacity(credentials.len());
         let mut scan = Vec::with_capacity(credentials.len());
         let mut length_stable = true;
@@ -180,13 +293,19 @@ impl Interception {
                         c.format.as_deref(),
                         &c.secret,
                     )?;
-                    Some((name, value))
+                    Some(Arc::new(InjectedHeader {
+                        name,
+                        value,
+                        credential: Arc::from(c.name.as_str()),
+                    }))
                 }
             };
             let stable = same_shape(c.secret.expose(), c.placeholder.as_bytes());
             length_stable &= stable;
             meta.push(Meta {
                 name: c.name.clone(),
+                source: c.source,
+                secret: c.secret.clone(),
                 hosts,
                 hosts_written: c.hosts.clone(),
                 env: c.env,
@@ -204,9 +323,7 @@ impl Interception {
         }
         let set = SecretSet::new(scan)?;
         let scrub = Arc::new(set.scrubber()?);
-        Ok(Interception {
-            ca: Arc::new(ca),
-            trust: Arc::new(trust),
+        Ok(Credentials {
             set,
             meta,
             scrub,
@@ -215,131 +332,75 @@ impl Interception {
         })
     }
 
-    /// Everything from the policy: a new [`SessionCa`], the upstream trust with the
-    /// policy's `tls.extra_roots` ([`UpstreamTrust::load_in_background`]: a load that
-    /// fails — no usable root, an unreadable `extra_roots` file — is reported by
-    /// [`Interception::session_bundle`], [`Interception::trust_ready`] and every
-    /// upstream handshake), and every `[[credentials]]` entry loaded with
-    /// [`warden_secrets::load`] (plus `presets`, the provider bindings of the
-    /// `balanced` preset, for variables the policy does not bind itself), each given a
-    /// fresh placeholder. Returns the vault leases to revoke when the session ends.
-    /// A credential that cannot be loaded is an error: the session must not start
-    /// with a credential silently missing.
-    pub fn from_policy(
+    /// The credentials `policy` (and `presets`, as in [`Interception::from_policy`])
+    /// asks for, for a session that holds these ones:
+    ///
+    /// - one with the same name and source keeps its value and placeholder (nothing is
+    ///   loaded again), with the new `hosts`, `header`, `format` and `inject_body`;
+    /// - a new one, or one whose source changed, is loaded; it keeps the old
+    ///   placeholder when that can stand for the new value (so the variable the
+    ///   session holds still works), else gets a fresh one (the session never holds
+    ///   it: only a `header` the proxy sets can use it);
+    /// - one the policy no longer names, or whose new value cannot be loaded, stays in
+    ///   the set bound to no host: never injected, still guarded against
+    ///   exfiltration and scrubbed from answers.
+    ///
+    /// A credential that cannot be loaded is reported in [`Reloaded::problems`], not an
+    /// error: the rest of the reload must still apply.
+    pub fn reloaded(
+        &self,
         policy: &Policy,
         ctx: &LoadContext<'_>,
         presets: &[ProviderBinding],
-    ) -> Result<(Interception, Vec<LeaseId>), InterceptError> {
-        Interception::from_policy_adopting(policy, ctx, presets, &HashMap::new())
-    }
-
-    /// [`Interception::from_policy`], with the placeholders of some credentials given
-    /// (credential name → placeholder, see [`Placeholder::adopt`]) instead of made.
-    pub fn from_policy_adopting(
-        policy: &Policy,
-        ctx: &LoadContext<'_>,
-        presets: &[ProviderBinding],
-        given: &HashMap<String, String>,
-    ) -> Result<(Interception, Vec<LeaseId>), InterceptError> {
-        let doc = policy.doc();
-        // The system roots load on their own thread while the rest is prepared: the
-        // first use of the trust (the session bundle, an upstream handshake) waits.
-        let trust = UpstreamTrust::load_in_background(doc.tls.extra_roots.clone());
-        let ca = SessionCa::new()?;
-        let mut creds = Vec::new();
+    ) -> Result<Reloaded, InterceptError> {
+        let mut out = Vec::new();
         let mut leases = Vec::new();
+        let mut problems = Vec::new();
         let mut rng = rand::rng();
-        for c in &doc.credentials {
-            let source = match &c.source {
-                CredentialSource::Env(v) => Source::Env(v.clone()),
-                CredentialSource::File(p) => Source::File(p.clone()),
-                CredentialSource::Command(cmd) => Source::Command(cmd.clone()),
-                CredentialSource::Vault(n) => Source::Vault(n.clone()),
-            };
-            let loaded = warden_secrets::load(&c.name, &source, ctx)?;
-            leases.extend(loaded.lease);
-            let placeholder = match given.get(&c.name) {
-                Some(v) => Placeholder::adopt(v, &loaded.secret).map_err(|why| {
-                    InterceptError::Placeholder {
-                        name: c.name.clone(),
-                        why,
+        for w in wanted(policy, presets) {
+            let prev = self.meta.iter().find(|m| m.name == w.name);
+            let secret = match prev {
+                Some(m) if m.source.as_ref() == Some(&w.source) => m.secret.clone(),
+                _ => match warden_secrets::load(&w.name, &w.source, ctx) {
+                    Ok(loaded) => {
+                        leases.extend(loaded.lease);
+                        loaded.secret
                     }
-                })?,
-                None => Placeholder::for_secret(&loaded.secret, &mut rng),
+                    Err(e) => {
+                        problems.push(e.to_string());
+                        continue;
+                    }
+                },
             };
-            creds.push(SessionCredential {
-                name: c.name.clone(),
-                secret: loaded.secret,
-                placeholder,
-                hosts: c.hosts.iter().map(ToString::to_string).collect(),
-                env: c.env.clone(),
-                header: c.header.clone(),
-                format: c.format.clone(),
-                inject_body: c.inject_body,
-            });
+            let placeholder = prev
+                .and_then(|m| Placeholder::adopt(m.placeholder.as_str(), &secret).ok())
+                .unwrap_or_else(|| Placeholder::for_secret(&secret, &mut rng));
+            out.push(w.with(secret, placeholder));
         }
-        for p in presets {
-            let bound = doc
-                .credentials
-                .iter()
-                .any(|c| c.env.as_deref() == Some(p.env_var) || c.name == p.name);
-            if bound {
-                continue;
-            }
-            let loaded = warden_secrets::load(p.name, &Source::Env(p.env_var.to_string()), ctx)?;
-            let placeholder = Placeholder::for_secret(&loaded.secret, &mut rng);
-            creds.push(SessionCredential {
-                name: p.name.to_string(),
-                secret: loaded.secret,
-                placeholder,
-                hosts: p.hosts.iter().map(|h| h.to_string()).collect(),
-                env: Some(p.env_var.to_string()),
-                header: None,
-                format: None,
-                inject_body: false,
-            });
-        }
-        Ok((Interception::new(ca, trust, creds)?, leases))
-    }
-
-    /// The session CA (its certificate is public; its key never leaves it).
-    pub fn ca(&self) -> &SessionCa {
-        &self.ca
-    }
-
-    /// The trust toward upstreams.
-    pub fn trust(&self) -> &UpstreamTrust {
-        &self.trust
-    }
-
-    /// Waits until the upstream trust is loaded; the load's error if it failed.
-    pub fn trust_ready(&self) -> Result<(), TlsError> {
-        self.trust.wait()
-    }
-
-    /// The PEM bundle the session trusts: system roots, the session CA, `extra_roots`.
-    /// Overlay it at `/etc/ssl/certs/ca-certificates.crt` and point [`Self::session_env`]
-    /// at it. Waits for the upstream trust to be loaded; its error if that failed
-    /// (no usable root, an unreadable `tls.extra_roots` file).
-    pub fn session_bundle(&self) -> Result<String, TlsError> {
-        self.trust.session_bundle(&self.ca)
-    }
-
-    /// The session's environment additions: [`warden_tls::ca_env`] for
-    /// `bundle_path` (the bundle's path as seen inside the session), then each
-    /// credential's `env` variable set to its placeholder.
-    pub fn session_env(&self, bundle_path: &Path) -> Vec<(String, String)> {
-        let mut env = warden_tls::ca_env(bundle_path);
         for m in &self.meta {
-            if let Some(var) = &m.env {
-                env.push((var.clone(), m.placeholder.as_str().to_string()));
+            if !out.iter().any(|c| c.name == m.name) {
+                out.push(SessionCredential {
+                    name: m.name.clone(),
+                    source: m.source.clone(),
+                    secret: m.secret.clone(),
+                    placeholder: m.placeholder.clone(),
+                    hosts: Vec::new(),
+                    env: m.env.clone(),
+                    header: None,
+                    format: None,
+                    inject_body: false,
+                });
             }
         }
-        env
+        Ok(Reloaded {
+            credentials: Credentials::new(out)?,
+            leases,
+            problems,
+        })
     }
 
     /// The credentials' names, in order.
-    pub fn credential_names(&self) -> Vec<String> {
+    pub fn names(&self) -> Vec<String> {
         self.meta.iter().map(|m| m.name.clone()).collect()
     }
 
@@ -357,29 +418,6 @@ impl Interception {
         }
     }
 
-    pub(crate) fn scrubber(&self) -> &Arc<Rewrite> {
-        &self.scrub
-    }
-
-    pub(crate) fn length_stable(&self) -> bool {
-        self.length_stable
-    }
-
-    pub(crate) fn session_ca(&self) -> &Arc<SessionCa> {
-        &self.ca
-    }
-
-    pub(crate) fn upstream_trust(&self) -> &Arc<UpstreamTrust> {
-        &self.trust
-    }
-
-    /// The rendered `header` value of credential `i`.
-    pub(crate) fn header_of(&self, i: usize) -> Option<(&HeaderName, &[u8], &str)> {
-        let m = self.meta.get(i)?;
-        let (name, value) = m.header.as_ref()?;
-        Some((name, value.as_slice(), &m.name))
-    }
-
     /// The host patterns of `credential` as written.
     pub(crate) fn hosts_of(&self, credential: &str) -> Vec<String> {
         self.meta
@@ -391,8 +429,7 @@ impl Interception {
 
     /// Is `credential` bound to `host` under `policy`? Its own host patterns must
     /// match, and, when the policy declares it, the policy's `use_credential`
-    /// decision must allow it (so a reloaded policy or a Cedar `forbid` can narrow a
-    /// binding, never widen one).
+    /// decision must allow it (so a Cedar `forbid` can narrow a binding).
     fn bound(&self, policy: &Policy, principal: &Principal, i: usize, host: &RequestHost) -> bool {
         let Some(m) = self.meta.get(i) else {
             return false;
@@ -428,12 +465,11 @@ impl Interception {
     /// The guard and injector for requests to `host`, derived once per policy and host.
     pub(crate) fn for_host(
         &self,
-        egress: &Egress,
         policy: &Policy,
         principal: &Principal,
         host: &RequestHost,
     ) -> Result<Arc<HostCreds>, warden_secrets::ScanError> {
-        let key = (egress.policy_id(), host.to_string());
+        let key = (policy.id().to_string(), host.to_string());
         if let Some(hc) = self
             .cache
             .lock()
@@ -456,12 +492,12 @@ impl Interception {
         let headers = self
             .meta
             .iter()
-            .enumerate()
-            .filter(|(i, m)| bound[*i] && m.header.is_some())
-            .map(|(i, _)| i)
+            .zip(&bound)
+            .filter(|(_, b)| **b)
+            .filter_map(|(m, _)| m.header.clone())
             .collect();
-        // Body injection: the session's credential opted in and, when the policy in
-        // force declares it, still does (a reload can turn it off, never on).
+        // Body injection: the credential opted in and, when the policy in force
+        // declares it, still does.
         let in_body: Vec<bool> = self
             .meta
             .iter()
@@ -495,6 +531,8 @@ impl Interception {
             body_injector,
             body_stable,
             any_bound: bound.iter().any(|b| *b),
+            scrub: self.scrub.clone(),
+            scrub_stable: self.length_stable,
         });
         let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
         if cache.len() >= CACHE_LIMIT {
@@ -502,6 +540,136 @@ impl Interception {
         }
         cache.insert(key, hc.clone());
         Ok(hc)
+    }
+}
+
+impl Interception {
+    /// Set up interception with `ca`, `trust` and the session's `credentials`.
+    pub fn new(
+        ca: SessionCa,
+        trust: UpstreamTrust,
+        credentials: Vec<SessionCredential>,
+    ) -> Result<Interception, InterceptError> {
+        Ok(Interception {
+            ca: Arc::new(ca),
+            trust: Arc::new(trust),
+            credentials: Arc::new(Credentials::new(credentials)?),
+        })
+    }
+
+    /// Everything from the policy: a new [`SessionCa`], the upstream trust with the
+    /// policy's `tls.extra_roots` ([`UpstreamTrust::load_in_background`]: a load that
+    /// fails — no usable root, an unreadable `extra_roots` file — is reported by
+    /// [`Interception::session_bundle`], [`Interception::trust_ready`] and every
+    /// upstream handshake), and every `[[credentials]]` entry loaded with
+    /// [`warden_secrets::load`] (plus `presets`, the provider bindings of the
+    /// `balanced` preset, for variables the policy does not bind itself), each given a
+    /// fresh placeholder. Returns the vault leases to revoke when the session ends.
+    /// A credential that cannot be loaded is an error: the session must not start
+    /// with a credential silently missing.
+    pub fn from_policy(
+        policy: &Policy,
+        ctx: &LoadContext<'_>,
+        presets: &[ProviderBinding],
+    ) -> Result<(Interception, Vec<LeaseId>), InterceptError> {
+        Interception::from_policy_adopting(policy, ctx, presets, &HashMap::new())
+    }
+
+    /// [`Interception::from_policy`], with the placeholders of some credentials given
+    /// (credential name → placeholder, see [`Placeholder::adopt`]) instead of made.
+    pub fn from_policy_adopting(
+        policy: &Policy,
+        ctx: &LoadContext<'_>,
+        presets: &[ProviderBinding],
+        given: &HashMap<String, String>,
+    ) -> Result<(Interception, Vec<LeaseId>), InterceptError> {
+        // The system roots load on their own thread while the rest is prepared: the
+        // first use of the trust (the session bundle, an upstream handshake) waits.
+        let trust = UpstreamTrust::load_in_background(policy.doc().tls.extra_roots.clone());
+        let ca = SessionCa::new()?;
+        let mut creds = Vec::new();
+        let mut leases = Vec::new();
+        let mut rng = rand::rng();
+        for w in wanted(policy, presets) {
+            let loaded = warden_secrets::load(&w.name, &w.source, ctx)?;
+            leases.extend(loaded.lease);
+            let placeholder = match given.get(&w.name) {
+                Some(v) => Placeholder::adopt(v, &loaded.secret).map_err(|why| {
+                    InterceptError::Placeholder {
+                        name: w.name.clone(),
+                        why,
+                    }
+                })?,
+                None => Placeholder::for_secret(&loaded.secret, &mut rng),
+            };
+            creds.push(w.with(loaded.secret, placeholder));
+        }
+        Ok((Interception::new(ca, trust, creds)?, leases))
+    }
+
+    /// The session CA (its certificate is public; its key never leaves it).
+    pub fn ca(&self) -> &SessionCa {
+        &self.ca
+    }
+
+    /// The trust toward upstreams.
+    pub fn trust(&self) -> &UpstreamTrust {
+        &self.trust
+    }
+
+    /// The credentials the session started with.
+    pub fn credentials(&self) -> &Arc<Credentials> {
+        &self.credentials
+    }
+
+    /// Waits until the upstream trust is loaded; the load's error if it failed.
+    pub fn trust_ready(&self) -> Result<(), TlsError> {
+        self.trust.wait()
+    }
+
+    /// The PEM bundle the session trusts: system roots, the session CA, `extra_roots`.
+    /// Overlay it at `/etc/ssl/certs/ca-certificates.crt` and point [`Self::session_env`]
+    /// at it. Waits for the upstream trust to be loaded; its error if that failed
+    /// (no usable root, an unreadable `tls.extra_roots` file).
+    pub fn session_bundle(&self) -> Result<String, TlsError> {
+        self.trust.session_bundle(&self.ca)
+    }
+
+    /// The session's environment additions: [`warden_tls::ca_env`] for
+    /// `bundle_path` (the bundle's path as seen inside the session), then each
+    /// credential's `env` variable set to its placeholder.
+    pub fn session_env(&self, bundle_path: &Path) -> Vec<(String, String)> {
+        let mut env = warden_tls::ca_env(bundle_path);
+        for m in &self.credentials.meta {
+            if let Some(var) = &m.env {
+                env.push((var.clone(), m.placeholder.as_str().to_string()));
+            }
+        }
+        env
+    }
+
+    /// The start credentials' names, in order.
+    pub fn credential_names(&self) -> Vec<String> {
+        self.credentials.names()
+    }
+
+    /// The placeholder of `credential` (what the session holds).
+    pub fn placeholder(&self, credential: &str) -> Option<&Placeholder> {
+        self.credentials.placeholder(credential)
+    }
+
+    /// `text` with every real value of the start credentials replaced by its
+    /// placeholder ([`Credentials::redact`]).
+    pub fn redact(&self, text: &str) -> String {
+        self.credentials.redact(text)
+    }
+
+    pub(crate) fn session_ca(&self) -> &Arc<SessionCa> {
+        &self.ca
+    }
+
+    pub(crate) fn upstream_trust(&self) -> &Arc<UpstreamTrust> {
+        &self.trust
     }
 }
 

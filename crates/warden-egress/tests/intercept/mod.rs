@@ -210,6 +210,7 @@ fn interception(dir: &Path, upstream_ca: &SessionCa, with_cred: bool) -> (Interc
         let placeholder = Placeholder::for_secret(&secret, &mut rand::rng());
         creds.push(SessionCredential {
             name: "tok".into(),
+            source: None,
             secret,
             placeholder,
             hosts: vec!["api.test".into()],
@@ -662,6 +663,7 @@ async fn body_setup(inject: bool) -> (Setup, String) {
         let placeholder = Placeholder::for_secret(&secret, &mut rand::rng());
         SessionCredential {
             name: name.into(),
+            source: None,
             secret,
             placeholder,
             hosts: vec!["api.test".into()],
@@ -854,5 +856,119 @@ async fn body_is_not_injected_by_default() {
     assert!(
         s.h.find(|e| e["action"] == "inject" && e["location"] == "body")
             .is_empty()
+    );
+}
+
+/// Issue #7, delivery: a reload moves the credentials with the policy. A credential's
+/// binding can move to another host, a new credential with a `header` is injected at
+/// once (the session needs no new variable), one that cannot be loaded is reported in
+/// the reload event and left out, and one the policy drops stays guarded but is bound
+/// to no host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_moves_the_credentials_with_the_policy() {
+    use warden_egress::warden_secrets::LoadContext;
+    let s = setup("[tls]\nintercept = \"all\"", "", true).await;
+    let ph = s.placeholder.clone();
+    let auth = format!("Authorization: Bearer {ph}");
+    let (a, o) = (s.api.port, s.other.port);
+    let net = format!(
+        "[tls]\nintercept = \"all\"\n[network]\nallow = [\"api.test:{a}\", \"other.test:{o}\", \"127.0.0.2/32:{a}\", \"127.0.0.2/32:{o}\"]\n"
+    );
+    const HDR: &str = "hdr-real-value-0123456789abcdef";
+    let env: HashMap<String, String> = [
+        ("WARDEN_TEST_TOKEN".to_string(), SECRET.to_string()),
+        ("WARDEN_TEST_HDR".to_string(), HDR.to_string()),
+    ]
+    .into_iter()
+    .collect();
+    let ctx = LoadContext {
+        env: &env,
+        base_dir: None,
+        vault: None,
+        session: "s-test",
+        command_timeout: Duration::from_secs(5),
+    };
+    let reload = |text: String| {
+        std::fs::write(
+            &s.h.policy_path,
+            format!("version = 1\nname = \"test\"\n{text}"),
+        )
+        .unwrap();
+        let p = Policy::load(&s.h.policy_path).unwrap_or_else(|e| panic!("{e}"));
+        let r =
+            s.h.egress
+                .credentials()
+                .unwrap()
+                .reloaded(&p, &ctx, &[])
+                .unwrap();
+        s.h.egress
+            .reload_with_credentials(p, "test".into(), r.credentials, &r.problems);
+    };
+    // v2: `tok` moves to other.test; `hdr` is new, set as a header on api.test;
+    // `gone` cannot be loaded.
+    reload(format!(
+        "{net}
+[[credentials]]
+name = \"tok\"
+source = \"env:WARDEN_TEST_TOKEN\"
+hosts = [\"other.test\"]
+env = \"TOKEN\"
+
+[[credentials]]
+name = \"hdr\"
+source = \"env:WARDEN_TEST_HDR\"
+hosts = [\"api.test\"]
+header = \"X-Api-Key\"
+
+[[credentials]]
+name = \"gone\"
+source = \"env:WARDEN_TEST_NOT_SET\"
+hosts = [\"api.test\"]
+header = \"X-Gone\"
+"
+    ));
+    assert_eq!(
+        s.h.egress
+            .credentials()
+            .unwrap()
+            .placeholder("tok")
+            .unwrap()
+            .as_str(),
+        ph
+    );
+    let (code, body) = s.curl(&[&s.api("/echo")]).await;
+    assert_eq!(code, 200, "{body}");
+    let seen = s.api.seen();
+    assert!(seen[0].contains(&format!("x-api-key: {HDR}")), "{seen:?}");
+    assert!(!seen[0].contains("x-gone"), "{seen:?}");
+    assert!(!body.contains(HDR), "the echo must be scrubbed: {body}");
+    let (code, body) = s.curl(&["-H", &auth, &s.other("/echo")]).await;
+    assert_eq!(code, 200, "{body}");
+    assert!(
+        s.other.seen()[0].contains(&format!("authorization: Bearer {SECRET}")),
+        "{:?}",
+        s.other.seen()
+    );
+    let (code, body) = s.curl(&["-H", &auth, &s.api("/echo")]).await;
+    assert_eq!(code, 403, "tok is no longer bound to api.test: {body}");
+    let reloads = s.h.find(|e| e["action"] == "policy_reload");
+    let problems = reloads[0]["credentials_not_loaded"].to_string();
+    assert!(
+        problems.contains("gone") && problems.contains("WARDEN_TEST_NOT_SET"),
+        "{reloads:#?}"
+    );
+
+    // v3 drops `tok`: its placeholder (and value) is refused everywhere, never injected.
+    reload(net.clone());
+    let (code, body) = s.curl(&["-H", &auth, &s.other("/echo")]).await;
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("credential `tok`"), "{body}");
+    let (code, _) = s.curl(&[&s.api("/echo")]).await;
+    assert_eq!(code, 200);
+    assert!(!s.api.seen()[1].contains("x-api-key"), "{:?}", s.api.seen());
+    let text = s.audit_text();
+    assert!(
+        !text.contains(SECRET) && !text.contains(HDR),
+        "a value in the audit log"
     );
 }
