@@ -11,7 +11,8 @@
 //! - delivery of the audit spool (`audit.jsonl`): events are uploaded in batches and the
 //!   cursor (`agent/audit.cursor`) advances only after the server acknowledged them, so
 //!   an event is never lost; the server stores each id once, so none is duplicated;
-//! - vault leases for a session.
+//! - vault leases for a session ([`MachineVault`]: the control plane's vault when
+//!   enrolled, else the local store).
 //!
 //! What it must never do: act on a bundle it could not verify, fall back to a weaker
 //! policy when it has none (an enrolled machine without a good bundle fails closed),
@@ -21,6 +22,7 @@ mod error;
 mod node;
 mod session;
 mod spool;
+mod vault;
 
 pub use error::AgentError;
 pub use node::{
@@ -32,4 +34,5 @@ pub use session::{
     session_policy_with_cap, spool_cap, watched_bundle,
 };
 pub use spool::{Cursor, UploadReport};
+pub use vault::{MachineVault, VAULT_TIMEOUT};
 pub use warden_control::client::{Auth, Client};

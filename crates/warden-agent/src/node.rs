@@ -523,7 +523,7 @@ impl Node {
         client: &Client,
         session: &str,
         name: &str,
-    ) -> Result<warden_secrets::Secret, AgentError> {
+    ) -> Result<warden_secrets::Lease, AgentError> {
         let resp: LeaseResponse = client
             .post_json(
                 "/api/v1/node/leases",
@@ -534,7 +534,10 @@ impl Node {
             )
             .await?
             .json()?;
-        Ok(warden_secrets::Secret::from_string(resp.value))
+        Ok(warden_secrets::Lease {
+            secret: warden_secrets::Secret::from_string(resp.value),
+            lease_id: warden_secrets::LeaseId(resp.lease_id),
+        })
     }
 
     /// End a session on the server: its leases are revoked.

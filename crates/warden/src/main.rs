@@ -2,6 +2,7 @@
 //! Each subcommand lives in its own module under `cmd/`.
 
 mod cmd;
+mod credentials;
 mod home;
 mod reload;
 

@@ -59,6 +59,7 @@ impl Reload for Egress {
 
 /// Watches `path` until the task is dropped; `who` prefixes the messages
 /// (`warden proxy`, `warden run`, `warden mcp`). With `on_hup`, SIGHUP forces a re-read.
+/// Runs on a multi-threaded runtime (a reload blocks one of its workers meanwhile).
 pub async fn watch_policy(
     egress: impl Reload,
     path: PathBuf,
@@ -89,7 +90,9 @@ pub async fn watch_policy(
             continue;
         }
         last = now;
-        match load(&path) {
+        // Loading may block (a policy's new credentials can come from a helper
+        // command or the control plane's vault): off the runtime's workers.
+        tokio::task::block_in_place(|| match load(&path) {
             Ok(p) => {
                 egress.reload(p, path.display().to_string());
                 eprintln!(
@@ -103,6 +106,6 @@ pub async fn watch_policy(
                 path.display(),
                 egress.policy_id()
             ),
-        }
+        });
     }
 }

@@ -126,7 +126,68 @@ impl Lab {
 
     /// The lab command around `warden run [extra] -- sh -c script`.
     fn command(&self, extra: &[&str], script: &str) -> Command {
-        let inner = self.env.cmd(extra, &["/bin/sh", "-c", script]);
+        self.wrap(self.env.cmd(extra, &["/bin/sh", "-c", script]))
+    }
+
+    /// [`Lab::command`] without `--policy`: on an enrolled machine the session runs
+    /// under the central policy alone.
+    fn command_central(&self, script: &str) -> Command {
+        let with = self.env.cmd(&[], &["/bin/sh", "-c", script]);
+        let mut inner = Command::new(with.get_program());
+        let mut args = with.get_args();
+        while let Some(a) = args.next() {
+            if a == "--policy" {
+                args.next();
+            } else {
+                inner.arg(a);
+            }
+        }
+        for (k, v) in with.get_envs() {
+            match v {
+                Some(v) => inner.env(k, v),
+                None => inner.env_remove(k),
+            };
+        }
+        self.wrap(inner)
+    }
+
+    /// Make `url` (`http://127.0.0.1:PORT`, a server on the real host) reachable at the
+    /// same address inside the lab: lab.py listens there and relays each connection
+    /// over a Unix socket to a thread here that dials the server.
+    fn forward_to_host(&self, url: &str) {
+        let port: u16 = url.rsplit(':').next().unwrap().parse().unwrap();
+        let sock = self.dir.join("control.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(lab_side) = conn else { return };
+                let Ok(host_side) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+                    continue;
+                };
+                let (mut a, mut b) = (
+                    lab_side.try_clone().unwrap(),
+                    host_side.try_clone().unwrap(),
+                );
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut a, &mut b);
+                    let _ = b.shutdown(std::net::Shutdown::Both);
+                });
+                let (mut a, mut b) = (host_side, lab_side);
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut a, &mut b);
+                    let _ = b.shutdown(std::net::Shutdown::Both);
+                });
+            }
+        });
+        std::fs::write(
+            self.dir.join("forward"),
+            format!("{port} {}", sock.display()),
+        )
+        .unwrap();
+    }
+
+    /// `inner` run inside the lab's namespaces.
+    fn wrap(&self, inner: Command) -> Command {
         let mut c = Command::new("unshare");
         c.args(["--net", "--mount", "--pid", "--fork", "--kill-child"])
             .args(["--mount-proc", "--propagation", "private", "--", "sh"])
@@ -1091,20 +1152,7 @@ fn an_enrolled_session_follows_a_policy_pushed_while_it_runs() {
     )
     .unwrap();
     cli(&["policy", "push", v1.to_str().unwrap()]);
-    let _agent = control.enroll_with_agent(&lab.env.warden_home);
-    let status = || {
-        let o = Command::new(WARDEN)
-            .arg("status")
-            .env("WARDEN_HOME", &lab.env.warden_home)
-            .output()
-            .unwrap();
-        text(&o)
-    };
-    let t = Instant::now();
-    while !status().contains("team@v1") {
-        assert!(t.elapsed() < Duration::from_secs(30), "no bundle arrived");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let _agent = control.enroll_with_agent(&lab.env.warden_home, "team@v1");
 
     let ws = lab.env.ws.clone();
     let script = r#"
@@ -1228,12 +1276,7 @@ fn an_enrolled_machine_narrows_the_central_policy_with_a_local_file() {
         &["policy", "push", central.to_str().unwrap()],
     );
     assert!(o.status.success(), "{}", text(&o));
-    let _agent = control.enroll_with_agent(&lab.env.warden_home);
-    let t = Instant::now();
-    while !text(&control.cli(&lab.env.warden_home, &["status"])).contains("team@v1") {
-        assert!(t.elapsed() < Duration::from_secs(30), "no bundle arrived");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let _agent = control.enroll_with_agent(&lab.env.warden_home, "team@v1");
 
     let o = lab.run(
         r#"
@@ -1341,3 +1384,148 @@ crate::per_backend!(
     the_agent_holds_a_placeholder_and_the_proxy_swaps_it_only_for_the_bound_host,
     no_secret_is_anywhere_inside_a_session_using_a_credential,
 );
+
+/// Issue #7, vault and delivery: on an enrolled machine a `vault:NAME` credential is
+/// leased from the control plane for the session (the server's vault, not a local
+/// store) and its lease ends with the session; a credential a push adds while the
+/// session runs is injected on its next request (a `header` needs no new variable);
+/// the session never sees either value.
+#[test]
+fn an_enrolled_session_leases_vault_credentials_and_takes_pushed_ones_at_once() {
+    const ADMIN: &str = "run-network-vault-admin-0123456789";
+    const V1: &str = "vault-deploy-value-7c1d0e5a93";
+    const V2: &str = "vault-pushed-value-48b2f6e1d0";
+    let Some(lab) = Lab::new(B::Namespaces, &format!("{BASE}{NET}")) else {
+        return;
+    };
+    let root = lab.env.dir.path().canonicalize().unwrap();
+    let control = ControlServer::start(&root.join("srv"), ADMIN);
+    lab.forward_to_host(&control.url);
+    let cli = |args: &[&str], stdin: &str| {
+        let o = control.cli_with_stdin(&root.join("srv"), args, stdin);
+        assert!(o.status.success(), "warden {args:?}: {}", text(&o));
+        stdout(&o)
+    };
+    cli(&["secret", "set", "deploy-key"], V1);
+    cli(&["secret", "set", "push-key"], V2);
+    let central = |version: &str, extra: &str| {
+        let path = root.join(format!("{version}.toml"));
+        std::fs::write(
+            &path,
+            format!(
+                "version = 1\nname = \"team\"\n{BASE}{NET}\n[tls]\nextra_roots = [\"{ca}\"]\n\n\
+                 [[credentials]]\nname = \"deploy\"\nsource = \"vault:deploy-key\"\n\
+                 hosts = [\"api.test\"]\nheader = \"Authorization\"\nformat = \"Bearer {{secret}}\"\n{extra}",
+                ca = lab.dir.join("ca.crt").display()
+            ),
+        )
+        .unwrap();
+        assert!(cli(&["policy", "push", path.to_str().unwrap()], "").contains(version));
+    };
+    central("team@v1", "");
+    let _agent = control.enroll_with_agent(&lab.env.warden_home, "team@v1");
+
+    let ws = lab.env.ws.clone();
+    let script = r#"
+c() { curl -sS -m 10 -w ' [%{http_code}]' "$@" 2>&1 | tr '\n' ' '; }
+echo "deploy: $(c https://api.test/echo)"
+touch phase1
+while [ ! -e phase2 ]; do sleep 0.02; done
+i=0
+while :; do
+    out=$(c https://git.test/echo)
+    case "$out" in *Bearer*) break;; esac
+    i=$((i + 1)); [ "$i" -gt 200 ] && break
+    sleep 0.05
+done
+echo "pushed: $out (attempts $i)"
+env | sort > env.txt
+"#;
+    let child = lab
+        .command_central(script)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut child = child;
+    let t = Instant::now();
+    while !ws.join("phase1").exists() {
+        if let Some(st) = child.try_wait().unwrap() {
+            let o = child.wait_with_output().unwrap();
+            panic!(
+                "the session ended ({st}) before phase1: {}\nlab: {}",
+                text(&o),
+                lab.log("lab.log")
+            );
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "phase1 did not appear"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    central(
+        "team@v2",
+        "\n[[credentials]]\nname = \"pushed\"\nsource = \"vault:push-key\"\n\
+         hosts = [\"git.test\"]\nheader = \"Authorization\"\nformat = \"Bearer {secret}\"\n",
+    );
+    std::fs::write(ws.join("phase2"), "").unwrap();
+    let o = child.wait_with_output().unwrap();
+    let out = stdout(&o);
+    assert_eq!(lab.exit(), Some(0), "{}", text(&o));
+    assert!(line(&out, "deploy").ends_with("[200]"), "{}", text(&o));
+    assert!(line(&out, "pushed").contains("[200]"), "{}", text(&o));
+    // The session saw neither value: not in answers (echoes are scrubbed), not in
+    // its environment.
+    let env = std::fs::read_to_string(ws.join("env.txt")).unwrap();
+    for v in [V1, V2] {
+        assert!(
+            !out.contains(v) && !env.contains(v),
+            "{v} reached the session: {}",
+            text(&o)
+        );
+    }
+    // Upstream: each host got its own value, and only that one.
+    let hits = lab.log("hits.log");
+    let got = |host: &str, v: &str| {
+        hits.lines()
+            .any(|h| h.contains(&format!("host={host}")) && h.contains(&format!("auth=Bearer {v}")))
+    };
+    assert!(got("api.test", V1), "{hits}");
+    assert!(got("git.test", V2), "{hits}");
+    assert!(
+        !hits.contains(&format!("host=api.test auth=Bearer {V2}")),
+        "{hits}"
+    );
+    assert!(
+        !hits.contains(&format!("host=git.test auth=Bearer {V1}")),
+        "{hits}"
+    );
+    let audit = std::fs::read_to_string(lab.env.audit()).unwrap();
+    assert!(
+        !audit.contains(V1) && !audit.contains(V2),
+        "a value in the audit log"
+    );
+    // The server leased both for this session and ended the leases when it ended.
+    let events = lab.events();
+    let start = events.iter().find(|e| e["action"] == "start").unwrap();
+    let session = start["session"].as_str().unwrap().to_string();
+    let db = root.join("srv").join("server").join("warden.db");
+    let q = Command::new("python3")
+        .arg("-c")
+        .arg(
+            "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); \
+             print(sorted((n, r is not None) for n, r in c.execute(\
+             'select name, revoked_at from leases where session = ?', (sys.argv[2],))))",
+        )
+        .arg(&db)
+        .arg(&session)
+        .output()
+        .unwrap();
+    assert_eq!(
+        stdout(&q).trim(),
+        "[('deploy-key', True), ('push-key', True)]",
+        "{}",
+        text(&q)
+    );
+}

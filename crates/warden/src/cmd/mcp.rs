@@ -14,7 +14,7 @@ use warden_mcp::{
     HttpOptions, ServerConfig, ToolDecision, Transport, UpstreamLauncher,
 };
 use warden_policy::{CredentialSource, Mode, Policy, Principal, Request};
-use warden_secrets::{LeaseId, LoadContext, LocalStore, Source, VaultClient};
+use warden_secrets::{LeaseId, LoadContext, Source, VaultClient};
 
 use crate::home;
 
@@ -206,26 +206,11 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
         .as_deref()
         .and_then(|p| p.parent())
         .map(std::path::Path::to_path_buf);
-    // The local store serves `vault:` sources on a standalone machine; opened only
-    // when the policy has one (opening creates WARDEN_HOME/secrets).
-    let wants_vault = policy
-        .doc()
-        .credentials
-        .iter()
-        .any(|c| matches!(c.source, CredentialSource::Vault(_)));
-    let store = if wants_vault {
-        match LocalStore::open(&home::warden_home()) {
-            Ok(s) => Some(s),
-            Err(e) => {
-                eprintln!("warden mcp: the local secret store: {e}");
-                None
-            }
-        }
-    } else {
-        None
-    };
+    // `vault:` sources: the control plane's vault when enrolled, else the local store
+    // (chosen and opened only when a credential needs it).
+    let vault = warden_agent::MachineVault::new(&home::warden_home());
     let (credentials, leases) =
-        match load_credentials(&policy, base_dir.as_deref(), store.as_ref(), &session) {
+        match load_credentials(&policy, base_dir.as_deref(), &vault, &session) {
             Ok(c) => c,
             Err(e) => {
                 eprintln!("warden mcp: {e}");
@@ -330,9 +315,9 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
         Ok::<bool, anyhow::Error>(true)
     });
     // The session is over: end its vault leases (a no-op for the local store).
-    if let Some(store) = &store {
-        for lease in &leases {
-            let _ = store.revoke(lease);
+    for lease in &leases {
+        if let Err(e) = vault.revoke(lease) {
+            eprintln!("warden mcp: could not end a credential lease: {e}");
         }
     }
     if !served? {
@@ -342,14 +327,14 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
 }
 
 /// Load the policy's credentials with `warden_secrets::load` (`env:`, `file:`,
-/// `command:`, and `vault:` from the local store). A credential an MCP server uses
+/// `command:`, and `vault:` from this machine's vault). A credential an MCP server uses
 /// must load, or the gateway does not start; the others are loaded so that their
 /// values are recognised in arguments and results, and skipped with a warning when
 /// they cannot be. Errors name the credential and its source, never a value.
 fn load_credentials(
     policy: &Policy,
     base_dir: Option<&std::path::Path>,
-    store: Option<&LocalStore>,
+    vault: &dyn VaultClient,
     session: &str,
 ) -> anyhow::Result<(Vec<GatewayCredential>, Vec<LeaseId>)> {
     let doc = policy.doc();
@@ -357,7 +342,7 @@ fn load_credentials(
     let ctx = LoadContext {
         env: &env,
         base_dir,
-        vault: store.map(|s| s as &dyn VaultClient),
+        vault: Some(vault),
         session,
         command_timeout: warden_secrets::source::DEFAULT_COMMAND_TIMEOUT,
     };

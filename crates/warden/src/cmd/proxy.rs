@@ -11,15 +11,16 @@
 //! needs: the CA variables and each credential's placeholder. Credentials are loaded
 //! once at start; a reloaded policy can narrow their bindings, not add new ones.
 
+use crate::credentials::{CredentialLoader, Reloading};
 use crate::home;
 use anyhow::Context as _;
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
-use warden_egress::warden_secrets::{LoadContext, LocalStore, VaultClient};
 use warden_egress::{Egress, EgressConfig, Identity, Interception, SystemResolver};
-use warden_policy::{CredentialSource, Intercept, Policy, Principal};
+use warden_policy::{Intercept, Policy, Principal};
 
 /// Arguments of `warden proxy`.
 #[derive(clap::Args)]
@@ -54,7 +55,10 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
         machine: identity.machine.clone(),
         ..Principal::default()
     };
-    let interception = interception_for(&policy, &args, &identity.session)?;
+    let (interception, loader) = match interception_for(&policy, &args, &identity.session)? {
+        Some((i, l)) => (Some(i), Some(l)),
+        None => (None, None),
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -81,13 +85,27 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
             egress.policy_id(),
             audit_path.display()
         );
-        tokio::spawn(crate::reload::watch_policy(
-            egress.clone(),
-            args.policy.clone(),
-            crate::reload::whole_file(),
-            true,
-            "warden proxy",
-        ));
+        let watch = crate::reload::whole_file();
+        match loader {
+            Some(loader) => tokio::spawn(crate::reload::watch_policy(
+                Reloading {
+                    egress: egress.clone(),
+                    loader,
+                    who: "warden proxy",
+                },
+                args.policy.clone(),
+                watch,
+                true,
+                "warden proxy",
+            )),
+            None => tokio::spawn(crate::reload::watch_policy(
+                egress.clone(),
+                args.policy.clone(),
+                watch,
+                true,
+                "warden proxy",
+            )),
+        };
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
             r = warden_egress::serve_proxy(egress, listener) => {
@@ -115,29 +133,13 @@ fn interception_for(
     policy: &Policy,
     args: &Args,
     session: &str,
-) -> anyhow::Result<Option<Arc<Interception>>> {
+) -> anyhow::Result<Option<(Arc<Interception>, Arc<CredentialLoader>)>> {
     if !needs_interception(policy) {
         return Ok(None);
     }
-    let doc = policy.doc();
-    let store = if doc
-        .credentials
-        .iter()
-        .any(|c| matches!(c.source, CredentialSource::Vault(_)))
-    {
-        Some(LocalStore::open(&home::warden_home()).context("the local secret store")?)
-    } else {
-        None
-    };
-    let env: std::collections::HashMap<String, String> = std::env::vars().collect();
-    let ctx = LoadContext {
-        env: &env,
-        base_dir: args.policy.parent(),
-        vault: store.as_ref().map(|s| s as &dyn VaultClient),
-        session,
-        command_timeout: warden_egress::warden_secrets::source::DEFAULT_COMMAND_TIMEOUT,
-    };
-    let (icpt, _leases) = Interception::from_policy(policy, &ctx, &[])
+    let loader = Arc::new(CredentialLoader::new(Some(&args.policy), session));
+    let icpt = loader
+        .start(policy, &HashMap::new())
         .map_err(|e| anyhow::anyhow!("{e}"))
         .with_context(|| format!("setting up TLS interception for {}", args.policy.display()))?;
     let bundle = args.ca_bundle.clone().unwrap_or_else(|| {
@@ -164,5 +166,5 @@ fn interception_for(
     for (k, v) in icpt.session_env(&bundle) {
         eprintln!("  export {k}={v}");
     }
-    Ok(Some(Arc::new(icpt)))
+    Ok(Some((Arc::new(icpt), loader)))
 }

@@ -2,6 +2,7 @@
 //! [`warden_sandbox::SandboxSpec`], records the session in the audit log, and exits with
 //! the command's status. The boundary itself lives in `warden-sandbox`.
 
+use crate::credentials::{CredentialLoader, Reloading};
 use anyhow::{Context, bail};
 use std::collections::HashMap;
 use std::ffi::OsString;
@@ -13,12 +14,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use warden_audit::{AuditLog, Event, Stamp, Surface, Verdict};
-use warden_egress::{Egress, EgressConfig, Identity, Interception, SystemResolver};
-use warden_policy::{
-    CredentialSource, MountMode, Policy, Preset, Principal, Request, WorkspaceMode,
-};
+use warden_egress::{Egress, EgressConfig, Identity, SystemResolver};
+use warden_policy::{MountMode, Policy, Preset, Principal, Request, WorkspaceMode};
 use warden_sandbox::{Limits, Mount, Network, NetworkFds, SandboxSpec, TtyMode};
-use warden_secrets::{LeaseId, LoadContext, LocalStore, VaultClient};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Backend {
@@ -109,68 +107,6 @@ fn for_server(policy: Option<Policy>, mcp_server: Option<&str>) -> Result<Option
              under its own part of a policy, never the built-in preset"
         )),
         (p, None) => Ok(p),
-    }
-}
-
-/// The session's credentials and TLS interception: a fresh session CA, the upstream
-/// trust (system roots plus `tls.extra_roots`), and every `[[credentials]]` entry
-/// loaded (`env:`/`file:`/`command:`, `vault:` from the local store) with a fresh
-/// placeholder. Under the built-in preset, the LLM provider keys set in the host
-/// environment are bound to their providers' hosts the same way. Returns the vault
-/// leases to end with the session, with the vault they came from. A credential that
-/// cannot be loaded refuses the session.
-fn credentials(
-    policy: &Policy,
-    file: Option<&Path>,
-    session: &str,
-    given: &HashMap<String, String>,
-) -> Result<(Interception, Leases), String> {
-    let host_env: HashMap<String, String> = std::env::vars().collect();
-    let store = if policy
-        .doc()
-        .credentials
-        .iter()
-        .any(|c| matches!(c.source, CredentialSource::Vault(_)))
-    {
-        Some(
-            LocalStore::open(&crate::home::warden_home())
-                .map_err(|e| format!("the local secret store: {e}"))?,
-        )
-    } else {
-        None
-    };
-    let ctx = LoadContext {
-        env: &host_env,
-        base_dir: file.and_then(Path::parent),
-        vault: store.as_ref().map(|s| s as &dyn VaultClient),
-        session,
-        command_timeout: warden_secrets::source::DEFAULT_COMMAND_TIMEOUT,
-    };
-    let presets = if file.is_none() {
-        warden_secrets::provider_bindings(&host_env)
-    } else {
-        Vec::new()
-    };
-    let (icpt, leases) = Interception::from_policy_adopting(policy, &ctx, &presets, given)
-        .map_err(|e| format!("credentials: {e}"))?;
-    Ok((icpt, Leases { leases, store }))
-}
-
-/// Vault leases of a session's credentials, ended when the session ends.
-struct Leases {
-    leases: Vec<LeaseId>,
-    store: Option<LocalStore>,
-}
-
-impl Drop for Leases {
-    fn drop(&mut self) {
-        if let Some(store) = &self.store {
-            for l in &self.leases {
-                if let Err(e) = store.revoke(l) {
-                    eprintln!("warden: could not end a credential lease: {e}");
-                }
-            }
-        }
     }
 }
 
@@ -516,7 +452,9 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
         .filter_map(|p| p.split_once('='))
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-    let (icpt, _leases) = match credentials(&policy, args.policy.as_deref(), &session, &given) {
+    // Loads them again on each reload; ends their vault leases when the session ends.
+    let loader = Arc::new(CredentialLoader::new(args.policy.as_deref(), &session));
+    let icpt = match loader.start(&policy, &given) {
         Ok(c) => c,
         Err(e) => return fail(&open_log()?, e),
     };
@@ -654,6 +592,11 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
         },
     );
     let reload = reload_source(args.policy.clone(), local, args.mcp_server.clone());
+    let egress = Reloading {
+        egress,
+        loader: loader.clone(),
+        who: "warden run",
+    };
     let net = match SessionEgress::start(fds, egress, reload) {
         Ok(n) => n,
         Err(e) => return fail(&log, format!("starting the session's egress proxy: {e:#}")),
@@ -685,6 +628,7 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
         .field("exit_status", i64::from(exit.code))
         .field("duration_ms", started.elapsed().as_millis() as u64),
     );
+    drop(loader); // ends the session's vault leases
     Ok(ExitCode::from(
         u8::try_from(exit.code).unwrap_or(EXIT_FAILED),
     ))
@@ -707,9 +651,10 @@ struct SessionEgress {
 impl SessionEgress {
     fn start(
         fds: NetworkFds,
-        egress: Egress,
+        reloading: Reloading,
         reload: Option<(PathBuf, crate::reload::Loader)>,
     ) -> anyhow::Result<SessionEgress> {
+        let egress = reloading.egress.clone();
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .thread_name("warden-egress")
@@ -756,7 +701,7 @@ impl SessionEgress {
         });
         if let Some((path, load)) = reload {
             runtime.spawn(crate::reload::watch_policy(
-                egress,
+                reloading,
                 path,
                 load,
                 false,

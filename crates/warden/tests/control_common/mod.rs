@@ -60,26 +60,38 @@ impl ControlServer {
 
     /// `warden ARGS` as this server's admin, with `home` as WARDEN_HOME.
     pub fn cli(&self, home: &Path, args: &[&str]) -> Output {
-        Command::new(WARDEN)
+        self.cli_with_stdin(home, args, "")
+    }
+
+    /// [`ControlServer::cli`] with `stdin` as its standard input.
+    pub fn cli_with_stdin(&self, home: &Path, args: &[&str], stdin: &str) -> Output {
+        let mut child = Command::new(WARDEN)
             .args(args)
             .env("WARDEN_HOME", home)
             .env("WARDEN_SERVER", &self.url)
             .env("WARDEN_TOKEN", self.admin)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap()
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut input = child.stdin.take().unwrap();
+        std::io::Write::write_all(&mut input, stdin.as_bytes()).unwrap();
+        drop(input);
+        child.wait_with_output().unwrap()
     }
 
-    /// Enroll the machine whose WARDEN_HOME is `home` with a fresh enrolment token and
-    /// start its agent (stopped when the returned guard is dropped).
-    pub fn enroll_with_agent(&self, home: &Path) -> Reaper {
+    /// Enroll the machine whose WARDEN_HOME is `home` with a fresh enrolment token,
+    /// start its agent (stopped when the returned guard is dropped) and wait until
+    /// `warden status` shows `policy` (e.g. `team@v1`) in force.
+    pub fn enroll_with_agent(&self, home: &Path, policy: &str) -> Reaper {
         let o = self.cli(home, &["token", "create", "--enroll"]);
         assert!(o.status.success(), "token create: {o:?}");
         let out = String::from_utf8_lossy(&o.stdout).into_owned();
         let token = out.split_whitespace().last().unwrap().to_string();
         let o = self.cli(home, &["enroll", "--server", &self.url, "--token", &token]);
         assert!(o.status.success(), "enroll: {o:?}");
-        Reaper(
+        let agent = Reaper(
             Command::new(WARDEN)
                 .arg("agent")
                 .env("WARDEN_HOME", home)
@@ -87,6 +99,18 @@ impl ControlServer {
                 .stderr(Stdio::null())
                 .spawn()
                 .unwrap(),
-        )
+        );
+        let t = std::time::Instant::now();
+        loop {
+            let o = self.cli(home, &["status"]);
+            if String::from_utf8_lossy(&o.stdout).contains(policy) {
+                return agent;
+            }
+            assert!(
+                t.elapsed() < std::time::Duration::from_secs(30),
+                "{policy} never arrived: {o:?}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
     }
 }

@@ -154,6 +154,45 @@ def dns_server(addr):
     threading.Thread(target=loop, daemon=True).start()
 
 
+def forward_to_host(port, path):
+    """127.0.0.1:port inside the lab, relayed to the Unix socket `path` that the test
+    serves on the real host: how warden (not the session) reaches a control plane
+    running outside the lab."""
+    srv = socket.socket()
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind(("127.0.0.1", port))
+    srv.listen(16)
+
+    def pump(a, b):
+        try:
+            while True:
+                d = a.recv(65536)
+                if not d:
+                    break
+                b.sendall(d)
+        except OSError:
+            pass
+        for s in (a, b):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def loop():
+        while True:
+            c, _ = srv.accept()
+            u = socket.socket(socket.AF_UNIX)
+            u.connect(path)
+            threading.Thread(target=pump, args=(c, u), daemon=True).start()
+            threading.Thread(target=pump, args=(u, c), daemon=True).start()
+
+    threading.Thread(target=loop, daemon=True).start()
+
+
+forward = os.path.join(LAB, "forward")
+if os.path.exists(forward):
+    port, path = open(forward).read().split(None, 1)
+    forward_to_host(int(port), path.strip())
 http_server(("203.0.113.10", 80), "public")
 http_server(("203.0.113.10", 443), "public", tls=True)
 http_server(("127.0.0.1", 80), "HOST-LOOPBACK-SECRET")

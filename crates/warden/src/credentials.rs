@@ -1,0 +1,146 @@
+//! A session's credentials as `warden run` and `warden proxy` load them: once at the
+//! start ([`CredentialLoader::start`]) and again on every policy reload
+//! ([`Reloading`]), from the same host environment, the policy file's directory and
+//! this machine's vault ([`warden_agent::MachineVault`]: the control plane's when the
+//! machine is enrolled, else the local store). Every vault lease taken, at the start or
+//! by a reload, is ended when the loader is dropped, i.e. when the session ends.
+
+use crate::reload::Reload;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use warden_agent::MachineVault;
+use warden_egress::{Credentials, Egress, Interception, Reloaded};
+use warden_policy::Policy;
+use warden_secrets::{LeaseId, LoadContext, ProviderBinding, VaultClient};
+
+pub struct CredentialLoader {
+    /// Warden's own environment at the start (`env:` sources, `command:` helpers).
+    host_env: HashMap<String, String>,
+    /// Relative `file:` paths and `command:` helpers are resolved here.
+    base_dir: Option<PathBuf>,
+    session: String,
+    /// The LLM provider keys bound by the built-in preset (only without a policy file).
+    presets: Vec<ProviderBinding>,
+    vault: MachineVault,
+    leases: Mutex<Vec<LeaseId>>,
+}
+
+impl CredentialLoader {
+    /// For session `session` under the policy file `file` (`None`: the built-in preset
+    /// or the central policy, which bind the provider keys found in the environment).
+    pub fn new(file: Option<&Path>, session: &str) -> CredentialLoader {
+        let host_env: HashMap<String, String> = std::env::vars().collect();
+        let presets = if file.is_none() {
+            warden_secrets::provider_bindings(&host_env)
+        } else {
+            Vec::new()
+        };
+        CredentialLoader {
+            host_env,
+            base_dir: file.and_then(Path::parent).map(Path::to_path_buf),
+            session: session.to_string(),
+            presets,
+            vault: MachineVault::new(&crate::home::warden_home()),
+            leases: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn ctx(&self) -> LoadContext<'_> {
+        LoadContext {
+            env: &self.host_env,
+            base_dir: self.base_dir.as_deref(),
+            vault: Some(&self.vault),
+            session: &self.session,
+            command_timeout: warden_secrets::source::DEFAULT_COMMAND_TIMEOUT,
+        }
+    }
+
+    fn keep(&self, leases: Vec<LeaseId>) {
+        self.leases
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .extend(leases);
+    }
+
+    /// The session's interception: a fresh session CA, the upstream trust (system roots
+    /// plus `tls.extra_roots`) and every credential `policy` binds, loaded, with a
+    /// fresh placeholder or the one `given` names. A credential that cannot be loaded
+    /// refuses the session.
+    pub fn start(
+        &self,
+        policy: &Policy,
+        given: &HashMap<String, String>,
+    ) -> Result<Interception, String> {
+        let (icpt, leases) =
+            Interception::from_policy_adopting(policy, &self.ctx(), &self.presets, given)
+                .map_err(|e| format!("credentials: {e}"))?;
+        self.keep(leases);
+        Ok(icpt)
+    }
+
+    /// The credentials `policy` binds, for a session holding `current`
+    /// ([`Credentials::reloaded`]).
+    pub fn reload(&self, current: &Credentials, policy: &Policy) -> Result<Reloaded, String> {
+        let mut r = current
+            .reloaded(policy, &self.ctx(), &self.presets)
+            .map_err(|e| e.to_string())?;
+        self.keep(std::mem::take(&mut r.leases));
+        Ok(r)
+    }
+}
+
+impl Drop for CredentialLoader {
+    fn drop(&mut self) {
+        let leases = std::mem::take(
+            self.leases
+                .get_mut()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        for l in &leases {
+            if let Err(e) = self.vault.revoke(l) {
+                eprintln!("warden: could not end a credential lease: {e}");
+            }
+        }
+    }
+}
+
+/// An egress whose reloads bring the new policy's credentials along: what
+/// `watch_policy` reloads for `warden run` and `warden proxy`.
+pub struct Reloading {
+    pub egress: Egress,
+    pub loader: Arc<CredentialLoader>,
+    /// Prefixes the messages (`warden run`).
+    pub who: &'static str,
+}
+
+impl Reload for Reloading {
+    fn reload(&self, policy: Policy, source: String) {
+        let Some(current) = self.egress.credentials() else {
+            return self.egress.reload(policy, source);
+        };
+        match self.loader.reload(&current, &policy) {
+            Ok(r) => {
+                for p in &r.problems {
+                    eprintln!(
+                        "{}: {p}; the credential is left out until a policy change loads it\r",
+                        self.who
+                    );
+                }
+                self.egress
+                    .reload_with_credentials(policy, source, r.credentials, &r.problems);
+            }
+            Err(e) => {
+                eprintln!(
+                    "{}: the new policy's credentials cannot be used ({e}); the credentials in force stay, under the new policy's rules\r",
+                    self.who
+                );
+                self.egress.reload(policy, source);
+            }
+        }
+    }
+
+    fn policy_id(&self) -> String {
+        self.egress.policy_id()
+    }
+}
