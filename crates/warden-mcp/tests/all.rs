@@ -1220,3 +1220,115 @@ async fn credential_values_refused_towards_unbound_servers() {
     let raw = std::fs::read_to_string(env.dir.path().join("audit.jsonl")).unwrap();
     assert!(!raw.contains(REAL_SECRET), "secret in audit");
 }
+
+/// THREATS.md "token passthrough / confused deputy": the token a client presents to the
+/// gateway's HTTP front end (and any other credential-bearing header it sends) is the
+/// gateway's to check, never forwarded to an upstream server. A relay in front of a real
+/// HTTP MCP server records every byte the gateway sends it; a whole session's worth of
+/// traffic reaches the server and none of it carries the client's token or cookie.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_token_is_never_forwarded_upstream() {
+    use tokio::io::AsyncWriteExt;
+    let env = Env::new();
+    let (_server, sdk_port) = sdk_http_server().await;
+    let seen = Arc::new(std::sync::Mutex::new(Vec::<u8>::new()));
+    let relay = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let relay_port = relay.local_addr().unwrap().port();
+    let record = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut from_gw, _)) = relay.accept().await else {
+                return;
+            };
+            let record = record.clone();
+            tokio::spawn(async move {
+                let mut to_sdk = tokio::net::TcpStream::connect(("127.0.0.1", sdk_port))
+                    .await
+                    .unwrap();
+                let (mut gr, mut gw) = from_gw.split();
+                let (mut sr, mut sw) = to_sdk.split();
+                let up = async {
+                    let mut buf = vec![0u8; 16384];
+                    loop {
+                        let n = tokio::io::AsyncReadExt::read(&mut gr, &mut buf)
+                            .await
+                            .unwrap_or(0);
+                        if n == 0 {
+                            let _ = sw.shutdown().await;
+                            return;
+                        }
+                        record.lock().unwrap().extend_from_slice(&buf[..n]);
+                        if sw.write_all(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                };
+                let down = tokio::io::copy(&mut sr, &mut gw);
+                let _ = tokio::join!(up, down);
+            });
+        }
+    });
+    let cfg = env.config(vec![ServerConfig::new(
+        "sdk",
+        Transport::Url(format!("http://127.0.0.1:{relay_port}/mcp")),
+    )]);
+    let port = http_front(cfg).await;
+    let both = "application/json, text/event-stream";
+    // `post` sends `Authorization: Bearer t0k3n`; this one adds a cookie as well.
+    let post_with_cookie = async |sid: &str, body: &Value| {
+        use tokio::io::AsyncReadExt;
+        let body = body.to_string();
+        let req = format!(
+            "POST /mcp HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Bearer t0k3n\r\n\
+             Cookie: session=c00k1e-value\r\nAccept: {both}\r\nContent-Type: application/json\r\n\
+             Mcp-Session-Id: {sid}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        out
+    };
+    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "raw", "version": "0"}}});
+    let resp = post(port, None, both, &init).await;
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    let sid = resp
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .starts_with("mcp-session-id:")
+                .then(|| l.split_once(':').unwrap().1.trim().to_string())
+        })
+        .expect("no Mcp-Session-Id");
+    let note = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
+    assert!(
+        post_with_cookie(&sid, &note)
+            .await
+            .starts_with("HTTP/1.1 202")
+    );
+    let list = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"});
+    let resp = post_with_cookie(&sid, &list).await;
+    assert!(resp.contains("sdk__echo"), "{resp}");
+    let call = json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {
+        "name": "sdk__echo", "arguments": {"message": "through the relay"}}});
+    let resp = post_with_cookie(&sid, &call).await;
+    assert!(resp.contains("through the relay"), "{resp}");
+
+    let sent = String::from_utf8_lossy(&seen.lock().unwrap()).into_owned();
+    assert!(
+        sent.contains("tools/call") && sent.contains("through the relay"),
+        "the call never went through the relay: {sent}"
+    );
+    assert!(
+        !sent.contains("t0k3n"),
+        "the client's token went upstream: {sent}"
+    );
+    assert!(
+        !sent.contains("c00k1e"),
+        "the client's cookie went upstream: {sent}"
+    );
+}
