@@ -35,6 +35,7 @@
 mod cgroup;
 mod env;
 mod error;
+mod gitwatch;
 mod gvisor;
 mod init;
 mod landlock_layer;
@@ -53,13 +54,16 @@ use std::path::PathBuf;
 
 pub use env::{DEFAULT_ENV_PASSTHROUGH, session_env};
 pub use error::SandboxError;
+pub use gitwatch::{GitWatch, watch_git};
 pub use gvisor::{RUNSC_INSTALL_HINT, RUNSC_MIN_RELEASE, check_runsc_release, find_runsc};
 pub use init::init_main;
 pub use net::{
     DNS_ADDR, NetworkFds, PROXY_ADDR, TUN_MTU, TUN_NAME, TUN_V4, TUN_V6, defer_tun_teardown,
 };
 pub use preflight::{Check, preflight, preflight_report};
-pub use session::{Prepared, Session, SessionExit, prepare, prepare_with_trust_bundle, spawn};
+pub use session::{
+    Killer, Prepared, Session, SessionExit, prepare, prepare_with_trust_bundle, spawn,
+};
 
 /// `argv[1]` of a process started as a session init: the program set with
 /// [`set_init_program`], or else the current executable, which then checks it first thing

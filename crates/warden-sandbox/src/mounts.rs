@@ -652,14 +652,15 @@ fn build_dev(old: &OwnedFd, root: &OwnedFd) -> Result<(), String> {
 // and lays read-only binds over the repository's configuration and hooks, also those of
 // its submodules and a `core.hooksPath` inside the writable mounts. Commits, branches,
 // fetches and the index stay writable. See docs/decisions/0002-sandbox.md ("Git
-// repositories"), also for what this does not cover.
+// repositories"), also for what this does not cover, and crate::gitwatch for the
+// files that cannot be covered because they do not exist yet.
 
 /// What in a git directory runs or redirects commands: configuration, hooks, and the
 /// file that points a git directory at another one's configuration.
 const GIT_GUARDED: &[&str] = &["config", "config.worktree", "commondir", "hooks"];
 /// Nesting of `.git/modules/<name>/modules/...` followed, and entries read per level.
-const GIT_MODULES_MAX_DEPTH: usize = 3;
-const GIT_MODULES_MAX_ENTRIES: usize = 256;
+pub(crate) const GIT_MODULES_MAX_DEPTH: usize = 3;
+pub(crate) const GIT_MODULES_MAX_ENTRIES: usize = 256;
 /// Levels below the top of a writable mount searched for repositories, and entries read
 /// per mount (session start must not become a tree walk).
 const GIT_SCAN_DEPTH: usize = 2;
@@ -699,7 +700,7 @@ fn guard_git(req: &InitRequest, root: &OwnedFd) -> Result<Vec<Overmount>, String
     let mut repos = Vec::new();
     for m in &writable {
         let mut seen = 0;
-        find_repos(root, &m.target, 0, &mut seen, &mut repos)?;
+        find_repos(root, PROC, &m.target, 0, &mut seen, &mut repos)?;
     }
     for repo in &repos {
         let git = repo.join(".git");
@@ -729,9 +730,11 @@ fn guard_git(req: &InitRequest, root: &OwnedFd) -> Result<Vec<Overmount>, String
 
 /// Working trees (directories holding a `.git`) at `dir` and up to
 /// [`GIT_SCAN_DEPTH`] levels below it, not inside the directories the pattern walk
-/// skips either; at most [`GIT_SCAN_MAX_ENTRIES`] entries per mount are read.
-fn find_repos(
+/// skips either; at most [`GIT_SCAN_MAX_ENTRIES`] entries per mount are read. `dir` is
+/// resolved beneath `root`; `proc` is where procfs is mounted.
+pub(crate) fn find_repos(
     root: &OwnedFd,
+    proc: &str,
     dir: &Path,
     depth: usize,
     seen: &mut usize,
@@ -743,7 +746,7 @@ fn find_repos(
     if !d.dir {
         return Ok(());
     }
-    let Ok(rd) = fs::read_dir(fdp(&d.fd)) else {
+    let Ok(rd) = fs::read_dir(sys::fd_path(proc, &d.fd)) else {
         return Ok(());
     };
     let mut below = Vec::new();
@@ -763,7 +766,7 @@ fn find_repos(
         }
     }
     for b in below {
-        find_repos(root, &b, depth + 1, seen, out)?;
+        find_repos(root, proc, &b, depth + 1, seen, out)?;
     }
     Ok(())
 }

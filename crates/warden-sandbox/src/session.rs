@@ -408,6 +408,11 @@ impl Prepared {
         })
     }
 
+    /// What ends this session from another thread (e.g. [`crate::watch_git`]'s).
+    pub fn killer(&self) -> io::Result<Killer> {
+        Ok(Killer(self.session.pidfd.try_clone()?))
+    }
+
     /// Warnings reported by the init so far.
     pub fn warnings(&self) -> &[String] {
         &self.session.warnings
@@ -568,16 +573,7 @@ impl Session {
     /// namespace).
     pub fn kill(&self) {
         if self.reaped.is_none() {
-            // SAFETY: pidfd_send_signal on our own child's pidfd.
-            unsafe {
-                libc::syscall(
-                    libc::SYS_pidfd_send_signal,
-                    self.pidfd.as_raw_fd(),
-                    libc::SIGKILL,
-                    std::ptr::null::<u8>(),
-                    0u32,
-                )
-            };
+            kill_pidfd(&self.pidfd);
         }
     }
 
@@ -956,4 +952,29 @@ impl Drop for SignalGuard {
         SIG_PIPE.store(-1, Ordering::Relaxed);
         let _ = &self.wr;
     }
+}
+
+/// Ends a session from any thread: SIGKILL to its init (the kernel kills the rest of
+/// its PID namespace). Made by [`Prepared::killer`]; harmless once the session ended.
+#[derive(Debug)]
+pub struct Killer(OwnedFd);
+
+impl Killer {
+    pub fn kill(&self) {
+        kill_pidfd(&self.0);
+    }
+}
+
+fn kill_pidfd(pidfd: &OwnedFd) {
+    // SAFETY: pidfd_send_signal on a pidfd of our own child; a reaped child's pidfd
+    // only makes it fail with ESRCH.
+    unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            libc::SIGKILL,
+            std::ptr::null::<u8>(),
+            0u32,
+        )
+    };
 }

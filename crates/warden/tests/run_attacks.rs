@@ -432,6 +432,57 @@ fn git_hooks_and_config_cannot_be_planted_for_the_host(b: B) {
     assert!(env.ws.join(".git/HEAD").exists() && !env.ws.join(".git-old").exists());
 }
 
+/// `commondir` (and `config.worktree`) do not exist in a git directory, so nothing can
+/// be laid over them: planted, they would point the host's git at a configuration the
+/// agent wrote (`core.fsmonitor` runs on the next `git status`). The first one to
+/// appear is removed and ends the session; the repository on the host is as it was.
+fn git_redirect_files_planted_end_the_session(b: B) {
+    let env = Env::new_for(b, BASE);
+    assert!(git(&env.ws, &["init", "-q"]).status.success());
+    let inner = env.ws.join("libs/inner");
+    std::fs::create_dir_all(&inner).unwrap();
+    assert!(git(&inner, &["init", "-q"]).status.success());
+    let pwned = env.dir.path().join("pwned");
+    let o = env.sh(&format!(
+        "mkdir -p evil/hooks evil/objects evil/refs/heads && printf '[core]\\n\\tfsmonitor = \"touch {pwned}\"\\n' > evil/config; \
+         echo started; \
+         printf '../evil\\n' > libs/inner/.git/commondir.tmp && mv libs/inner/.git/commondir.tmp libs/inner/.git/commondir; \
+         sleep 5; echo survived",
+        pwned = pwned.display()
+    ));
+    let out = stdout(&o);
+    assert!(out.contains("started"), "{}", text(&o));
+    assert!(
+        !out.contains("survived"),
+        "the session went on: {}",
+        text(&o)
+    );
+    assert_eq!(o.status.code(), Some(137), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("libs/inner/.git/commondir"),
+        "{}",
+        text(&o)
+    );
+    assert!(!inner.join(".git/commondir").exists());
+    // The host's git in that repository still reads its own configuration.
+    let st = git(&inner, &["status", "--short"]);
+    assert!(st.status.success(), "{st:?}");
+    assert!(!pwned.exists(), "the planted fsmonitor ran");
+    let events = env.audit_events();
+    let plant = events
+        .iter()
+        .find(|e| e["action"] == "git_plant")
+        .expect("no git_plant event");
+    assert_eq!(plant["decision"], "deny", "{plant}");
+    assert!(
+        plant["target"]
+            .as_str()
+            .unwrap()
+            .ends_with("libs/inner/.git/commondir"),
+        "{plant}"
+    );
+}
+
 /// A policy that mounts a repository's `.git` writable itself opts it out of the guard.
 fn a_policy_mounting_git_writable_opts_out_of_the_git_guard(b: B) {
     let env = Env::new_for(b, BASE);
@@ -791,6 +842,7 @@ crate::per_backend!(
     host_abstract_socket_is_unreachable,
     dangerous_syscalls_fail,
     git_hooks_and_config_cannot_be_planted_for_the_host,
+    git_redirect_files_planted_end_the_session,
     a_policy_mounting_git_writable_opts_out_of_the_git_guard,
     i386_entry_point_kills_the_process,
     tiocsti_fails,

@@ -601,6 +601,36 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
         Ok(n) => n,
         Err(e) => return fail(&log, format!("starting the session's egress proxy: {e:#}")),
     };
+    // A file that would point the host's git at the agent's configuration cannot be
+    // covered before it exists: one appearing in a guarded `.git` is removed and ends
+    // the session (warden_sandbox::watch_git).
+    let killer = match prepared.killer() {
+        Ok(k) => k,
+        Err(e) => return fail(&log, format!("preparing the git guard: {e}")),
+    };
+    let (plant_log, plant_stamp) = (log.clone(), stamp.clone());
+    let _git_watch = match warden_sandbox::watch_git(&spec, move |path| {
+        killer.kill();
+        let what = path.display().to_string();
+        eprintln!(
+            "warden: the session created {what}, which would make git on this machine read \
+             a configuration or hooks the agent wrote; it was removed and the session ended\r"
+        );
+        let ev = Event::new(Surface::Filesystem, "git_plant", &what, Verdict::Deny)
+            .reason("a file that redirects git's configuration appeared in a guarded git directory; removed, session ended")
+            .enforced(true);
+        if let Err(e) = plant_log.record_durable(&plant_stamp, ev) {
+            eprintln!("warden: could not record it in the audit log: {e}");
+        }
+    }) {
+        Ok(w) => w,
+        Err(e) => {
+            return fail(
+                &log,
+                format!("watching the workspace's git directories: {e}"),
+            );
+        }
+    };
     let sess = match prepared.start() {
         Ok(s) => s,
         Err(e) => return fail(&log, e.to_string()),

@@ -1,0 +1,182 @@
+//! Files planted in a repository's git directory while a session runs.
+//!
+//! The session root guards what exists in a git directory (crate::mounts: `.git`
+//! pinned, its configuration and hooks read-only). Two files can redirect the host's
+//! git to a configuration the agent wrote and do not normally exist, so there is
+//! nothing to lay a read-only bind over: `commondir` (git then reads `config` and
+//! `hooks/` from the directory it names) and `config.worktree` (read when the
+//! repository enables `extensions.worktreeConfig`). A [`GitWatch`] watches each guarded
+//! git directory of the session's writable mounts (inotify, from outside the session)
+//! and, when one of them appears, removes it and tells the caller, which ends the
+//! session: the file existed for the time it took to notice (microseconds), once, and
+//! never again in that session. Git itself creates neither in a git directory (a linked
+//! worktree's `commondir` lives in `.git/worktrees/<name>/`).
+
+use crate::SandboxSpec;
+use crate::mounts;
+use rustix::fs::inotify;
+use std::collections::HashMap;
+use std::ffi::CStr;
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::thread::JoinHandle;
+
+/// What may not appear in a guarded git directory.
+const PLANTED: &[&CStr] = &[c"commondir", c"config.worktree"];
+
+/// Watches the session's git directories until dropped.
+pub struct GitWatch {
+    stop: Option<OwnedFd>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Drop for GitWatch {
+    fn drop(&mut self) {
+        drop(self.stop.take()); // the thread sees the pipe close
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Starts watching the git directories the session root guards (those of repositories
+/// at the top of `spec`'s writable mounts and up to two levels below, and their
+/// submodules'), as host paths. Each time a [`PLANTED`] file appears in one, it is
+/// removed and `on_plant` is called with its path. `Ok(None)`: nothing to watch.
+/// Call it before the command runs.
+pub fn watch_git(
+    spec: &SandboxSpec,
+    on_plant: impl Fn(&Path) + Send + 'static,
+) -> std::io::Result<Option<GitWatch>> {
+    let dirs = git_dirs(spec);
+    if dirs.is_empty() {
+        return Ok(None);
+    }
+    let ino = inotify::init(inotify::CreateFlags::CLOEXEC | inotify::CreateFlags::NONBLOCK)?;
+    let mut watched: HashMap<i32, (OwnedFd, PathBuf)> = HashMap::new();
+    for (fd, path) in dirs {
+        let via = crate::sys::fd_path("/proc", &fd);
+        let flags = inotify::WatchFlags::CREATE
+            | inotify::WatchFlags::MOVED_TO
+            | inotify::WatchFlags::ONLYDIR;
+        let wd = inotify::add_watch(&ino, &via, flags)?;
+        watched.insert(wd, (fd, path));
+    }
+    let (stop_rd, stop_wr) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
+    let thread = std::thread::Builder::new()
+        .name("warden-gitwatch".into())
+        .spawn(move || run(ino, stop_rd, watched, on_plant))?;
+    Ok(Some(GitWatch {
+        stop: Some(stop_wr),
+        thread: Some(thread),
+    }))
+}
+
+fn run(
+    ino: OwnedFd,
+    stop: OwnedFd,
+    watched: HashMap<i32, (OwnedFd, PathBuf)>,
+    on_plant: impl Fn(&Path),
+) {
+    let mut buf = [MaybeUninit::<u8>::uninit(); 4096];
+    loop {
+        let mut fds = [
+            libc::pollfd {
+                fd: ino.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: stop.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // SAFETY: poll on two descriptors this thread owns, with their count.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+        if n < 0 {
+            if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return;
+        }
+        if fds[1].revents != 0 {
+            return; // the watch was dropped
+        }
+        let mut reader = inotify::Reader::new(ino.as_fd(), &mut buf);
+        loop {
+            let ev = match reader.next() {
+                Ok(ev) => ev,
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(_) => break, // WOULDBLOCK: every event read
+            };
+            let Some(name) = ev.file_name() else { continue };
+            if !PLANTED.contains(&name) {
+                continue;
+            }
+            let Some((dir, path)) = watched.get(&ev.wd()) else {
+                continue;
+            };
+            // Through the directory's descriptor: the path cannot be redirected.
+            let _ = rustix::fs::unlinkat(dir, name, rustix::fs::AtFlags::empty());
+            on_plant(&path.join(name.to_string_lossy().as_ref()));
+        }
+    }
+}
+
+/// The git directories of the repositories `crate::mounts` guards, as host paths with a
+/// descriptor each: `.git` directories of repositories in the writable mounts (not
+/// hidden, not themselves mounted by the policy) and of their submodules.
+fn git_dirs(spec: &SandboxSpec) -> Vec<(OwnedFd, PathBuf)> {
+    let Ok(root) = rustix::fs::open(
+        "/",
+        rustix::fs::OFlags::PATH | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    ) else {
+        return Vec::new();
+    };
+    let writable: Vec<_> = spec
+        .mounts
+        .iter()
+        .filter(|m| m.writable && !spec.hide.iter().any(|h| m.source.starts_with(h)))
+        .collect();
+    let mut repos = Vec::new();
+    for m in &writable {
+        let mut seen = 0;
+        let _ = mounts::find_repos(&root, "/proc", &m.source, 0, &mut seen, &mut repos);
+    }
+    let mut out = Vec::new();
+    for repo in repos {
+        let git = repo.join(".git");
+        if writable.iter().any(|m| m.source == git) {
+            continue; // the policy mounts it writable itself: not guarded
+        }
+        add_git_dir(&git, 0, &mut out);
+    }
+    out
+}
+
+/// `dir` if it is a directory (not a symlink), then its submodules' git directories.
+fn add_git_dir(dir: &Path, depth: usize, out: &mut Vec<(OwnedFd, PathBuf)>) {
+    let flags = rustix::fs::OFlags::PATH
+        | rustix::fs::OFlags::DIRECTORY
+        | rustix::fs::OFlags::NOFOLLOW
+        | rustix::fs::OFlags::CLOEXEC;
+    let Ok(fd) = rustix::fs::open(dir, flags, rustix::fs::Mode::empty()) else {
+        return;
+    };
+    out.push((fd, dir.to_path_buf()));
+    if depth >= mounts::GIT_MODULES_MAX_DEPTH {
+        return;
+    }
+    let modules = dir.join("modules");
+    let Ok(rd) = std::fs::read_dir(&modules) else {
+        return;
+    };
+    for ent in rd.flatten().take(mounts::GIT_MODULES_MAX_ENTRIES) {
+        if ent.file_type().is_ok_and(|t| t.is_dir()) {
+            add_git_dir(&modules.join(ent.file_name()), depth + 1, out);
+        }
+    }
+}
