@@ -25,8 +25,10 @@ pub(crate) struct SystemPem {
     pub text: String,
     /// The body of each certificate in `text`: its base64 in canonical lines (64
     /// columns, each line ending in `\n`), so that two blocks are the same certificate
-    /// exactly when their bodies are equal.
-    bodies: Vec<Vec<u8>>,
+    /// exactly when their bodies are equal. Kept as ranges of `text`: the store is read
+    /// into as few fresh pages as can be (first touches of memory are a good part of the
+    /// cost here).
+    bodies: Vec<std::ops::Range<usize>>,
     /// `bodies` by [`digest`].
     index: HashMap<u64, Vec<usize>>,
     /// What could not be read, worded as `rustls-native-certs` words it.
@@ -53,14 +55,19 @@ impl SystemPem {
     fn load_from(file: Option<&Path>, dirs: &[PathBuf]) -> SystemPem {
         let mut out = SystemPem::default();
         let mut seen = HashSet::new();
+        let mut buf = Vec::new();
         if let Some(file) = file {
             if let Ok(m) = fs::metadata(file) {
                 seen.insert(id(&m));
+                // The bundle holds (nearly) every certificate: room for it and a few more.
+                let len = usize::try_from(m.len()).unwrap_or(0);
+                out.text.reserve(len.saturating_add(16 << 10));
+                buf.reserve(len.saturating_add(1));
             }
-            out.read_file(file);
+            out.read_file(file, &mut buf);
         }
         for dir in dirs {
-            out.read_dir(dir, &mut seen);
+            out.read_dir(dir, &mut seen, &mut buf);
         }
         out
     }
@@ -69,31 +76,44 @@ impl SystemPem {
     pub fn from_der<'a>(certs: impl IntoIterator<Item = &'a [u8]>) -> SystemPem {
         let mut out = SystemPem::default();
         for der in certs {
-            out.push_body(body_of(der));
+            out.push_body(&body_of(der));
         }
         out
     }
 
     /// Appends the certificate with base64 `body` unless it is there already; true when
     /// it was added.
-    pub fn push_body(&mut self, body: Vec<u8>) -> bool {
-        if self.contains(&body) {
+    pub fn push_body(&mut self, body: &[u8]) -> bool {
+        if self.contains(body) {
             return false;
         }
-        push_block(&mut self.text, &body);
+        self.text.push_str("-----BEGIN CERTIFICATE-----\n");
+        let start = self.text.len();
+        // A body is checked base64 and newlines: ASCII.
+        self.text
+            .push_str(std::str::from_utf8(body).unwrap_or_default());
+        let range = start..self.text.len();
+        self.text.push_str("-----END CERTIFICATE-----\n");
         self.index
-            .entry(digest(&body))
+            .entry(digest(body))
             .or_default()
             .push(self.bodies.len());
-        self.bodies.push(body);
+        self.bodies.push(range);
         true
+    }
+
+    /// The bodies of the certificates in `text`.
+    #[cfg(test)]
+    fn bodies(&self) -> impl Iterator<Item = &[u8]> {
+        self.bodies.iter().map(|r| &self.text.as_bytes()[r.clone()])
     }
 
     /// Whether `text` holds the certificate with this body (canonical lines).
     pub fn contains(&self, body: &[u8]) -> bool {
-        self.index
-            .get(&digest(body))
-            .is_some_and(|ids| ids.iter().any(|i| self.bodies[*i] == body))
+        self.index.get(&digest(body)).is_some_and(|ids| {
+            ids.iter()
+                .any(|i| &self.text.as_bytes()[self.bodies[*i].clone()] == body)
+        })
     }
 
     /// How many certificates `text` holds.
@@ -101,17 +121,19 @@ impl SystemPem {
         self.bodies.len()
     }
 
-    fn read_file(&mut self, path: &Path) {
-        match fs::read(path) {
-            Ok(bytes) => {
-                for raw in cert_blocks(&bytes) {
+    /// Reads `path` (into `buf`, reused from file to file).
+    fn read_file(&mut self, path: &Path, buf: &mut Vec<u8>) {
+        buf.clear();
+        match fs::File::open(path).and_then(|mut f| io::Read::read_to_end(&mut f, buf)) {
+            Ok(_) => {
+                for raw in cert_blocks(buf) {
                     // The same text as a certificate already read: nothing to check.
                     if raw.as_ref().is_ok_and(|r| self.contains(r)) {
                         continue;
                     }
                     match raw.and_then(body_from) {
                         Ok(body) => {
-                            self.push_body(body);
+                            self.push_body(&body);
                         }
                         Err(why) => self.errors.push(format!(
                             "failed to read PEM from file: {why} in '{}'",
@@ -127,7 +149,7 @@ impl SystemPem {
         }
     }
 
-    fn read_dir(&mut self, dir: &Path, seen: &mut HashSet<(u64, u64)>) {
+    fn read_dir(&mut self, dir: &Path, seen: &mut HashSet<(u64, u64)>, buf: &mut Vec<u8>) {
         let reader = match fs::read_dir(dir) {
             Ok(r) => r,
             Err(e) => {
@@ -168,7 +190,7 @@ impl SystemPem {
                 }
             };
             if meta.is_file() && seen.insert(id(&meta)) {
-                self.read_file(&path);
+                self.read_file(&path, buf);
             }
         }
     }
@@ -228,9 +250,9 @@ fn cert_blocks(pem: &[u8]) -> impl Iterator<Item = Result<&[u8], &'static str>> 
 /// The body (canonical lines) of a block's text, or why it is not valid base64. Text
 /// already in canonical lines (as every distribution writes it) is taken as it is;
 /// any other is unwrapped, checked and wrapped again.
-fn body_from(raw: &[u8]) -> Result<Vec<u8>, &'static str> {
+fn body_from(raw: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>, &'static str> {
     if canonical(raw) {
-        return Ok(raw.to_vec());
+        return Ok(std::borrow::Cow::Borrowed(raw));
     }
     let flat: Vec<u8> = raw
         .iter()
@@ -238,7 +260,7 @@ fn body_from(raw: &[u8]) -> Result<Vec<u8>, &'static str> {
         .filter(|b| !b.is_ascii_whitespace())
         .collect();
     if valid_base64(&flat) {
-        Ok(wrap(&flat))
+        Ok(std::borrow::Cow::Owned(wrap(&flat)))
     } else {
         Err("invalid base64 in a CERTIFICATE block")
     }
@@ -340,7 +362,9 @@ mod tests {
             -----BEGIN TRUSTED CERTIFICATE-----\nQUJD\n-----END TRUSTED CERTIFICATE-----\n\
             -----BEGIN CERTIFICATE-----\r\nQU*D\r\n-----END CERTIFICATE-----\r\n\
             -----BEGIN CERTIFICATE-----\nQUI=\n";
-        let got: Vec<_> = cert_blocks(pem).map(|b| b.and_then(body_from)).collect();
+        let got: Vec<_> = cert_blocks(pem)
+            .map(|b| b.and_then(body_from).map(|c| c.into_owned()))
+            .collect();
         assert_eq!(
             got,
             vec![
@@ -370,7 +394,7 @@ mod tests {
             &long[64..]
         );
         let got: Vec<_> = cert_blocks(pem.as_bytes())
-            .map(|b| b.and_then(body_from))
+            .map(|b| b.and_then(body_from).map(|c| c.into_owned()))
             .collect();
         assert_eq!(got, vec![Ok(canon.into_bytes())]);
     }
@@ -437,7 +461,7 @@ mod tests {
             5,
             "the fixture holds five distinct certificates"
         );
-        let got: HashSet<Vec<u8>> = text.bodies.iter().cloned().collect();
+        let got: HashSet<Vec<u8>> = text.bodies().map(<[u8]>::to_vec).collect();
         assert_eq!(got, want);
         assert_eq!(text.text.matches("BEGIN CERTIFICATE").count(), 5);
         Ok(())

@@ -209,7 +209,10 @@ impl UpstreamTrust {
     /// roots are parsed from.
     pub fn session_bundle(&self, ca: &SessionCa) -> Result<String, TlsError> {
         let parts = self.parts()?;
-        let mut out = parts.system.text.clone();
+        // One allocation: the bundle is a few hundred KB of fresh pages.
+        let mut out =
+            String::with_capacity(parts.system.text.len() + (1 + parts.extra.len()) * 4096);
+        out.push_str(&parts.system.text);
         let mut added: Vec<Vec<u8>> = Vec::new();
         for cert in std::iter::once(ca.cert_der()).chain(&parts.extra) {
             let body = store::body_of(cert.as_ref());
