@@ -558,8 +558,10 @@ impl Interception {
     }
 
     /// Everything from the policy: a new [`SessionCa`], the upstream trust with the
-    /// policy's `tls.extra_roots` ([`UpstreamTrust::load_in_background`]: a load that
-    /// fails — no usable root, an unreadable `extra_roots` file — is reported by
+    /// policy's `tls.extra_roots` ([`UpstreamTrust::load_in_background`]: the system
+    /// store is read as text for the session bundle meanwhile, and parsed for upstream
+    /// verification at the first intercepted connection; a store without any
+    /// certificate or an unusable `extra_roots` file is reported by
     /// [`Interception::session_bundle`], [`Interception::trust_ready`] and every
     /// upstream handshake), and every `[[credentials]]` entry loaded with
     /// [`warden_secrets::load`] (plus `presets`, the provider bindings of the
@@ -583,8 +585,9 @@ impl Interception {
         presets: &[ProviderBinding],
         given: &HashMap<String, String>,
     ) -> Result<(Interception, Vec<LeaseId>), InterceptError> {
-        // The system roots load on their own thread while the rest is prepared: the
-        // first use of the trust (the session bundle, an upstream handshake) waits.
+        // The system store is read on its own thread while the rest is prepared (the
+        // session bundle waits for it); the roots are parsed at the first upstream
+        // handshake.
         let trust = UpstreamTrust::load_in_background(policy.doc().tls.extra_roots.clone());
         let ca = SessionCa::new()?;
         let mut creds = Vec::new();
@@ -622,15 +625,16 @@ impl Interception {
         &self.credentials
     }
 
-    /// Waits until the upstream trust is loaded; the load's error if it failed.
+    /// Waits until the trust a session needs before it starts is checked (see
+    /// [`UpstreamTrust::wait`]); the error if it failed.
     pub fn trust_ready(&self) -> Result<(), TlsError> {
         self.trust.wait()
     }
 
     /// The PEM bundle the session trusts: system roots, the session CA, `extra_roots`.
     /// Overlay it at `/etc/ssl/certs/ca-certificates.crt` and point [`Self::session_env`]
-    /// at it. Waits for the upstream trust to be loaded; its error if that failed
-    /// (no usable root, an unreadable `tls.extra_roots` file).
+    /// at it. Waits for the system store to be read; the error if the store holds no
+    /// certificate (and `tls.extra_roots` none) or a `tls.extra_roots` file is unusable.
     pub fn session_bundle(&self) -> Result<String, TlsError> {
         self.trust.session_bundle(&self.ca)
     }

@@ -22,6 +22,7 @@
 //! One crypto backend: rustls and rcgen both use aws-lc-rs.
 
 mod ca;
+mod store;
 mod trust;
 
 /// The rustls this crate builds configs for; use it so versions always match.

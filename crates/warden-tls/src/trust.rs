@@ -1,7 +1,7 @@
 //! Trust toward upstreams, and the CA bundle a session trusts.
 
+use crate::store::{self, SystemPem};
 use crate::{Alpn, SessionCa, TlsError};
-use base64::Engine;
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 use rustls::{ClientConfig, RootCertStore};
@@ -17,15 +17,19 @@ use std::thread::JoinHandle;
 /// among them, so a minted leaf can never be mistaken for a real upstream.
 ///
 /// Load once per session; [`UpstreamTrust::client_config`] builds each ALPN variant
-/// once and then hands out clones of the same `Arc`. Reading the system store (a
-/// bundle and every file of `/etc/ssl/certs`) takes a few milliseconds:
-/// [`UpstreamTrust::load_in_background`] does it on a thread of its own while the
-/// caller goes on, and every method that needs the roots waits for them.
+/// once and then hands out clones of the same `Arc`. Parsing the system store (a
+/// bundle and every file of `/etc/ssl/certs`, ≈ 3 ms of CPU) is only needed for the
+/// first upstream handshake, and a session's trust bundle does not need it at all:
+/// [`UpstreamTrust::load_in_background`] reads the store as text on a thread of its own
+/// for the bundle (and checks the extra roots), and parses the roots on first use.
 pub struct UpstreamTrust {
-    /// Set once the roots are loaded (or failed to load).
+    extra_roots: Vec<PathBuf>,
+    /// The parsed roots: set by [`UpstreamTrust::load`], else on first use.
     roots: OnceLock<Result<Roots, Arc<TlsError>>>,
-    /// The thread loading them, until someone has waited for it.
-    loading: Mutex<Option<JoinHandle<Result<Roots, TlsError>>>>,
+    /// What a session bundle is made of (set once read, or failed to be).
+    parts: OnceLock<Result<BundleParts, Arc<TlsError>>>,
+    /// The thread reading `parts`, until someone has waited for it.
+    loading: Mutex<Option<JoinHandle<Result<BundleParts, TlsError>>>>,
     configs: [OnceLock<Arc<ClientConfig>>; 4],
 }
 
@@ -35,8 +39,12 @@ struct Roots {
     extra: Vec<CertificateDer<'static>>,
     store: Arc<RootCertStore>,
     provider: Arc<rustls::crypto::CryptoProvider>,
-    /// `system` as PEM, encoded with the load (the start of every session bundle).
-    system_pem: String,
+}
+
+/// What the bundles are made of: the system store as text and the extra roots.
+struct BundleParts {
+    system: SystemPem,
+    extra: Vec<CertificateDer<'static>>,
 }
 
 impl fmt::Debug for UpstreamTrust {
@@ -47,7 +55,7 @@ impl fmt::Debug for UpstreamTrust {
                 .field("system_roots", &r.system.len())
                 .field("extra_roots", &r.extra.len()),
             Some(Err(e)) => d.field("failed", &e.to_string()),
-            None => d.field("loading", &true),
+            None => d.field("parsed", &false),
         };
         d.finish_non_exhaustive()
     }
@@ -60,30 +68,38 @@ impl UpstreamTrust {
     /// use, is an error naming the file (a typo must not silently drop a root). An
     /// empty system store is accepted only if `extra_roots` supplies at least one root.
     pub fn load(extra_roots: &[PathBuf]) -> Result<Self, TlsError> {
-        load_roots(extra_roots).map(Self::ready)
+        load_roots(extra_roots).map(|r| Self::ready(r, extra_roots.to_vec()))
     }
 
-    /// [`UpstreamTrust::load`] on a thread of its own: returns at once, and the first
-    /// method that needs the roots waits for them. A load that fails is reported by
-    /// every such method ([`UpstreamTrust::wait`], [`UpstreamTrust::client_config`],
-    /// the bundles) with the error [`UpstreamTrust::load`] would have returned, so a
-    /// caller that must not go on without the roots calls [`UpstreamTrust::wait`]
-    /// before it does.
+    /// Returns at once; reads the system store as text (for the session bundle) and
+    /// checks `extra_roots` on a thread of its own, and parses the upstream roots when
+    /// they are first needed ([`UpstreamTrust::client_config`]).
+    ///
+    /// The same failures as [`UpstreamTrust::load`], with the same errors, at two
+    /// points: [`UpstreamTrust::wait`] and the bundles report an `extra_roots` file
+    /// that cannot be read or holds no usable CA certificate, and a system store
+    /// without a single certificate when `extra_roots` is empty (a missing or
+    /// unreadable store) — so a session that waits for its bundle is refused before it
+    /// starts, as before. Only a store whose certificates are all unusable to rustls
+    /// (present as text, none parsable) is found at the first upstream handshake,
+    /// which then fails with [`TlsError::NoRoots`].
     pub fn load_in_background(extra_roots: Vec<PathBuf>) -> Self {
         let paths = extra_roots.clone();
         let spawned = std::thread::Builder::new()
             .name("warden-ca-roots".into())
-            .spawn(move || load_roots(&paths));
-        let (roots, handle) = match spawned {
+            .spawn(move || load_parts(&paths));
+        let (parts, handle) = match spawned {
             Ok(handle) => (OnceLock::new(), Some(handle)),
-            // No thread to be had: load here instead.
+            // No thread to be had: read here instead.
             Err(_) => (
-                OnceLock::from(load_roots(&extra_roots).map_err(Arc::new)),
+                OnceLock::from(load_parts(&extra_roots).map_err(Arc::new)),
                 None,
             ),
         };
         Self {
-            roots,
+            extra_roots,
+            roots: OnceLock::new(),
+            parts,
             loading: Mutex::new(handle),
             configs: Default::default(),
         }
@@ -95,24 +111,28 @@ impl UpstreamTrust {
         system: Vec<CertificateDer<'static>>,
         extra_roots: &[PathBuf],
     ) -> Result<Self, TlsError> {
-        roots_from_parts(system, extra_roots).map(Self::ready)
+        roots_from_parts(system, extra_roots).map(|r| Self::ready(r, extra_roots.to_vec()))
     }
 
-    fn ready(roots: Roots) -> Self {
+    fn ready(roots: Roots, extra_roots: Vec<PathBuf>) -> Self {
         Self {
+            extra_roots,
             roots: OnceLock::from(Ok(roots)),
+            parts: OnceLock::new(),
             loading: Mutex::new(None),
             configs: Default::default(),
         }
     }
 
-    /// Waits until the roots are loaded; the load's error if it failed.
+    /// Waits until what a session needs before it starts is there: the system store
+    /// read (not empty, unless `extra_roots` has a root) and every `extra_roots` file
+    /// usable. The error [`UpstreamTrust::load`] would have returned if not.
     pub fn wait(&self) -> Result<(), TlsError> {
-        self.roots().map(|_| ())
+        self.parts().map(|_| ())
     }
 
-    fn roots(&self) -> Result<&Roots, TlsError> {
-        if self.roots.get().is_none() {
+    fn parts(&self) -> Result<&BundleParts, TlsError> {
+        if self.parts.get().is_none() {
             let mut loading = self.loading.lock().unwrap_or_else(PoisonError::into_inner);
             if let Some(handle) = loading.take() {
                 let loaded = handle.join().unwrap_or_else(|_| {
@@ -120,15 +140,38 @@ impl UpstreamTrust {
                         detail: "the thread loading them panicked".to_string(),
                     })
                 });
-                let _ = self.roots.set(loaded.map_err(Arc::new));
+                let _ = self.parts.set(loaded.map_err(Arc::new));
             }
         }
-        match self.roots.get() {
-            Some(Ok(roots)) => Ok(roots),
-            Some(Err(e)) => Err(TlsError::Background(e.clone())),
-            None => Err(TlsError::NoRoots {
-                detail: "they were never loaded".to_string(),
-            }),
+        let parts = self.parts.get_or_init(|| {
+            // Parsed eagerly (load, from_parts): the same certificates, as text.
+            self.roots()
+                .map(|r| BundleParts {
+                    system: SystemPem::from_der(r.system.iter().map(|c| c.as_ref())),
+                    extra: r.extra.clone(),
+                })
+                .map_err(|e| match e {
+                    TlsError::Background(e) => e,
+                    other => Arc::new(other),
+                })
+        });
+        match parts {
+            Ok(parts) => Ok(parts),
+            Err(e) => Err(TlsError::Background(e.clone())),
+        }
+    }
+
+    fn roots(&self) -> Result<&Roots, TlsError> {
+        // A store that failed the session-start check fails here the same way.
+        if let Some(Err(e)) = self.parts.get() {
+            return Err(TlsError::Background(e.clone()));
+        }
+        let roots = self
+            .roots
+            .get_or_init(|| load_roots(&self.extra_roots).map_err(Arc::new));
+        match roots {
+            Ok(roots) => Ok(roots),
+            Err(e) => Err(TlsError::Background(e.clone())),
         }
     }
 
@@ -151,30 +194,65 @@ impl UpstreamTrust {
 
     /// The system roots and extra roots as one PEM bundle (no session CA).
     pub fn pem_bundle(&self) -> Result<String, TlsError> {
-        let roots = self.roots()?;
-        let mut out = roots.system_pem.clone();
-        for cert in &roots.extra {
+        let parts = self.parts()?;
+        let mut out = parts.system.text.clone();
+        for cert in &parts.extra {
             push_pem(&mut out, cert);
         }
         Ok(out)
     }
 
     /// The session's trust bundle: system roots, then the session CA, then the extra
-    /// roots, deduplicated. Certificates only: it never contains a private key.
+    /// roots, each certificate once. Certificates only: it never contains a private
+    /// key. The system roots are the store's certificates copied as text (see
+    /// [`UpstreamTrust::load_in_background`]): the same certificates the upstream
+    /// roots are parsed from.
     pub fn session_bundle(&self, ca: &SessionCa) -> Result<String, TlsError> {
-        let roots = self.roots()?;
-        let mut out = roots.system_pem.clone();
-        // `system` is deduplicated already; the few others are checked one by one.
-        let mut added: Vec<&[u8]> = Vec::new();
-        for cert in std::iter::once(ca.cert_der()).chain(&roots.extra) {
-            let der = cert.as_ref();
-            if !added.contains(&der) && !roots.system.iter().any(|s| s.as_ref() == der) {
-                added.push(der);
-                push_pem(&mut out, cert);
+        let parts = self.parts()?;
+        // One allocation: the bundle is a few hundred KB of fresh pages.
+        let mut out =
+            String::with_capacity(parts.system.text.len() + (1 + parts.extra.len()) * 4096);
+        out.push_str(&parts.system.text);
+        let mut added: Vec<Vec<u8>> = Vec::new();
+        for cert in std::iter::once(ca.cert_der()).chain(&parts.extra) {
+            let body = store::body_of(cert.as_ref());
+            if !added.contains(&body) && !parts.system.contains(&body) {
+                store::push_block(&mut out, &body);
+                added.push(body);
             }
         }
         Ok(out)
     }
+}
+
+/// What [`UpstreamTrust::load_in_background`] reads before a session starts: the
+/// system store as text and the extra roots, checked as [`roots_from_parts`] checks them.
+fn load_parts(extra_roots: &[PathBuf]) -> Result<BundleParts, TlsError> {
+    let system = SystemPem::load();
+    let mut store = RootCertStore::empty();
+    let mut extra = Vec::new();
+    for path in extra_roots {
+        for cert in read_pem_certs(path)? {
+            store.add(cert.clone()).map_err(|e| TlsError::ExtraRoot {
+                path: path.clone(),
+                reason: format!("not a usable CA certificate: {e}"),
+            })?;
+            extra.push(cert);
+        }
+    }
+    if system.len() == 0 && store.is_empty() {
+        return Err(TlsError::NoRoots {
+            detail: if system.errors.is_empty() {
+                "no certificates found".to_string()
+            } else {
+                system.errors.join("; ")
+            },
+        });
+    }
+    Ok(BundleParts {
+        system,
+        extra: dedup(extra),
+    })
 }
 
 fn load_roots(extra_roots: &[PathBuf]) -> Result<Roots, TlsError> {
@@ -220,16 +298,11 @@ fn roots_from_parts(
             detail: "no certificates found".to_string(),
         });
     }
-    let mut system_pem = String::with_capacity(system.iter().map(|c| c.len() * 4 / 3 + 80).sum());
-    for cert in &system {
-        push_pem(&mut system_pem, cert);
-    }
     Ok(Roots {
         system,
         extra: dedup(extra),
         store: Arc::new(store),
         provider: Arc::new(rustls::crypto::aws_lc_rs::default_provider()),
-        system_pem,
     })
 }
 
@@ -306,17 +379,5 @@ fn dedup(certs: Vec<CertificateDer<'static>>) -> Vec<CertificateDer<'static>> {
 }
 
 fn push_pem(out: &mut String, cert: &CertificateDer<'_>) {
-    let b64 = base64::engine::general_purpose::STANDARD.encode(cert.as_ref());
-    out.push_str("-----BEGIN CERTIFICATE-----\n");
-    // Base64 output is ASCII: every split is at a character boundary.
-    let mut rest = b64.as_str();
-    while let Some((line, tail)) = rest.split_at_checked(rest.len().min(64)) {
-        if line.is_empty() {
-            break;
-        }
-        out.push_str(line);
-        out.push('\n');
-        rest = tail;
-    }
-    out.push_str("-----END CERTIFICATE-----\n");
+    store::push_block(out, &store::body_of(cert.as_ref()));
 }

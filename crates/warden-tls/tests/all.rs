@@ -218,10 +218,19 @@ fn roots_loaded_in_the_background_are_the_same_roots() -> Result<(), BoxError> {
     std::fs::write(&pem, extra.cert_pem())?;
     let eager = UpstreamTrust::load(std::slice::from_ref(&pem))?;
     let background = UpstreamTrust::load_in_background(vec![pem]);
-    assert_eq!(background.session_bundle(&ca)?, eager.session_bundle(&ca)?);
-    assert_eq!(background.pem_bundle()?, eager.pem_bundle()?);
-    assert_eq!(format!("{background:?}"), format!("{eager:?}"));
+    // The session bundle is the store read as text, the eager one the parsed roots
+    // encoded: the same certificates.
+    let session = certs_of(&background.session_bundle(&ca)?);
+    assert_eq!(session, certs_of(&eager.session_bundle(&ca)?));
+    assert!(session.contains(ca.cert_der().as_ref()));
+    assert!(session.contains(extra.cert_der().as_ref()));
+    assert_eq!(
+        certs_of(&background.pem_bundle()?),
+        certs_of(&eager.pem_bundle()?)
+    );
+    // The roots themselves are parsed on first use, from the same store.
     background.client_config(Alpn::H2AndHttp1)?;
+    assert_eq!(format!("{background:?}"), format!("{eager:?}"));
     Ok(())
 }
 
@@ -245,6 +254,17 @@ fn a_background_load_that_fails_is_reported_by_every_use() -> Result<(), BoxErro
         );
     }
     Ok(())
+}
+
+/// The distinct certificates (DER) of a PEM bundle.
+fn certs_of(bundle: &str) -> std::collections::BTreeSet<Vec<u8>> {
+    use rustls::pki_types::{CertificateDer, pem::PemObject};
+    let certs: Vec<Vec<u8>> = CertificateDer::pem_slice_iter(bundle.as_bytes())
+        .map(|c| c.map(|c| c.as_ref().to_vec()))
+        .collect::<Result<_, _>>()
+        .unwrap_or_default();
+    assert!(!certs.is_empty(), "no certificate in the bundle");
+    certs.into_iter().collect()
 }
 
 fn contains_der(bundle: &str, der: &[u8]) -> bool {
