@@ -101,8 +101,8 @@ async fn connect(egress: Egress, req: Request<Incoming>, ctx: Ctx) -> Response<B
     };
     tokio::spawn(async move {
         match hyper::upgrade::on(req).await {
-            // The client's own socket when nothing was read ahead, so the relay can
-            // splice; otherwise the socket behind what hyper read ahead.
+            // The client's own socket when nothing was read ahead (the relay then uses
+            // its halves directly); otherwise the socket behind what hyper read ahead.
             Ok(upgraded) => match upgraded.downcast::<TokioIo<TcpStream>>() {
                 Ok(parts) if parts.read_buf.is_empty() => {
                     tunnel::relay(&egress, parts.io.into_inner(), upstream).await

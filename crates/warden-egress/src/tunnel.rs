@@ -23,7 +23,7 @@ use crate::target::Target;
 use std::any::Any;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use warden_policy::host::{RequestHost, canonical_host};
 
@@ -33,8 +33,9 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// The relay buffer a tunnel starts with (what `tokio::io::copy` uses), so an idle
 /// tunnel costs no more than before ...
 const MIN_BUF: usize = 8 * 1024;
-/// ... and what it grows to while reads keep filling it, so a bulk transfer takes an
-/// eighth of the syscalls and wake-ups (bench/proxy.sh: the 1 GiB CONNECT transfer).
+/// ... and what it grows to while reads keep filling it, so a bulk transfer takes a
+/// thirty-second of the syscalls and wake-ups (bench/proxy.sh: the 1 GiB CONNECT
+/// transfer; 64 KiB and 1 MiB were measured too and were no faster).
 const MAX_BUF: usize = 256 * 1024;
 
 /// The HTTP/2 connection preface (prior knowledge, RFC 9113 §3.4).
@@ -215,8 +216,8 @@ async fn plain_http<C>(
 
 /// Relay bytes both ways. Upstream-to-client bytes flow from the start;
 /// client-to-upstream bytes (after `first`, already read) wait for the ClientHello
-/// check. When the client is a TCP socket too (the explicit proxy's CONNECT), bulk
-/// data moves with splice(2) ([`pump`]).
+/// check. A TCP client (the explicit proxy's CONNECT) is split into its owned halves,
+/// which need no lock between the two directions.
 async fn relay_raw<C>(
     egress: &Egress,
     client: C,
@@ -251,8 +252,8 @@ async fn relay_halves<CR, CW>(
     mut guard: ConnGuard,
     first: Vec<u8>,
 ) where
-    CR: AsyncRead + MaybeTcp + Send + Unpin,
-    CW: AsyncWrite + MaybeTcp + Send + Unpin,
+    CR: AsyncRead + Send + Unpin,
+    CW: AsyncWrite + Send + Unpin,
 {
     let counters = guard.counters.clone();
     let (mut ur, mut uw) = stream.into_split();
@@ -319,37 +320,18 @@ async fn relay_halves<CR, CW>(
     }
 }
 
-/// A relay half that may be a TCP socket's (then bulk data can be spliced).
-pub(crate) trait MaybeTcp {
-    fn tcp(&self) -> Option<&TcpStream> {
-        None
-    }
-}
-
-impl MaybeTcp for tokio::net::tcp::OwnedReadHalf {
-    fn tcp(&self) -> Option<&TcpStream> {
-        Some(self.as_ref())
-    }
-}
-
-impl MaybeTcp for tokio::net::tcp::OwnedWriteHalf {
-    fn tcp(&self) -> Option<&TcpStream> {
-        Some(self.as_ref())
-    }
-}
-
-impl<T> MaybeTcp for tokio::io::ReadHalf<T> {}
-impl<T> MaybeTcp for tokio::io::WriteHalf<T> {}
-
-/// Copy `r` to `w` until `r` ends, adding each byte to `count`: [`copy_growing`]'s
-/// growing buffer, until a read fills the largest buffer while both ends are TCP
-/// sockets; from then on the kernel moves the data (splice(2) through a pipe,
-/// [`splice_all`]), so a bulk transfer is never copied through this process. An idle
-/// tunnel holds no pipe.
+/// Copy `r` to `w` until `r` ends, adding each byte to `count`. The buffer starts at
+/// [`MIN_BUF`] and doubles up to [`MAX_BUF`] while reads keep filling it.
+///
+/// The bytes are copied through this process on purpose: moving them with splice(2)
+/// through a pipe cost the proxy a little less CPU, but the receiving client far more
+/// (its `recv` of spliced pages: curl's CPU for a 1 GiB TLS download through the tunnel
+/// went from 0.68 s to 0.96 s), and the transfer ran about 10 % slower end to end
+/// (docs/benchmarks.md, "CONNECT transfer").
 async fn pump<R, W>(r: &mut R, w: &mut W, count: &AtomicU64) -> std::io::Result<u64>
 where
-    R: AsyncRead + MaybeTcp + Unpin,
-    W: AsyncWrite + MaybeTcp + Unpin,
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
 {
     let mut buf = vec![0u8; MIN_BUF];
     let mut total = 0u64;
@@ -362,74 +344,8 @@ where
         w.flush().await?;
         total += n as u64;
         count.fetch_add(n as u64, Ordering::Relaxed);
-        if n == buf.len() {
-            if let (Some(from), Some(to)) = (r.tcp(), w.tcp()) {
-                match splice_all(from, to, count).await {
-                    Ok(more) => return Ok(total + more),
-                    // No pipe to be had (descriptor limit): go on copying.
-                    Err(Spliced::NoPipe(e)) => {
-                        tracing::debug!("relay: no pipe for splice ({e}); copying");
-                    }
-                    Err(Spliced::Io(e)) => return Err(e),
-                }
-            }
-            if buf.len() < MAX_BUF {
-                buf.resize((buf.len() * 2).min(MAX_BUF), 0);
-            }
-        }
-    }
-}
-
-/// Why [`splice_all`] stopped short.
-enum Spliced {
-    NoPipe(std::io::Error),
-    Io(std::io::Error),
-}
-
-/// What a splice pipe is asked to hold (the kernel may grant less).
-const PIPE_SIZE: usize = 1024 * 1024;
-
-/// Move everything `from` sends to `to` through a pipe with splice(2) until `from`
-/// ends; the number of bytes moved. The pipe is emptied before each fill, so an
-/// `EAGAIN` on a fill always means "the socket has nothing", never "the pipe is full".
-async fn splice_all(from: &TcpStream, to: &TcpStream, count: &AtomicU64) -> Result<u64, Spliced> {
-    use rustix::pipe::{PipeFlags, SpliceFlags, pipe_with, splice};
-    let (pr, pw) = pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK)
-        .map_err(|e| Spliced::NoPipe(e.into()))?;
-    let size = rustix::pipe::fcntl_setpipe_size(&pw, PIPE_SIZE).unwrap_or(64 * 1024);
-    let flags = SpliceFlags::NONBLOCK | SpliceFlags::MOVE;
-    let mut total = 0u64;
-    loop {
-        let n = loop {
-            from.readable().await.map_err(Spliced::Io)?;
-            match from.try_io(Interest::READABLE, || {
-                splice(from, None, &pw, None, size, flags).map_err(std::io::Error::from)
-            }) {
-                Ok(n) => break n,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Err(Spliced::Io(e)),
-            }
-        };
-        if n == 0 {
-            return Ok(total);
-        }
-        let mut left = n;
-        while left > 0 {
-            to.writable().await.map_err(Spliced::Io)?;
-            match to.try_io(Interest::WRITABLE, || {
-                splice(&pr, None, to, None, left, flags).map_err(std::io::Error::from)
-            }) {
-                Ok(0) => {
-                    return Err(Spliced::Io(std::io::ErrorKind::WriteZero.into()));
-                }
-                Ok(m) => {
-                    left -= m;
-                    total += m as u64;
-                    count.fetch_add(m as u64, Ordering::Relaxed);
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Err(Spliced::Io(e)),
-            }
+        if n == buf.len() && buf.len() < MAX_BUF {
+            buf.resize((buf.len() * 2).min(MAX_BUF), 0);
         }
     }
 }
@@ -437,8 +353,6 @@ async fn splice_all(from: &TcpStream, to: &TcpStream, count: &AtomicU64) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    impl MaybeTcp for Vec<u8> {}
 
     fn data(len: usize) -> Vec<u8> {
         (0..len).map(|i| (i % 251) as u8).collect()
@@ -470,10 +384,10 @@ mod tests {
         }
     }
 
-    /// Between two TCP sockets a bulk transfer switches to splice(2): every byte
-    /// still arrives in order and is counted, and the writer's end of stream ends it.
+    /// Between the halves of two TCP sockets a bulk transfer arrives whole, in order
+    /// and counted, and the writer's end of stream ends it.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn pump_splices_between_tcp_sockets() {
+    async fn pump_relays_between_tcp_sockets() {
         async fn pair() -> (TcpStream, TcpStream) {
             let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let a = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
