@@ -737,6 +737,17 @@ async fn http_front(cfg: GatewayConfig) -> u16 {
     port
 }
 
+/// The `Mcp-Session-Id` of a raw HTTP response.
+fn session_id(resp: &str) -> String {
+    resp.lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .starts_with("mcp-session-id:")
+                .then(|| l.split_once(':').unwrap().1.trim().to_string())
+        })
+        .expect("no Mcp-Session-Id")
+}
+
 /// POST one JSON-RPC message; the whole raw HTTP response (the connection closes).
 async fn post(port: u16, session: Option<&str>, accept: &str, body: &Value) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -782,14 +793,7 @@ async fn http_post_streams_progress_then_the_result() {
             .contains("content-type: application/json"),
         "{resp}"
     );
-    let sid = resp
-        .lines()
-        .find_map(|l| {
-            l.to_ascii_lowercase()
-                .starts_with("mcp-session-id:")
-                .then(|| l.split_once(':').unwrap().1.trim().to_string())
-        })
-        .expect("no Mcp-Session-Id");
+    let sid = session_id(&resp);
     let note = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
     assert!(
         post(port, Some(&sid), both, &note)
@@ -1296,14 +1300,7 @@ async fn the_client_token_is_never_forwarded_upstream() {
         "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "raw", "version": "0"}}});
     let resp = post(port, None, both, &init).await;
     assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
-    let sid = resp
-        .lines()
-        .find_map(|l| {
-            l.to_ascii_lowercase()
-                .starts_with("mcp-session-id:")
-                .then(|| l.split_once(':').unwrap().1.trim().to_string())
-        })
-        .expect("no Mcp-Session-Id");
+    let sid = session_id(&resp);
     let note = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
     assert!(
         post_with_cookie(&sid, &note)

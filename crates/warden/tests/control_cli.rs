@@ -4,6 +4,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod control_common;
+
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
@@ -57,22 +59,7 @@ fn start_server(home: &Path, port: u16, key_byte: &str, extra: &[&std::ffi::OsSt
 }
 
 fn warden(home: &Path, server: &str, args: &[&str], stdin: Option<&str>) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_warden"))
-        .args(args)
-        .env("WARDEN_HOME", home)
-        .env("WARDEN_SERVER", server)
-        .env("WARDEN_TOKEN", ADMIN)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut input = child.stdin.take().unwrap();
-    if let Some(s) = stdin {
-        input.write_all(s.as_bytes()).unwrap();
-    }
-    drop(input);
-    child.wait_with_output().unwrap()
+    control_common::admin_cli(home, server, ADMIN, args, stdin.unwrap_or_default())
 }
 
 fn text(o: &Output) -> String {

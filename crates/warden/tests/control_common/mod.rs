@@ -19,6 +19,25 @@ impl Drop for Reaper {
     }
 }
 
+/// `warden ARGS` against the server at `url` with the admin token `token`, `home` as
+/// WARDEN_HOME and `stdin` as its standard input.
+pub fn admin_cli(home: &Path, url: &str, token: &str, args: &[&str], stdin: &str) -> Output {
+    let mut child = Command::new(WARDEN)
+        .args(args)
+        .env("WARDEN_HOME", home)
+        .env("WARDEN_SERVER", url)
+        .env("WARDEN_TOKEN", token)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    std::io::Write::write_all(&mut input, stdin.as_bytes()).unwrap();
+    drop(input);
+    child.wait_with_output().unwrap()
+}
+
 /// `warden server` with `home` as its WARDEN_HOME and `admin` as its bootstrap token.
 pub struct ControlServer {
     pub url: String,
@@ -65,20 +84,7 @@ impl ControlServer {
 
     /// [`ControlServer::cli`] with `stdin` as its standard input.
     pub fn cli_with_stdin(&self, home: &Path, args: &[&str], stdin: &str) -> Output {
-        let mut child = Command::new(WARDEN)
-            .args(args)
-            .env("WARDEN_HOME", home)
-            .env("WARDEN_SERVER", &self.url)
-            .env("WARDEN_TOKEN", self.admin)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut input = child.stdin.take().unwrap();
-        std::io::Write::write_all(&mut input, stdin.as_bytes()).unwrap();
-        drop(input);
-        child.wait_with_output().unwrap()
+        admin_cli(home, &self.url, self.admin, args, stdin)
     }
 
     /// Enroll the machine whose WARDEN_HOME is `home` with a fresh enrolment token,
