@@ -750,13 +750,24 @@ fn session_id(resp: &str) -> String {
 
 /// POST one JSON-RPC message; the whole raw HTTP response (the connection closes).
 async fn post(port: u16, session: Option<&str>, accept: &str, body: &Value) -> String {
+    post_with(port, session, accept, "", body).await
+}
+
+/// [`post`] with `extra` (whole header lines, each ending in CRLF) in the request.
+async fn post_with(
+    port: u16,
+    session: Option<&str>,
+    accept: &str,
+    extra: &str,
+    body: &Value,
+) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let body = body.to_string();
     let sid = session
         .map(|s| format!("Mcp-Session-Id: {s}\r\n"))
         .unwrap_or_default();
     let req = format!(
-        "POST /mcp HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Bearer t0k3n\r\nAccept: {accept}\r\nContent-Type: application/json\r\n{sid}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "POST /mcp HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Bearer t0k3n\r\n{extra}Accept: {accept}\r\nContent-Type: application/json\r\n{sid}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
@@ -1280,21 +1291,14 @@ async fn the_client_token_is_never_forwarded_upstream() {
     let both = "application/json, text/event-stream";
     // `post` sends `Authorization: Bearer t0k3n`; this one adds a cookie as well.
     let post_with_cookie = async |sid: &str, body: &Value| {
-        use tokio::io::AsyncReadExt;
-        let body = body.to_string();
-        let req = format!(
-            "POST /mcp HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Bearer t0k3n\r\n\
-             Cookie: session=c00k1e-value\r\nAccept: {both}\r\nContent-Type: application/json\r\n\
-             Mcp-Session-Id: {sid}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        );
-        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .unwrap();
-        s.write_all(req.as_bytes()).await.unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).await.unwrap();
-        out
+        post_with(
+            port,
+            Some(sid),
+            both,
+            "Cookie: session=c00k1e-value\r\n",
+            body,
+        )
+        .await
     };
     let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
         "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "raw", "version": "0"}}});
