@@ -180,3 +180,112 @@ fn add_git_dir(dir: &Path, depth: usize, out: &mut Vec<(OwnedFd, PathBuf)>) {
         }
     }
 }
+
+/// How deep below the top of a writable mount [`git_written_during`] looks for
+/// repositories, and how many directory entries it reads per mount at most.
+const REPORT_DEPTH: usize = 8;
+const REPORT_MAX_ENTRIES: usize = 20_000;
+
+/// A git directory the session wrote configuration into that the session root did not
+/// guard: a repository the agent created, or one deeper than the guard looks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GitWritten {
+    /// The repository (host path): the directory holding `.git`.
+    pub repo: PathBuf,
+    /// What was written, relative to the repository: `.git` (a pointer file or a
+    /// symlink), `.git/config`, `.git/hooks/pre-commit`, ...
+    pub written: Vec<String>,
+}
+
+/// After a session: the repositories in `spec`'s writable mounts whose git
+/// configuration, hooks or redirections (`config`, `config.worktree`, `commondir`,
+/// `hooks/*`, or `.git` itself as a file or symlink) changed at or after `since`, which
+/// the caller takes before the session starts. Change times are used, not
+/// modification times: a process can set the latter to anything, the kernel sets the
+/// former. `since` is moved 20 ms earlier: file times come from the kernel's coarse
+/// clock, which may lag the clock `since` was read from by a tick. Guarded repositories never show up (their configuration and hooks are
+/// read-only in the session, and planted redirections are removed, see [`watch_git`]);
+/// what does is what Warden could not guard. Looks up to [`REPORT_DEPTH`] levels deep,
+/// not into the directories the pattern walk skips, reading at most
+/// [`REPORT_MAX_ENTRIES`] entries per mount; symlinks are not followed.
+pub fn git_written_during(spec: &SandboxSpec, since: std::time::SystemTime) -> Vec<GitWritten> {
+    let since = since
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i128)
+        - 20_000_000;
+    let mut out = Vec::new();
+    for m in spec
+        .mounts
+        .iter()
+        .filter(|m| m.writable && !spec.hide.iter().any(|h| m.source.starts_with(h)))
+    {
+        let mut budget = REPORT_MAX_ENTRIES;
+        let mut dirs = vec![(m.source.clone(), 0usize)];
+        while let Some((dir, depth)) = dirs.pop() {
+            let Ok(rd) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for ent in rd.flatten() {
+                if budget == 0 {
+                    break;
+                }
+                budget -= 1;
+                let name = ent.file_name();
+                let Ok(kind) = ent.file_type() else { continue };
+                if name == ".git" {
+                    if let Some(w) = written_in(&dir, kind.is_dir(), since) {
+                        out.push(w);
+                    }
+                } else if kind.is_dir()
+                    && depth < REPORT_DEPTH
+                    && !crate::HIDE_WALK_SKIP_DIRS.iter().any(|s| *s == name)
+                {
+                    dirs.push((dir.join(&name), depth + 1));
+                }
+            }
+        }
+    }
+    out.sort_by(|a, b| a.repo.cmp(&b.repo));
+    out.dedup_by(|a, b| a.repo == b.repo);
+    out
+}
+
+/// What of `repo/.git` changed at or after `since` (nanoseconds since the epoch).
+fn written_in(repo: &Path, is_dir: bool, since: i128) -> Option<GitWritten> {
+    use std::os::unix::fs::MetadataExt;
+    let changed = |p: &Path| {
+        std::fs::symlink_metadata(p).is_ok_and(|m| {
+            i128::from(m.ctime()) * 1_000_000_000 + i128::from(m.ctime_nsec()) >= since
+        })
+    };
+    let git = repo.join(".git");
+    let mut written = Vec::new();
+    if !is_dir {
+        // A `gitdir:` pointer or a symlink: git follows either to a directory it names.
+        if changed(&git) {
+            written.push(".git".to_string());
+        }
+    } else {
+        for name in ["config", "config.worktree", "commondir"] {
+            if changed(&git.join(name)) {
+                written.push(format!(".git/{name}"));
+            }
+        }
+        let hooks = git.join("hooks");
+        if let Ok(rd) = std::fs::read_dir(&hooks) {
+            for ent in rd.flatten().take(mounts::GIT_MODULES_MAX_ENTRIES) {
+                let name = ent.file_name();
+                // Git never runs a `*.sample` (what `git init` writes).
+                if !name.as_encoded_bytes().ends_with(b".sample") && changed(&hooks.join(&name)) {
+                    written.push(format!(".git/hooks/{}", name.to_string_lossy()));
+                }
+            }
+        } else if changed(&hooks) {
+            written.push(".git/hooks".to_string());
+        }
+    }
+    (!written.is_empty()).then(|| GitWritten {
+        repo: repo.to_path_buf(),
+        written,
+    })
+}

@@ -54,7 +54,7 @@ use std::path::PathBuf;
 
 pub use env::{DEFAULT_ENV_PASSTHROUGH, session_env};
 pub use error::SandboxError;
-pub use gitwatch::{GitWatch, watch_git};
+pub use gitwatch::{GitWatch, GitWritten, git_written_during, watch_git};
 pub use gvisor::{RUNSC_INSTALL_HINT, RUNSC_MIN_RELEASE, check_runsc_release, find_runsc};
 pub use init::init_main;
 pub use net::{

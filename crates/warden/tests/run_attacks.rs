@@ -483,6 +483,62 @@ fn git_redirect_files_planted_end_the_session(b: B) {
     );
 }
 
+/// What the guard cannot cover — a repository the agent creates, one deeper than two
+/// levels — is reported once the session has ended: which git configuration and hooks
+/// it wrote, on stderr and as a `git_unguarded` deny that was not enforced. Guarded and
+/// untouched repositories are not reported.
+fn git_written_in_unguarded_repositories_is_reported(b: B) {
+    let env = Env::new_for(b, BASE);
+    assert!(git(&env.ws, &["init", "-q"]).status.success());
+    let deep = env.ws.join("a/b/c/deep");
+    let quiet = env.ws.join("x/y/z/quiet");
+    for r in [&deep, &quiet] {
+        std::fs::create_dir_all(r).unwrap();
+        assert!(git(r, &["init", "-q"]).status.success());
+    }
+    // Well past the setup's change times (the report allows 20 ms of clock lag).
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let o = env.sh(
+        "git init -q newrepo && git -C newrepo config core.fsmonitor 'touch /tmp/x' && \
+         printf '#!/bin/sh\\n' > a/b/c/deep/.git/hooks/post-checkout && \
+         chmod +x a/b/c/deep/.git/hooks/post-checkout && \
+         { git config core.fsmonitor x 2>/dev/null || true; } && echo done",
+    );
+    assert!(stdout(&o).contains("done"), "{}", text(&o));
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    let newrepo = env.ws.join("newrepo");
+    for (repo, what) in [
+        (&newrepo, ".git/config"),
+        (&deep, ".git/hooks/post-checkout"),
+    ] {
+        let line = err
+            .lines()
+            .find(|l| l.contains(&format!("in {} (", repo.display())))
+            .unwrap_or_else(|| panic!("{} not reported: {err}", repo.display()));
+        assert!(line.contains(what), "{line}");
+    }
+    assert!(!err.contains("quiet"), "{err}");
+    assert!(
+        !err.contains(&format!("in {} (", env.ws.display())),
+        "{err}"
+    );
+    let events = env.audit_events();
+    let mut reported: Vec<_> = events
+        .iter()
+        .filter(|e| e["action"] == "git_unguarded")
+        .inspect(|e| {
+            assert_eq!(e["decision"], "deny", "{e}");
+            assert_eq!(e["enforced"], false, "{e}");
+        })
+        .map(|e| e["target"].as_str().unwrap().to_string())
+        .collect();
+    reported.sort();
+    let mut want = vec![deep.display().to_string(), newrepo.display().to_string()];
+    want.sort();
+    assert_eq!(reported, want);
+}
+
 /// A policy that mounts a repository's `.git` writable itself opts it out of the guard.
 fn a_policy_mounting_git_writable_opts_out_of_the_git_guard(b: B) {
     let env = Env::new_for(b, BASE);
@@ -843,6 +899,7 @@ crate::per_backend!(
     dangerous_syscalls_fail,
     git_hooks_and_config_cannot_be_planted_for_the_host,
     git_redirect_files_planted_end_the_session,
+    git_written_in_unguarded_repositories_is_reported,
     a_policy_mounting_git_writable_opts_out_of_the_git_guard,
     i386_entry_point_kills_the_process,
     tiocsti_fails,

@@ -220,6 +220,9 @@ fn hide_lists(deny: &[String], home: &Path) -> (Vec<PathBuf>, Vec<String>) {
 
 pub fn main(args: Args) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
+    // What the session writes into git directories it could not guard is reported by
+    // its change time against this (warden_sandbox::git_written_during).
+    let began = std::time::SystemTime::now();
     let full = session_policy(args.policy.as_deref()).map_err(|e| anyhow::anyhow!("{e}"))?;
     // On an enrolled machine, the local policy a reload re-applies to each new central one.
     let local = full
@@ -646,6 +649,31 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
     };
     if let Some(m) = &exit.message {
         eprintln!("warden: {m}");
+    }
+    // Repositories the agent created (or deeper than the guard looks) got no read-only
+    // covers: say which ones it wrote configuration or hooks into, for the user to
+    // review before their git runs them, and record each as a deny that was not
+    // enforced.
+    for w in warden_sandbox::git_written_during(&spec, began) {
+        let what = w.written.join(", ");
+        let repo = w.repo.display();
+        eprintln!(
+            "warden: the session wrote git configuration Warden does not guard, in {repo} ({what}); \
+             git on this machine runs what it says (hooks, core.fsmonitor, ...): review it before \
+             running git there"
+        );
+        let ev = Event::new(
+            Surface::Filesystem,
+            "git_unguarded",
+            &w.repo.to_string_lossy(),
+            Verdict::Deny,
+        )
+        .reason("git configuration or hooks written in a repository the session root did not guard (created in the session, or deeper than two levels)")
+        .enforced(false)
+        .field("written", what);
+        if let Err(e) = log.record(&stamp, ev) {
+            eprintln!("warden: could not record it in the audit log: {e}");
+        }
     }
     let _ = log.record_durable(
         &stamp,
