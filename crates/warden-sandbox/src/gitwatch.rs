@@ -222,13 +222,13 @@ pub fn git_written_during(spec: &SandboxSpec, since: std::time::SystemTime) -> V
         let mut budget = REPORT_MAX_ENTRIES;
         let mut dirs = vec![(m.source.clone(), 0usize)];
         while let Some((dir, depth)) = dirs.pop() {
+            if budget == 0 {
+                break;
+            }
             let Ok(rd) = std::fs::read_dir(&dir) else {
                 continue;
             };
-            for ent in rd.flatten() {
-                if budget == 0 {
-                    break;
-                }
+            for ent in rd.flatten().take(budget) {
                 budget -= 1;
                 let name = ent.file_name();
                 let Ok(kind) = ent.file_type() else { continue };
