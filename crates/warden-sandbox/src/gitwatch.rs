@@ -136,11 +136,7 @@ fn git_dirs(spec: &SandboxSpec) -> Vec<(OwnedFd, PathBuf)> {
     ) else {
         return Vec::new();
     };
-    let writable: Vec<_> = spec
-        .mounts
-        .iter()
-        .filter(|m| m.writable && !spec.hide.iter().any(|h| m.source.starts_with(h)))
-        .collect();
+    let writable: Vec<_> = writable_mounts(spec).collect();
     let mut repos = Vec::new();
     for m in &writable {
         let mut seen = 0;
@@ -155,6 +151,13 @@ fn git_dirs(spec: &SandboxSpec) -> Vec<(OwnedFd, PathBuf)> {
         add_git_dir(&git, 0, &mut out);
     }
     out
+}
+
+/// The session's writable mounts that are not hidden as a whole.
+fn writable_mounts(spec: &SandboxSpec) -> impl Iterator<Item = &crate::Mount> {
+    spec.mounts
+        .iter()
+        .filter(|m| m.writable && !spec.hide.iter().any(|h| m.source.starts_with(h)))
 }
 
 /// `dir` if it is a directory (not a symlink), then its submodules' git directories.
@@ -203,9 +206,10 @@ pub struct GitWritten {
 /// the caller takes before the session starts. Change times are used, not
 /// modification times: a process can set the latter to anything, the kernel sets the
 /// former. `since` is moved 20 ms earlier: file times come from the kernel's coarse
-/// clock, which may lag the clock `since` was read from by a tick. Guarded repositories never show up (their configuration and hooks are
-/// read-only in the session, and planted redirections are removed, see [`watch_git`]);
-/// what does is what Warden could not guard. Looks up to [`REPORT_DEPTH`] levels deep,
+/// clock, which may lag the clock `since` was read from by a tick. Guarded
+/// repositories never show up (their configuration and hooks are read-only in the
+/// session, and planted redirections are removed, see [`watch_git`]); what does is
+/// what Warden could not guard. Looks up to [`REPORT_DEPTH`] levels deep,
 /// not into the directories the pattern walk skips, reading at most
 /// [`REPORT_MAX_ENTRIES`] entries per mount; symlinks are not followed.
 pub fn git_written_during(spec: &SandboxSpec, since: std::time::SystemTime) -> Vec<GitWritten> {
@@ -214,11 +218,7 @@ pub fn git_written_during(spec: &SandboxSpec, since: std::time::SystemTime) -> V
         .map_or(0, |d| d.as_nanos() as i128)
         - 20_000_000;
     let mut out = Vec::new();
-    for m in spec
-        .mounts
-        .iter()
-        .filter(|m| m.writable && !spec.hide.iter().any(|h| m.source.starts_with(h)))
-    {
+    for m in writable_mounts(spec) {
         let mut budget = REPORT_MAX_ENTRIES;
         let mut dirs = vec![(m.source.clone(), 0usize)];
         while let Some((dir, depth)) = dirs.pop() {
