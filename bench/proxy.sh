@@ -11,7 +11,9 @@
 #   4. RSS of the proxy holding 10,000 idle CONNECT tunnels (warden and squid)
 # The CONNECT transfer also goes through bench/relay.c, the floor: a minimal C relay
 # (blocking threads, 256 KiB copies, no policy at all), the most any proxy that carries
-# the bytes through its own memory can do on this machine.
+# the bytes through its own memory can do on this machine; and, as root, through
+# bench/sockmap_relay.c, which hands the tunnel to the kernel (a BPF sockmap redirect:
+# the bytes never reach user space).
 # plus, to explain 1 and 2, "fresh": direct with `Connection: close`, i.e. a new TCP
 # connection to nginx per request, which is what a proxy without an upstream
 # keep-alive pool pays on its upstream side.
@@ -167,6 +169,13 @@ cc -O2 -pthread -o "$WORK/relay" "$ROOT/bench/relay.c"
 RELAY_PORT=$(free_port)
 "$WORK/relay" "$RELAY_PORT" >"$WORK/relay.log" 2>&1 &
 PIDS+=($!); wait_port "$RELAY_PORT" relay $!
+KERNEL_PORT=""
+if [ "$(id -u)" = 0 ]; then
+  cc -O2 -o "$WORK/sockmap_relay" "$ROOT/bench/sockmap_relay.c"
+  KERNEL_PORT=$(free_port)
+  "$WORK/sockmap_relay" "$KERNEL_PORT" >"$WORK/kernel.log" 2>&1 &
+  PIDS+=($!); wait_port "$KERNEL_PORT" kernel $!
+fi
 
 # Sanity: each path fetches the page.
 for via in direct squid warden; do
@@ -186,7 +195,7 @@ wrk.path = "http://" .. target .. "/small"
 wrk.headers["Host"] = target
 EOF
 
-proxy_port() { case $1 in squid) echo "$SQUID_PORT" ;; warden) echo "$WARDEN_PORT" ;; relay) echo "$RELAY_PORT" ;; esac; }
+proxy_port() { case $1 in squid) echo "$SQUID_PORT" ;; warden) echo "$WARDEN_PORT" ;; relay) echo "$RELAY_PORT" ;; kernel) echo "$KERNEL_PORT" ;; esac; }
 
 wrk_run() { # via connections -> wrk output file
   local via=$1 conns=$2 out threads=2
@@ -225,7 +234,7 @@ transfer_mbs() { # via [tls] -> MB/s of a 1 GiB download (through a CONNECT tunn
 median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END { m = (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2; printf "%.1f", m }'; }
 
 declare -A LAT RPS MBS TLS
-for via in direct fresh squid warden relay; do LAT[$via]=""; RPS[$via]=""; MBS[$via]=""; TLS[$via]=""; done
+for via in direct fresh squid warden relay kernel; do LAT[$via]=""; RPS[$via]=""; MBS[$via]=""; TLS[$via]=""; done
 # Warm-up: one short run per path (connection setup, allocator), and the 1 GiB file
 # read once so that every measured transfer is served from the page cache.
 for via in direct squid warden; do
@@ -244,9 +253,13 @@ for ((r = 1; r <= ROUNDS; r++)); do
   done
   MBS[relay]+="$(transfer_mbs relay) "
   TLS[relay]+="$(transfer_mbs relay tls) "
+  if [ -n "$KERNEL_PORT" ]; then
+    MBS[kernel]+="$(transfer_mbs kernel) "
+    TLS[kernel]+="$(transfer_mbs kernel tls) "
+  fi
   echo "round $r/$ROUNDS (direct | fresh | squid | warden): p50 us ${LAT[direct]% } | ${LAT[fresh]% } | ${LAT[squid]% } | ${LAT[warden]% };" \
     "req/s ${RPS[direct]% } | ${RPS[fresh]% } | ${RPS[squid]% } | ${RPS[warden]% };" \
-    "MB/s TLS ${TLS[direct]% } | ${TLS[squid]% } | ${TLS[warden]% } | relay ${TLS[relay]% }, plain ${MBS[direct]% } | ${MBS[squid]% } | ${MBS[warden]% } | relay ${MBS[relay]% }" >&2
+    "MB/s TLS ${TLS[direct]% } | ${TLS[squid]% } | ${TLS[warden]% } | relay ${TLS[relay]% } | kernel ${TLS[kernel]% }, plain ${MBS[direct]% } | ${MBS[squid]% } | ${MBS[warden]% } | relay ${MBS[relay]% } | kernel ${MBS[kernel]% }" >&2
 done
 
 # --- idle tunnels: RSS before and while holding $TUNNELS CONNECT tunnels ---------
@@ -286,11 +299,16 @@ for via in direct fresh squid warden; do
 done
 # shellcheck disable=SC2086
 T[relay]=$(median ${TLS[relay]}); M[relay]=$(median ${MBS[relay]})
+T[kernel]=0; M[kernel]=0
+if [ -n "$KERNEL_PORT" ]; then
+  # shellcheck disable=SC2086
+  T[kernel]=$(median ${TLS[kernel]}); M[kernel]=$(median ${MBS[kernel]})
+fi
 python3 - "${L[direct]}" "${L[squid]}" "${L[warden]}" "${R[direct]}" "${R[squid]}" "${R[warden]}" \
   "${M[direct]}" "${M[squid]}" "${M[warden]}" "${RSS0[squid]}" "${RSS1[squid]}" "${HELD[squid]:-0/0}" \
   "${RSS0[warden]}" "${RSS1[warden]}" "${HELD[warden]:-0/0}" "$ROUNDS" "$SECS" \
   "${L[fresh]}" "${R[fresh]}" "${T[direct]}" "${T[squid]}" "${T[warden]}" \
-  "${T[relay]}" "${M[relay]}" <<'EOF'
+  "${T[relay]}" "${M[relay]}" "${T[kernel]}" "${M[kernel]}" <<'EOF'
 import sys
 a = sys.argv[1:]
 ld, ls, lw, rd, rs, rw, md, ms, mw = map(float, a[0:9])
@@ -299,6 +317,7 @@ rounds, secs = a[15], a[16]
 lf, rf = float(a[17]), float(a[18])
 td, ts, tw = map(float, a[19:22])
 tr, mr = map(float, a[22:24])
+tk, mk = map(float, a[24:26])
 print(f"proxy benchmark: median of {rounds} rounds, {secs} s wrk runs, nginx upstream on loopback")
 print(f"{'':28}{'direct':>10}{'squid':>10}{'warden':>10}")
 print(f"{'p50 latency, c=1 (us)':28}{ld:>10.1f}{ls:>10.1f}{lw:>10.1f}")
@@ -307,6 +326,8 @@ print(f"{'requests/s, c=64':28}{rd:>10.0f}{rs:>10.0f}{rw:>10.0f}")
 print(f"{'1 GiB CONNECT, TLS (MB/s)':28}{td:>10.0f}{ts:>10.0f}{tw:>10.0f}")
 print(f"{'1 GiB CONNECT, plain (MB/s)':28}{md:>10.0f}{ms:>10.0f}{mw:>10.0f}")
 print(f"(the floor, bench/relay.c, a minimal C relay: {tr:.0f} MB/s over TLS, {mr:.0f} MB/s plain)")
+if tk:
+    print(f"(the kernel-side relay, bench/sockmap_relay.c, no copy to user space: {tk:.0f} MB/s over TLS, {mk:.0f} MB/s plain)")
 def per(r0, r1, held):
     n = int(held.split('/')[0] or 0)
     return f"{(r1 - r0) / n:.1f}" if n else "NA"
@@ -322,6 +343,6 @@ print()
 print(f"added latency warden/squid = {added_w/added_s:.2f} (target <= 0.5: {ok(added_w <= 0.5*added_s)})"
       if added_s > 0 else "added latency: squid adds none measurable")
 print(f"throughput warden/squid    = {rw/rs:.2f} (target >= 2: {ok(rw >= 2*rs)})")
-print(f"CONNECT transfer over TLS warden/direct = {tw/td:.2f} (target >= 0.9: {ok(tw >= 0.9*td)}); squid/direct = {ts/td:.2f}; floor (relay.c)/direct = {tr/td:.2f}")
+print(f"CONNECT transfer over TLS warden/direct = {tw/td:.2f} (target >= 0.9: {ok(tw >= 0.9*td)}); squid/direct = {ts/td:.2f}; floor (relay.c)/direct = {tr/td:.2f}" + (f"; sockmap/direct = {tk/td:.2f}" if tk else ""))
 print(f"CONNECT transfer, plain HTTP inside (read as HTTP by warden) warden/direct = {mw/md:.2f}; squid/direct = {ms/md:.2f}")
 EOF
