@@ -509,6 +509,7 @@ mod tests {
                     },
                 ],
                 hide: vec!["/host/secret".into()],
+                read_only: Vec::new(),
                 hide_patterns: vec![],
                 limits: Limits::default(),
                 home: "/home/u".into(),

@@ -175,6 +175,12 @@ pub struct SandboxSpec {
     /// Concrete host paths to hide (files or directories), e.g. `~/.ssh` expanded. Hidden
     /// where they are visible through a mount: an empty read-only directory or file.
     pub hide: Vec<PathBuf>,
+    /// Concrete host files or directories that stay visible but read-only where they are
+    /// visible through a writable mount (Warden's own configuration inside a workspace,
+    /// e.g. the session's policy file): the path is bound read-only over itself, so it can
+    /// be neither changed, nor removed, nor renamed away from inside the session.
+    #[serde(default)]
+    pub read_only: Vec<PathBuf>,
     /// Glob patterns (`**/.env`, `**/*.pem`) hidden inside the mounts. Matched against both
     /// the host path and the session path of each entry. The walk is bounded, see
     /// [`HIDE_WALK_MAX_ENTRIES`] and [`HIDE_WALK_MAX_DEPTH`].

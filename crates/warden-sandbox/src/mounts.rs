@@ -390,6 +390,7 @@ pub(crate) fn build_root(
     }
 
     let mut covered = guard_git(req, &root)?;
+    covered.extend(read_only_paths(req, &root)?);
     covered.extend(hide_paths(req, &root, warnings)?);
 
     // The root tmpfs itself becomes read-only (all mount points exist now); only this
@@ -930,6 +931,42 @@ fn open_existing(root: &OwnedFd, session: &Path) -> Result<Option<Hidden>, Strin
         }
         Err(e) => Err(err(format!("hide {}", session.display()), e)),
     }
+}
+
+/// [`crate::SandboxSpec::read_only`]: each path, where a writable mount shows it, bound
+/// read-only over itself, and each directory between the mount and it pinned (bound
+/// over itself as it is), so that the path cannot be replaced by renaming a parent
+/// away either.
+fn read_only_paths(req: &InitRequest, root: &OwnedFd) -> Result<Vec<Overmount>, String> {
+    let spec = &req.spec;
+    let mut out = Vec::new();
+    for p in &spec.read_only {
+        for m in spec.mounts.iter().filter(|m| m.writable) {
+            if spec.hide.iter().any(|h| m.source.starts_with(h)) {
+                continue;
+            }
+            let Ok(rel) = p.strip_prefix(&m.source) else {
+                continue;
+            };
+            let session = m.target.join(rel);
+            if open_existing(root, &session)?.is_none() {
+                continue;
+            }
+            let mut dir = m.target.clone();
+            let parents = rel.parent().map(Path::components).into_iter().flatten();
+            for c in parents {
+                dir.push(c);
+                if let Some(d) = open_existing(root, &dir)? {
+                    self_bind(&d, &dir, Cover::Pinned, &mut out)?;
+                }
+            }
+            // Opened after the pins: a pin is a new mount over the path to it.
+            if let Some(h) = open_existing(root, &session)? {
+                self_bind(&h, &session, Cover::ReadOnly, &mut out)?;
+            }
+        }
+    }
+    Ok(out)
 }
 
 fn hide_paths(

@@ -18,6 +18,7 @@ fn spec(ws: &Path, cmd: &[&str]) -> SandboxSpec {
             writable: true,
         }],
         hide: Vec::new(),
+        read_only: Vec::new(),
         hide_patterns: vec!["**/.env".into()],
         limits: Limits::default(),
         home,

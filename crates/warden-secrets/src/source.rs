@@ -337,7 +337,9 @@ pub fn load(
     Ok(Loaded { secret, lease })
 }
 
-fn resolve_path(path: &Path, ctx: &LoadContext<'_>) -> PathBuf {
+/// Where a `file:` source reads: `~/` under `HOME` of `ctx.env`, a relative path under
+/// `ctx.base_dir`.
+pub fn resolve_path(path: &Path, ctx: &LoadContext<'_>) -> PathBuf {
     if let Ok(rest) = path.strip_prefix("~")
         && let Some(home) = ctx.env.get("HOME").filter(|h| !h.is_empty())
     {

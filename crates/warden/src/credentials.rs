@@ -56,6 +56,23 @@ impl CredentialLoader {
         }
     }
 
+    /// The files `policy`'s `file:` credentials are read from: a session must never see
+    /// them (it gets placeholders).
+    pub fn source_files(&self, policy: &Policy) -> Vec<PathBuf> {
+        let ctx = self.ctx();
+        policy
+            .doc()
+            .credentials
+            .iter()
+            .filter_map(|c| match &c.source {
+                warden_policy::CredentialSource::File(p) => {
+                    Some(warden_secrets::source::resolve_path(p, &ctx))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
     fn keep(&self, leases: Vec<LeaseId>) {
         self.leases
             .lock()

@@ -139,6 +139,134 @@ fn a_mount_the_policy_denies_is_not_mounted_and_is_recorded(b: B) {
     );
 }
 
+/// Warden's own state inside the workspace (WARDEN_HOME with the local secret store and
+/// the audit log, the file a credential is read from) is hidden: the session can neither
+/// read a real secret nor forge or erase audit events, nor plant state for the next run.
+fn wardens_own_state_in_the_workspace_is_hidden(b: B) {
+    let env = Env::new_for(b, BASE);
+    let creds = env.ws.join("creds");
+    std::fs::create_dir_all(&creds).unwrap();
+    std::fs::write(creds.join("token"), "FILE-SECRET-1234").unwrap();
+    std::fs::set_permissions(creds.join("token"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::write(
+        &env.policy,
+        format!(
+            "version = 1\nname = \"test\"\n{BASE}\n[[credentials]]\nname = \"api\"\n\
+             source = \"file:{}\"\nhosts = [\"api.example.com\"]\nenv = \"API_TOKEN\"\n",
+            creds.join("token").display()
+        ),
+    )
+    .unwrap();
+    let home = env.ws.join(".warden");
+    let mut set = Command::new(WARDEN)
+        .args(["secret", "set", "LOCAL"])
+        .env("WARDEN_HOME", &home)
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut set.stdin.take().unwrap(), b"STORE-SECRET-5678").unwrap();
+    assert!(set.wait().unwrap().success());
+    let o = env
+        .cmd(
+            &[],
+            &[
+                "/bin/sh",
+                "-c",
+                "cat .warden/secrets/* creds/token 2>&1; ls -A .warden; echo API_TOKEN=$API_TOKEN; \
+                 echo FORGED >> .warden/audit.jsonl 2>&1 || echo audit-denied; \
+                 mkdir .warden/runsc-release 2>&1 || echo plant-denied; \
+                 rm -rf .warden 2>&1 || echo rm-denied; exit 0",
+            ],
+        )
+        .env("WARDEN_HOME", &home)
+        .output()
+        .unwrap();
+    assert_code(&o, 0);
+    let out = stdout(&o);
+    for secret in ["STORE-SECRET-5678", "FILE-SECRET-1234"] {
+        assert!(!out.contains(secret), "{secret} seen: {}", text(&o));
+    }
+    assert!(
+        out.contains("audit-denied") && out.contains("plant-denied") && out.contains("rm-denied"),
+        "{}",
+        text(&o)
+    );
+    // The host's state is intact, and the log says what was hidden.
+    assert!(home.join("secrets").is_dir());
+    assert_eq!(
+        std::fs::read_to_string(creds.join("token")).unwrap(),
+        "FILE-SECRET-1234"
+    );
+    let log = std::fs::read_to_string(home.join("audit.jsonl")).unwrap();
+    assert!(!log.lines().any(|l| l == "FORGED"), "{log}");
+    let hidden: Vec<serde_json::Value> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| e["surface"] == "filesystem" && e["action"] == "hide")
+        .collect();
+    for path in [home.clone(), creds.join("token")] {
+        assert!(
+            hidden
+                .iter()
+                .any(|e| e["target"] == path.display().to_string().as_str()),
+            "no hide event for {}: {hidden:#?}",
+            path.display()
+        );
+    }
+}
+
+/// A policy file inside the writable workspace is read-only in the session and is not
+/// reloaded live: otherwise the agent could widen its own policy (or the next
+/// session's) by editing it, or by renaming its directory away and writing a new one.
+fn a_policy_file_in_the_workspace_cannot_be_changed_or_reloaded(b: B) {
+    let mut env = Env::new_for(b, BASE);
+    let conf = env.ws.join("conf");
+    std::fs::create_dir_all(&conf).unwrap();
+    let original = std::fs::read_to_string(&env.policy).unwrap();
+    env.policy = conf.join("warden.toml");
+    std::fs::write(&env.policy, &original).unwrap();
+    let child = env
+        .cmd(
+            &[],
+            &[
+                "/bin/sh",
+                "-c",
+                "echo '[network]' >> conf/warden.toml 2>&1 || echo append-denied; \
+                 sed -i 's/test/mine/' conf/warden.toml 2>&1 || echo sed-denied; \
+                 mv conf/warden.toml conf/old 2>&1 || echo mv-denied; \
+                 rm -f conf/warden.toml 2>&1 || echo rm-denied; \
+                 mv conf conf2 2>&1 || echo dir-mv-denied; \
+                 touch conf/notes && echo others-writable; sleep 3; exit 0",
+            ],
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // A change the session did not make (here from the host) is not applied either.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let changed = format!("{original}# changed during the session\n");
+    std::fs::write(&env.policy, &changed).unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert_code(&o, 0);
+    let out = stdout(&o);
+    for denied in [
+        "append-denied",
+        "sed-denied",
+        "mv-denied",
+        "rm-denied",
+        "dir-mv-denied",
+        "others-writable",
+    ] {
+        assert!(out.contains(denied), "{denied} missing: {}", text(&o));
+    }
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("is not reloaded live"), "{}", text(&o));
+    assert!(!err.contains("warden run: reloaded"), "{}", text(&o));
+    assert_eq!(std::fs::read_to_string(&env.policy).unwrap(), changed);
+    assert!(!env.ws.join("conf2").exists());
+}
+
 fn symlink_out_of_the_workspace_dangles(b: B) {
     let env = Env::new_for(b, BASE);
     let outside = env.dir.path().join("outside-secret");
@@ -887,6 +1015,8 @@ crate::per_backend!(
     deny_patterns_hide_files_inside_the_workspace,
     deny_pattern_hides_a_directory_and_a_home_path_inside_a_mount,
     a_mount_the_policy_denies_is_not_mounted_and_is_recorded,
+    wardens_own_state_in_the_workspace_is_hidden,
+    a_policy_file_in_the_workspace_cannot_be_changed_or_reloaded,
     symlink_out_of_the_workspace_dangles,
     symlink_planted_in_a_mount_target_does_not_redirect_the_mount,
     hard_link_to_an_outside_file_fails,

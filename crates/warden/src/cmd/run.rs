@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::ffi::OsString;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -190,6 +191,20 @@ fn home_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(format!("/home/{}", rustix::process::getuid().as_raw())))
 }
 
+/// `p` with symlinks resolved as far as it exists: the sandbox compares host paths
+/// with the canonical sources of its mounts.
+fn canonical(p: &Path) -> PathBuf {
+    if let Ok(c) = p.canonicalize() {
+        return c;
+    }
+    match (p.parent(), p.file_name()) {
+        (Some(dir), Some(name)) => dir
+            .canonicalize()
+            .map_or_else(|_| p.to_path_buf(), |d| d.join(name)),
+        _ => p.to_path_buf(),
+    }
+}
+
 fn is_glob(p: &str) -> bool {
     p.contains(['*', '?', '[', '{'])
 }
@@ -244,6 +259,15 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("workspace {}", workspace.display()))?;
     if !workspace.is_dir() {
         bail!("workspace {} is not a directory", workspace.display());
+    }
+    let warden_home = canonical(&crate::home::warden_home());
+    if workspace.starts_with(&warden_home) {
+        bail!(
+            "workspace {} is inside Warden's own directory {} (WARDEN_HOME), which no session may see; \
+             run from another directory or pass --workspace DIR",
+            workspace.display(),
+            warden_home.display()
+        );
     }
     let fs = &policy.doc().filesystem;
     if fs.workspace != WorkspaceMode::None {
@@ -485,6 +509,68 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
         vars.push((k.into(), v.into()));
     }
     let env = warden_sandbox::session_env(std::env::vars_os(), vars, &home);
+    // Warden's own state is never visible in a session, wherever the workspace is.
+    let mut hide = hide;
+    let mut own = vec![(
+        warden_home.clone(),
+        "Warden's own directory (WARDEN_HOME: local secrets, enrollment keys, audit log)",
+    )];
+    own.push((canonical(&audit_path), "the audit log"));
+    for f in loader.source_files(&policy) {
+        own.push((canonical(&f), "the file a credential is read from"));
+    }
+    for (path, what) in own {
+        let visible = mounts.iter().any(|m| path.starts_with(&m.source))
+            && !hide.iter().any(|h| path.starts_with(h));
+        if !visible {
+            continue;
+        }
+        // Made now if missing, so that the session cannot create it for the next one.
+        if path == warden_home {
+            if let Err(e) = std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&path)
+            {
+                return fail(&open_log()?, format!("creating {}: {e}", path.display()));
+            }
+        } else if path == canonical(&audit_path)
+            && let Err(e) = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .mode(0o600)
+                .open(&path)
+        {
+            return fail(&open_log()?, format!("creating {}: {e}", path.display()));
+        }
+        events.push(
+            Event::new(
+                Surface::Filesystem,
+                "hide",
+                &path.to_string_lossy(),
+                Verdict::Deny,
+            )
+            .reason(&format!("{what}: never visible in a session")),
+        );
+        hide.push(path);
+    }
+    // A policy file the session could write would let it widen its own policy (live
+    // reload) or the next session's: read-only inside, and not reloaded from.
+    let policy_file = args.policy.as_deref().map(canonical);
+    let guarded_policy = policy_file.filter(|p| {
+        mounts
+            .iter()
+            .any(|m| m.writable && p.starts_with(&m.source))
+            && !hide.iter().any(|h| p.starts_with(h))
+    });
+    if let Some(p) = &guarded_policy {
+        eprintln!(
+            "warden: the policy file {} is inside the session's writable workspace: it is read-only \
+             in the session and is not reloaded live (a session must not rewrite its own policy); \
+             keep the policy outside the workspace to edit it during a session",
+            p.display()
+        );
+    }
     let lim = &policy.doc().limits;
     let spec = SandboxSpec {
         command: args.command.clone(),
@@ -492,6 +578,7 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
         env,
         mounts,
         hide,
+        read_only: guarded_policy.iter().cloned().collect(),
         hide_patterns,
         limits: Limits {
             memory_bytes: lim.memory,
@@ -594,7 +681,8 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
             interception: Some(Arc::new(icpt)),
         },
     );
-    let reload = reload_source(args.policy.clone(), local, args.mcp_server.clone());
+    let reload_file = args.policy.clone().filter(|_| guarded_policy.is_none());
+    let reload = reload_source(reload_file, local, args.mcp_server.clone());
     let egress = Reloading {
         egress,
         loader: loader.clone(),
