@@ -261,10 +261,61 @@ fn a_policy_file_in_the_workspace_cannot_be_changed_or_reloaded(b: B) {
         assert!(out.contains(denied), "{denied} missing: {}", text(&o));
     }
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("is not reloaded live"), "{}", text(&o));
+    assert!(err.contains("does not reload it live"), "{}", text(&o));
     assert!(!err.contains("warden run: reloaded"), "{}", text(&o));
     assert_eq!(std::fs::read_to_string(&env.policy).unwrap(), changed);
     assert!(!env.ws.join("conf2").exists());
+}
+
+/// `warden` and `warden-init` inside the workspace (a build tree, as when Warden is run
+/// from its own checkout) are read-only in the session: replaced, the next session would
+/// start the agent's program on the host.
+fn wardens_own_programs_in_the_workspace_cannot_be_replaced(b: B) {
+    let env = Env::new_for(b, BASE);
+    let bin = env.ws.join("target/release");
+    std::fs::create_dir_all(&bin).unwrap();
+    for (src, name) in [(WARDEN, "warden"), (WARDEN_INIT, "warden-init")] {
+        std::fs::copy(src, bin.join(name)).unwrap();
+    }
+    let before = std::fs::read(bin.join("warden-init")).unwrap();
+    let mut cmd = Command::new(bin.join("warden"));
+    cmd.arg("run").arg("--policy").arg(&env.policy);
+    if b != B::Namespaces {
+        cmd.args(["--backend", b.flag()]);
+    }
+    let o = cmd
+        .args(["--", "/bin/sh", "-c"])
+        .arg(
+            "cp /bin/true target/release/warden-init 2>&1 || echo init-denied; \
+             cat /bin/true > target/release/warden 2>&1 || echo exe-denied; \
+             rm -f target/release/warden 2>&1 || echo rm-denied; \
+             mv target/release target/old 2>&1 || echo dir-denied; \
+             mv target t2 2>&1 || echo top-denied; \
+             touch target/release/other && echo others-writable; exit 0",
+        )
+        .env("WARDEN_HOME", &env.warden_home)
+        .env("HOME", &env.home)
+        .current_dir(&env.ws)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_code(&o, 0);
+    let out = stdout(&o);
+    for denied in [
+        "init-denied",
+        "exe-denied",
+        "rm-denied",
+        "dir-denied",
+        "top-denied",
+        "others-writable",
+    ] {
+        assert!(out.contains(denied), "{denied} missing: {}", text(&o));
+    }
+    assert_eq!(std::fs::read(bin.join("warden-init")).unwrap(), before);
+    assert_eq!(
+        std::fs::read(bin.join("warden")).unwrap(),
+        std::fs::read(WARDEN).unwrap()
+    );
 }
 
 fn symlink_out_of_the_workspace_dangles(b: B) {
@@ -1017,6 +1068,7 @@ crate::per_backend!(
     a_mount_the_policy_denies_is_not_mounted_and_is_recorded,
     wardens_own_state_in_the_workspace_is_hidden,
     a_policy_file_in_the_workspace_cannot_be_changed_or_reloaded,
+    wardens_own_programs_in_the_workspace_cannot_be_replaced,
     symlink_out_of_the_workspace_dangles,
     symlink_planted_in_a_mount_target_does_not_redirect_the_mount,
     hard_link_to_an_outside_file_fails,

@@ -205,6 +205,19 @@ fn canonical(p: &Path) -> PathBuf {
     }
 }
 
+/// Where the directory entry `p` names is, its directory's symlinks resolved but not
+/// `p` itself: whoever can write there can replace what `p` points to.
+fn entry(p: &Path) -> PathBuf {
+    let dir = p
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    match p.file_name() {
+        Some(name) => canonical(dir).join(name),
+        None => canonical(p),
+    }
+}
+
 fn is_glob(p: &str) -> bool {
     p.contains(['*', '?', '[', '{'])
 }
@@ -554,22 +567,39 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
         );
         hide.push(path);
     }
-    // A policy file the session could write would let it widen its own policy (live
-    // reload) or the next session's: read-only inside, and not reloaded from.
-    let policy_file = args.policy.as_deref().map(canonical);
-    let guarded_policy = policy_file.filter(|p| {
+    // A policy file the session could write — or a link to it that the session could
+    // replace — would let it widen its own policy (live reload) or the next session's:
+    // read-only inside, and not reloaded from.
+    let writable = |p: &Path| {
         mounts
             .iter()
             .any(|m| m.writable && p.starts_with(&m.source))
             && !hide.iter().any(|h| p.starts_with(h))
-    });
-    if let Some(p) = &guarded_policy {
+    };
+    let policy_file = args
+        .policy
+        .as_deref()
+        .map(canonical)
+        .filter(|p| writable(p));
+    let policy_entry = args.policy.as_deref().map(entry).filter(|p| writable(p));
+    let policy_in_reach = policy_file.is_some() || policy_entry.is_some();
+    if let (true, Some(p)) = (policy_in_reach, &args.policy) {
         eprintln!(
-            "warden: the policy file {} is inside the session's writable workspace: it is read-only \
-             in the session and is not reloaded live (a session must not rewrite its own policy); \
-             keep the policy outside the workspace to edit it during a session",
+            "warden: the policy file {} can be reached from the session's writable workspace: \
+             this session does not reload it live and shows it read-only (a session must not \
+             rewrite its own policy); keep the policy outside the workspace to edit it during a \
+             session",
             p.display()
         );
+    }
+    // So are the programs `warden run` starts on the host (this one and the session's
+    // init) when the workspace holds them (a build tree): replaced, the next session
+    // would run the agent's code outside the boundary.
+    let mut read_only: Vec<PathBuf> = policy_file.into_iter().collect();
+    if let Ok(exe) = std::env::current_exe() {
+        let exe = canonical(&exe);
+        let init = exe.with_file_name("warden-init");
+        read_only.extend([exe, init].into_iter().filter(|p| writable(p)));
     }
     let lim = &policy.doc().limits;
     let spec = SandboxSpec {
@@ -578,7 +608,7 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
         env,
         mounts,
         hide,
-        read_only: guarded_policy.iter().cloned().collect(),
+        read_only,
         hide_patterns,
         limits: Limits {
             memory_bytes: lim.memory,
@@ -681,7 +711,7 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
             interception: Some(Arc::new(icpt)),
         },
     );
-    let reload_file = args.policy.clone().filter(|_| guarded_policy.is_none());
+    let reload_file = args.policy.clone().filter(|_| !policy_in_reach);
     let reload = reload_source(reload_file, local, args.mcp_server.clone());
     let egress = Reloading {
         egress,
