@@ -73,6 +73,34 @@ impl CredentialLoader {
             .collect()
     }
 
+    /// The existing files named on the command lines of `policy`'s `command:`
+    /// credentials (`./get-token.sh`, `python3 tools/token.py`), resolved where the
+    /// command runs: they run on the host at each start and reload, so a session must
+    /// not be able to change them. Words are split on white space, quotes removed; a
+    /// file the command reaches in any other way is not found.
+    pub fn command_files(&self, policy: &Policy) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for c in &policy.doc().credentials {
+            let warden_policy::CredentialSource::Command(cmd) = &c.source else {
+                continue;
+            };
+            for word in cmd.split_whitespace() {
+                let word = word.trim_matches(|c| c == '\'' || c == '"' || c == ';');
+                if !word.contains('/') {
+                    continue;
+                }
+                let path = match &self.base_dir {
+                    Some(base) => base.join(word),
+                    None => PathBuf::from(word),
+                };
+                if path.is_file() {
+                    out.push(path);
+                }
+            }
+        }
+        out
+    }
+
     fn keep(&self, leases: Vec<LeaseId>) {
         self.leases
             .lock()

@@ -268,10 +268,28 @@ fn a_policy_file_in_the_workspace_cannot_be_changed_or_reloaded(b: B) {
 }
 
 /// `warden` and `warden-init` inside the workspace (a build tree, as when Warden is run
-/// from its own checkout) are read-only in the session: replaced, the next session would
-/// start the agent's program on the host.
+/// from its own checkout) and the script a `command:` credential runs are read-only in
+/// the session: replaced, the next start would run the agent's program on the host.
 fn wardens_own_programs_in_the_workspace_cannot_be_replaced(b: B) {
     let env = Env::new_for(b, BASE);
+    let tools = env.ws.join("tools");
+    std::fs::create_dir_all(&tools).unwrap();
+    let script = "#!/bin/sh\necho TOKEN-VALUE-123\n";
+    std::fs::write(tools.join("token.sh"), script).unwrap();
+    std::fs::set_permissions(
+        tools.join("token.sh"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    std::fs::write(
+        &env.policy,
+        format!(
+            "version = 1\nname = \"test\"\n{BASE}\n[[credentials]]\nname = \"api\"\n\
+             source = \"command:{}\"\nhosts = [\"api.example.com\"]\n",
+            tools.join("token.sh").display()
+        ),
+    )
+    .unwrap();
     let bin = env.ws.join("target/release");
     std::fs::create_dir_all(&bin).unwrap();
     for (src, name) in [(WARDEN, "warden"), (WARDEN_INIT, "warden-init")] {
@@ -291,7 +309,8 @@ fn wardens_own_programs_in_the_workspace_cannot_be_replaced(b: B) {
              rm -f target/release/warden 2>&1 || echo rm-denied; \
              mv target/release target/old 2>&1 || echo dir-denied; \
              mv target t2 2>&1 || echo top-denied; \
-             touch target/release/other && echo others-writable; exit 0",
+             touch target/release/other && echo others-writable; \
+             echo 'echo stolen' >> tools/token.sh 2>&1 || echo script-denied; exit 0",
         )
         .env("WARDEN_HOME", &env.warden_home)
         .env("HOME", &env.home)
@@ -308,10 +327,15 @@ fn wardens_own_programs_in_the_workspace_cannot_be_replaced(b: B) {
         "dir-denied",
         "top-denied",
         "others-writable",
+        "script-denied",
     ] {
         assert!(out.contains(denied), "{denied} missing: {}", text(&o));
     }
     assert_eq!(std::fs::read(bin.join("warden-init")).unwrap(), before);
+    assert_eq!(
+        std::fs::read_to_string(tools.join("token.sh")).unwrap(),
+        script
+    );
     assert_eq!(
         std::fs::read(bin.join("warden")).unwrap(),
         std::fs::read(WARDEN).unwrap()

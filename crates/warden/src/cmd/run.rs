@@ -592,15 +592,22 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
             p.display()
         );
     }
-    // So are the programs `warden run` starts on the host (this one and the session's
-    // init) when the workspace holds them (a build tree): replaced, the next session
-    // would run the agent's code outside the boundary.
+    // So are the programs `warden run` starts on the host when the workspace holds them:
+    // the scripts of `command:` credentials, this program and the session's init (a
+    // build tree). Replaced, the next start would run the agent's code outside the
+    // boundary.
     let mut read_only: Vec<PathBuf> = policy_file.into_iter().collect();
+    let mut programs = loader.command_files(&policy);
     if let Ok(exe) = std::env::current_exe() {
-        let exe = canonical(&exe);
-        let init = exe.with_file_name("warden-init");
-        read_only.extend([exe, init].into_iter().filter(|p| writable(p)));
+        programs.push(exe.with_file_name("warden-init"));
+        programs.push(exe);
     }
+    read_only.extend(
+        programs
+            .iter()
+            .map(|p| canonical(p))
+            .filter(|p| writable(p)),
+    );
     let lim = &policy.doc().limits;
     let spec = SandboxSpec {
         command: args.command.clone(),
