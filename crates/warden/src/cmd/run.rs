@@ -592,22 +592,18 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
             p.display()
         );
     }
-    // So are the programs `warden run` starts on the host when the workspace holds them:
-    // the scripts of `command:` credentials, this program and the session's init (a
-    // build tree). Replaced, the next start would run the agent's code outside the
-    // boundary.
+    // So are the programs `warden run` starts on the host when the workspace holds them
+    // — the scripts of `command:` credentials, this program and the session's init (a
+    // build tree): replaced, the next start would run the agent's code outside the
+    // boundary — and the `tls.extra_roots` files the proxy trusts upstreams by.
     let mut read_only: Vec<PathBuf> = policy_file.into_iter().collect();
-    let mut programs = loader.command_files(&policy);
+    let mut inputs = loader.command_files(&policy);
+    inputs.extend(policy.doc().tls.extra_roots.iter().cloned());
     if let Ok(exe) = std::env::current_exe() {
-        programs.push(exe.with_file_name("warden-init"));
-        programs.push(exe);
+        inputs.push(exe.with_file_name("warden-init"));
+        inputs.push(exe);
     }
-    read_only.extend(
-        programs
-            .iter()
-            .map(|p| canonical(p))
-            .filter(|p| writable(p)),
-    );
+    read_only.extend(inputs.iter().map(|p| canonical(p)).filter(|p| writable(p)));
     let lim = &policy.doc().limits;
     let spec = SandboxSpec {
         command: args.command.clone(),
