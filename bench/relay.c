@@ -16,6 +16,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "connect.h"
+
 struct direction { int from, to; };
 
 static void *copy(void *arg) {
@@ -36,22 +38,9 @@ out:
 }
 
 static void *serve(void *arg) {
-  int client = (int)(long)arg, upstream = -1, port;
-  char req[4096], host[64];
-  size_t len = 0;
-  for (;;) { /* the CONNECT request, up to its blank line */
-    ssize_t n = read(client, req + len, sizeof req - 1 - len);
-    if (n <= 0) goto done;
-    len += n;
-    req[len] = 0;
-    if (strstr(req, "\r\n\r\n")) break;
-    if (len == sizeof req - 1) goto done;
-  }
-  struct sockaddr_in to = {.sin_family = AF_INET};
-  if (sscanf(req, "CONNECT %63[0-9.]:%d ", host, &port) != 2 ||
-      inet_pton(AF_INET, host, &to.sin_addr) != 1)
-    goto done;
-  to.sin_port = htons(port);
+  int client = (int)(long)arg, upstream = -1;
+  struct sockaddr_in to;
+  if (read_connect(client, &to) != 0) goto done;
   upstream = socket(AF_INET, SOCK_STREAM, 0);
   if (upstream < 0 || connect(upstream, (struct sockaddr *)&to, sizeof to) != 0) goto done;
   static const char ok[] = "HTTP/1.1 200 Connection established\r\n\r\n";

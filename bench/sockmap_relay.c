@@ -20,6 +20,8 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include "connect.h"
+
 static long bpf(int cmd, union bpf_attr *attr) {
   return syscall(SYS_bpf, cmd, attr, sizeof *attr);
 }
@@ -83,23 +85,10 @@ int main(int argc, char **argv) {
     return 1;
   }
   for (;;) {
-    int client = accept(l, NULL, NULL), upstream = -1, to_port;
-    char req[4096], host[64];
-    size_t len = 0;
+    int client = accept(l, NULL, NULL), upstream = -1;
+    struct sockaddr_in to;
     if (client < 0) continue;
-    for (;;) { /* the CONNECT request, up to its blank line */
-      ssize_t n = read(client, req + len, sizeof req - 1 - len);
-      if (n <= 0) goto done;
-      len += n;
-      req[len] = 0;
-      if (strstr(req, "\r\n\r\n")) break;
-      if (len == sizeof req - 1) goto done;
-    }
-    struct sockaddr_in to = {.sin_family = AF_INET};
-    if (sscanf(req, "CONNECT %63[0-9.]:%d ", host, &to_port) != 2 ||
-        inet_pton(AF_INET, host, &to.sin_addr) != 1)
-      goto done;
-    to.sin_port = htons(to_port);
+    if (read_connect(client, &to) != 0) goto done;
     upstream = socket(AF_INET, SOCK_STREAM, 0);
     if (upstream < 0 || connect(upstream, (struct sockaddr *)&to, sizeof to) != 0) goto done;
     /* Into the map before the client hears back: bytes it sends after the answer must

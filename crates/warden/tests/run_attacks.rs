@@ -139,6 +139,16 @@ fn a_mount_the_policy_denies_is_not_mounted_and_is_recorded(b: B) {
     );
 }
 
+/// `env`'s policy becomes [`BASE`] with one credential, `api`, read from `source` and
+/// bound to api.example.com.
+fn bind_credential(env: &Env, source: &str) {
+    let policy = format!(
+        "version = 1\nname = \"test\"\n{BASE}\n[[credentials]]\nname = \"api\"\n\
+         source = \"{source}\"\nhosts = [\"api.example.com\"]\n"
+    );
+    std::fs::write(&env.policy, policy).unwrap();
+}
+
 /// Warden's own state inside the workspace (WARDEN_HOME with the local secret store and
 /// the audit log, the file a credential is read from) is hidden: the session can neither
 /// read a real secret nor forge or erase audit events, nor plant state for the next run.
@@ -148,15 +158,7 @@ fn wardens_own_state_in_the_workspace_is_hidden(b: B) {
     std::fs::create_dir_all(&creds).unwrap();
     std::fs::write(creds.join("token"), "FILE-SECRET-1234").unwrap();
     std::fs::set_permissions(creds.join("token"), std::fs::Permissions::from_mode(0o600)).unwrap();
-    std::fs::write(
-        &env.policy,
-        format!(
-            "version = 1\nname = \"test\"\n{BASE}\n[[credentials]]\nname = \"api\"\n\
-             source = \"file:{}\"\nhosts = [\"api.example.com\"]\nenv = \"API_TOKEN\"\n",
-            creds.join("token").display()
-        ),
-    )
-    .unwrap();
+    bind_credential(&env, &format!("file:{}", creds.join("token").display()));
     let home = env.ws.join(".warden");
     let mut set = Command::new(WARDEN)
         .args(["secret", "set", "LOCAL"])
@@ -172,7 +174,7 @@ fn wardens_own_state_in_the_workspace_is_hidden(b: B) {
             &[
                 "/bin/sh",
                 "-c",
-                "cat .warden/secrets/* creds/token 2>&1; ls -A .warden; echo API_TOKEN=$API_TOKEN; \
+                "cat .warden/secrets/* creds/token 2>&1; ls -A .warden; \
                  echo FORGED >> .warden/audit.jsonl 2>&1 || echo audit-denied; \
                  mkdir .warden/runsc-release 2>&1 || echo plant-denied; \
                  rm -rf .warden 2>&1 || echo rm-denied; exit 0",
@@ -281,15 +283,10 @@ fn wardens_own_programs_in_the_workspace_cannot_be_replaced(b: B) {
         std::fs::Permissions::from_mode(0o755),
     )
     .unwrap();
-    std::fs::write(
-        &env.policy,
-        format!(
-            "version = 1\nname = \"test\"\n{BASE}\n[[credentials]]\nname = \"api\"\n\
-             source = \"command:{}\"\nhosts = [\"api.example.com\"]\n",
-            tools.join("token.sh").display()
-        ),
-    )
-    .unwrap();
+    bind_credential(
+        &env,
+        &format!("command:{}", tools.join("token.sh").display()),
+    );
     let bin = env.ws.join("target/release");
     std::fs::create_dir_all(&bin).unwrap();
     for (src, name) in [(WARDEN, "warden"), (WARDEN_INIT, "warden-init")] {
