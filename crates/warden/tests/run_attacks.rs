@@ -215,6 +215,24 @@ fn wardens_own_state_in_the_workspace_is_hidden(b: B) {
             path.display()
         );
     }
+    // An --audit file in the workspace, given relative and not there yet, is hidden too
+    // (it is created first: otherwise the session would see the log appear).
+    let o = env
+        .cmd(
+            &["--audit", "logs/audit.jsonl"],
+            &[
+                "/bin/sh",
+                "-c",
+                "wc -c < logs/audit.jsonl; echo FORGED >> logs/audit.jsonl 2>&1 || echo log-denied",
+            ],
+        )
+        .output()
+        .unwrap();
+    assert_code(&o, 0);
+    assert_eq!(stdout(&o).lines().next(), Some("0"), "{}", text(&o));
+    assert!(stdout(&o).contains("log-denied"), "{}", text(&o));
+    let log = std::fs::read_to_string(env.ws.join("logs/audit.jsonl")).unwrap();
+    assert!(log.contains("\"action\":\"end\"") && !log.lines().any(|l| l == "FORGED"));
 }
 
 /// A policy file inside the writable workspace is read-only in the session and is not

@@ -191,17 +191,25 @@ fn home_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(format!("/home/{}", rustix::process::getuid().as_raw())))
 }
 
-/// `p` with symlinks resolved as far as it exists: the sandbox compares host paths
-/// with the canonical sources of its mounts.
+/// `p` made absolute, with the symlinks of its longest existing part resolved: the
+/// sandbox compares host paths with the canonical sources of its mounts, also for
+/// paths that do not exist yet.
 fn canonical(p: &Path) -> PathBuf {
-    if let Ok(c) = p.canonicalize() {
-        return c;
-    }
-    match (p.parent(), p.file_name()) {
-        (Some(dir), Some(name)) => dir
-            .canonicalize()
-            .map_or_else(|_| p.to_path_buf(), |d| d.join(name)),
-        _ => p.to_path_buf(),
+    let abs = std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    let mut existing = abs.as_path();
+    let mut missing = Vec::new();
+    loop {
+        if let Ok(mut c) = existing.canonicalize() {
+            c.extend(missing.iter().rev());
+            return c;
+        }
+        match (existing.parent(), existing.file_name()) {
+            (Some(parent), Some(name)) => {
+                missing.push(name);
+                existing = parent;
+            }
+            _ => return abs,
+        }
     }
 }
 
@@ -547,14 +555,22 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
             {
                 return fail(&open_log()?, format!("creating {}: {e}", path.display()));
             }
-        } else if path == canonical(&audit_path)
-            && let Err(e) = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .mode(0o600)
-                .open(&path)
-        {
-            return fail(&open_log()?, format!("creating {}: {e}", path.display()));
+        } else if path == canonical(&audit_path) {
+            let parent = path.parent().unwrap_or(Path::new("/"));
+            let created = std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(parent)
+                .and_then(|()| {
+                    std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .mode(0o600)
+                        .open(&path)
+                });
+            if let Err(e) = created {
+                return fail(&open_log()?, format!("creating {}: {e}", path.display()));
+            }
         }
         events.push(
             Event::new(
