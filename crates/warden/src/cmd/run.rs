@@ -226,6 +226,100 @@ fn entry(p: &Path) -> PathBuf {
     }
 }
 
+/// Warden's own files as a session's mounts would show them, and how each is kept from
+/// the session (docs/decisions/0002-sandbox.md, "Warden's own state and configuration").
+struct OwnFiles {
+    /// Hidden like `filesystem.deny` paths, with what each is (for its `hide` event):
+    /// `WARDEN_HOME`, the audit log, the files of `file:` credentials.
+    hide: Vec<(PathBuf, &'static str)>,
+    /// Visible but read-only: the `--policy` file, the files named on a `command:`
+    /// credential's command line, `tls.extra_roots`, `warden` and `warden-init`. Run or
+    /// read on the host at the next start or reload, they must not be the agent's.
+    read_only: Vec<PathBuf>,
+    /// The `--policy` file, or a link to it, is writable from the session: not reloaded.
+    policy_in_reach: bool,
+}
+
+/// [`OwnFiles`] of a session with `mounts` and `hidden` paths. `WARDEN_HOME` and the
+/// audit log are created first when a mount shows where they go, so that the session
+/// cannot create them for the next run.
+fn own_files(
+    mounts: &[Mount],
+    hidden: &[PathBuf],
+    warden_home: &Path,
+    audit_path: &Path,
+    policy_path: Option<&Path>,
+    loader: &CredentialLoader,
+    policy: &Policy,
+) -> Result<OwnFiles, String> {
+    let mut hidden = hidden.to_vec();
+    let mut hide = Vec::new();
+    let audit_path = canonical(audit_path);
+    let mut state = vec![
+        (
+            warden_home.to_path_buf(),
+            "Warden's own directory (WARDEN_HOME: local secrets, enrollment keys, audit log)",
+        ),
+        (audit_path.clone(), "the audit log"),
+    ];
+    for f in loader.source_files(policy) {
+        state.push((canonical(&f), "the file a credential is read from"));
+    }
+    let dir = |p: &Path| {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(p)
+    };
+    for (path, what) in state {
+        let shown = mounts.iter().any(|m| path.starts_with(&m.source))
+            && !hidden.iter().any(|h| path.starts_with(h));
+        if !shown {
+            continue;
+        }
+        let created = if path == warden_home {
+            dir(&path)
+        } else if path == audit_path {
+            dir(path.parent().unwrap_or(Path::new("/"))).and_then(|()| {
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .mode(0o600)
+                    .open(&path)
+                    .map(drop)
+            })
+        } else {
+            Ok(())
+        };
+        created.map_err(|e| format!("creating {}: {e}", path.display()))?;
+        hidden.push(path.clone());
+        hide.push((path, what));
+    }
+
+    let writable = |p: &Path| {
+        mounts
+            .iter()
+            .any(|m| m.writable && p.starts_with(&m.source))
+            && !hidden.iter().any(|h| p.starts_with(h))
+    };
+    let policy_file = policy_path.map(canonical).filter(|p| writable(p));
+    let policy_in_reach =
+        policy_file.is_some() || policy_path.map(entry).is_some_and(|p| writable(&p));
+    let mut read_only: Vec<PathBuf> = policy_file.into_iter().collect();
+    let mut inputs = loader.command_files(policy);
+    inputs.extend(policy.doc().tls.extra_roots.iter().cloned());
+    if let Ok(exe) = std::env::current_exe() {
+        inputs.push(exe.with_file_name("warden-init"));
+        inputs.push(exe);
+    }
+    read_only.extend(inputs.iter().map(|p| canonical(p)).filter(|p| writable(p)));
+    Ok(OwnFiles {
+        hide,
+        read_only,
+        policy_in_reach,
+    })
+}
+
 fn is_glob(p: &str) -> bool {
     p.contains(['*', '?', '[', '{'])
 }
@@ -530,48 +624,22 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
         vars.push((k.into(), v.into()));
     }
     let env = warden_sandbox::session_env(std::env::vars_os(), vars, &home);
-    // Warden's own state is never visible in a session, wherever the workspace is.
+    // Warden's own files, wherever the workspace is: hidden (state, secrets) or
+    // read-only (configuration, programs it runs on the host).
+    let own = match own_files(
+        &mounts,
+        &hide,
+        &warden_home,
+        &audit_path,
+        args.policy.as_deref(),
+        &loader,
+        &policy,
+    ) {
+        Ok(own) => own,
+        Err(e) => return fail(&open_log()?, e),
+    };
     let mut hide = hide;
-    let mut own = vec![(
-        warden_home.clone(),
-        "Warden's own directory (WARDEN_HOME: local secrets, enrollment keys, audit log)",
-    )];
-    own.push((canonical(&audit_path), "the audit log"));
-    for f in loader.source_files(&policy) {
-        own.push((canonical(&f), "the file a credential is read from"));
-    }
-    for (path, what) in own {
-        let visible = mounts.iter().any(|m| path.starts_with(&m.source))
-            && !hide.iter().any(|h| path.starts_with(h));
-        if !visible {
-            continue;
-        }
-        // Made now if missing, so that the session cannot create it for the next one.
-        if path == warden_home {
-            if let Err(e) = std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(&path)
-            {
-                return fail(&open_log()?, format!("creating {}: {e}", path.display()));
-            }
-        } else if path == canonical(&audit_path) {
-            let parent = path.parent().unwrap_or(Path::new("/"));
-            let created = std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(parent)
-                .and_then(|()| {
-                    std::fs::OpenOptions::new()
-                        .create(true)
-                        .append(true)
-                        .mode(0o600)
-                        .open(&path)
-                });
-            if let Err(e) = created {
-                return fail(&open_log()?, format!("creating {}: {e}", path.display()));
-            }
-        }
+    for (path, what) in own.hide {
         events.push(
             Event::new(
                 Surface::Filesystem,
@@ -583,23 +651,7 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
         );
         hide.push(path);
     }
-    // A policy file the session could write — or a link to it that the session could
-    // replace — would let it widen its own policy (live reload) or the next session's:
-    // read-only inside, and not reloaded from.
-    let writable = |p: &Path| {
-        mounts
-            .iter()
-            .any(|m| m.writable && p.starts_with(&m.source))
-            && !hide.iter().any(|h| p.starts_with(h))
-    };
-    let policy_file = args
-        .policy
-        .as_deref()
-        .map(canonical)
-        .filter(|p| writable(p));
-    let policy_entry = args.policy.as_deref().map(entry).filter(|p| writable(p));
-    let policy_in_reach = policy_file.is_some() || policy_entry.is_some();
-    if let (true, Some(p)) = (policy_in_reach, &args.policy) {
+    if let (true, Some(p)) = (own.policy_in_reach, &args.policy) {
         eprintln!(
             "warden: the policy file {} can be reached from the session's writable workspace: \
              this session does not reload it live and shows it read-only (a session must not \
@@ -608,18 +660,6 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
             p.display()
         );
     }
-    // So are the programs `warden run` starts on the host when the workspace holds them
-    // — the scripts of `command:` credentials, this program and the session's init (a
-    // build tree): replaced, the next start would run the agent's code outside the
-    // boundary — and the `tls.extra_roots` files the proxy trusts upstreams by.
-    let mut read_only: Vec<PathBuf> = policy_file.into_iter().collect();
-    let mut inputs = loader.command_files(&policy);
-    inputs.extend(policy.doc().tls.extra_roots.iter().cloned());
-    if let Ok(exe) = std::env::current_exe() {
-        inputs.push(exe.with_file_name("warden-init"));
-        inputs.push(exe);
-    }
-    read_only.extend(inputs.iter().map(|p| canonical(p)).filter(|p| writable(p)));
     let lim = &policy.doc().limits;
     let spec = SandboxSpec {
         command: args.command.clone(),
@@ -627,7 +667,7 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
         env,
         mounts,
         hide,
-        read_only,
+        read_only: own.read_only,
         hide_patterns,
         limits: Limits {
             memory_bytes: lim.memory,
@@ -730,7 +770,7 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
             interception: Some(Arc::new(icpt)),
         },
     );
-    let reload_file = args.policy.clone().filter(|_| !policy_in_reach);
+    let reload_file = args.policy.clone().filter(|_| !own.policy_in_reach);
     let reload = reload_source(reload_file, local, args.mcp_server.clone());
     let egress = Reloading {
         egress,
