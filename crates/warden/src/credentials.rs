@@ -135,18 +135,24 @@ impl CredentialLoader {
     }
 }
 
-impl Drop for CredentialLoader {
-    fn drop(&mut self) {
-        let leases = std::mem::take(
-            self.leases
-                .get_mut()
-                .unwrap_or_else(PoisonError::into_inner),
-        );
+impl CredentialLoader {
+    /// Ends the vault leases taken so far (each once: a second call finds none). Call it
+    /// when the session ends: dropping the loader does it too, but a clone held by a
+    /// task of a runtime shut down in the background may outlive the process's exit.
+    pub fn end_leases(&self) {
+        let leases =
+            std::mem::take(&mut *self.leases.lock().unwrap_or_else(PoisonError::into_inner));
         for l in &leases {
             if let Err(e) = self.vault.revoke(l) {
                 eprintln!("warden: could not end a credential lease: {e}");
             }
         }
+    }
+}
+
+impl Drop for CredentialLoader {
+    fn drop(&mut self) {
+        self.end_leases();
     }
 }
 

@@ -863,7 +863,7 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
         .field("exit_status", i64::from(exit.code))
         .field("duration_ms", started.elapsed().as_millis() as u64),
     );
-    drop(loader); // ends the session's vault leases
+    loader.end_leases();
     Ok(ExitCode::from(
         u8::try_from(exit.code).unwrap_or(EXIT_FAILED),
     ))
