@@ -939,7 +939,7 @@ fn open_existing(root: &OwnedFd, session: &Path) -> Result<Option<Hidden>, Strin
 /// away either.
 fn read_only_paths(req: &InitRequest, root: &OwnedFd) -> Result<Vec<Overmount>, String> {
     let spec = &req.spec;
-    let mut out = Vec::new();
+    let mut out: Vec<Overmount> = Vec::new();
     for p in &spec.read_only {
         for m in spec.mounts.iter().filter(|m| m.writable) {
             if spec.hide.iter().any(|h| m.source.starts_with(h)) {
@@ -956,6 +956,10 @@ fn read_only_paths(req: &InitRequest, root: &OwnedFd) -> Result<Vec<Overmount>, 
             let parents = rel.parent().map(Path::components).into_iter().flatten();
             for c in parents {
                 dir.push(c);
+                // Once per directory (`warden` and `warden-init` share theirs).
+                if out.iter().any(|o| o.path == dir) {
+                    continue;
+                }
                 if let Some(d) = open_existing(root, &dir)? {
                     self_bind(&d, &dir, Cover::Pinned, &mut out)?;
                 }
