@@ -136,7 +136,7 @@ fn git_dirs(spec: &SandboxSpec) -> Vec<(OwnedFd, PathBuf)> {
     ) else {
         return Vec::new();
     };
-    let writable: Vec<_> = writable_mounts(spec).collect();
+    let writable: Vec<_> = spec.writable_mounts().collect();
     let mut repos = Vec::new();
     for m in &writable {
         let mut seen = 0;
@@ -151,13 +151,6 @@ fn git_dirs(spec: &SandboxSpec) -> Vec<(OwnedFd, PathBuf)> {
         add_git_dir(&git, 0, &mut out);
     }
     out
-}
-
-/// The session's writable mounts that are not hidden as a whole.
-fn writable_mounts(spec: &SandboxSpec) -> impl Iterator<Item = &crate::Mount> {
-    spec.mounts
-        .iter()
-        .filter(|m| m.writable && !spec.hide.iter().any(|h| m.source.starts_with(h)))
 }
 
 /// `dir` if it is a directory (not a symlink), then its submodules' git directories.
@@ -218,7 +211,7 @@ pub fn git_written_during(spec: &SandboxSpec, since: std::time::SystemTime) -> V
         .map_or(0, |d| d.as_nanos() as i128)
         - 20_000_000;
     let mut out = Vec::new();
-    for m in writable_mounts(spec) {
+    for m in spec.writable_mounts() {
         let mut budget = REPORT_MAX_ENTRIES;
         let mut dirs = vec![(m.source.clone(), 0usize)];
         while let Some((dir, depth)) = dirs.pop() {

@@ -206,6 +206,16 @@ pub struct SandboxSpec {
     pub backend: Backend,
 }
 
+impl SandboxSpec {
+    /// The writable mounts that are not hidden as a whole: where the session can change
+    /// what the host later reads (git directories, Warden's own files).
+    pub(crate) fn writable_mounts(&self) -> impl Iterator<Item = &Mount> {
+        self.mounts
+            .iter()
+            .filter(|m| m.writable && !self.hide.iter().any(|h| m.source.starts_with(h)))
+    }
+}
+
 /// The isolation backend of a session: what stands between the command and the host
 /// kernel. Everything else of a session — the namespaces, the root built from `mounts`
 /// and `hide`, the cgroup limits, the network doors, the terminal, the handshake with

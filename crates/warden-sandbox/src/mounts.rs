@@ -690,11 +690,7 @@ fn self_bind(
 
 fn guard_git(req: &InitRequest, root: &OwnedFd) -> Result<Vec<Overmount>, String> {
     let spec = &req.spec;
-    let writable: Vec<&Mount> = spec
-        .mounts
-        .iter()
-        .filter(|m| m.writable && !spec.hide.iter().any(|h| m.source.starts_with(h)))
-        .collect();
+    let writable: Vec<&Mount> = spec.writable_mounts().collect();
     // A path the policy itself mounts writable is left as the policy says.
     let chosen = |p: &Path| writable.iter().any(|m| m.target == p);
     let mut out = Vec::new();
@@ -941,10 +937,7 @@ fn read_only_paths(req: &InitRequest, root: &OwnedFd) -> Result<Vec<Overmount>, 
     let spec = &req.spec;
     let mut out: Vec<Overmount> = Vec::new();
     for p in &spec.read_only {
-        for m in spec.mounts.iter().filter(|m| m.writable) {
-            if spec.hide.iter().any(|h| m.source.starts_with(h)) {
-                continue;
-            }
+        for m in spec.writable_mounts() {
             let Ok(rel) = p.strip_prefix(&m.source) else {
                 continue;
             };
