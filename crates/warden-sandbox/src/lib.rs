@@ -62,7 +62,8 @@ pub use net::{
 };
 pub use preflight::{Check, preflight, preflight_report};
 pub use session::{
-    Killer, Prepared, Session, SessionExit, prepare, prepare_with_trust_bundle, spawn,
+    Killer, Launch, Prepared, Session, SessionExit, launch, prepare, prepare_with_trust_bundle,
+    spawn,
 };
 
 /// `argv[1]` of a process started as a session init: the program set with

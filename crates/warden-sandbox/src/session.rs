@@ -2,8 +2,8 @@
 //!
 //! [`spawn`] may be called from a multi-threaded process: between `clone` and `execve` the
 //! child only calls async-signal-safe functions (`dup2`, `prctl`, `sigprocmask`, `execve`)
-//! on data prepared before the `clone`. Call it from a thread that outlives the session:
-//! the init's parent-death signal fires when the *thread* that spawned it exits.
+//! on data prepared before the `clone`. The clone happens on a thread of its own that
+//! lives as long as the session (see [`launch`]).
 
 use crate::cgroup::CgroupSet;
 use crate::error::SandboxError;
@@ -39,6 +39,8 @@ pub struct Session {
     warnings: Vec<String>,
     guard: Option<std::thread::JoinHandle<()>>,
     reaped: Option<i32>,
+    /// Keeps the launcher thread, the init's parent, until this is gone (see [`launch`]).
+    parent: Option<std::sync::mpsc::Sender<()>>,
 }
 
 #[derive(Debug)]
@@ -228,21 +230,23 @@ struct Received {
 
 /// Builds the session up to the point where only `execve` of the command is left.
 pub fn prepare(spec: &SandboxSpec) -> Result<Prepared, SandboxError> {
-    prepare_inner(spec, None)
+    prepare_inner(launch(spec.tty), spec, None)
 }
 
 /// What the caller hands over once the init has been started (see
 /// [`prepare_with_trust_bundle`]).
 type LateBundle<'a> = Box<dyn FnOnce() -> Result<String, String> + 'a>;
 
-/// [`prepare`], with the session's trust bundle ([`SandboxSpec::trust_bundle`], which
-/// must be `None` here) supplied late: `bundle` is called on this thread once the init
+/// [`prepare`] for the init `launch` started (its terminal mode must be `spec.tty`'s),
+/// with the session's trust bundle ([`SandboxSpec::trust_bundle`], which must be `None`
+/// here) supplied late: `bundle` is called on this thread once the init
 /// has been started, while it builds the session's namespaces and network, so that a
 /// bundle still being computed elsewhere (the host's CA roots load on a thread of their
 /// own) costs no time of its own. Its result is shown at [`crate::SESSION_TRUST_BUNDLE`]
 /// exactly as `trust_bundle` would be. An `Err` stops the session before anything ran
 /// and is returned as [`SandboxError::Caller`].
 pub fn prepare_with_trust_bundle<'a>(
+    launch: Launch,
     spec: &SandboxSpec,
     bundle: impl FnOnce() -> Result<String, String> + 'a,
 ) -> Result<Prepared, SandboxError> {
@@ -251,25 +255,67 @@ pub fn prepare_with_trust_bundle<'a>(
             "the trust bundle is given twice (in the spec and late)".into(),
         ));
     }
-    prepare_inner(spec, Some(Box::new(bundle)))
+    prepare_inner(launch, spec, Some(Box::new(bundle)))
 }
 
-fn prepare_inner(
-    spec: &SandboxSpec,
-    late: Option<LateBundle<'_>>,
-) -> Result<Prepared, SandboxError> {
-    validate(spec)?;
-    let use_pty = match spec.tty {
+/// An init being started ahead of its spec: [`launch`] returns at once, and
+/// [`prepare_with_trust_bundle`] picks the init up, so that the kernel builds the session's
+/// namespaces and loads the init while the caller is still reading its policy.
+#[derive(Debug)]
+pub struct Launch {
+    use_pty: bool,
+    started: std::sync::mpsc::Receiver<Result<Launched, SandboxError>>,
+}
+
+/// An init that runs in its namespaces, waiting for its spec.
+#[derive(Debug)]
+struct Launched {
+    session: Session,
+    chan: OwnedFd,
+}
+
+/// Starts a session's init for a session with terminal mode `tty`, on a thread of its
+/// own (see [`Launch`]). The init waits for its spec; dropping the `Launch` (or the
+/// [`Prepared`] made of it) kills it. What fails here is reported by
+/// [`prepare_with_trust_bundle`].
+///
+/// The thread stays, blocked, for as long as the session's [`Session`] exists: it is the
+/// init's parent, and the init's parent-death signal fires when the *thread* that
+/// started it exits.
+pub fn launch(tty: TtyMode) -> Launch {
+    let use_pty = match tty {
         TtyMode::Auto => sys::isatty(0) && sys::isatty(1),
         TtyMode::Pty => true,
         TtyMode::Inherit => false,
     };
-    let cgroups = if spec.limits.is_empty() {
-        None
-    } else {
-        Some(CgroupSet::create(&spec.session_id, &spec.limits)?)
-    };
-    let signals = SignalGuard::install(use_pty)?;
+    let (tx, started) = std::sync::mpsc::channel();
+    let spawned = std::thread::Builder::new()
+        .name("warden-launch".into())
+        .spawn({
+            let tx = tx.clone();
+            move || {
+                let (hold, held) = std::sync::mpsc::channel::<()>();
+                let launched = start_init(use_pty).map(|mut l| {
+                    l.session.parent = Some(hold);
+                    l
+                });
+                if tx.send(launched).is_ok() {
+                    // Until the session is gone (its end of `hold` dropped).
+                    let _ = held.recv();
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        let _ = tx.send(Err(SandboxError::os(
+            "starting the session's launcher thread",
+            e,
+        )));
+    }
+    Launch { use_pty, started }
+}
+
+/// Clones the init into its namespaces and maps its user; on the launcher thread.
+fn start_init(use_pty: bool) -> Result<Launched, SandboxError> {
     let (pty, slave) = if use_pty {
         let (p, s) = open_pty()?;
         (Some(p), Some(s))
@@ -358,18 +404,61 @@ fn prepare_inner(
             return Err(SandboxError::os("pidfd_open", e));
         }
     };
-    let mut session = Session {
+    let session = Session {
         pid,
         pidfd,
-        cgroups,
+        cgroups: None,
         pty,
-        signals: Some(signals),
+        signals: None,
         exec_error: None,
         warnings: Vec::new(),
         guard: None,
         reaped: None,
+        parent: None,
     };
-    match session.handshake(spec, parent_end, use_pty, late) {
+    // The init's user: the caller's uid and gid, nothing else.
+    // SAFETY: getuid/getgid cannot fail.
+    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    let base = format!("/proc/{pid}");
+    std::fs::write(format!("{base}/uid_map"), format!("{uid} {uid} 1\n")).map_err(userns_error)?;
+    std::fs::write(format!("{base}/setgroups"), "deny").map_err(userns_error)?;
+    std::fs::write(format!("{base}/gid_map"), format!("{gid} {gid} 1\n")).map_err(userns_error)?;
+    Ok(Launched {
+        session,
+        chan: parent_end,
+    })
+}
+
+fn prepare_inner(
+    launch: Launch,
+    spec: &SandboxSpec,
+    late: Option<LateBundle<'_>>,
+) -> Result<Prepared, SandboxError> {
+    validate(spec)?;
+    let use_pty = match spec.tty {
+        TtyMode::Auto => sys::isatty(0) && sys::isatty(1),
+        TtyMode::Pty => true,
+        TtyMode::Inherit => false,
+    };
+    if use_pty != launch.use_pty {
+        return Err(SandboxError::InvalidSpec(
+            "the init was launched for another terminal mode than the spec's".into(),
+        ));
+    }
+    let cgroups = if spec.limits.is_empty() {
+        None
+    } else {
+        Some(CgroupSet::create(&spec.session_id, &spec.limits)?)
+    };
+    let signals = SignalGuard::install(use_pty)?;
+    let Launched { mut session, chan } = launch.started.recv().unwrap_or_else(|_| {
+        Err(SandboxError::Setup(
+            "the session's launcher thread ended without starting the init".into(),
+        ))
+    })?;
+    session.cgroups = cgroups;
+    session.signals = Some(signals);
+    match session.handshake(spec, chan, use_pty, late) {
         Ok((stream, unix_guard, fds)) => {
             if spec.network == crate::Network::Egress
                 && (fds.proxy.is_none() || fds.dns.is_none())
@@ -494,12 +583,6 @@ impl Session {
     ) -> Result<(std::os::unix::net::UnixStream, bool, Received), SandboxError> {
         // SAFETY: getuid/getgid cannot fail.
         let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
-        let base = format!("/proc/{}", self.pid);
-        std::fs::write(format!("{base}/uid_map"), format!("{uid} {uid} 1\n"))
-            .map_err(userns_error)?;
-        std::fs::write(format!("{base}/setgroups"), "deny").map_err(userns_error)?;
-        std::fs::write(format!("{base}/gid_map"), format!("{gid} {gid} 1\n"))
-            .map_err(userns_error)?;
         if let Some(cg) = &self.cgroups {
             cg.add(self.pid)?;
         }

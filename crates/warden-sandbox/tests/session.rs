@@ -45,7 +45,8 @@ fn run(spec: &SandboxSpec) -> i32 {
 /// message must be the caller's).
 fn late_bundle(spec: &SandboxSpec, bundle: Result<String, String>) -> i32 {
     let want_err = bundle.clone().err();
-    match warden_sandbox::prepare_with_trust_bundle(spec, move || bundle) {
+    let launch = warden_sandbox::launch(spec.tty);
+    match warden_sandbox::prepare_with_trust_bundle(launch, spec, move || bundle) {
         Ok(p) => p.start().unwrap().wait().unwrap().code,
         Err(e) => {
             assert_eq!(Some(e.to_string()), want_err, "{e}");
@@ -97,6 +98,40 @@ try:
 except ConnectionRefusedError:
     pass
 "#;
+
+/// Every live child of this process (of any of its threads).
+fn children() -> Vec<String> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+        if let Ok(c) = std::fs::read_to_string(task.path().join("children")) {
+            out.extend(c.split_whitespace().map(str::to_string));
+        }
+    }
+    out
+}
+
+/// Exit status of a session prepared on a thread that has ended by the time it runs:
+/// the init must not die with the thread that asked for it (its parent-death signal
+/// follows the thread that cloned it).
+fn prepared_elsewhere(spec: &SandboxSpec) -> i32 {
+    let spec = spec.clone();
+    let prepared = std::thread::spawn(move || warden_sandbox::prepare(&spec).unwrap())
+        .join()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    prepared.start().unwrap().wait().unwrap().code
+}
+
+/// Children left 5 s after launching an init and dropping it unused (0 expected).
+fn dropped_launch_leftovers() -> i32 {
+    let before = children().len();
+    drop(warden_sandbox::launch(TtyMode::Inherit));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while children().len() > before && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    (children().len() - before.min(children().len())) as i32
+}
 
 fn main() {
     if warden_sandbox::is_init_invocation() {
@@ -199,6 +234,16 @@ fn main() {
     check(
         "proxy gone: no route, no listener",
         run_net(&spec(&ws, &["python3", "-c", NET_GONE]), false),
+        0,
+    );
+    check(
+        "a session prepared on a thread that has ended still runs",
+        prepared_elsewhere(&spec(&ws, &["/bin/true"])),
+        0,
+    );
+    check(
+        "an init launched and dropped unused leaves no process",
+        dropped_launch_leftovers(),
         0,
     );
     drop(host);

@@ -350,6 +350,10 @@ fn hide_lists(deny: &[String], home: &Path) -> (Vec<PathBuf>, Vec<String>) {
 
 pub fn main(args: Args) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
+    // The session's init starts now, in its namespaces, while the policy is read and
+    // the spec is built; it waits for the spec (see `warden_sandbox::launch`).
+    use_init_program()?;
+    let launch = warden_sandbox::launch(TtyMode::Auto);
     // What the session writes into git directories it could not guard is reported by
     // its change time against this (warden_sandbox::git_written_during).
     let began = std::time::SystemTime::now();
@@ -363,7 +367,6 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
         .map_err(|e| anyhow::anyhow!("{e}"))?
         .unwrap_or_else(|| Policy::preset(Preset::Balanced));
     let backend = choose_backend(args.backend, &policy)?;
-    use_init_program()?;
     let home = home_dir();
     let workspace = match &args.workspace {
         Some(w) => w.clone(),
@@ -728,7 +731,7 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
     };
     // The session's trust bundle (the host's roots plus the session CA) goes to the init
     // once it is being built: the roots load on a thread of their own meanwhile.
-    let prepared = warden_sandbox::prepare_with_trust_bundle(&spec, || {
+    let prepared = warden_sandbox::prepare_with_trust_bundle(launch, &spec, || {
         icpt.session_bundle()
             .map_err(|e| format!("credentials: TLS interception: {e}"))
     });
