@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Session start-to-exit of /bin/true: `warden run` (namespaces backend, a policy with
 # network rules) side by side with bubblewrap at comparable isolation and gVisor's
-# `runsc do`, in one run. Prints the three medians and the warden/bwrap ratio
-# (target: <= 1.5x bwrap; >= 10x faster than runsc).
+# `runsc do`, in one run, warden and bwrap taking turns (bench/interleave.py). Prints the
+# three medians and the ratios (target: <= 1.5x bwrap; >= 10x faster than runsc).
 #
 #   bash bench/session_start.sh [RUNS]      (default 50 runs each, after 5 warm-ups)
 set -euo pipefail
@@ -11,12 +11,12 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 
 need() { command -v "$1" >/dev/null 2>&1; }
-if ! need bwrap || ! need runsc || ! need hyperfine; then
+if ! need bwrap || ! need runsc || ! need python3; then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq >/dev/null 2>&1 || true
     need bwrap || apt-get install -y -qq bubblewrap >/dev/null 2>&1 || echo "bench: could not install bubblewrap" >&2
     need runsc || apt-get install -y -qq runsc >/dev/null 2>&1 || echo "bench: could not install runsc" >&2
-    need hyperfine || apt-get install -y -qq hyperfine >/dev/null 2>&1 || echo "bench: no hyperfine; using a bash loop" >&2
+    need python3 || apt-get install -y -qq python3 >/dev/null 2>&1 || echo "bench: could not install python3" >&2
   fi
 fi
 
@@ -47,39 +47,17 @@ BWRAP_ARGS=(--unshare-all --die-with-parent --new-session
 RUNSC=(runsc --network=none)
 [ "$(id -u)" = 0 ] || RUNSC=(runsc --rootless --network=none)
 
-declare -A CMDS
-CMDS[warden]="$WARDEN run --policy $WORK/policy.toml --workspace $WS -- /bin/true"
-CMDS[bwrap]="bwrap ${BWRAP_ARGS[*]} /bin/true"
-CMDS[runsc]="${RUNSC[*]} do /bin/true"
+# warden and bwrap take turns; runsc (≈ 150 ms a run, and a heavy teardown that would
+# slow whichever run follows it) is measured on its own afterwards.
+declare -A MED=([warden]=NA [bwrap]=NA [runsc]=NA)
+while read -r name median _; do MED[$name]=$median; done < <(
+  python3 "$ROOT/bench/interleave.py" "$RUNS" 5 \
+    warden "$WARDEN run --policy $WORK/policy.toml --workspace $WS -- /bin/true" \
+    bwrap "bwrap ${BWRAP_ARGS[*]} /bin/true"
+  if need runsc; then python3 "$ROOT/bench/interleave.py" "$RUNS" 5 runsc "${RUNSC[*]} do /bin/true"; fi
+)
 
-median_ms() { # command... -> median wall time in ms over $RUNS runs (bash loop)
-  local i t0 t1 ts=()
-  for i in 1 2 3 4 5; do "$@" >/dev/null 2>&1 || true; done
-  for ((i = 0; i < RUNS; i++)); do
-    t0=$(date +%s%N); "$@" >/dev/null 2>&1 || true; t1=$(date +%s%N)
-    ts+=($(( (t1 - t0) / 1000 )))
-  done
-  printf '%s\n' "${ts[@]}" | sort -n | awk '{a[NR]=$1} END {m = (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2; printf "%.2f", m/1000}'
-}
-
-declare -A MED
-for name in warden bwrap runsc; do
-  bin=${CMDS[$name]%% *}
-  if ! need "$bin" && [ ! -x "$bin" ]; then MED[$name]=NA; continue; fi
-  # shellcheck disable=SC2086
-  if ! ${CMDS[$name]} >/dev/null 2>"$WORK/$name.err"; then
-    echo "bench: $name failed: $(head -c 300 "$WORK/$name.err")" >&2; MED[$name]=NA; continue
-  fi
-  if need hyperfine; then
-    hyperfine -N -w 5 -r "$RUNS" --export-json "$WORK/$name.json" "${CMDS[$name]}" >/dev/null 2>&1
-    MED[$name]=$(python3 -c "import json,sys; print('%.2f' % (json.load(open(sys.argv[1]))['results'][0]['median']*1000))" "$WORK/$name.json")
-  else
-    # shellcheck disable=SC2086
-    MED[$name]=$(median_ms ${CMDS[$name]})
-  fi
-done
-
-echo "session start-to-exit of /bin/true, median of $RUNS runs (ms):"
+echo "session start-to-exit of /bin/true, median of $RUNS runs each (ms; warden and bwrap interleaved):"
 printf '  %-8s %8s\n' warden "${MED[warden]}" bwrap "${MED[bwrap]}" runsc "${MED[runsc]}"
 if [ "${MED[warden]}" != NA ] && [ "${MED[bwrap]}" != NA ]; then
   python3 -c "import sys; w,b=map(float,sys.argv[1:3]); print('  warden/bwrap = %.2fx (target <= 1.5x)' % (w/b))" "${MED[warden]}" "${MED[bwrap]}"
