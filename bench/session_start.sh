@@ -5,6 +5,8 @@
 # three medians and the ratios (target: <= 1.5x bwrap; >= 10x faster than runsc).
 #
 #   bash bench/session_start.sh [RUNS]      (default 50 runs each, after 5 warm-ups)
+#   WARDEN_BASELINE=/path/to/old/warden bash bench/session_start.sh [RUNS]
+#                                           (that build takes turns too: before/after)
 set -euo pipefail
 RUNS=${1:-50}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -49,16 +51,18 @@ RUNSC=(runsc --network=none)
 
 # warden and bwrap take turns; runsc (≈ 150 ms a run, and a heavy teardown that would
 # slow whichever run follows it) is measured on its own afterwards.
-declare -A MED=([warden]=NA [bwrap]=NA [runsc]=NA)
+declare -A MED=([warden]=NA [bwrap]=NA [runsc]=NA [baseline]=NA)
 while read -r name median _; do MED[$name]=$median; done < <(
   python3 "$ROOT/bench/interleave.py" "$RUNS" 5 \
     warden "$WARDEN run --policy $WORK/policy.toml --workspace $WS -- /bin/true" \
-    bwrap "bwrap ${BWRAP_ARGS[*]} /bin/true"
+    bwrap "bwrap ${BWRAP_ARGS[*]} /bin/true" \
+    ${WARDEN_BASELINE:+baseline "$WARDEN_BASELINE run --policy $WORK/policy.toml --workspace $WS -- /bin/true"}
   if need runsc; then python3 "$ROOT/bench/interleave.py" "$RUNS" 5 runsc "${RUNSC[*]} do /bin/true"; fi
 )
 
 echo "session start-to-exit of /bin/true, median of $RUNS runs each (ms; warden and bwrap interleaved):"
 printf '  %-8s %8s\n' warden "${MED[warden]}" bwrap "${MED[bwrap]}" runsc "${MED[runsc]}"
+[ -z "${WARDEN_BASELINE:-}" ] || printf '  %-8s %8s  (%s)\n' baseline "${MED[baseline]}" "$WARDEN_BASELINE"
 if [ "${MED[warden]}" != NA ] && [ "${MED[bwrap]}" != NA ]; then
   python3 -c "import sys; w,b=map(float,sys.argv[1:3]); print('  warden/bwrap = %.2fx (target <= 1.5x)' % (w/b))" "${MED[warden]}" "${MED[bwrap]}"
 fi
