@@ -283,11 +283,7 @@ struct Launched {
 /// init's parent, and the init's parent-death signal fires when the *thread* that
 /// started it exits.
 pub fn launch(tty: TtyMode) -> Launch {
-    let use_pty = match tty {
-        TtyMode::Auto => sys::isatty(0) && sys::isatty(1),
-        TtyMode::Pty => true,
-        TtyMode::Inherit => false,
-    };
+    let use_pty = wants_pty(tty);
     let (tx, started) = std::sync::mpsc::channel();
     let spawned = std::thread::Builder::new()
         .name("warden-launch".into())
@@ -312,6 +308,15 @@ pub fn launch(tty: TtyMode) -> Launch {
         )));
     }
     Launch { use_pty, started }
+}
+
+/// Whether a session with terminal mode `tty` gets a pty.
+fn wants_pty(tty: TtyMode) -> bool {
+    match tty {
+        TtyMode::Auto => sys::isatty(0) && sys::isatty(1),
+        TtyMode::Pty => true,
+        TtyMode::Inherit => false,
+    }
 }
 
 /// Clones the init into its namespaces and maps its user; on the launcher thread.
@@ -435,11 +440,7 @@ fn prepare_inner(
     late: Option<LateBundle<'_>>,
 ) -> Result<Prepared, SandboxError> {
     validate(spec)?;
-    let use_pty = match spec.tty {
-        TtyMode::Auto => sys::isatty(0) && sys::isatty(1),
-        TtyMode::Pty => true,
-        TtyMode::Inherit => false,
-    };
+    let use_pty = wants_pty(spec.tty);
     if use_pty != launch.use_pty {
         return Err(SandboxError::InvalidSpec(
             "the init was launched for another terminal mode than the spec's".into(),
