@@ -1,9 +1,11 @@
 //! The system store's certificates as PEM text, for a session's trust bundle.
 //!
-//! Same sources as `rustls-native-certs` 0.8 (what [`crate::UpstreamTrust`] parses for the
-//! upstream roots): `SSL_CERT_FILE` and `SSL_CERT_DIR` when either is set, else the
-//! bundle file and directories `openssl-probe` finds; the file first, then every regular
-//! file of each directory (through symlinks), each file once. What differs is only the
+//! Where the host's store is ([`store_paths`]), for the session bundle and the upstream
+//! roots alike: `SSL_CERT_FILE` and `SSL_CERT_DIR` when either is set (as
+//! `rustls-native-certs`); else the distribution's bundle file that `openssl-probe`
+//! finds, and its certificate directories only when there is no such file. The file
+//! first, then every regular file of each directory (through symlinks), each file once.
+//! Compared with `rustls-native-certs` parsing the same paths, what differs is only the
 //! work: the `CERTIFICATE` blocks are copied as text (their base64 checked, not decoded;
 //! a block whose text was seen already is not even checked) and deduplicated by their
 //! base64 in canonical lines, and a symlink naming another entry of the same directory
@@ -210,21 +212,67 @@ fn id(m: &fs::Metadata) -> (u64, u64) {
     (m.dev(), m.ino())
 }
 
-/// Where `rustls-native-certs` 0.8 looks on Linux: `SSL_CERT_FILE` / `SSL_CERT_DIR`
-/// (a `:`-separated list) when either is set, else `openssl-probe`'s finds.
-fn store_paths() -> (Option<PathBuf>, Vec<PathBuf>) {
-    let file = std::env::var_os("SSL_CERT_FILE").map(PathBuf::from);
-    let dirs: Vec<PathBuf> = match std::env::var_os("SSL_CERT_DIR") {
+/// Where the host's store is: `SSL_CERT_FILE` / `SSL_CERT_DIR` (a `:`-separated list)
+/// when either is set, else the bundle file `openssl-probe` finds, or its directories
+/// when it finds no file; in both cases without a directory that holds the bundle file.
+///
+/// The distribution's directory is not read next to its bundle file: every certificate
+/// the distribution's tools install is in the file (`update-ca-certificates`,
+/// `update-ca-trust`, `trust extract`), and reading the directory means opening each of
+/// its ≈ 150 files through slow symlinks on every session start (≈ 0.7 ms of ≈ 9 here,
+/// docs/benchmarks.md, "Sixth round"), to find what the file already holds. A
+/// directory that holds the bundle file (`SSL_CERT_DIR=/etc/ssl/certs` next to
+/// `SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt`, as some images set them) is that
+/// directory. What only the directory holds (on Debian `ssl-cert-snakeoil.pem`, not a
+/// CA) is still trusted by OpenSSL-based programs in the session, which look the
+/// directory up themselves (it is visible read-only); Node, Python `requests`, rustls
+/// and Go read the file, on the host too. Any other directory named in `SSL_CERT_DIR`
+/// is read.
+pub(crate) fn store_paths() -> (Option<PathBuf>, Vec<PathBuf>) {
+    choose_paths(
+        std::env::var_os("SSL_CERT_FILE"),
+        std::env::var_os("SSL_CERT_DIR"),
+        || {
+            let p = openssl_probe::probe();
+            (p.cert_file, p.cert_dir)
+        },
+    )
+}
+
+/// [`store_paths`] for given variables and probe.
+fn choose_paths(
+    file: Option<std::ffi::OsString>,
+    dirs: Option<std::ffi::OsString>,
+    probe: impl FnOnce() -> (Option<PathBuf>, Vec<PathBuf>),
+) -> (Option<PathBuf>, Vec<PathBuf>) {
+    let file = file.map(PathBuf::from);
+    let dirs: Vec<PathBuf> = match dirs {
         Some(d) => std::env::split_paths(&d)
             .filter(|p| !p.as_os_str().is_empty())
             .collect(),
         None => Vec::new(),
     };
-    if file.is_some() || !dirs.is_empty() {
-        return (file, dirs);
+    let (file, mut dirs) = if file.is_some() || !dirs.is_empty() {
+        (file, dirs)
+    } else {
+        match probe() {
+            (Some(file), _) => (Some(file), Vec::new()),
+            (None, dirs) => (None, dirs),
+        }
+    };
+    if let Some(file) = &file {
+        dirs.retain(|d| !holds(d, file));
     }
-    let probed = openssl_probe::probe();
-    (probed.cert_file, probed.cert_dir)
+    (file, dirs)
+}
+
+/// Whether directory `dir` holds `file`, as named or once links are resolved.
+fn holds(dir: &Path, file: &Path) -> bool {
+    file.parent() == Some(dir)
+        || matches!(
+            (fs::canonicalize(dir), fs::canonicalize(file)),
+            (Ok(d), Ok(f)) if f.parent() == Some(d.as_path())
+        )
 }
 
 const BEGIN: &[u8] = b"-----BEGIN CERTIFICATE-----";
@@ -464,6 +512,73 @@ mod tests {
         let got: HashSet<Vec<u8>> = text.bodies().map(<[u8]>::to_vec).collect();
         assert_eq!(got, want);
         assert_eq!(text.text.matches("BEGIN CERTIFICATE").count(), 5);
+        Ok(())
+    }
+
+    #[test]
+    fn the_store_is_the_bundle_file_and_its_directories_only_without_one() {
+        let probe = || {
+            (
+                Some(PathBuf::from("/etc/ssl/certs/ca-certificates.crt")),
+                vec![PathBuf::from("/usr/lib/ssl/certs")],
+            )
+        };
+        let no_probe = || -> (Option<PathBuf>, Vec<PathBuf>) { panic!("probed") };
+        // Nothing set: the distribution's file, not its directory.
+        assert_eq!(
+            choose_paths(None, None, probe),
+            (
+                Some(PathBuf::from("/etc/ssl/certs/ca-certificates.crt")),
+                vec![]
+            )
+        );
+        // No file found: its directories.
+        assert_eq!(
+            choose_paths(None, None, || (None, vec![PathBuf::from("/d")])),
+            (None, vec![PathBuf::from("/d")])
+        );
+        // Either variable set: exactly what they name, nothing probed.
+        assert_eq!(
+            choose_paths(Some("/f.pem".into()), None, no_probe),
+            (Some(PathBuf::from("/f.pem")), vec![])
+        );
+        assert_eq!(
+            choose_paths(None, Some("/a::/b".into()), no_probe),
+            (None, vec![PathBuf::from("/a"), PathBuf::from("/b")])
+        );
+        assert_eq!(
+            choose_paths(Some("/f.pem".into()), Some("/a".into()), no_probe),
+            (Some(PathBuf::from("/f.pem")), vec![PathBuf::from("/a")])
+        );
+        // ... but not a directory that holds the file: the store it was made from.
+        assert_eq!(
+            choose_paths(
+                Some("/s/certs/b.crt".into()),
+                Some("/s/certs:/a".into()),
+                no_probe
+            ),
+            (
+                Some(PathBuf::from("/s/certs/b.crt")),
+                vec![PathBuf::from("/a")]
+            )
+        );
+    }
+
+    /// A directory holds the bundle also through links (`/usr/lib/ssl/certs` is a link
+    /// to `/etc/ssl/certs` on Debian).
+    #[test]
+    fn a_linked_directory_holds_the_file_of_its_target() -> Result<(), Box<dyn std::error::Error>> {
+        let tmp = tempfile::tempdir()?;
+        let certs = tmp.path().join("certs");
+        fs::create_dir(&certs)?;
+        fs::write(certs.join("bundle.crt"), "")?;
+        std::os::unix::fs::symlink(&certs, tmp.path().join("link"))?;
+        fs::create_dir(tmp.path().join("other"))?;
+        let file = certs.join("bundle.crt");
+        assert!(holds(&certs, &file));
+        assert!(holds(&tmp.path().join("link"), &file));
+        assert!(!holds(&tmp.path().join("other"), &file));
+        assert!(!holds(tmp.path(), &file));
         Ok(())
     }
 

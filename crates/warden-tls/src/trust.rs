@@ -11,14 +11,15 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::thread::JoinHandle;
 
-/// The roots the proxy trusts toward real servers: the host's system store
-/// (`rustls-native-certs`, which honours `SSL_CERT_FILE`/`SSL_CERT_DIR` and otherwise
-/// finds the distribution's bundle) plus `tls.extra_roots`. The session CA is never
-/// among them, so a minted leaf can never be mistaken for a real upstream.
+/// The roots the proxy trusts toward real servers: the host's system store (parsed by
+/// `rustls-native-certs` from the paths `store::store_paths` chooses: `SSL_CERT_FILE`/
+/// `SSL_CERT_DIR` when set, else the distribution's bundle file) plus
+/// `tls.extra_roots`. The session CA is never among them, so a minted leaf can never be
+/// mistaken for a real upstream.
 ///
 /// Load once per session; [`UpstreamTrust::client_config`] builds each ALPN variant
-/// once and then hands out clones of the same `Arc`. Parsing the system store (a
-/// bundle and every file of `/etc/ssl/certs`, ≈ 3 ms of CPU) is only needed for the
+/// once and then hands out clones of the same `Arc`. Parsing the system store (≈ 150
+/// certificates) is only needed for the
 /// first upstream handshake, and a session's trust bundle does not need it at all:
 /// [`UpstreamTrust::load_in_background`] reads the store as text on a thread of its own
 /// for the bundle (and checks the extra roots), and parses the roots on first use.
@@ -256,7 +257,14 @@ fn load_parts(extra_roots: &[PathBuf]) -> Result<BundleParts, TlsError> {
 }
 
 fn load_roots(extra_roots: &[PathBuf]) -> Result<Roots, TlsError> {
-    let native = rustls_native_certs::load_native_certs();
+    // The same paths as the session bundle's text (`store::store_paths`).
+    let (file, dirs) = store::store_paths();
+    let mut native = rustls_native_certs::load_certs_from_paths(file.as_deref(), None);
+    for dir in &dirs {
+        let more = rustls_native_certs::load_certs_from_paths(None, Some(dir));
+        native.certs.extend(more.certs);
+        native.errors.extend(more.errors);
+    }
     let detail = if native.errors.is_empty() {
         "no certificates found".to_string()
     } else {
