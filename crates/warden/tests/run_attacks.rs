@@ -502,6 +502,53 @@ fn ptrace_and_process_vm_readv_fail(b: B) {
     attack(&env, "kill", Some(&pid));
 }
 
+/// The session's init (PID 1, root of the session's user namespace with every
+/// capability in it: it could unmount the covers over `filesystem.deny` paths) cannot be
+/// taken over from the agent: its memory, environment, root and descriptors stay closed
+/// through `/proc/1` (the kernel refuses a tracer whose capabilities are not a superset
+/// of the target's, Landlock and seccomp aside), and it ignores signals from its own
+/// namespace. As root and as an unprivileged user.
+fn the_sessions_init_cannot_be_taken_over_through_proc(b: B) {
+    if b == B::Gvisor {
+        return; // PID 1 under gVisor is the sandbox's own first process, not Warden's init
+    }
+    const PROBE: &str = "import os, signal\n\
+        for path, mode in [('mem', 'r+b'), ('mem', 'rb'), ('environ', 'rb'), ('maps', 'rb'), ('fd/0', 'rb')]:\n\
+        \x20   try:\n\
+        \x20       with open('/proc/1/' + path, mode) as f: f.read(1)\n\
+        \x20       print('OPENED', path, mode)\n\
+        \x20   except OSError as e: print('refused', path, e.errno)\n\
+        for link in ['root', 'cwd', 'exe']:\n\
+        \x20   try: print('LINK', link, os.readlink('/proc/1/' + link))\n\
+        \x20   except OSError as e: print('refused', link, e.errno)\n\
+        for sig in [signal.SIGKILL, signal.SIGSTOP, signal.SIGTERM]:\n\
+        \x20   try: os.kill(1, sig)\n\
+        \x20   except OSError as e: print('refused', sig, e.errno)\n\
+        print('init alive:', os.path.exists('/proc/1/status') and 'State:\\tS' in open('/proc/1/status').read())";
+    let mut envs = vec![Env::new_for(b, BASE)];
+    if is_root() {
+        envs.push(Env::unprivileged_for(b, BASE));
+    }
+    for env in envs {
+        let o = env.run(&["python3", "-c", PROBE]);
+        assert_code(&o, 0);
+        let out = stdout(&o);
+        assert!(
+            !out.contains("OPENED") && !out.contains("LINK"),
+            "the session read its init through /proc/1: {}",
+            text(&o)
+        );
+        for what in ["mem", "environ", "maps", "fd/0", "root", "cwd", "exe"] {
+            assert!(
+                out.contains(&format!("refused {what} ")),
+                "{what}: {}",
+                text(&o)
+            );
+        }
+        assert!(out.contains("init alive: True"), "{}", text(&o));
+    }
+}
+
 // ---- unix sockets -----------------------------------------------------------------------
 
 const PY_CLIENT: &str = r#"
@@ -1115,6 +1162,7 @@ crate::per_backend!(
     cannot_write_system_dirs_or_root,
     proc_shows_only_the_session,
     ptrace_and_process_vm_readv_fail,
+    the_sessions_init_cannot_be_taken_over_through_proc,
     host_unix_socket_in_the_workspace_is_unreachable_but_session_sockets_work,
     host_abstract_socket_is_unreachable,
     dangerous_syscalls_fail,
