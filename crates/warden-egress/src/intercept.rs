@@ -558,8 +558,8 @@ impl Interception {
     }
 
     /// Everything from the policy: a new [`SessionCa`], the upstream trust with the
-    /// policy's `tls.extra_roots` ([`UpstreamTrust::load_in_background`]: the system
-    /// store is read as text for the session bundle meanwhile, and parsed for upstream
+    /// policy's `tls.extra_roots` ([`UpstreamTrust::deferred`]: the system store is
+    /// read as text when the session bundle is asked for, and parsed for upstream
     /// verification at the first intercepted connection; a store without any
     /// certificate or an unusable `extra_roots` file is reported by
     /// [`Interception::session_bundle`], [`Interception::trust_ready`] and every
@@ -585,10 +585,9 @@ impl Interception {
         presets: &[ProviderBinding],
         given: &HashMap<String, String>,
     ) -> Result<(Interception, Vec<LeaseId>), InterceptError> {
-        // The system store is read on its own thread while the rest is prepared (the
-        // session bundle waits for it); the roots are parsed at the first upstream
-        // handshake.
-        let trust = UpstreamTrust::load_in_background(policy.doc().tls.extra_roots.clone());
+        // The system store is read when the session bundle is asked for; the roots are
+        // parsed at the first upstream handshake.
+        let trust = UpstreamTrust::deferred(policy.doc().tls.extra_roots.clone());
         let ca = SessionCa::new()?;
         let mut creds = Vec::new();
         let mut leases = Vec::new();

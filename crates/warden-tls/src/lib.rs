@@ -74,8 +74,8 @@ pub enum TlsError {
         /// What the system store loader reported.
         detail: String,
     },
-    /// The roots loaded in the background ([`UpstreamTrust::load_in_background`])
-    /// failed to load: this is the error the load returned.
+    /// A load done once and reported to every use ([`UpstreamTrust::deferred`])
+    /// failed: this is the error the load returned.
     #[error(transparent)]
-    Background(std::sync::Arc<TlsError>),
+    Shared(std::sync::Arc<TlsError>),
 }

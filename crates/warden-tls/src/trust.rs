@@ -8,8 +8,7 @@ use rustls::{ClientConfig, RootCertStore};
 use std::collections::HashSet;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
-use std::thread::JoinHandle;
+use std::sync::{Arc, OnceLock};
 
 /// The roots the proxy trusts toward real servers: the host's system store (parsed by
 /// `rustls-native-certs` from the paths `store::store_paths` chooses: `SSL_CERT_FILE`/
@@ -21,16 +20,14 @@ use std::thread::JoinHandle;
 /// once and then hands out clones of the same `Arc`. Parsing the system store (≈ 150
 /// certificates) is only needed for the
 /// first upstream handshake, and a session's trust bundle does not need it at all:
-/// [`UpstreamTrust::load_in_background`] reads the store as text on a thread of its own
-/// for the bundle (and checks the extra roots), and parses the roots on first use.
+/// [`UpstreamTrust::deferred`] reads the store as text for the bundle when it is asked
+/// for (and checks the extra roots), and parses the roots on first use.
 pub struct UpstreamTrust {
     extra_roots: Vec<PathBuf>,
     /// The parsed roots: set by [`UpstreamTrust::load`], else on first use.
     roots: OnceLock<Result<Roots, Arc<TlsError>>>,
     /// What a session bundle is made of (set once read, or failed to be).
     parts: OnceLock<Result<BundleParts, Arc<TlsError>>>,
-    /// The thread reading `parts`, until someone has waited for it.
-    loading: Mutex<Option<JoinHandle<Result<BundleParts, TlsError>>>>,
     configs: [OnceLock<Arc<ClientConfig>>; 4],
 }
 
@@ -73,8 +70,9 @@ impl UpstreamTrust {
     }
 
     /// Returns at once; reads the system store as text (for the session bundle) and
-    /// checks `extra_roots` on a thread of its own, and parses the upstream roots when
-    /// they are first needed ([`UpstreamTrust::client_config`]).
+    /// checks `extra_roots` when first asked ([`UpstreamTrust::session_bundle`],
+    /// [`UpstreamTrust::wait`]), and parses the upstream roots when they are first
+    /// needed ([`UpstreamTrust::client_config`]).
     ///
     /// The same failures as [`UpstreamTrust::load`], with the same errors, at two
     /// points: [`UpstreamTrust::wait`] and the bundles report an `extra_roots` file
@@ -84,24 +82,16 @@ impl UpstreamTrust {
     /// starts, as before. Only a store whose certificates are all unusable to rustls
     /// (present as text, none parsable) is found at the first upstream handshake,
     /// which then fails with [`TlsError::NoRoots`].
-    pub fn load_in_background(extra_roots: Vec<PathBuf>) -> Self {
-        let paths = extra_roots.clone();
-        let spawned = std::thread::Builder::new()
-            .name("warden-ca-roots".into())
-            .spawn(move || load_parts(&paths));
-        let (parts, handle) = match spawned {
-            Ok(handle) => (OnceLock::new(), Some(handle)),
-            // No thread to be had: read here instead.
-            Err(_) => (
-                OnceLock::from(load_parts(&extra_roots).map_err(Arc::new)),
-                None,
-            ),
-        };
+    ///
+    /// Deferred rather than read on a thread of its own: `warden run` asks for the
+    /// bundle right after it has sent the spec, while it waits for the init anyway,
+    /// and a thread reading it earlier competed with the init's start on two cores
+    /// (docs/benchmarks.md, "Sixth round").
+    pub fn deferred(extra_roots: Vec<PathBuf>) -> Self {
         Self {
             extra_roots,
             roots: OnceLock::new(),
-            parts,
-            loading: Mutex::new(handle),
+            parts: OnceLock::new(),
             configs: Default::default(),
         }
     }
@@ -120,7 +110,6 @@ impl UpstreamTrust {
             extra_roots,
             roots: OnceLock::from(Ok(roots)),
             parts: OnceLock::new(),
-            loading: Mutex::new(None),
             configs: Default::default(),
         }
     }
@@ -133,46 +122,33 @@ impl UpstreamTrust {
     }
 
     fn parts(&self) -> Result<&BundleParts, TlsError> {
-        if self.parts.get().is_none() {
-            let mut loading = self.loading.lock().unwrap_or_else(PoisonError::into_inner);
-            if let Some(handle) = loading.take() {
-                let loaded = handle.join().unwrap_or_else(|_| {
-                    Err(TlsError::NoRoots {
-                        detail: "the thread loading them panicked".to_string(),
-                    })
-                });
-                let _ = self.parts.set(loaded.map_err(Arc::new));
-            }
-        }
-        let parts = self.parts.get_or_init(|| {
+        let parts = self.parts.get_or_init(|| match self.roots.get() {
             // Parsed eagerly (load, from_parts): the same certificates, as text.
-            self.roots()
-                .map(|r| BundleParts {
-                    system: SystemPem::from_der(r.system.iter().map(|c| c.as_ref())),
-                    extra: r.extra.clone(),
-                })
-                .map_err(|e| match e {
-                    TlsError::Background(e) => e,
-                    other => Arc::new(other),
-                })
+            Some(Ok(r)) => Ok(BundleParts {
+                system: SystemPem::from_der(r.system.iter().map(|c| c.as_ref())),
+                extra: r.extra.clone(),
+            }),
+            Some(Err(e)) => Err(e.clone()),
+            // Deferred: the store read as text.
+            None => load_parts(&self.extra_roots).map_err(Arc::new),
         });
         match parts {
             Ok(parts) => Ok(parts),
-            Err(e) => Err(TlsError::Background(e.clone())),
+            Err(e) => Err(TlsError::Shared(e.clone())),
         }
     }
 
     fn roots(&self) -> Result<&Roots, TlsError> {
         // A store that failed the session-start check fails here the same way.
         if let Some(Err(e)) = self.parts.get() {
-            return Err(TlsError::Background(e.clone()));
+            return Err(TlsError::Shared(e.clone()));
         }
         let roots = self
             .roots
             .get_or_init(|| load_roots(&self.extra_roots).map_err(Arc::new));
         match roots {
             Ok(roots) => Ok(roots),
-            Err(e) => Err(TlsError::Background(e.clone())),
+            Err(e) => Err(TlsError::Shared(e.clone())),
         }
     }
 
@@ -206,7 +182,7 @@ impl UpstreamTrust {
     /// The session's trust bundle: system roots, then the session CA, then the extra
     /// roots, each certificate once. Certificates only: it never contains a private
     /// key. The system roots are the store's certificates copied as text (see
-    /// [`UpstreamTrust::load_in_background`]): the same certificates the upstream
+    /// [`UpstreamTrust::deferred`]): the same certificates the upstream
     /// roots are parsed from.
     pub fn session_bundle(&self, ca: &SessionCa) -> Result<String, TlsError> {
         let parts = self.parts()?;
@@ -226,7 +202,7 @@ impl UpstreamTrust {
     }
 }
 
-/// What [`UpstreamTrust::load_in_background`] reads before a session starts: the
+/// What [`UpstreamTrust::deferred`] reads before a session starts: the
 /// system store as text and the extra roots, checked as [`roots_from_parts`] checks them.
 fn load_parts(extra_roots: &[PathBuf]) -> Result<BundleParts, TlsError> {
     let system = SystemPem::load();

@@ -210,36 +210,36 @@ fn bundle_holds_system_roots_the_session_ca_and_extra_roots_but_no_key() -> Resu
 }
 
 #[test]
-fn roots_loaded_in_the_background_are_the_same_roots() -> Result<(), BoxError> {
+fn roots_loaded_deferred_are_the_same_roots() -> Result<(), BoxError> {
     let ca = SessionCa::new()?;
     let extra = SessionCa::new()?;
     let dir = tempfile::tempdir()?;
     let pem = dir.path().join("extra.pem");
     std::fs::write(&pem, extra.cert_pem())?;
     let eager = UpstreamTrust::load(std::slice::from_ref(&pem))?;
-    let background = UpstreamTrust::load_in_background(vec![pem]);
+    let deferred = UpstreamTrust::deferred(vec![pem]);
     // The session bundle is the store read as text, the eager one the parsed roots
     // encoded: the same certificates.
-    let session = certs_of(&background.session_bundle(&ca)?);
+    let session = certs_of(&deferred.session_bundle(&ca)?);
     assert_eq!(session, certs_of(&eager.session_bundle(&ca)?));
     assert!(session.contains(ca.cert_der().as_ref()));
     assert!(session.contains(extra.cert_der().as_ref()));
     assert_eq!(
-        certs_of(&background.pem_bundle()?),
+        certs_of(&deferred.pem_bundle()?),
         certs_of(&eager.pem_bundle()?)
     );
     // The roots themselves are parsed on first use, from the same store.
-    background.client_config(Alpn::H2AndHttp1)?;
-    assert_eq!(format!("{background:?}"), format!("{eager:?}"));
+    deferred.client_config(Alpn::H2AndHttp1)?;
+    assert_eq!(format!("{deferred:?}"), format!("{eager:?}"));
     Ok(())
 }
 
 #[test]
-fn a_background_load_that_fails_is_reported_by_every_use() -> Result<(), BoxError> {
+fn a_deferred_load_that_fails_is_reported_by_every_use() -> Result<(), BoxError> {
     let ca = SessionCa::new()?;
     let dir = tempfile::tempdir()?;
     let missing = dir.path().join("missing.pem");
-    let trust = UpstreamTrust::load_in_background(vec![missing.clone()]);
+    let trust = UpstreamTrust::deferred(vec![missing.clone()]);
     let errors = [
         trust.wait().err(),
         trust.session_bundle(&ca).err(),

@@ -682,7 +682,7 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
         tty: TtyMode::Auto,
         session_id: session.clone(),
         network: Network::Egress,
-        // Supplied late (below): the host's CA roots are still loading.
+        // Supplied late (below): the host's CA roots are read once the spec is sent.
         trust_bundle: None,
         backend,
     };
@@ -729,8 +729,8 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
             Ok(log)
         })
     };
-    // The session's trust bundle (the host's roots plus the session CA) goes to the init
-    // once it is being built: the roots load on a thread of their own meanwhile.
+    // The session's trust bundle (the host's roots plus the session CA) is read and sent
+    // right after the spec, while the init builds its namespaces and network.
     let prepared = warden_sandbox::prepare_with_trust_bundle(launch, &spec, || {
         icpt.session_bundle()
             .map_err(|e| format!("credentials: TLS interception: {e}"))
