@@ -239,10 +239,10 @@ type LateBundle<'a> = Box<dyn FnOnce() -> Result<String, String> + 'a>;
 
 /// [`prepare`] for the init `launch` started (its terminal mode must be `spec.tty`'s),
 /// with the session's trust bundle ([`SandboxSpec::trust_bundle`], which must be `None`
-/// here) supplied late: `bundle` is called on this thread once the init
-/// has been started, while it builds the session's namespaces and network, so that a
-/// bundle still being computed elsewhere (the host's CA roots load on a thread of their
-/// own) costs no time of its own. Its result is shown at [`crate::SESSION_TRUST_BUNDLE`]
+/// here) supplied late: `bundle` is called on this thread once the spec has been sent,
+/// while the init builds the session's namespaces and network, so that computing it
+/// (`warden run` reads the host's CA roots there) costs the session no time of its own
+/// as long as it takes less than that. Its result is shown at [`crate::SESSION_TRUST_BUNDLE`]
 /// exactly as `trust_bundle` would be. An `Err` stops the session before anything ran
 /// and is returned as [`SandboxError::Caller`].
 pub fn prepare_with_trust_bundle<'a>(
