@@ -266,13 +266,13 @@ fn choose_paths(
     (file, dirs)
 }
 
-/// Whether directory `dir` holds `file`, as named or once links are resolved.
+/// Whether directory `dir` holds `file` (which exists), as named or once links are
+/// resolved. A bundle file that is missing leaves its directory to be read.
 fn holds(dir: &Path, file: &Path) -> bool {
-    file.parent() == Some(dir)
-        || matches!(
-            (fs::canonicalize(dir), fs::canonicalize(file)),
-            (Ok(d), Ok(f)) if f.parent() == Some(d.as_path())
-        )
+    match (fs::canonicalize(dir), fs::canonicalize(file)) {
+        (Ok(d), Ok(f)) => file.parent() == Some(dir) || f.parent() == Some(d.as_path()),
+        _ => false,
+    }
 }
 
 const BEGIN: &[u8] = b"-----BEGIN CERTIFICATE-----";
@@ -550,18 +550,31 @@ mod tests {
             choose_paths(Some("/f.pem".into()), Some("/a".into()), no_probe),
             (Some(PathBuf::from("/f.pem")), vec![PathBuf::from("/a")])
         );
-        // ... but not a directory that holds the file: the store it was made from.
+    }
+
+    /// A directory that holds the bundle file is the store the file was made from: not
+    /// read. A bundle file that is missing leaves its directory to be read.
+    #[test]
+    fn a_directory_holding_the_bundle_file_is_not_read() -> Result<(), Box<dyn std::error::Error>> {
+        let tmp = tempfile::tempdir()?;
+        let certs = tmp.path().join("certs");
+        let other = tmp.path().join("other");
+        fs::create_dir(&certs)?;
+        fs::create_dir(&other)?;
+        let file = certs.join("bundle.crt");
+        fs::write(&file, "")?;
+        let both = std::env::join_paths([&certs, &other])?;
+        let no_probe = || -> (Option<PathBuf>, Vec<PathBuf>) { panic!("probed") };
         assert_eq!(
-            choose_paths(
-                Some("/s/certs/b.crt".into()),
-                Some("/s/certs:/a".into()),
-                no_probe
-            ),
-            (
-                Some(PathBuf::from("/s/certs/b.crt")),
-                vec![PathBuf::from("/a")]
-            )
+            choose_paths(Some(file.clone().into()), Some(both.clone()), no_probe),
+            (Some(file.clone()), vec![other.clone()])
         );
+        let missing = certs.join("missing.crt");
+        assert_eq!(
+            choose_paths(Some(missing.clone().into()), Some(both), no_probe),
+            (Some(missing), vec![certs, other])
+        );
+        Ok(())
     }
 
     /// A directory holds the bundle also through links (`/usr/lib/ssl/certs` is a link
