@@ -18,10 +18,10 @@ use std::sync::{Arc, OnceLock};
 ///
 /// Load once per session; [`UpstreamTrust::client_config`] builds each ALPN variant
 /// once and then hands out clones of the same `Arc`. Parsing the system store (≈ 150
-/// certificates) is only needed for the
-/// first upstream handshake, and a session's trust bundle does not need it at all:
-/// [`UpstreamTrust::deferred`] reads the store as text for the bundle when it is asked
-/// for (and checks the extra roots), and parses the roots on first use.
+/// certificates) is only needed for the first upstream handshake, and a session's
+/// trust bundle does not need it at all: [`UpstreamTrust::deferred`] reads the store
+/// as text for the bundle when it is asked for (and checks the extra roots), and
+/// parses the roots on first use.
 pub struct UpstreamTrust {
     extra_roots: Vec<PathBuf>,
     /// The parsed roots: set by [`UpstreamTrust::load`], else on first use.
