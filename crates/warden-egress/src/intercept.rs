@@ -20,7 +20,7 @@ use warden_policy::host::{HostPattern, RequestHost};
 use warden_policy::{Policy, Principal, Request};
 use warden_secrets::scan::{Credential, Detector, Rewrite, SecretSet};
 use warden_secrets::{
-    LeaseId, LoadContext, Placeholder, ProviderBinding, Secret, Source, SourceError, Zeroizing,
+    LeaseId, LoadContext, Loaded, Placeholder, Secret, Source, SourceError, Zeroizing,
 };
 use warden_tls::{SessionCa, TlsError, UpstreamTrust};
 
@@ -184,10 +184,12 @@ pub(crate) struct HostCreds {
 /// How many (policy, host) entries the derived-guard cache keeps before starting over.
 const CACHE_LIMIT: usize = 512;
 
-/// A credential the policy (or a provider preset) asks for, before its value is loaded.
+/// A credential the policy asks for, before its value is loaded.
 struct Wanted {
     name: String,
     source: Source,
+    /// `optional = true`: an unset variable leaves the credential out.
+    optional: bool,
     hosts: Vec<String>,
     env: Option<String>,
     header: Option<String>,
@@ -211,11 +213,10 @@ impl Wanted {
     }
 }
 
-/// Every `[[credentials]]` entry of `policy`, then each of `presets` whose variable
-/// or name the policy does not bind itself.
-fn wanted(policy: &Policy, presets: &[ProviderBinding]) -> Vec<Wanted> {
-    let doc = policy.doc();
-    let mut out: Vec<Wanted> = doc
+/// Every `[[credentials]]` entry of `policy`.
+fn wanted(policy: &Policy) -> Vec<Wanted> {
+    policy
+        .doc()
         .credentials
         .iter()
         .map(|c| Wanted {
@@ -226,31 +227,26 @@ fn wanted(policy: &Policy, presets: &[ProviderBinding]) -> Vec<Wanted> {
                 CredentialSource::Command(cmd) => Source::Command(cmd.clone()),
                 CredentialSource::Vault(n) => Source::Vault(n.clone()),
             },
+            optional: c.optional,
             hosts: c.hosts.iter().map(ToString::to_string).collect(),
             env: c.env.clone(),
             header: c.header.clone(),
             format: c.format.clone(),
             inject_body: c.inject_body,
         })
-        .collect();
-    for p in presets {
-        let bound = doc
-            .credentials
-            .iter()
-            .any(|c| c.env.as_deref() == Some(p.env_var) || c.name == p.name);
-        if !bound {
-            out.push(Wanted {
-                name: p.name.to_string(),
-                source: Source::Env(p.env_var.to_string()),
-                hosts: p.hosts.iter().map(|h| h.to_string()).collect(),
-                env: Some(p.env_var.to_string()),
-                header: None,
-                format: None,
-                inject_body: false,
-            });
+        .collect()
+}
+
+impl Wanted {
+    /// The credential's value from its source: `Ok(None)` when the credential is
+    /// `optional` and its variable is not set (the session goes without it).
+    fn load(&self, ctx: &LoadContext<'_>) -> Result<Option<Loaded>, SourceError> {
+        match warden_secrets::load(&self.name, &self.source, ctx) {
+            Ok(loaded) => Ok(Some(loaded)),
+            Err(SourceError::EnvMissing { .. }) if self.optional => Ok(None),
+            Err(e) => Err(e),
         }
     }
-    out
 }
 
 /// Credentials after a reload, and what could not be loaded.
@@ -332,8 +328,7 @@ impl Credentials {
         })
     }
 
-    /// The credentials `policy` (and `presets`, as in [`Interception::from_policy`])
-    /// asks for, for a session that holds these ones:
+    /// The credentials `policy` asks for, for a session that holds these ones:
     ///
     /// - one with the same name and source keeps its value and placeholder (nothing is
     ///   loaded again), with the new `hosts`, `header`, `format` and `inject_body`;
@@ -346,26 +341,27 @@ impl Credentials {
     ///   exfiltration and scrubbed from answers.
     ///
     /// A credential that cannot be loaded is reported in [`Reloaded::problems`], not an
-    /// error: the rest of the reload must still apply.
+    /// error: the rest of the reload must still apply. An `optional` one whose
+    /// variable is not set is left out, like a credential the policy no longer names.
     pub fn reloaded(
         &self,
         policy: &Policy,
         ctx: &LoadContext<'_>,
-        presets: &[ProviderBinding],
     ) -> Result<Reloaded, InterceptError> {
         let mut out = Vec::new();
         let mut leases = Vec::new();
         let mut problems = Vec::new();
         let mut rng = rand::rng();
-        for w in wanted(policy, presets) {
+        for w in wanted(policy) {
             let prev = self.meta.iter().find(|m| m.name == w.name);
             let secret = match prev {
                 Some(m) if m.source.as_ref() == Some(&w.source) => m.secret.clone(),
-                _ => match warden_secrets::load(&w.name, &w.source, ctx) {
-                    Ok(loaded) => {
+                _ => match w.load(ctx) {
+                    Ok(Some(loaded)) => {
                         leases.extend(loaded.lease);
                         loaded.secret
                     }
+                    Ok(None) => continue,
                     Err(e) => {
                         problems.push(e.to_string());
                         continue;
@@ -564,17 +560,15 @@ impl Interception {
     /// certificate or an unusable `extra_roots` file is reported by
     /// [`Interception::session_bundle`], [`Interception::trust_ready`] and every
     /// upstream handshake), and every `[[credentials]]` entry loaded with
-    /// [`warden_secrets::load`] (plus `presets`, the provider bindings of the
-    /// `balanced` preset, for variables the policy does not bind itself), each given a
-    /// fresh placeholder. Returns the vault leases to revoke when the session ends.
-    /// A credential that cannot be loaded is an error: the session must not start
-    /// with a credential silently missing.
+    /// [`warden_secrets::load`], each given a fresh placeholder. Returns the vault
+    /// leases to revoke when the session ends. A credential that cannot be loaded is
+    /// an error: the session must not start with a credential silently missing —
+    /// unless it is `optional` and its variable is not set (then it is left out).
     pub fn from_policy(
         policy: &Policy,
         ctx: &LoadContext<'_>,
-        presets: &[ProviderBinding],
     ) -> Result<(Interception, Vec<LeaseId>), InterceptError> {
-        Interception::from_policy_adopting(policy, ctx, presets, &HashMap::new())
+        Interception::from_policy_adopting(policy, ctx, &HashMap::new())
     }
 
     /// [`Interception::from_policy`], with the placeholders of some credentials given
@@ -582,7 +576,6 @@ impl Interception {
     pub fn from_policy_adopting(
         policy: &Policy,
         ctx: &LoadContext<'_>,
-        presets: &[ProviderBinding],
         given: &HashMap<String, String>,
     ) -> Result<(Interception, Vec<LeaseId>), InterceptError> {
         // The system store is read when the session bundle is asked for; the roots are
@@ -592,8 +585,10 @@ impl Interception {
         let mut creds = Vec::new();
         let mut leases = Vec::new();
         let mut rng = rand::rng();
-        for w in wanted(policy, presets) {
-            let loaded = warden_secrets::load(&w.name, &w.source, ctx)?;
+        for w in wanted(policy) {
+            let Some(loaded) = w.load(ctx)? else {
+                continue;
+            };
             leases.extend(loaded.lease);
             let placeholder = match given.get(&w.name) {
                 Some(v) => Placeholder::adopt(v, &loaded.secret).map_err(|why| {

@@ -174,6 +174,10 @@ pub struct Credential {
     /// intercepted TLS) are replaced by the real value too. Off by default: only
     /// header values and the URL are injected.
     pub inject_body: bool,
+    /// `optional = true` (`env:` sources only): when the variable is unset or empty
+    /// on the host, the session starts without this credential (its `env` variable is
+    /// not set) instead of failing. The built-in presets bind the provider keys so.
+    pub optional: bool,
     /// Line of the credential's `name`.
     pub line: u32,
     /// Line of each `hosts` entry, same order.

@@ -49,6 +49,7 @@ const CRED_KEYS: &[&str] = &[
     "header",
     "format",
     "inject_body",
+    "optional",
 ];
 const MCP_KEYS: &[&str] = &["servers"];
 const SERVER_KEYS: &[&str] = &[
@@ -867,6 +868,22 @@ fn parse_credential(cx: &mut Cx<'_>, t: &DeTable<'_>, span: Range<usize>) -> Opt
         None => None,
     };
     let inject_body = cx.get_bool(t, "inject_body").unwrap_or(false);
+    let optional = cx.get_bool(t, "optional").unwrap_or(false);
+    if optional
+        && let Some(s) = &source
+        && !matches!(s, CredentialSource::Env(_))
+        && let Some(v) = t.get("optional")
+    {
+        cx.err(
+            v.span(),
+            "`optional` applies to `env:` sources only",
+            Some(
+                "a missing file, a failing command or an absent vault entry is always an \
+                 error; remove `optional`"
+                    .into(),
+            ),
+        );
+    }
     let (name, nspan) = name?;
     Some(Credential {
         name,
@@ -876,6 +893,7 @@ fn parse_credential(cx: &mut Cx<'_>, t: &DeTable<'_>, span: Range<usize>) -> Opt
         header,
         format,
         inject_body,
+        optional,
         line: cx.line(&nspan),
         host_lines,
     })

@@ -133,6 +133,53 @@ deny = [                      # never visible, even inside the workspace
 # [limits]
 # pids = 4096
 # memory = "8GiB"
+
+# Provider keys set in the environment `warden run` starts from. The session holds a
+# placeholder in the same variable; the proxy puts the real key only into requests to
+# `hosts` and refuses it (or its placeholder) anywhere else. `optional`: when the
+# variable is not set, the session starts without it.
+
+[[credentials]]
+name = "anthropic"
+source = "env:ANTHROPIC_API_KEY"
+hosts = ["api.anthropic.com"]
+env = "ANTHROPIC_API_KEY"
+optional = true
+
+[[credentials]]
+name = "openai"
+source = "env:OPENAI_API_KEY"
+hosts = ["api.openai.com"]
+env = "OPENAI_API_KEY"
+optional = true
+
+[[credentials]]
+name = "gemini"
+source = "env:GEMINI_API_KEY"
+hosts = ["generativelanguage.googleapis.com"]
+env = "GEMINI_API_KEY"
+optional = true
+
+[[credentials]]
+name = "google"
+source = "env:GOOGLE_API_KEY"
+hosts = ["generativelanguage.googleapis.com"]
+env = "GOOGLE_API_KEY"
+optional = true
+
+[[credentials]]
+name = "gh"
+source = "env:GH_TOKEN"
+hosts = ["api.github.com", "github.com"]
+env = "GH_TOKEN"
+optional = true
+
+[[credentials]]
+name = "github"
+source = "env:GITHUB_TOKEN"
+hosts = ["api.github.com", "github.com"]
+env = "GITHUB_TOKEN"
+optional = true
 "#;
 
 const LOCKED: &str = r#"# Warden policy: the "locked" preset.

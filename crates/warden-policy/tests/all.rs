@@ -1227,6 +1227,22 @@ url = "https://mcp.example.com/mcp"
         assert!(!c[1].inject_body, "not written is off");
         assert!(!spec_policy().doc().credentials[1].inject_body);
     }
+
+    #[test]
+    fn optional_is_opt_in() {
+        let p = Policy::parse(
+            "version = 1\n\
+             [[credentials]]\nname = \"a\"\nsource = \"env:A\"\nhosts = [\"a.example\"]\n\
+             optional = true\n\
+             [[credentials]]\nname = \"b\"\nsource = \"env:B\"\nhosts = [\"b.example\"]\n",
+            "policy.toml",
+            Path::new("."),
+        )
+        .unwrap();
+        let c = &p.doc().credentials;
+        assert!(c[0].optional, "written `true` is on");
+        assert!(!c[1].optional, "not written is off");
+    }
 }
 
 mod equivalence {
@@ -1454,6 +1470,32 @@ mod presets {
         assert!(!sees(&p, "/home/alice/.ssh/id_rsa", false));
         // No limits by default: they need cgroups, which unprivileged users may lack.
         assert_eq!(p.doc().limits.pids, None);
+        // The provider keys, each optional, bound to its provider's API hosts only.
+        let creds: Vec<(&str, bool)> = p
+            .doc()
+            .credentials
+            .iter()
+            .map(|c| (c.env.as_deref().unwrap(), c.optional))
+            .collect();
+        assert_eq!(
+            creds,
+            [
+                ("ANTHROPIC_API_KEY", true),
+                ("OPENAI_API_KEY", true),
+                ("GEMINI_API_KEY", true),
+                ("GOOGLE_API_KEY", true),
+                ("GH_TOKEN", true),
+                ("GITHUB_TOKEN", true),
+            ]
+        );
+        let uses = |name: &str, host: &str| {
+            p.decide(&principal(), &Request::Credential { name, host })
+                .allow
+        };
+        assert!(uses("anthropic", "api.anthropic.com"));
+        assert!(!uses("anthropic", "api.openai.com"));
+        assert!(uses("gh", "github.com"));
+        assert!(!uses("gh", "gist.github.com"));
     }
 
     #[test]

@@ -15,7 +15,6 @@
 //!   private keys), recognised without knowing a value.
 //! - [`scan`]: finding and rewriting real values and placeholders, in every encoding,
 //!   in one pass and in bounded-memory streams.
-//! - [`presets`]: the provider variables the `balanced` preset binds.
 //!
 //! What it must never do: put a value in an error, a log line, a `Debug` string or a
 //! file other than the local store. Errors name credentials and sources, never values.
@@ -38,13 +37,11 @@
 
 pub mod patterns;
 pub mod placeholder;
-pub mod presets;
 pub mod scan;
 pub mod source;
 pub mod store;
 
 pub use placeholder::Placeholder;
-pub use presets::{ProviderBinding, provider_bindings};
 pub use scan::{
     Credential, Detector, Finding, Form, Rewrite, Rewritten, ScanError, SecretSet, StreamGuard,
     StreamRewriter, StreamScanner, Which,

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use warden_agent::MachineVault;
 use warden_egress::{Credentials, Egress, Interception, Reloaded};
 use warden_policy::Policy;
-use warden_secrets::{LeaseId, LoadContext, ProviderBinding, VaultClient};
+use warden_secrets::{LeaseId, LoadContext, VaultClient};
 
 pub struct CredentialLoader {
     /// Warden's own environment at the start (`env:` sources, `command:` helpers).
@@ -20,27 +20,18 @@ pub struct CredentialLoader {
     /// Relative `file:` paths and `command:` helpers are resolved here.
     base_dir: Option<PathBuf>,
     session: String,
-    /// The LLM provider keys bound by the built-in preset (only without a policy file).
-    presets: Vec<ProviderBinding>,
     vault: MachineVault,
     leases: Mutex<Vec<LeaseId>>,
 }
 
 impl CredentialLoader {
     /// For session `session` under the policy file `file` (`None`: the built-in preset
-    /// or the central policy, which bind the provider keys found in the environment).
+    /// or the central policy).
     pub fn new(file: Option<&Path>, session: &str) -> CredentialLoader {
-        let host_env: HashMap<String, String> = std::env::vars().collect();
-        let presets = if file.is_none() {
-            warden_secrets::provider_bindings(&host_env)
-        } else {
-            Vec::new()
-        };
         CredentialLoader {
-            host_env,
+            host_env: std::env::vars().collect(),
             base_dir: file.and_then(Path::parent).map(Path::to_path_buf),
             session: session.to_string(),
-            presets,
             vault: MachineVault::new(&crate::home::warden_home()),
             leases: Mutex::new(Vec::new()),
         }
@@ -117,9 +108,8 @@ impl CredentialLoader {
         policy: &Policy,
         given: &HashMap<String, String>,
     ) -> Result<Interception, String> {
-        let (icpt, leases) =
-            Interception::from_policy_adopting(policy, &self.ctx(), &self.presets, given)
-                .map_err(|e| format!("credentials: {e}"))?;
+        let (icpt, leases) = Interception::from_policy_adopting(policy, &self.ctx(), given)
+            .map_err(|e| format!("credentials: {e}"))?;
         self.keep(leases);
         Ok(icpt)
     }
@@ -128,7 +118,7 @@ impl CredentialLoader {
     /// ([`Credentials::reloaded`]).
     pub fn reload(&self, current: &Credentials, policy: &Policy) -> Result<Reloaded, String> {
         let mut r = current
-            .reloaded(policy, &self.ctx(), &self.presets)
+            .reloaded(policy, &self.ctx())
             .map_err(|e| e.to_string())?;
         self.keep(std::mem::take(&mut r.leases));
         Ok(r)

@@ -862,8 +862,8 @@ async fn body_is_not_injected_by_default() {
 /// Issue #7, delivery: a reload moves the credentials with the policy. A credential's
 /// binding can move to another host, a new credential with a `header` is injected at
 /// once (the session needs no new variable), one that cannot be loaded is reported in
-/// the reload event and left out, and one the policy drops stays guarded but is bound
-/// to no host.
+/// the reload event and left out (an `optional` one whose variable is not set is left
+/// out silently), and one the policy drops stays guarded but is bound to no host.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_moves_the_credentials_with_the_policy() {
     use warden_egress::warden_secrets::LoadContext;
@@ -899,7 +899,7 @@ async fn a_reload_moves_the_credentials_with_the_policy() {
             s.h.egress
                 .credentials()
                 .unwrap()
-                .reloaded(&p, &ctx, &[])
+                .reloaded(&p, &ctx)
                 .unwrap();
         s.h.egress
             .reload_with_credentials(p, "test".into(), r.credentials, &r.problems);
@@ -925,6 +925,13 @@ name = \"gone\"
 source = \"env:WARDEN_TEST_NOT_SET\"
 hosts = [\"api.test\"]
 header = \"X-Gone\"
+
+[[credentials]]
+name = \"opt\"
+source = \"env:WARDEN_TEST_OPT_NOT_SET\"
+hosts = [\"api.test\"]
+header = \"X-Opt\"
+optional = true
 "
     ));
     assert_eq!(
@@ -957,6 +964,11 @@ header = \"X-Gone\"
         problems.contains("gone") && problems.contains("WARDEN_TEST_NOT_SET"),
         "{reloads:#?}"
     );
+    assert!(
+        !problems.contains("WARDEN_TEST_OPT_NOT_SET"),
+        "an optional credential without its variable is no problem: {reloads:#?}"
+    );
+    assert!(!seen[0].contains("x-opt"), "{seen:?}");
 
     // v3 drops `tok`: its placeholder (and value) is refused everywhere, never injected.
     reload(net.clone());
@@ -970,5 +982,82 @@ header = \"X-Gone\"
     assert!(
         !text.contains(SECRET) && !text.contains(HDR),
         "a value in the audit log"
+    );
+}
+
+/// `optional = true`: a credential whose variable is not set on the host is left out
+/// (no placeholder, no variable in the session, nothing bound), one whose variable is
+/// set is bound like any other, and a required one that is not set still refuses the
+/// session. The built-in `balanced` preset binds the provider keys that way.
+#[test]
+fn optional_credentials_are_left_out_only_when_their_variable_is_not_set() {
+    use warden_egress::warden_secrets::LoadContext;
+    let env: HashMap<String, String> = [
+        ("WARDEN_TEST_SET".to_string(), SECRET.to_string()),
+        ("WARDEN_TEST_EMPTY".to_string(), String::new()),
+        ("ANTHROPIC_API_KEY".to_string(), SECRET.to_string()),
+    ]
+    .into_iter()
+    .collect();
+    let ctx = LoadContext {
+        env: &env,
+        base_dir: None,
+        vault: None,
+        session: "s-test",
+        command_timeout: Duration::from_secs(5),
+    };
+    let cred = |name: &str, var: &str, optional: bool| {
+        format!(
+            "[[credentials]]\nname = \"{name}\"\nsource = \"env:{var}\"\nhosts = [\"api.test\"]\n\
+             env = \"{}\"\noptional = {optional}\n",
+            name.to_uppercase()
+        )
+    };
+    let policy = |creds: &str| {
+        Policy::parse(
+            &format!("version = 1\nname = \"t\"\n{creds}"),
+            "t.toml",
+            Path::new("."),
+        )
+        .unwrap_or_else(|e| panic!("{e}"))
+    };
+    let p = policy(&format!(
+        "{}{}{}",
+        cred("set", "WARDEN_TEST_SET", true),
+        cred("unset", "WARDEN_TEST_NOT_SET", true),
+        cred("empty", "WARDEN_TEST_EMPTY", true)
+    ));
+    let (icpt, _) = Interception::from_policy(&p, &ctx).unwrap();
+    assert_eq!(icpt.credential_names(), ["set"]);
+    let env_vars: Vec<String> = icpt
+        .session_env(Path::new("/b.pem"))
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    assert!(env_vars.contains(&"SET".to_string()), "{env_vars:?}");
+    assert!(
+        !env_vars.contains(&"UNSET".to_string()) && !env_vars.contains(&"EMPTY".to_string()),
+        "{env_vars:?}"
+    );
+
+    let p = policy(&cred("required", "WARDEN_TEST_NOT_SET", false));
+    let Err(err) = Interception::from_policy(&p, &ctx) else {
+        panic!("a required credential without its variable must refuse the session")
+    };
+    assert!(
+        err.to_string().contains("required") && err.to_string().contains("WARDEN_TEST_NOT_SET"),
+        "{err}"
+    );
+
+    // The built-in preset: only the provider variables set on the host are bound, each
+    // to a placeholder in the same variable.
+    let (icpt, _) =
+        Interception::from_policy(&Policy::preset(warden_policy::Preset::Balanced), &ctx).unwrap();
+    assert_eq!(icpt.credential_names(), ["anthropic"]);
+    let ph = icpt.placeholder("anthropic").unwrap().as_str().to_string();
+    assert_ne!(ph, SECRET);
+    assert!(
+        icpt.session_env(Path::new("/b.pem"))
+            .contains(&("ANTHROPIC_API_KEY".to_string(), ph)),
     );
 }

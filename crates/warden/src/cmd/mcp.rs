@@ -330,7 +330,8 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
 /// `command:`, and `vault:` from this machine's vault). A credential an MCP server uses
 /// must load, or the gateway does not start; the others are loaded so that their
 /// values are recognised in arguments and results, and skipped with a warning when
-/// they cannot be. Errors name the credential and its source, never a value.
+/// they cannot be (silently when `optional` and their variable is not set). Errors
+/// name the credential and its source, never a value.
 fn load_credentials(
     policy: &Policy,
     base_dir: Option<&std::path::Path>,
@@ -360,7 +361,14 @@ fn load_credentials(
             CredentialSource::Command(cmd) => Source::Command(cmd.clone()),
             CredentialSource::Vault(n) => Source::Vault(n.clone()),
         };
-        let loaded = warden_secrets::load(&c.name, &source, &ctx)
+        let loaded = match warden_secrets::load(&c.name, &source, &ctx) {
+            // Not set on this host, and nothing needs it: the session goes without it.
+            Err(warden_secrets::SourceError::EnvMissing { .. }) if c.optional && !required => {
+                continue;
+            }
+            r => r,
+        };
+        let loaded = loaded
             .map_err(|e| e.to_string())
             .and_then(|l| {
                 if l.secret.len() < warden_secrets::scan::MIN_SECRET_LEN {
