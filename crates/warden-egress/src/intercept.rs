@@ -221,12 +221,7 @@ fn wanted(policy: &Policy) -> Vec<Wanted> {
         .iter()
         .map(|c| Wanted {
             name: c.name.clone(),
-            source: match &c.source {
-                CredentialSource::Env(v) => Source::Env(v.clone()),
-                CredentialSource::File(p) => Source::File(p.clone()),
-                CredentialSource::Command(cmd) => Source::Command(cmd.clone()),
-                CredentialSource::Vault(n) => Source::Vault(n.clone()),
-            },
+            source: source_of(&c.source),
             optional: c.optional,
             hosts: c.hosts.iter().map(ToString::to_string).collect(),
             env: c.env.clone(),
@@ -238,14 +233,35 @@ fn wanted(policy: &Policy) -> Vec<Wanted> {
 }
 
 impl Wanted {
-    /// The credential's value from its source: `Ok(None)` when the credential is
-    /// `optional` and its variable is not set (the session goes without it).
     fn load(&self, ctx: &LoadContext<'_>) -> Result<Option<Loaded>, SourceError> {
-        match warden_secrets::load(&self.name, &self.source, ctx) {
-            Ok(loaded) => Ok(Some(loaded)),
-            Err(SourceError::EnvMissing { .. }) if self.optional => Ok(None),
-            Err(e) => Err(e),
-        }
+        load_declared(&self.name, &self.source, self.optional, ctx)
+    }
+}
+
+/// Where a `[[credentials]]` entry's value comes from, as [`warden_secrets::load`]
+/// takes it.
+pub fn source_of(source: &CredentialSource) -> Source {
+    match source {
+        CredentialSource::Env(v) => Source::Env(v.clone()),
+        CredentialSource::File(p) => Source::File(p.clone()),
+        CredentialSource::Command(cmd) => Source::Command(cmd.clone()),
+        CredentialSource::Vault(n) => Source::Vault(n.clone()),
+    }
+}
+
+/// A declared credential's value from its source: `Ok(None)` when it is `optional`
+/// and its variable is not set (whoever asked goes without it). `optional` is the
+/// policy's `optional = true`, unless the caller needs the credential regardless.
+pub fn load_declared(
+    name: &str,
+    source: &Source,
+    optional: bool,
+    ctx: &LoadContext<'_>,
+) -> Result<Option<Loaded>, SourceError> {
+    match warden_secrets::load(name, source, ctx) {
+        Ok(loaded) => Ok(Some(loaded)),
+        Err(SourceError::EnvMissing { .. }) if optional => Ok(None),
+        Err(e) => Err(e),
     }
 }
 

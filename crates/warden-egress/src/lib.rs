@@ -76,7 +76,10 @@ pub use egress::{
     ConnGuard, Ctx, DnsRuling, Egress, EgressConfig, Front, Identity, Refusal, Ruling, Upstream,
 };
 pub use http::BUFFER_LIMIT;
-pub use intercept::{Credentials, InterceptError, Interception, Reloaded, SessionCredential};
+pub use intercept::{
+    Credentials, InterceptError, Interception, Reloaded, SessionCredential, load_declared,
+    source_of,
+};
 pub use io::Counters;
 pub use proxy::{serve_connection, serve_proxy};
 pub use resolve::{Lookup, Resolve, StaticResolver, SystemResolver};

@@ -795,3 +795,63 @@ fn a_server_session_without_a_policy_is_refused_when_standalone() {
     assert_eq!(o.status.code(), Some(125), "{err}");
     assert!(err.contains("--mcp-server probe needs --policy"), "{err}");
 }
+
+/// An `optional = true` credential whose variable is not set is left out silently; the
+/// same credential without `optional` is left out with a warning; one an MCP server
+/// uses must load even when `optional` (the gateway does not start: 125).
+#[test]
+fn an_optional_credential_is_left_out_unless_a_server_uses_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = |optional: bool, used: bool| {
+        format!(
+            r#"version = 1
+name = "optional"
+
+[[credentials]]
+name = "opt"
+source = "env:WARDEN_TEST_SURELY_UNSET"
+hosts = ["example.com"]
+optional = {optional}
+
+[[mcp.servers]]
+name = "test"
+command = ["/bin/cat"]
+credentials = {used}
+tools.allow = ["*"]
+"#,
+            used = if used { r#"["opt"]"# } else { "[]" },
+        )
+    };
+    let run = |optional: bool, used: bool| {
+        let path = dir.path().join(format!("policy-{optional}-{used}.toml"));
+        std::fs::write(&path, policy(optional, used)).unwrap();
+        let out = Command::new(WARDEN)
+            .args(["mcp", "--policy"])
+            .arg(&path)
+            .env("WARDEN_HOME", dir.path().join("home"))
+            .env_remove("WARDEN_TEST_SURELY_UNSET")
+            .env_remove("WARDEN_SERVER")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, err) = run(true, false);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(!err.contains("\"opt\""), "{err}");
+    let (code, err) = run(false, false);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        err.contains("\"opt\"") && err.contains("WARDEN_TEST_SURELY_UNSET"),
+        "{err}"
+    );
+    let (code, err) = run(true, true);
+    assert_eq!(code, Some(125), "{err}");
+    assert!(
+        err.contains("\"opt\"") && err.contains("an MCP server of the policy uses it"),
+        "{err}"
+    );
+}

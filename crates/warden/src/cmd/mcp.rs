@@ -13,8 +13,8 @@ use warden_mcp::{
     AuditConfig, Authorizer, CredentialHeader, GatewayConfig, GatewayCredential, GatewayError,
     HttpOptions, ServerConfig, ToolDecision, Transport, UpstreamLauncher,
 };
-use warden_policy::{CredentialSource, Mode, Policy, Principal, Request};
-use warden_secrets::{LeaseId, LoadContext, Source, VaultClient};
+use warden_policy::{Mode, Policy, Principal, Request};
+use warden_secrets::{LeaseId, LoadContext, VaultClient};
 
 use crate::home;
 
@@ -355,19 +355,14 @@ fn load_credentials(
             .servers
             .iter()
             .any(|s| s.credentials.iter().any(|n| n == &c.name));
-        let source = match &c.source {
-            CredentialSource::Env(v) => Source::Env(v.clone()),
-            CredentialSource::File(p) => Source::File(p.clone()),
-            CredentialSource::Command(cmd) => Source::Command(cmd.clone()),
-            CredentialSource::Vault(n) => Source::Vault(n.clone()),
-        };
-        let loaded = match warden_secrets::load(&c.name, &source, &ctx) {
-            // Not set on this host, and nothing needs it: the session goes without it.
-            Err(warden_secrets::SourceError::EnvMissing { .. }) if c.optional && !required => {
-                continue;
-            }
-            r => r,
-        };
+        let source = warden_egress::source_of(&c.source);
+        // Not set on this host, and no server needs it: the gateway goes without it.
+        let loaded =
+            match warden_egress::load_declared(&c.name, &source, c.optional && !required, &ctx) {
+                Ok(None) => continue,
+                Ok(Some(l)) => Ok(l),
+                Err(e) => Err(e),
+            };
         let loaded = loaded
             .map_err(|e| e.to_string())
             .and_then(|l| {
