@@ -367,7 +367,6 @@ impl Credentials {
         let mut out = Vec::new();
         let mut leases = Vec::new();
         let mut problems = Vec::new();
-        let mut rng = rand::rng();
         for w in wanted(policy) {
             let prev = self.meta.iter().find(|m| m.name == w.name);
             let secret = match prev {
@@ -386,7 +385,7 @@ impl Credentials {
             };
             let placeholder = prev
                 .and_then(|m| Placeholder::adopt(m.placeholder.as_str(), &secret).ok())
-                .unwrap_or_else(|| Placeholder::for_secret(&secret, &mut rng));
+                .unwrap_or_else(|| Placeholder::for_credential(&w.name, &secret, ctx.placeholders));
             out.push(w.with(secret, placeholder));
         }
         for m in &self.meta {
@@ -576,7 +575,7 @@ impl Interception {
     /// certificate or an unusable `extra_roots` file is reported by
     /// [`Interception::session_bundle`], [`Interception::trust_ready`] and every
     /// upstream handshake), and every `[[credentials]]` entry loaded with
-    /// [`warden_secrets::load`], each given a fresh placeholder. Returns the vault
+    /// [`warden_secrets::load`], each given its placeholder (`LoadContext::placeholders`). Returns the vault
     /// leases to revoke when the session ends. A credential that cannot be loaded is
     /// an error: the session must not start with a credential silently missing —
     /// unless it is `optional` and its variable is not set (then it is left out).
@@ -600,7 +599,6 @@ impl Interception {
         let ca = SessionCa::new()?;
         let mut creds = Vec::new();
         let mut leases = Vec::new();
-        let mut rng = rand::rng();
         for w in wanted(policy) {
             let Some(loaded) = w.load(ctx)? else {
                 continue;
@@ -613,7 +611,7 @@ impl Interception {
                         why,
                     }
                 })?,
-                None => Placeholder::for_secret(&loaded.secret, &mut rng),
+                None => Placeholder::for_credential(&w.name, &loaded.secret, ctx.placeholders),
             };
             creds.push(w.with(loaded.secret, placeholder));
         }

@@ -41,7 +41,7 @@ pub mod scan;
 pub mod source;
 pub mod store;
 
-pub use placeholder::Placeholder;
+pub use placeholder::{Placeholder, PlaceholderKey};
 pub use scan::{
     Credential, Detector, Finding, Form, Rewrite, Rewritten, ScanError, SecretSet, StreamGuard,
     StreamRewriter, StreamScanner, Which,

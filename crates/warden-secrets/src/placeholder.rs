@@ -1,5 +1,8 @@
-//! Per-session placeholders: what a credential's `env` variable holds inside the
-//! session instead of the real value.
+//! Placeholders: what a credential's `env` variable holds inside the session instead
+//! of the real value.
+//!
+//! Made fresh for each session, or, with this machine's [`PlaceholderKey`], the same in
+//! every session for the same credential and value.
 //!
 //! A placeholder is shaped like the real value so client-side format checks pass, and
 //! is otherwise random. Rules, in order:
@@ -27,8 +30,13 @@
 //! neither contains the other.
 
 use crate::Secret;
-use rand::{CryptoRng, Rng};
+use rand::{CryptoRng, Rng, RngCore, SeedableRng};
+use sha2::{Digest, Sha256};
 use std::fmt;
+use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use zeroize::Zeroizing;
 
 /// Vendor prefixes kept verbatim at the start of a placeholder. The longest match wins.
 pub const KNOWN_PREFIXES: &[&str] = &[
@@ -128,6 +136,16 @@ impl Placeholder {
             return Err("a placeholder cannot contain the real value or be part of it".into());
         }
         Ok(Placeholder(value.to_string()))
+    }
+
+    /// The placeholder of credential `name` holding `secret`: with `key`, the same for
+    /// the same name and value in every session of this machine ([`PlaceholderKey`]);
+    /// without, a fresh one ([`Placeholder::for_secret`]).
+    pub fn for_credential(name: &str, secret: &Secret, key: Option<&PlaceholderKey>) -> Self {
+        match key {
+            Some(key) => key.placeholder(name, secret),
+            None => Placeholder::for_secret(secret, &mut rand::rng()),
+        }
     }
 
     /// A fresh random placeholder shaped like `secret` (see the module docs for the
@@ -276,6 +294,108 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
     needle.is_empty() || hay.windows(needle.len()).any(|w| w == needle)
 }
 
+/// This machine's key for placeholders that stay the same from one session to the next.
+///
+/// A placeholder is [`Placeholder::for_secret`] drawn from ChaCha20 seeded with
+/// HMAC-SHA256, under this key, of the credential's name and value. So the same
+/// credential with the same value gets the same placeholder in every session on this
+/// machine — an agent that remembers which API key its user approved (Claude Code keys
+/// that on the key's last 20 characters) keeps working from one session to the next —
+/// while the placeholder says nothing more about the value than a random one does to
+/// anyone without the key. 32 random bytes in a file of its own (mode 0600, in Warden's
+/// home, which no session sees), made at first use.
+pub struct PlaceholderKey(Zeroizing<[u8; 32]>);
+
+impl fmt::Debug for PlaceholderKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("PlaceholderKey(..)")
+    }
+}
+
+impl PlaceholderKey {
+    /// The key's file name in Warden's home.
+    pub const FILE: &'static str = "placeholder.key";
+
+    /// Reads the key at `path`, or makes one there if there is none (two processes
+    /// making it at once end up with the same key: the second one's link fails and it
+    /// reads the first one's).
+    pub fn load_or_create(path: &Path) -> io::Result<PlaceholderKey> {
+        match PlaceholderKey::read(path) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            r => return r,
+        }
+        let mut key = Zeroizing::new([0u8; 32]);
+        rand::rng().fill_bytes(key.as_mut());
+        let dir = path.parent().unwrap_or(Path::new("."));
+        std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+            .create(dir)?;
+        let temp = dir.join(format!(".{}.{}", PlaceholderKey::FILE, std::process::id()));
+        let _ = std::fs::remove_file(&temp); // left by a process of the same id that died
+        let written = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&temp)
+            .and_then(|mut f| f.write_all(key.as_ref()).and_then(|()| f.sync_all()));
+        let linked = written.and_then(|()| std::fs::hard_link(&temp, path));
+        let _ = std::fs::remove_file(&temp);
+        match linked {
+            Ok(()) => Ok(PlaceholderKey(key)),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => PlaceholderKey::read(path),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn read(path: &Path) -> io::Result<PlaceholderKey> {
+        let bytes = Zeroizing::new(std::fs::read(path)?);
+        let key: [u8; 32] = bytes.as_slice().try_into().map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "{}: not a placeholder key (it must hold 32 bytes); remove it and a new one is made",
+                    path.display()
+                ),
+            )
+        })?;
+        Ok(PlaceholderKey(Zeroizing::new(key)))
+    }
+
+    /// The placeholder of credential `name` holding `secret` (see the type's docs).
+    pub fn placeholder(&self, name: &str, secret: &Secret) -> Placeholder {
+        let name_len = (name.len() as u64).to_le_bytes();
+        let seed = hmac_sha256(
+            self.0.as_ref(),
+            &[
+                b"warden placeholder v1",
+                &name_len,
+                name.as_bytes(),
+                secret.expose(),
+            ],
+        );
+        Placeholder::for_secret(secret, &mut rand_chacha::ChaCha20Rng::from_seed(*seed))
+    }
+}
+
+/// HMAC-SHA256 (RFC 2104) of the concatenated `parts` under `key` (at most 64 bytes).
+fn hmac_sha256(key: &[u8], parts: &[&[u8]]) -> Zeroizing<[u8; 32]> {
+    debug_assert!(key.len() <= 64);
+    let mut ipad = Zeroizing::new([0x36u8; 64]);
+    let mut opad = Zeroizing::new([0x5cu8; 64]);
+    for (i, k) in key.iter().enumerate() {
+        ipad[i] ^= k;
+        opad[i] ^= k;
+    }
+    let mut inner = Sha256::new();
+    inner.update(ipad.as_ref());
+    for p in parts {
+        inner.update(p);
+    }
+    let mut outer = Sha256::new();
+    outer.update(opad.as_ref());
+    outer.update(inner.finalize());
+    Zeroizing::new(outer.finalize().into())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -294,6 +414,62 @@ mod tests {
 
     fn ph(value: &str) -> Placeholder {
         Placeholder::for_secret(&Secret::new(value.as_bytes().to_vec()), &mut rand::rng())
+    }
+
+    #[test]
+    fn hmac_sha256_matches_rfc_4231() {
+        let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+        let one = hmac_sha256(&[0x0b; 20], &[b"Hi ", b"There"]);
+        assert_eq!(
+            hex(one.as_ref()),
+            "b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7"
+        );
+        let two = hmac_sha256(b"Jefe", &[b"what do ya want for nothing?"]);
+        assert_eq!(
+            hex(two.as_ref()),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+    }
+
+    #[test]
+    fn a_keyed_placeholder_is_the_same_for_the_same_name_value_and_key_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("home").join(PlaceholderKey::FILE);
+        let key = PlaceholderKey::load_or_create(&path).unwrap();
+        let meta = std::fs::metadata(&path).unwrap();
+        assert_eq!(meta.len(), 32);
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777,
+            0o600
+        );
+        let value = "sk-ant-api03-AbCdEfGhIjKlMnOpQrStUvWxYz0123456789abcdefghijklmnop";
+        let secret = Secret::new(value.as_bytes().to_vec());
+        let p = key.placeholder("anthropic", &secret);
+        assert!(p.as_str().starts_with("sk-ant-api03-") && p.as_str() != value);
+        assert_eq!(p.as_str().len(), value.len());
+        // The same key read again (another session): the same placeholder.
+        let again = PlaceholderKey::load_or_create(&path).unwrap();
+        assert_eq!(again.placeholder("anthropic", &secret), p);
+        assert_eq!(
+            Placeholder::for_credential("anthropic", &secret, Some(&again)),
+            p
+        );
+        // Another name, another value, another machine's key, no key: another placeholder.
+        assert_ne!(key.placeholder("anthropic-2", &secret), p);
+        let other = Secret::new(value.replace('A', "B").into_bytes());
+        assert_ne!(key.placeholder("anthropic", &other), p);
+        let elsewhere = PlaceholderKey::load_or_create(&dir.path().join("other.key")).unwrap();
+        assert_ne!(elsewhere.placeholder("anthropic", &secret), p);
+        assert_ne!(Placeholder::for_credential("anthropic", &secret, None), p);
+        // Not a key: an error naming the file and the fix, never a silent new key.
+        std::fs::write(&path, b"short").unwrap();
+        let err = PlaceholderKey::load_or_create(&path)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(PlaceholderKey::FILE) && err.contains("remove it"),
+            "{err}"
+        );
     }
 
     #[test]

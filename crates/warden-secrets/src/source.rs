@@ -163,6 +163,9 @@ pub struct LoadContext<'a> {
     pub session: &'a str,
     /// How long a `command:` may run before it is killed (with its process group).
     pub command_timeout: Duration,
+    /// This machine's placeholder key: a credential gets the same placeholder in every
+    /// session ([`crate::PlaceholderKey`]). `None`: a fresh one each time.
+    pub placeholders: Option<&'a crate::PlaceholderKey>,
 }
 
 impl fmt::Debug for LoadContext<'_> {
@@ -565,6 +568,7 @@ mod tests {
             vault: None,
             session: "s1",
             command_timeout: Duration::from_secs(5),
+            placeholders: None,
         }
     }
 

@@ -12,7 +12,21 @@ use std::sync::{Arc, Mutex, PoisonError};
 use warden_agent::MachineVault;
 use warden_egress::{Credentials, Egress, Interception, Reloaded};
 use warden_policy::Policy;
-use warden_secrets::{LeaseId, LoadContext, VaultClient};
+use warden_secrets::{LeaseId, LoadContext, PlaceholderKey, VaultClient};
+
+/// This machine's placeholder key in Warden's home, made at first use; `None`, said on
+/// stderr, when it can be neither read nor made (sessions then get fresh placeholders).
+pub fn placeholder_key() -> Option<PlaceholderKey> {
+    let path = crate::home::warden_home().join(PlaceholderKey::FILE);
+    PlaceholderKey::load_or_create(&path)
+        .inspect_err(|e| {
+            eprintln!(
+                "warden: placeholders will change from session to session: {}: {e}",
+                path.display()
+            );
+        })
+        .ok()
+}
 
 pub struct CredentialLoader {
     /// Warden's own environment at the start (`env:` sources, `command:` helpers).
@@ -21,6 +35,8 @@ pub struct CredentialLoader {
     base_dir: Option<PathBuf>,
     session: String,
     vault: MachineVault,
+    /// Credentials keep their placeholder from one session to the next with it.
+    placeholders: Option<PlaceholderKey>,
     leases: Mutex<Vec<LeaseId>>,
 }
 
@@ -33,6 +49,7 @@ impl CredentialLoader {
             base_dir: file.and_then(Path::parent).map(Path::to_path_buf),
             session: session.to_string(),
             vault: MachineVault::new(&crate::home::warden_home()),
+            placeholders: placeholder_key(),
             leases: Mutex::new(Vec::new()),
         }
     }
@@ -44,6 +61,7 @@ impl CredentialLoader {
             vault: Some(&self.vault),
             session: &self.session,
             command_timeout: warden_secrets::source::DEFAULT_COMMAND_TIMEOUT,
+            placeholders: self.placeholders.as_ref(),
         }
     }
 
@@ -100,8 +118,8 @@ impl CredentialLoader {
     }
 
     /// The session's interception: a fresh session CA, the upstream trust (system roots
-    /// plus `tls.extra_roots`) and every credential `policy` binds, loaded, with a
-    /// fresh placeholder or the one `given` names. A credential that cannot be loaded
+    /// plus `tls.extra_roots`) and every credential `policy` binds, loaded, with its
+    /// placeholder (the same as in this machine's other sessions) or the one `given` names. A credential that cannot be loaded
     /// refuses the session.
     pub fn start(
         &self,

@@ -476,3 +476,61 @@ fn the_recorded_command_line_never_holds_a_credential() {
     assert!(!log.contains(real), "the real value is in the audit log");
     assert!(log.contains(&placeholder), "{log}");
 }
+
+/// A credential keeps its placeholder from one session to the next on the same machine
+/// (Warden's home holds the key, 0600, out of every session's sight), so an agent that
+/// remembers which key its user approved keeps working; another machine (another home)
+/// or another value gets another placeholder.
+#[test]
+fn a_credential_keeps_its_placeholder_from_one_session_to_the_next() {
+    let env = Env::new(&format!(
+        "{BASE}\n[[credentials]]\nname = \"tok\"\nsource = \"env:WARDEN_TEST_TOK\"\nhosts = [\"api.example.com\"]\nenv = \"TOK\"\n"
+    ));
+    let real = "tok-real-value-2b7e151628aed2a6";
+    let session = |home: &std::path::Path, value: &str| {
+        let key = home.join("placeholder.key");
+        let o = env
+            .cmd(
+                &[],
+                &[
+                    "sh",
+                    "-c",
+                    &format!(
+                        "echo \"$TOK\"; cat {} >/dev/null 2>&1 || echo hidden",
+                        key.display()
+                    ),
+                ],
+            )
+            .env("WARDEN_TEST_TOK", value)
+            .env("WARDEN_HOME", home)
+            .output()
+            .unwrap();
+        assert_code(&o, 0);
+        let out = stdout(&o);
+        let mut lines = out.lines();
+        let placeholder = lines.next().unwrap_or_default().to_string();
+        assert!(
+            placeholder.len() >= 16 && placeholder != value,
+            "{}",
+            text(&o)
+        );
+        assert_eq!(
+            lines.next(),
+            Some("hidden"),
+            "the key is visible: {}",
+            text(&o)
+        );
+        placeholder
+    };
+    let first = session(&env.warden_home, real);
+    assert_eq!(session(&env.warden_home, real), first);
+    let key = env.warden_home.join("placeholder.key");
+    let mode = std::fs::metadata(&key).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "{}", key.display());
+    let other_home = env.dir.path().join("other-home");
+    assert_ne!(session(&other_home, real), first);
+    assert_ne!(
+        session(&env.warden_home, "tok-real-value-3c4fcf098815f7ab"),
+        first
+    );
+}

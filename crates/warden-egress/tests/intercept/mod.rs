@@ -887,6 +887,7 @@ async fn a_reload_moves_the_credentials_with_the_policy() {
         vault: None,
         session: "s-test",
         command_timeout: Duration::from_secs(5),
+        placeholders: None,
     };
     let reload = |text: String| {
         std::fs::write(
@@ -1005,6 +1006,7 @@ fn optional_credentials_are_left_out_only_when_their_variable_is_not_set() {
         vault: None,
         session: "s-test",
         command_timeout: Duration::from_secs(5),
+        placeholders: None,
     };
     let cred = |name: &str, var: &str, optional: bool| {
         format!(
@@ -1060,4 +1062,83 @@ fn optional_credentials_are_left_out_only_when_their_variable_is_not_set() {
         icpt.session_env(Path::new("/b.pem"))
             .contains(&("ANTHROPIC_API_KEY".to_string(), ph)),
     );
+}
+
+/// With the machine's placeholder key, a credential gets the same placeholder at every
+/// session start (and keeps it through reloads, as always); a session started with
+/// another value gets another one; without the key each start makes a fresh one.
+#[test]
+fn placeholders_stay_the_same_across_sessions_with_the_machine_key() {
+    use warden_egress::warden_secrets::{LoadContext, PlaceholderKey};
+    let dir = tempfile::tempdir().unwrap();
+    let key = PlaceholderKey::load_or_create(&dir.path().join(PlaceholderKey::FILE)).unwrap();
+    let env_with = |value: &str| -> HashMap<String, String> {
+        [("WARDEN_TEST_KEY".to_string(), value.to_string())]
+            .into_iter()
+            .collect()
+    };
+    let ctx = |env, placeholders| LoadContext {
+        env,
+        base_dir: None,
+        vault: None,
+        session: "s-test",
+        command_timeout: Duration::from_secs(5),
+        placeholders,
+    };
+    let policy = |source: &str| {
+        Policy::parse(
+            &format!(
+                "version = 1\nname = \"t\"\n[[credentials]]\nname = \"k\"\nsource = \"{source}\"\n\
+                 hosts = [\"api.test\"]\nenv = \"K\"\n"
+            ),
+            "t.toml",
+            Path::new("."),
+        )
+        .unwrap_or_else(|e| panic!("{e}"))
+    };
+    let env = env_with(SECRET);
+    let p = policy("env:WARDEN_TEST_KEY");
+    let start = |placeholders| {
+        let (icpt, _) = Interception::from_policy(&p, &ctx(&env, placeholders)).unwrap();
+        icpt.placeholder("k").unwrap().clone()
+    };
+    let first = start(Some(&key));
+    assert_ne!(first.as_str(), SECRET);
+    assert_eq!(
+        start(Some(&key)),
+        first,
+        "another session, the same key and value"
+    );
+    assert_ne!(start(None), first);
+    assert_ne!(start(None), start(None));
+
+    // A reload that loads the value again (its source changed) keeps it too; a new value
+    // gets another placeholder.
+    let (icpt, _) = Interception::from_policy(&p, &ctx(&env, Some(&key))).unwrap();
+    let other_value = format!("{SECRET}0");
+    let other_env: HashMap<String, String> = [("WARDEN_TEST_KEY_3".to_string(), other_value)]
+        .into_iter()
+        .collect();
+    let mut both = env.clone();
+    both.insert("WARDEN_TEST_KEY_2".into(), SECRET.into());
+    let r = icpt
+        .credentials()
+        .reloaded(&policy("env:WARDEN_TEST_KEY_2"), &ctx(&both, Some(&key)))
+        .unwrap();
+    assert!(r.problems.is_empty(), "{:?}", r.problems);
+    assert_eq!(r.credentials.placeholder("k"), Some(&first));
+    let r = icpt
+        .credentials()
+        .reloaded(
+            &policy("env:WARDEN_TEST_KEY_3"),
+            &ctx(&other_env, Some(&key)),
+        )
+        .unwrap();
+    assert!(r.problems.is_empty(), "{:?}", r.problems);
+    // Within a session a placeholder never changes (the reload adopts it) ...
+    assert_eq!(r.credentials.placeholder("k"), Some(&first));
+    // ... but a session started with the new value gets its own.
+    let p3 = policy("env:WARDEN_TEST_KEY_3");
+    let (icpt, _) = Interception::from_policy(&p3, &ctx(&other_env, Some(&key))).unwrap();
+    assert_ne!(icpt.placeholder("k"), Some(&first));
 }

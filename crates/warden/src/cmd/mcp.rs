@@ -340,12 +340,14 @@ fn load_credentials(
 ) -> anyhow::Result<(Vec<GatewayCredential>, Vec<LeaseId>)> {
     let doc = policy.doc();
     let env: std::collections::HashMap<String, String> = std::env::vars().collect();
+    let placeholders = crate::credentials::placeholder_key();
     let ctx = LoadContext {
         env: &env,
         base_dir,
         vault: Some(vault),
         session,
         command_timeout: warden_secrets::source::DEFAULT_COMMAND_TIMEOUT,
+        placeholders: placeholders.as_ref(),
     };
     let mut out = Vec::new();
     let mut leases = Vec::new();
@@ -381,8 +383,12 @@ fn load_credentials(
                 leases.extend(l.lease);
                 out.push(GatewayCredential {
                     name: c.name.clone(),
+                    placeholder: Some(warden_secrets::Placeholder::for_credential(
+                        &c.name,
+                        &l.secret,
+                        placeholders.as_ref(),
+                    )),
                     secret: l.secret,
-                    placeholder: None,
                     hosts: c.hosts.iter().map(ToString::to_string).collect(),
                 });
             }
