@@ -122,6 +122,9 @@ deny = [                      # never visible, even inside the workspace
   "~/.docker",
   "~/.netrc",
   "~/.git-credentials",
+  "~/.config/gh",               # GitHub CLI's tokens
+  "~/.claude/.credentials.json", # Claude Code's sign-in (use CLAUDE_CODE_OAUTH_TOKEN below)
+  "~/.codex/auth.json",         # Codex CLI's sign-in
   "**/.env",
   "**/.env.*",
   "**/*.pem",
@@ -144,6 +147,13 @@ name = "anthropic"
 source = "env:ANTHROPIC_API_KEY"
 hosts = ["api.anthropic.com"]
 env = "ANTHROPIC_API_KEY"
+optional = true
+
+[[credentials]]
+name = "claude-oauth"                  # `claude setup-token` makes one
+source = "env:CLAUDE_CODE_OAUTH_TOKEN"
+hosts = ["api.anthropic.com"]
+env = "CLAUDE_CODE_OAUTH_TOKEN"
 optional = true
 
 [[credentials]]

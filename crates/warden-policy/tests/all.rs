@@ -1468,6 +1468,10 @@ mod presets {
         assert!(!sees(&p, "/home/alice/proj/.env.local", false));
         assert!(!sees(&p, "/home/alice/proj/tls/server.key", false));
         assert!(!sees(&p, "/home/alice/.ssh/id_rsa", false));
+        // Agents' and tools' sign-in tokens stay hidden inside a mounted configuration.
+        assert!(!sees(&p, "/home/alice/.claude/.credentials.json", false));
+        assert!(!sees(&p, "/home/alice/.codex/auth.json", false));
+        assert!(!sees(&p, "/home/alice/.config/gh/hosts.yml", false));
         // No limits by default: they need cgroups, which unprivileged users may lack.
         assert_eq!(p.doc().limits.pids, None);
         // The provider keys, each optional, bound to its provider's API hosts only.
@@ -1481,6 +1485,7 @@ mod presets {
             creds,
             [
                 ("ANTHROPIC_API_KEY", true),
+                ("CLAUDE_CODE_OAUTH_TOKEN", true),
                 ("OPENAI_API_KEY", true),
                 ("GEMINI_API_KEY", true),
                 ("GOOGLE_API_KEY", true),
@@ -1493,6 +1498,8 @@ mod presets {
                 .allow
         };
         assert!(uses("anthropic", "api.anthropic.com"));
+        assert!(uses("claude-oauth", "api.anthropic.com"));
+        assert!(!uses("claude-oauth", "api.github.com"));
         assert!(!uses("anthropic", "api.openai.com"));
         assert!(uses("gh", "github.com"));
         assert!(!uses("gh", "gist.github.com"));
