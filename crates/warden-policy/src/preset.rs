@@ -123,8 +123,8 @@ deny = [                      # never visible, even inside the workspace
   "~/.netrc",
   "~/.git-credentials",
   "~/.config/gh",               # GitHub CLI's tokens
-  "~/.claude/.credentials.json", # Claude Code's sign-in (use CLAUDE_CODE_OAUTH_TOKEN below)
   "~/.codex/auth.json",         # Codex CLI's sign-in
+  "**/.credentials.json",       # Claude Code's sign-in, wherever CLAUDE_CONFIG_DIR is
   "**/.env",
   "**/.env.*",
   "**/*.pem",

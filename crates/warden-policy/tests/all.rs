@@ -1470,6 +1470,11 @@ mod presets {
         assert!(!sees(&p, "/home/alice/.ssh/id_rsa", false));
         // Agents' and tools' sign-in tokens stay hidden inside a mounted configuration.
         assert!(!sees(&p, "/home/alice/.claude/.credentials.json", false));
+        assert!(!sees(
+            &p,
+            "/home/alice/proj/.agents/claude/.credentials.json",
+            false
+        ));
         assert!(!sees(&p, "/home/alice/.codex/auth.json", false));
         assert!(!sees(&p, "/home/alice/.config/gh/hosts.yml", false));
         // No limits by default: they need cgroups, which unprivileged users may lack.
