@@ -483,7 +483,13 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
                 wanted.push((src, target, m.mode == MountMode::Rw));
             }
             Err(e) => {
-                eprintln!("warden: mount {} skipped: {e}", host.display());
+                eprintln!(
+                    "warden: {}:{}: [[filesystem.mounts]] {}: {e}; the session runs without it \
+                     (create it, or remove the entry)",
+                    policy.origin(),
+                    m.line,
+                    host.display()
+                );
                 events.push(
                     Event::new(
                         Surface::Filesystem,
