@@ -35,8 +35,9 @@ pub struct CredentialLoader {
     base_dir: Option<PathBuf>,
     session: String,
     vault: MachineVault,
-    /// Credentials keep their placeholder from one session to the next with it.
-    placeholders: Option<PlaceholderKey>,
+    /// Credentials keep their placeholder from one session to the next with it; read (or
+    /// made) when a policy first declares a credential.
+    placeholders: std::sync::OnceLock<Option<PlaceholderKey>>,
     leases: Mutex<Vec<LeaseId>>,
 }
 
@@ -49,7 +50,7 @@ impl CredentialLoader {
             base_dir: file.and_then(Path::parent).map(Path::to_path_buf),
             session: session.to_string(),
             vault: MachineVault::new(&crate::home::warden_home()),
-            placeholders: placeholder_key(),
+            placeholders: std::sync::OnceLock::new(),
             leases: Mutex::new(Vec::new()),
         }
     }
@@ -61,8 +62,18 @@ impl CredentialLoader {
             vault: Some(&self.vault),
             session: &self.session,
             command_timeout: warden_secrets::source::DEFAULT_COMMAND_TIMEOUT,
-            placeholders: self.placeholders.as_ref(),
+            placeholders: None,
         }
+    }
+
+    /// [`Self::ctx`] for loading `policy`'s credentials: with this machine's placeholder
+    /// key when the policy declares any.
+    fn ctx_for(&self, policy: &Policy) -> LoadContext<'_> {
+        let mut ctx = self.ctx();
+        if !policy.doc().credentials.is_empty() {
+            ctx.placeholders = self.placeholders.get_or_init(placeholder_key).as_ref();
+        }
+        ctx
     }
 
     /// The files `policy`'s `file:` credentials are read from: a session must never see
@@ -126,8 +137,9 @@ impl CredentialLoader {
         policy: &Policy,
         given: &HashMap<String, String>,
     ) -> Result<Interception, String> {
-        let (icpt, leases) = Interception::from_policy_adopting(policy, &self.ctx(), given)
-            .map_err(|e| format!("credentials: {e}"))?;
+        let (icpt, leases) =
+            Interception::from_policy_adopting(policy, &self.ctx_for(policy), given)
+                .map_err(|e| format!("credentials: {e}"))?;
         self.keep(leases);
         Ok(icpt)
     }
@@ -136,7 +148,7 @@ impl CredentialLoader {
     /// ([`Credentials::reloaded`]).
     pub fn reload(&self, current: &Credentials, policy: &Policy) -> Result<Reloaded, String> {
         let mut r = current
-            .reloaded(policy, &self.ctx())
+            .reloaded(policy, &self.ctx_for(policy))
             .map_err(|e| e.to_string())?;
         self.keep(std::mem::take(&mut r.leases));
         Ok(r)

@@ -480,7 +480,8 @@ fn the_recorded_command_line_never_holds_a_credential() {
 /// A credential keeps its placeholder from one session to the next on the same machine
 /// (Warden's home holds the key, 0600, out of every session's sight), so an agent that
 /// remembers which key its user approved keeps working; another machine (another home)
-/// or another value gets another placeholder.
+/// or another value gets another placeholder. The key is made only when a policy
+/// declares a credential.
 #[test]
 fn a_credential_keeps_its_placeholder_from_one_session_to_the_next() {
     let env = Env::new(&format!(
@@ -533,4 +534,8 @@ fn a_credential_keeps_its_placeholder_from_one_session_to_the_next() {
         session(&env.warden_home, "tok-real-value-3c4fcf098815f7ab"),
         first
     );
+    // A policy without credentials leaves Warden's home without a key.
+    let plain = Env::new(BASE);
+    assert_code(&plain.run(&["/bin/true"]), 0);
+    assert!(!plain.warden_home.join("placeholder.key").exists());
 }

@@ -340,7 +340,11 @@ fn load_credentials(
 ) -> anyhow::Result<(Vec<GatewayCredential>, Vec<LeaseId>)> {
     let doc = policy.doc();
     let env: std::collections::HashMap<String, String> = std::env::vars().collect();
-    let placeholders = crate::credentials::placeholder_key();
+    let placeholders = if doc.credentials.is_empty() {
+        None
+    } else {
+        crate::credentials::placeholder_key()
+    };
     let ctx = LoadContext {
         env: &env,
         base_dir,
