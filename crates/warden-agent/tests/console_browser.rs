@@ -64,6 +64,9 @@ impl Browser {
             .arg(&profile)
             .arg(&fifo_in)
             .arg(&fifo_out)
+            // Chromium's own scratch files (`org.chromium.Chromium.*`, left behind when it
+            // is killed) go into the test's directory, removed with it, not into /tmp.
+            .env("TMPDIR", dir)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
