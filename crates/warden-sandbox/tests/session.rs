@@ -156,8 +156,8 @@ fn main() {
         }
         return;
     }
-    let ws = tempfile::tempdir().unwrap();
-    let ws = ws.path().canonicalize().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let ws = tmp.path().canonicalize().unwrap();
     std::fs::write(ws.join(".env"), "SECRET=1").unwrap();
     let mut passed = 0;
     let mut failed = 0;
@@ -257,5 +257,7 @@ fn main() {
     );
     drop(host);
     println!("{passed} passed, {failed} failed");
+    // `exit` runs no destructors: remove the workspace first.
+    drop(tmp);
     std::process::exit(if failed == 0 { 0 } else { 1 });
 }
