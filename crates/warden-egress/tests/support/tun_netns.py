@@ -26,6 +26,7 @@ resolv = tempfile.NamedTemporaryFile("w", delete=False)
 resolv.write("nameserver 192.0.2.53\noptions timeout:2 attempts:1\n")
 resolv.close()
 sh("mount", "--bind", resolv.name, "/etc/resolv.conf")
+os.unlink(resolv.name)  # the bind mount keeps it; nothing is left in /tmp
 
 s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
 s.connect(sock_path)
