@@ -333,6 +333,17 @@ impl Egress {
         PolicyVersion(self.inner.state.load_full())
     }
 
+    /// `request` decided for this egress's principal by the policy in force (what other
+    /// surfaces of the same session, e.g. its MCP gateway, decide with: they follow the
+    /// same reloads).
+    pub fn decide(&self, request: &Request<'_>) -> warden_policy::Decision {
+        self.inner
+            .state
+            .load()
+            .policy
+            .decide(&self.inner.principal, request)
+    }
+
     /// `name@digest` of the policy in force.
     pub fn policy_id(&self) -> String {
         self.inner.state.load().stamp.policy.clone()

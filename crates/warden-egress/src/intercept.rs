@@ -410,6 +410,20 @@ impl Credentials {
         })
     }
 
+    /// Each credential as (name, real value, placeholder, host patterns as written), in
+    /// order: for another surface of the same session that must know them (its MCP
+    /// gateway scans tool calls for them and hands its servers the same placeholders).
+    pub fn entries(&self) -> impl Iterator<Item = (&str, &Secret, &Placeholder, &[String])> {
+        self.meta.iter().map(|m| {
+            (
+                m.name.as_str(),
+                &m.secret,
+                &m.placeholder,
+                m.hosts_written.as_slice(),
+            )
+        })
+    }
+
     /// The credentials' names, in order.
     pub fn names(&self) -> Vec<String> {
         self.meta.iter().map(|m| m.name.clone()).collect()

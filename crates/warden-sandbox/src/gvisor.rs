@@ -517,6 +517,7 @@ mod tests {
                 tty: TtyMode::Inherit,
                 session_id: "abc".into(),
                 network: Network::Egress,
+                mcp_door: false,
                 trust_bundle: None,
                 backend: Backend::Gvisor,
             },

@@ -98,15 +98,20 @@ fn run_init(slot: &mut Option<OwnedFd>) -> Result<i32, String> {
     }
     let mut warnings = Vec::new();
     let egress = req.spec.network == crate::Network::Egress;
-    let net =
-        crate::net::setup(egress, &mut warnings).map_err(|e| format!("session network: {e}"))?;
+    let net = crate::net::setup(egress, req.spec.mcp_door, &mut warnings)
+        .map_err(|e| format!("session network: {e}"))?;
     if let Some(fds) = net {
         // The parent holds the only copies once these are dropped.
         let tun = fds.tun.map(|fd| (proto::FdKind::Tun, fd));
-        for (kind, fd) in tun.into_iter().chain([
-            (proto::FdKind::ProxyListener, fds.proxy),
-            (proto::FdKind::Dns, fds.dns),
-        ]) {
+        let mcp = fds.mcp.map(|fd| (proto::FdKind::McpListener, fd));
+        for (kind, fd) in tun
+            .into_iter()
+            .chain([
+                (proto::FdKind::ProxyListener, fds.proxy),
+                (proto::FdKind::Dns, fds.dns),
+            ])
+            .chain(mcp)
+        {
             report(chan, &Report::Fd(kind));
             proto::send_fd(chan.as_raw_fd(), fd.as_raw_fd())
                 .map_err(|e| format!("passing the session's {kind:?} descriptor: {e}"))?;

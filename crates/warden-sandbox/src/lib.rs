@@ -58,7 +58,8 @@ pub use gitwatch::{GitWatch, GitWritten, git_written_during, watch_git};
 pub use gvisor::{RUNSC_INSTALL_HINT, RUNSC_MIN_RELEASE, check_runsc_release, find_runsc};
 pub use init::init_main;
 pub use net::{
-    DNS_ADDR, NetworkFds, PROXY_ADDR, TUN_MTU, TUN_NAME, TUN_V4, TUN_V6, defer_tun_teardown,
+    DNS_ADDR, MCP_ADDR, NetworkFds, PROXY_ADDR, TUN_MTU, TUN_NAME, TUN_V4, TUN_V6,
+    defer_tun_teardown,
 };
 pub use preflight::{Check, preflight, preflight_report};
 pub use session::{
@@ -198,6 +199,10 @@ pub struct SandboxSpec {
     pub session_id: String,
     /// What the session's network namespace holds besides `lo`.
     pub network: Network,
+    /// Also a listening socket at [`MCP_ADDR`], handed over in [`NetworkFds::mcp`], for
+    /// the caller's MCP gateway (only with [`Network::Egress`]).
+    #[serde(default)]
+    pub mcp_door: bool,
     /// PEM certificates the session trusts instead of the host's bundle: shown at
     /// [`SESSION_TRUST_BUNDLE`] (the system bundle's path, overlaid read-only), e.g. the
     /// host's roots plus the session CA of an intercepting proxy. `None`: the host's.

@@ -31,6 +31,8 @@ pub const TUN_V6: Ipv6Addr = Ipv6Addr::new(0xfd7a, 0x7761, 0x7265, 0, 0, 0, 0, 2
 pub const TUN_MTU: u16 = 1500;
 /// The explicit proxy inside the session (`HTTP_PROXY` and friends point here).
 pub const PROXY_ADDR: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::LOCALHOST, 3128);
+/// The session's MCP gateway, when the caller serves one (`SandboxSpec::mcp_door`).
+pub const MCP_ADDR: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::LOCALHOST, 3129);
 /// The session's resolver.
 pub const DNS_ADDR: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::LOCALHOST, 53);
 
@@ -45,6 +47,8 @@ pub struct NetworkFds {
     pub proxy: OwnedFd,
     /// Bound UDP socket at [`DNS_ADDR`].
     pub dns: OwnedFd,
+    /// Listening TCP socket at [`MCP_ADDR`], when the spec asked for it.
+    pub mcp: Option<OwnedFd>,
 }
 
 /// Runs in the init, inside the new network namespace, while it holds `CAP_NET_ADMIN`
@@ -53,6 +57,7 @@ pub struct NetworkFds {
 /// be set up without weakening the boundary goes to `warnings`.
 pub(crate) fn setup(
     egress: bool,
+    mcp_door: bool,
     warnings: &mut Vec<String>,
 ) -> Result<Option<NetworkFds>, String> {
     let ctl = Ctl::new(libc::AF_INET).map_err(|e| format!("network control socket: {e}"))?;
@@ -81,10 +86,18 @@ pub(crate) fn setup(
         .map_err(|e| format!("session proxy listener {PROXY_ADDR}: {e}"))?;
     let dns = UdpSocket::bind(SocketAddr::V4(DNS_ADDR))
         .map_err(|e| format!("session DNS socket {DNS_ADDR}: {e}"))?;
+    let mcp = if mcp_door {
+        let l = TcpListener::bind(SocketAddr::V4(MCP_ADDR))
+            .map_err(|e| format!("session MCP listener {MCP_ADDR}: {e}"))?;
+        Some(l.into())
+    } else {
+        None
+    };
     Ok(Some(NetworkFds {
         tun,
         proxy: proxy.into(),
         dns: dns.into(),
+        mcp,
     }))
 }
 

@@ -46,6 +46,8 @@ pub(crate) enum FdKind {
     ProxyListener,
     /// The UDP socket at [`crate::DNS_ADDR`].
     Dns,
+    /// The listening socket at [`crate::MCP_ADDR`].
+    McpListener,
 }
 
 /// Parent → agent, after [`Report::Prepared`].

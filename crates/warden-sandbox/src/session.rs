@@ -174,6 +174,11 @@ fn validate(spec: &SandboxSpec) -> Result<(), SandboxError> {
             "the session's home cannot be `/`".into(),
         ));
     }
+    if spec.mcp_door && spec.network != crate::Network::Egress {
+        return Err(SandboxError::InvalidSpec(
+            "an MCP door needs the egress network (Network::Egress)".into(),
+        ));
+    }
     if spec.hostname.is_empty() || spec.hostname.len() > 64 {
         return Err(SandboxError::InvalidSpec(
             "hostname must be 1 to 64 bytes".into(),
@@ -226,6 +231,7 @@ struct Received {
     tun: Option<OwnedFd>,
     proxy: Option<OwnedFd>,
     dns: Option<OwnedFd>,
+    mcp: Option<OwnedFd>,
 }
 
 /// Builds the session up to the point where only `execve` of the command is left.
@@ -462,7 +468,7 @@ fn prepare_inner(
     match session.handshake(spec, chan, use_pty, late) {
         Ok((stream, unix_guard, fds)) => {
             if spec.network == crate::Network::Egress
-                && (fds.proxy.is_none() || fds.dns.is_none())
+                && (fds.proxy.is_none() || fds.dns.is_none() || fds.mcp.is_none() == spec.mcp_door)
                 && session.exec_error.is_none()
             {
                 session.kill();
@@ -495,6 +501,7 @@ impl Prepared {
             tun: self.fds.tun.take(),
             proxy: self.fds.proxy.take()?,
             dns: self.fds.dns.take()?,
+            mcp: self.fds.mcp.take(),
         })
     }
 
@@ -629,6 +636,7 @@ impl Session {
                         proto::FdKind::Tun => &mut fds.tun,
                         proto::FdKind::ProxyListener => &mut fds.proxy,
                         proto::FdKind::Dns => &mut fds.dns,
+                        proto::FdKind::McpListener => &mut fds.mcp,
                     };
                     *slot = Some(fd);
                 }

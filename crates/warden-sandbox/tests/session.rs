@@ -26,6 +26,7 @@ fn spec(ws: &Path, cmd: &[&str]) -> SandboxSpec {
         tty: TtyMode::Inherit,
         session_id: format!("t{}", std::process::id()),
         network: warden_sandbox::Network::Loopback,
+        mcp_door: false,
         trust_bundle: None,
         backend: warden_sandbox::Backend::Namespaces,
     }

@@ -855,3 +855,141 @@ tools.allow = ["*"]
         "{err}"
     );
 }
+
+/// The interpreter prefix behind the test venv (a venv links to it): what a session must
+/// see, read-only, to run the Python SDK client inside it.
+fn python_prefix() -> PathBuf {
+    let out = Command::new(python())
+        .args(["-c", "import sys; print(sys.base_prefix)"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+}
+
+#[test]
+fn a_session_reaches_its_policys_mcp_servers_through_its_gateway() {
+    // SPEC §1: a `warden run` session's tool calls pass the gateway. The official Python
+    // SDK client runs *inside* the session and talks to the gateway at the session's MCP
+    // door ($WARDEN_MCP_URL, bearer $WARDEN_MCP_TOKEN), which serves the policy's
+    // servers, each in a sandbox of its own.
+    let dir = setup();
+    let venv = python().parent().unwrap().parent().unwrap().canonicalize().unwrap();
+    let mut policy = std::fs::read_to_string(dir.path().join("policy.toml")).unwrap();
+    policy.push_str(&format!(
+        "\n[filesystem]\nworkspace = \"rw\"\nmounts = [{{ host = \"{}\", mode = \"ro\" }}, {{ host = \"{}\", mode = \"ro\" }}, {{ host = \"{}\", mode = \"ro\" }}]\n",
+        venv.display(),
+        python_prefix().display(),
+        fixtures().display()
+    ));
+    std::fs::write(dir.path().join("policy.toml"), policy).unwrap();
+    let ws = dir.path().join("ws");
+    std::fs::create_dir(&ws).unwrap();
+    // The client's scenario, then the door's own checks from inside: no token, a wrong
+    // one, and what the session's environment says.
+    let script = r#"
+set -u
+"$PY" "$CLIENT" report.json main --http "$WARDEN_MCP_URL" "$WARDEN_MCP_TOKEN"
+"$PY" - <<'PY' > door.json
+import json, os, urllib.request, urllib.error
+def post(headers):
+    req = urllib.request.Request(os.environ["WARDEN_MCP_URL"], method="POST",
+        data=b'{"jsonrpc":"2.0","id":1,"method":"ping"}',
+        headers={"Content-Type": "application/json", "Accept": "application/json, text/event-stream", **headers})
+    try:
+        return urllib.request.urlopen(req, timeout=10).status
+    except urllib.error.HTTPError as e:
+        return e.code
+print(json.dumps({"none": post({}), "wrong": post({"Authorization": "Bearer wrong"}),
+                  "url": os.environ["WARDEN_MCP_URL"]}))
+PY
+"#;
+    let out = Command::new(WARDEN)
+        .arg("run")
+        .arg("--policy")
+        .arg(dir.path().join("policy.toml"))
+        .arg("--workspace")
+        .arg(&ws)
+        .arg("--env")
+        .arg(format!("PY={}", venv.join("bin/python").display()))
+        .arg("--env")
+        .arg(format!(
+            "CLIENT={}",
+            fixtures().join("py/client.py").display()
+        ))
+        .args(["--", "sh", "-c", script])
+        .env("WARDEN_HOME", dir.path().join("home"))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: Value =
+        serde_json::from_str(&std::fs::read_to_string(ws.join("report.json")).unwrap()).unwrap();
+    check_main(&r);
+    let door: Value =
+        serde_json::from_str(&std::fs::read_to_string(ws.join("door.json")).unwrap()).unwrap();
+    assert_eq!(door["none"], 401, "{door}");
+    assert_eq!(door["wrong"], 401, "{door}");
+    assert_eq!(door["url"], "http://127.0.0.1:3129/mcp");
+    // Every call is recorded under the session that made it.
+    let events = audit(dir.path());
+    let start = events
+        .iter()
+        .find(|e| {
+            e["surface"] == "session"
+                && e["action"] == "start"
+                && e["target"].as_str().unwrap().starts_with("sh -c")
+        })
+        .unwrap();
+    let deny = events
+        .iter()
+        .find(|e| e["target"] == "test/read_file" && e["decision"] == "deny")
+        .unwrap();
+    assert_eq!(deny["rule"], "rules/mcp.cedar:1");
+    assert_eq!(deny["session"], start["session"]);
+    let allowed = events
+        .iter()
+        .find(|e| e["target"] == "everything/echo" && e["decision"] == "allow")
+        .unwrap();
+    assert_eq!(allowed["session"], start["session"]);
+}
+
+#[test]
+fn a_session_without_mcp_servers_has_no_gateway() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("policy.toml"),
+        "version = 1\nname = \"plain\"\n[filesystem]\nworkspace = \"rw\"\n",
+    )
+    .unwrap();
+    let out = Command::new(WARDEN)
+        .arg("run")
+        .arg("--policy")
+        .arg(dir.path().join("policy.toml"))
+        .arg("--workspace")
+        .arg(dir.path())
+        .args([
+            "--",
+            "bash",
+            "-c",
+            // The proxy's door (3128) answers: the check can tell open from closed.
+            "echo \"url=${WARDEN_MCP_URL:-none}\"; for p in 3128 3129; do (exec 3<>/dev/tcp/127.0.0.1/$p) 2>/dev/null && echo $p=open || echo $p=closed; done",
+        ])
+        .env("WARDEN_HOME", dir.path().join("home"))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("url=none"), "{stdout}");
+    assert!(stdout.contains("3128=open"), "{stdout}");
+    assert!(stdout.contains("3129=closed"), "{stdout}");
+}

@@ -152,6 +152,103 @@ impl crate::reload::Reload for McpReload {
     }
 }
 
+/// Decides the tool calls of a `warden run` session's gateway by the session's policy in
+/// force: the one its egress holds, so both surfaces follow the same reloads.
+struct SessionTools(warden_egress::Egress);
+
+impl SessionTools {
+    fn decide(&self, request: &Request<'_>) -> ToolDecision {
+        let d = self.0.decide(request);
+        ToolDecision {
+            allow: d.allow,
+            rule: d.rule.to_string(),
+            reason: d.reason,
+        }
+    }
+}
+
+impl Authorizer for SessionTools {
+    fn decide_tool(&self, server: &str, tool: &str, args: &serde_json::Value) -> ToolDecision {
+        self.decide(&Request::Tool { server, tool, args })
+    }
+
+    fn decide_prompt(&self, server: &str, prompt: &str, args: &serde_json::Value) -> ToolDecision {
+        self.decide(&Request::Prompt {
+            server,
+            prompt,
+            args,
+        })
+    }
+
+    fn decide_resource(&self, server: &str, uri: &str) -> ToolDecision {
+        self.decide(&Request::Resource { server, uri })
+    }
+
+    fn policy_id(&self) -> Option<String> {
+        Some(self.0.policy_id())
+    }
+}
+
+/// What a `warden run` session's gateway is built from (see [`session_gateway`]).
+pub(crate) struct SessionGateway<'a> {
+    pub policy: &'a Policy,
+    pub principal: &'a Principal,
+    /// The session's egress: tool calls are decided by its policy in force.
+    pub egress: warden_egress::Egress,
+    /// The session's credentials (real values and placeholders), loaded once for both.
+    pub credentials: Option<&'a warden_egress::Credentials>,
+    pub stamp: Stamp,
+    pub audit_file: PathBuf,
+    /// `--policy` and `--audit` of `warden run`: the servers' own sessions take them too.
+    pub policy_file: Option<PathBuf>,
+    pub audit_flag: Option<PathBuf>,
+}
+
+/// The MCP gateway of a `warden run` session, served on the session's MCP door
+/// (docs/mcp.md, "Inside a session"): the same gateway as `warden mcp` — the policy's
+/// `[[mcp.servers]]`, each stdio server in a session of its own — recorded under the
+/// session's id, deciding by the session's policy in force, scanning for the session's
+/// own credentials and handing its servers the session's placeholders.
+pub(crate) fn session_gateway(g: SessionGateway<'_>) -> anyhow::Result<Arc<warden_mcp::Gateway>> {
+    let credentials = g
+        .credentials
+        .map(|c| {
+            c.entries()
+                .map(|(name, secret, placeholder, hosts)| GatewayCredential {
+                    name: name.to_string(),
+                    secret: secret.clone(),
+                    placeholder: Some(placeholder.clone()),
+                    hosts: hosts.to_vec(),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let enrolled = warden_agent::watched_bundle(&home::warden_home()).is_some();
+    let cfg = GatewayConfig {
+        servers: servers(g.policy, g.principal),
+        enforce: g.policy.mode() == Mode::Enforce,
+        credentials,
+        extra_roots: g.policy.doc().tls.extra_roots.clone(),
+        pins_file: pins_file(),
+        audit: AuditConfig {
+            file: g.audit_file,
+            stamp: g.stamp,
+            record_args: false,
+        },
+        request_timeout: Duration::from_secs(120),
+        startup_timeout: Duration::from_secs(60),
+        page_size: warden_mcp::DEFAULT_PAGE_SIZE,
+        authorizer: Arc::new(SessionTools(g.egress)),
+    };
+    let launcher: Arc<dyn UpstreamLauncher> = Arc::new(SandboxLauncher {
+        exe: std::env::current_exe().context("locating the warden binary")?,
+        policy: g.policy_file,
+        enrolled,
+        audit: g.audit_flag,
+    });
+    Ok(warden_mcp::Gateway::new(cfg, launcher)?)
+}
+
 fn stamp(session: &str, policy: &str) -> Stamp {
     Stamp {
         session: session.into(),
@@ -405,7 +502,7 @@ fn load_credentials(
     Ok((out, leases))
 }
 
-fn hex_id() -> String {
+pub(crate) fn hex_id() -> String {
     let b: [u8; 8] = rand_bytes();
     b.iter().map(|x| format!("{x:02x}")).collect()
 }

@@ -394,6 +394,10 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
             .map_err(|e| anyhow::anyhow!("{e}"))?;
     }
     let enforce = policy.mode() == warden_policy::Mode::Enforce;
+    // The policy's MCP servers are served to the session by a gateway at its MCP door;
+    // not in the sessions `warden mcp` starts for those servers themselves.
+    let mcp_token = (args.mcp_server.is_none() && !policy.doc().mcp.servers.is_empty())
+        .then(|| crate::cmd::mcp::hex_id() + &crate::cmd::mcp::hex_id());
     let session = session_id();
     let stamp = Stamp {
         session: session.clone(),
@@ -594,6 +598,11 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
     // `--dangerously-skip-permissions` as root (root in a session is not root on the
     // host) unless IS_SANDBOX=1 says the boundary is elsewhere, which it is.
     vars.push(("IS_SANDBOX".into(), "1".into()));
+    if let Some(token) = &mcp_token {
+        let url = format!("http://{}/mcp", warden_sandbox::MCP_ADDR);
+        vars.push(("WARDEN_MCP_URL".into(), url.into()));
+        vars.push(("WARDEN_MCP_TOKEN".into(), token.into()));
+    }
     // Credentials and TLS: a session CA for the proxy's interception, the session's
     // trust bundle (the host's roots plus that CA) overlaid at the system bundle path,
     // and every loaded credential as a placeholder (the real value stays here).
@@ -688,6 +697,7 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
         tty: TtyMode::Auto,
         session_id: session.clone(),
         network: Network::Egress,
+        mcp_door: mcp_token.is_some(),
         // Supplied late (below): the host's CA roots are read once the spec is sent.
         trust_bundle: None,
         backend,
@@ -760,6 +770,8 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
     let Some(fds) = prepared.take_network() else {
         return fail(&log, "the session's network was not set up".into());
     };
+    let credentials = icpt.credentials().clone();
+    let gateway_policy = mcp_token.as_ref().map(|_| policy.clone());
     let egress = Egress::new(
         policy,
         EgressConfig {
@@ -779,6 +791,25 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
             interception: Some(Arc::new(icpt)),
         },
     );
+    let gateway = match (gateway_policy, mcp_token) {
+        (Some(gateway_policy), Some(token)) => {
+            let built = crate::cmd::mcp::session_gateway(crate::cmd::mcp::SessionGateway {
+                policy: &gateway_policy,
+                principal: &principal,
+                egress: egress.clone(),
+                credentials: Some(&credentials),
+                stamp: stamp.clone(),
+                audit_file: audit_path.clone(),
+                policy_file: args.policy.clone(),
+                audit_flag: args.audit.clone(),
+            });
+            match built {
+                Ok(gw) => Some((gw, token)),
+                Err(e) => return fail(&log, format!("starting the session's MCP gateway: {e:#}")),
+            }
+        }
+        _ => None,
+    };
     let reload_file = args.policy.clone().filter(|_| !own.policy_in_reach);
     let reload = reload_source(reload_file, local, args.mcp_server.clone());
     let egress = Reloading {
@@ -786,7 +817,7 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
         loader: loader.clone(),
         who: "warden run",
     };
-    let net = match SessionEgress::start(fds, egress, reload) {
+    let net = match SessionEgress::start(fds, egress, reload, gateway) {
         Ok(n) => n,
         Err(e) => return fail(&log, format!("starting the session's egress proxy: {e:#}")),
     };
@@ -890,6 +921,8 @@ struct SessionEgress {
     stopping: Arc<AtomicBool>,
     /// A descriptor of the session's TUN device (see `Drop`).
     tun_keep: Arc<Mutex<Option<OwnedFd>>>,
+    /// The session serves an MCP gateway, whose servers end with the runtime's tasks.
+    gateway: bool,
 }
 
 impl SessionEgress {
@@ -897,6 +930,7 @@ impl SessionEgress {
         fds: NetworkFds,
         reloading: Reloading,
         reload: Option<(PathBuf, crate::reload::Loader)>,
+        gateway: Option<(Arc<warden_mcp::Gateway>, String)>,
     ) -> anyhow::Result<SessionEgress> {
         let egress = reloading.egress.clone();
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -919,6 +953,20 @@ impl SessionEgress {
             "DNS",
             warden_egress::serve_dns(egress.clone(), dns),
         ));
+        let serves_gateway = gateway.is_some();
+        if let Some((gw, token)) = gateway {
+            let Some(door) = fds.mcp else {
+                anyhow::bail!("the sandbox did not hand over the session's MCP door");
+            };
+            let door = std::net::TcpListener::from(door);
+            door.set_nonblocking(true)?;
+            let door = tokio::net::TcpListener::from_std(door)?;
+            runtime.spawn(report_end("MCP gateway", async move {
+                warden_mcp::front::http::serve(gw, door, warden_mcp::HttpOptions::new(token))
+                    .await
+                    .map_err(std::io::Error::other)
+            }));
+        }
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let stopping = Arc::new(AtomicBool::new(false));
         let tun_keep = Arc::new(Mutex::new(None::<OwnedFd>));
@@ -959,6 +1007,7 @@ impl SessionEgress {
             tun,
             stopping,
             tun_keep,
+            gateway: serves_gateway,
         })
     }
 }
@@ -994,8 +1043,14 @@ impl Drop for SessionEgress {
                     "warden: could not hand the session's TUN device to the namespace teardown: {e}"
                 );
             }
-            // Nothing left to wait for: flows ended above, the session is gone.
-            rt.shutdown_background();
+            if self.gateway {
+                // Dropping the gateway's tasks kills its servers' sessions (their
+                // children are killed on drop): wait for that rather than leave them.
+                rt.shutdown_timeout(Duration::from_secs(2));
+            } else {
+                // Nothing left to wait for: flows ended above, the session is gone.
+                rt.shutdown_background();
+            }
         }
     }
 }
