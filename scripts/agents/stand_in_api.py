@@ -1,11 +1,13 @@
 """A stand-in for the model APIs of Claude Code, Codex CLI and Gemini CLI.
 
 Run inside a Warden session on its loopback (scripts/agents-e2e): the agent under test
-is pointed at it, asks for one shell command (`echo made-by-AGENT > AGENT.txt && cat
-AGENT.txt`) through the agent's own shell tool, and answers "done" once the tool's
-result comes back. Each request is logged to LOG as one JSON line: the agent, the API
-key the agent sent (to check that it is the session's placeholder, never the real key),
-and the tool's output when there is one.
+is pointed at it. When the agent offers the session gateway's `everything__echo` tool
+(an MCP tool, under whatever prefix the agent gives it), the stand-in first calls it
+with `via-gateway-AGENT`; then it asks for one shell command (`echo made-by-AGENT >
+AGENT.txt && cat AGENT.txt`) through the agent's own shell tool, and answers "done" once
+that result comes back. Each request is logged to LOG as one JSON line: the agent, the
+API key the agent sent (to check that it is the session's placeholder, never the real
+key), and the tool output when there is one.
 
     python3 stand_in_api.py PORT LOG
 
@@ -23,6 +25,22 @@ def command(agent):
     return f"echo made-by-{agent} > {agent}.txt && cat {agent}.txt"
 
 
+MCP_TOOL = "everything__echo"
+
+
+def mcp_tool(names):
+    """The agent's name for the gateway's echo tool, if it offers it."""
+    return next((n for n in names if n and n.endswith(MCP_TOOL)), None)
+
+
+def plan(agent, names, done):
+    """("mcp", name) / ("shell", None) / ("done", None): the next step, after `done`
+    tool results in the conversation."""
+    mcp = mcp_tool(names)
+    steps = ([("mcp", mcp)] if mcp else []) + [("shell", None)]
+    return steps[done] if done < len(steps) else ("done", None)
+
+
 def sse(events):
     out = ""
     for name, data in events:
@@ -34,11 +52,20 @@ def sse(events):
 
 def anthropic(body):
     """Claude Code: Messages API, streamed."""
-    last = (body.get("messages") or [{}])[-1].get("content")
-    results = [c for c in last if isinstance(c, dict) and c.get("type") == "tool_result"] if isinstance(last, list) else []
+    def tool_results(m):
+        c = m.get("content")
+        return [b for b in c if isinstance(b, dict) and b.get("type") == "tool_result"] if isinstance(c, list) else []
+    messages = body.get("messages") or [{}]
+    results = tool_results(messages[-1])
+    done = sum(len(tool_results(m)) for m in messages)
     tools = [t.get("name") for t in body.get("tools", [])]
-    if "Bash" in tools and not results:
-        block = {"type": "tool_use", "id": "toolu_standin", "name": "Bash", "input": {}}
+    step, name = plan("claude", tools, done) if "Bash" in tools else ("done", None)
+    if step == "mcp":
+        block = {"type": "tool_use", "id": f"toolu_standin{done}", "name": name, "input": {}}
+        delta = {"type": "input_json_delta", "partial_json": json.dumps({"message": "via-gateway-claude"})}
+        stop = "tool_use"
+    elif step == "shell":
+        block = {"type": "tool_use", "id": f"toolu_standin{done}", "name": "Bash", "input": {}}
         delta = {"type": "input_json_delta", "partial_json": json.dumps({"command": command("claude"), "description": "write a file"})}
         stop = "tool_use"
     else:
@@ -80,12 +107,25 @@ def openai(body):
                 tools += t.get("tools", []) if t.get("type") == "namespace" else [t]
     names = {t.get("name"): t.get("type") for t in tools}
     cmd = command("codex")
-    if results or not names:
+    offered = list(names)
+    if names.get("exec") == "custom" and "mcp__warden" in json.dumps(items):
+        # A deferred MCP namespace: its tools are called from `exec`'s JavaScript.
+        offered.append("mcp__warden__" + MCP_TOOL)
+    step, mcp = plan("codex", offered, len(results)) if names else ("done", None)
+    last = items[-1] if items else {}
+    results = [last] if last.get("type") in ("function_call_output", "custom_tool_call_output") else []
+    if step == "done":
         item = {"type": "message", "id": "msg_standin", "role": "assistant", "status": "completed",
                 "content": [{"type": "output_text", "text": "done", "annotations": []}]}
+    elif step == "mcp" and names.get("exec") == "custom":
+        js = f"const r = await tools.{mcp}({{message: 'via-gateway-codex'}}); text(JSON.stringify(r));"
+        item = {"type": "custom_tool_call", "id": f"ctc_standin{len(items)}", "call_id": f"call_standin{len(items)}", "name": "exec", "input": js, "status": "completed"}
+    elif step == "mcp":
+        item = {"type": "function_call", "id": f"fc_standin{len(items)}", "call_id": f"call_standin{len(items)}", "name": mcp,
+                "arguments": json.dumps({"message": "via-gateway-codex"}), "status": "completed"}
     elif names.get("exec") == "custom":
         js = f"const r = await tools.exec_command({{cmd: {json.dumps(cmd)}}}); text(r);"
-        item = {"type": "custom_tool_call", "id": "ctc_standin", "call_id": "call_standin", "name": "exec", "input": js, "status": "completed"}
+        item = {"type": "custom_tool_call", "id": f"ctc_standin{len(items)}", "call_id": f"call_standin{len(items)}", "name": "exec", "input": js, "status": "completed"}
     elif "exec_command" in names:
         item = {"type": "function_call", "id": "fc_standin", "call_id": "call_standin", "name": "exec_command",
                 "arguments": json.dumps({"cmd": cmd}), "status": "completed"}
@@ -106,12 +146,18 @@ def openai(body):
 def gemini(path, body):
     """Gemini CLI: generateContent (its request router wants JSON) and
     streamGenerateContent?alt=sse (the turn itself)."""
-    parts = (body.get("contents") or [{}])[-1].get("parts", [])
-    results = [p["functionResponse"] for p in parts if "functionResponse" in p]
+    def responses(c):
+        return [p["functionResponse"] for p in c.get("parts", []) if "functionResponse" in p]
+    contents = body.get("contents") or [{}]
+    results = responses(contents[-1])
+    done = sum(len(responses(c)) for c in contents)
     names = [f.get("name") for t in body.get("tools", []) for f in t.get("functionDeclarations", [])]
+    step, mcp = plan("gemini", names, done) if "run_shell_command" in names else ("done", None)
     if "responseJsonSchema" in json.dumps(body.get("generationConfig", {})):
         part = {"text": json.dumps({"complexity_reasoning": "one command", "complexity_score": 10})}
-    elif "streamGenerateContent" in path and "run_shell_command" in names and not results:
+    elif "streamGenerateContent" in path and step == "mcp":
+        part = {"functionCall": {"name": mcp, "args": {"message": "via-gateway-gemini"}}}
+    elif "streamGenerateContent" in path and step == "shell":
         part = {"functionCall": {"name": "run_shell_command", "args": {"command": command("gemini"), "description": "write a file"}}}
     else:
         part = {"text": "done"}

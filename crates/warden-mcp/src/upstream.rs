@@ -26,7 +26,8 @@ pub const MAX_MESSAGE: usize = 16 * 1024 * 1024;
 /// (`warden run --mcp-server NAME`, see `crates/warden/src/cmd/mcp.rs` and
 /// docs/mcp.md); [`PlainLauncher`] starts a plain child process (library tests).
 pub trait UpstreamLauncher: Send + Sync {
-    /// The command that runs `server` (stdio piped by the caller).
+    /// The command that runs `server`. The caller pipes its stdin and stdout; its stderr
+    /// is the launcher's to set (inherited when left alone).
     fn command(
         &self,
         server: &ServerConfig,
@@ -138,7 +139,6 @@ impl Upstream {
                 let mut cmd = launcher.command(server, argv)?;
                 cmd.stdin(std::process::Stdio::piped())
                     .stdout(std::process::Stdio::piped())
-                    .stderr(std::process::Stdio::inherit())
                     .kill_on_drop(true);
                 let mut child = cmd.spawn().map_err(|e| GatewayError::Launch {
                     name: server.name.clone(),

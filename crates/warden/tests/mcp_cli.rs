@@ -867,14 +867,17 @@ fn python_prefix() -> PathBuf {
     PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
 }
 
-#[test]
-fn a_session_reaches_its_policys_mcp_servers_through_its_gateway() {
-    // SPEC §1: a `warden run` session's tool calls pass the gateway. The official Python
-    // SDK client runs *inside* the session and talks to the gateway at the session's MCP
-    // door ($WARDEN_MCP_URL, bearer $WARDEN_MCP_TOKEN), which serves the policy's
-    // servers, each in a sandbox of its own.
+/// [`setup`]'s policy for a session that runs the SDK client: the workspace `ws`, and
+/// the venv (returned), its interpreter and the fixtures visible read-only.
+fn session_setup() -> (tempfile::TempDir, PathBuf) {
     let dir = setup();
-    let venv = python().parent().unwrap().parent().unwrap().canonicalize().unwrap();
+    let venv = python()
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .canonicalize()
+        .unwrap();
     let mut policy = std::fs::read_to_string(dir.path().join("policy.toml")).unwrap();
     policy.push_str(&format!(
         "\n[filesystem]\nworkspace = \"rw\"\nmounts = [{{ host = \"{}\", mode = \"ro\" }}, {{ host = \"{}\", mode = \"ro\" }}, {{ host = \"{}\", mode = \"ro\" }}]\n",
@@ -883,8 +886,18 @@ fn a_session_reaches_its_policys_mcp_servers_through_its_gateway() {
         fixtures().display()
     ));
     std::fs::write(dir.path().join("policy.toml"), policy).unwrap();
+    std::fs::create_dir(dir.path().join("ws")).unwrap();
+    (dir, venv)
+}
+
+#[test]
+fn a_session_reaches_its_policys_mcp_servers_through_its_gateway() {
+    // SPEC §1: a `warden run` session's tool calls pass the gateway. The official Python
+    // SDK client runs *inside* the session and talks to the gateway at the session's MCP
+    // door ($WARDEN_MCP_URL, bearer $WARDEN_MCP_TOKEN), which serves the policy's
+    // servers, each in a sandbox of its own.
+    let (dir, venv) = session_setup();
     let ws = dir.path().join("ws");
-    std::fs::create_dir(&ws).unwrap();
     // The client's scenario, then the door's own checks from inside: no token, a wrong
     // one, and what the session's environment says.
     let script = r#"
@@ -956,6 +969,15 @@ PY
         .find(|e| e["target"] == "everything/echo" && e["decision"] == "allow")
         .unwrap();
     assert_eq!(allowed["session"], start["session"]);
+    // The servers' stderr goes to a log, not to the session's terminal (where an agent's
+    // screen is): server-everything announces itself there.
+    let log = std::fs::read_to_string(dir.path().join("home/mcp-servers.log")).unwrap();
+    assert!(log.contains("Starting default (STDIO) server"), "{log}");
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("Starting default"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -992,4 +1014,89 @@ fn a_session_without_mcp_servers_has_no_gateway() {
     assert!(stdout.contains("url=none"), "{stdout}");
     assert!(stdout.contains("3128=open"), "{stdout}");
     assert!(stdout.contains("3129=closed"), "{stdout}");
+}
+
+#[test]
+fn a_sessions_tool_calls_follow_a_reload_of_its_policy() {
+    // One policy in force for the whole session: editing the policy file while the
+    // session runs changes what its gateway allows, for the next call.
+    let (dir, venv) = session_setup();
+    let ws = dir.path().join("ws");
+    std::fs::write(
+        ws.join("loop.py"),
+        r#"
+import asyncio, json, os, time
+import httpx2
+from mcp import ClientSession
+from mcp.shared.exceptions import MCPError
+from mcp.client.streamable_http import streamable_http_client
+
+async def main():
+    seen = []
+    headers = {"Authorization": "Bearer " + os.environ["WARDEN_MCP_TOKEN"]}
+    async with httpx2.AsyncClient(headers=headers, timeout=60) as http:
+        async with streamable_http_client(os.environ["WARDEN_MCP_URL"], http_client=http) as st:
+            async with ClientSession(st[0], st[1]) as s:
+                await s.initialize()
+                deadline = time.time() + 60
+                while time.time() < deadline:
+                    try:
+                        r = await s.call_tool("everything__echo", {"message": "hi"})
+                        seen.append({"ok": r.content[0].text})
+                        open("first-ok", "w").close()
+                    except MCPError as e:
+                        seen.append({"error": e.message})
+                        break
+                    await asyncio.sleep(0.1)
+    json.dump(seen, open("reload.json", "w"))
+
+asyncio.run(main())
+"#,
+    )
+    .unwrap();
+    let policy = dir.path().join("policy.toml");
+    let mut child = Command::new(WARDEN)
+        .arg("run")
+        .arg("--policy")
+        .arg(&policy)
+        .arg("--workspace")
+        .arg(&ws)
+        .arg("--")
+        .arg(venv.join("bin/python"))
+        .arg("loop.py")
+        .env("WARDEN_HOME", dir.path().join("home"))
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !ws.join("first-ok").exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the session never called the tool"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let text = std::fs::read_to_string(&policy).unwrap();
+    let narrowed = text.replace(
+        "tools.deny = [\"get-env\"]",
+        "tools.deny = [\"get-env\", \"echo\"]",
+    );
+    assert_ne!(text, narrowed);
+    std::fs::write(&policy, narrowed).unwrap();
+    let status = child.wait().unwrap();
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(status.success(), "{stderr}");
+    let seen: Value =
+        serde_json::from_str(&std::fs::read_to_string(ws.join("reload.json")).unwrap()).unwrap();
+    let seen = seen.as_array().unwrap();
+    assert_eq!(seen[0]["ok"], "Echo: hi", "{seen:?}");
+    let last = seen.last().unwrap()["error"].as_str().unwrap_or_default();
+    assert!(last.contains("policy.toml:7"), "{seen:?}");
 }

@@ -245,6 +245,8 @@ pub(crate) fn session_gateway(g: SessionGateway<'_>) -> anyhow::Result<Arc<warde
         policy: g.policy_file,
         enrolled,
         audit: g.audit_flag,
+        // Not the session's terminal, where an agent's screen is.
+        stderr_log: Some(home::warden_home().join("mcp-servers.log")),
     });
     Ok(warden_mcp::Gateway::new(cfg, launcher)?)
 }
@@ -348,6 +350,7 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
         policy: args.policy.clone(),
         enrolled: bundle.is_some(),
         audit: args.audit.clone(),
+        stderr_log: None,
     });
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -673,6 +676,8 @@ struct SandboxLauncher {
     /// `policy`, if any).
     enrolled: bool,
     audit: Option<PathBuf>,
+    /// Where the servers' stderr goes (appended); `None`: this process's stderr.
+    stderr_log: Option<PathBuf>,
 }
 
 impl UpstreamLauncher for SandboxLauncher {
@@ -719,6 +724,27 @@ impl UpstreamLauncher for SandboxLauncher {
             };
         }
         cmd.arg("--").args(argv);
+        if let Some(log) = &self.stderr_log {
+            if let Some(dir) = log.parent() {
+                use std::os::unix::fs::DirBuilderExt;
+                let _ = std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(dir);
+            }
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(log)
+                .map_err(|e| GatewayError::Launch {
+                    name: server.name.clone(),
+                    source: std::io::Error::new(
+                        e.kind(),
+                        format!("opening {} for its stderr: {e}", log.display()),
+                    ),
+                })?;
+            cmd.stderr(file);
+        }
         Ok(cmd)
     }
 }
