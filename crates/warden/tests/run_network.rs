@@ -1370,7 +1370,39 @@ echo "central-denies: $(curl -sS -m 5 http://git.test/hello/central 2>&1)"
     );
 }
 
+/// A policy with `[[mcp.servers]]` gives the session an MCP door (its gateway) on both
+/// backends: the agent initializes over it with the session's token and is refused
+/// without it (the full gateway is tested in mcp_cli.rs).
+fn the_mcp_door_answers_inside_the_session(b: B) {
+    let env = Env::new_for(
+        b,
+        &format!("{BASE}\n[[mcp.servers]]\nname = \"idle\"\ncommand = [\"true\"]\n"),
+    );
+    let script = r#"
+import os, urllib.request, urllib.error
+def post(token):
+    body = b'{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}'
+    h = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
+    if token:
+        h["Authorization"] = "Bearer " + token
+    try:
+        r = urllib.request.urlopen(urllib.request.Request(os.environ["WARDEN_MCP_URL"], data=body, headers=h), timeout=10)
+        return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, ""
+code, body = post(os.environ["WARDEN_MCP_TOKEN"])
+print("with-token", code, "protocolVersion" in body)
+print("without", post(None)[0])
+"#;
+    let o = env.run(&["/usr/bin/python3", "-c", script]);
+    let out = stdout(&o);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(out.contains("with-token 200 True"), "{}", text(&o));
+    assert!(out.contains("without 401"), "{}", text(&o));
+}
+
 crate::per_backend!(
+    the_mcp_door_answers_inside_the_session,
     real_clients_reach_allowed_hosts_by_proxy_and_transparently,
     bypass_attempts_reach_nothing,
     dns_exfiltration_never_leaves_and_only_a_and_aaaa_are_answered,
