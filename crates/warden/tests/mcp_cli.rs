@@ -1100,3 +1100,80 @@ asyncio.run(main())
     let last = seen.last().unwrap()["error"].as_str().unwrap_or_default();
     assert!(last.contains("policy.toml:7"), "{seen:?}");
 }
+
+#[test]
+fn a_sessions_gateway_guards_the_sessions_own_credentials() {
+    // The session's gateway knows the credentials the session loaded: a credential's
+    // placeholder may go to a server the policy binds it to, and nowhere else; the
+    // server holds the same placeholder as the session, never the real value.
+    let (gh_value, other_value) = (
+        "s3cr3t-gh-session-value-01",
+        "s3cr3t-other-session-value-02",
+    );
+    let (dir, venv) = session_setup();
+    let ws = dir.path().join("ws");
+    let policy = std::fs::read_to_string(dir.path().join("policy.toml")).unwrap();
+    let policy = policy.replacen(
+        "[[mcp.servers]]\nname = \"test\"\n",
+        "[[mcp.servers]]\nname = \"test\"\ncredentials = [\"gh\"]\n",
+        1,
+    );
+    let policy = format!(
+        "{policy}\n[[credentials]]\nname = \"gh\"\nsource = \"env:WARDEN_TEST_GH\"\nhosts = [\"api.github.com\"]\nenv = \"GH_TOKEN\"\n\n[[credentials]]\nname = \"other\"\nsource = \"env:WARDEN_TEST_OTHER\"\nhosts = [\"example.com\"]\nenv = \"OTHER_TOKEN\"\n"
+    );
+    std::fs::write(dir.path().join("policy.toml"), policy).unwrap();
+    let script = r#"
+set -u
+printf '%s\n%s\n' "$GH_TOKEN" "$OTHER_TOKEN" > placeholders.txt
+CREDS_PATHS="[\"$GH_TOKEN\", \"$OTHER_TOKEN\"]" "$PY" "$CLIENT" report.json creds --http "$WARDEN_MCP_URL" "$WARDEN_MCP_TOKEN"
+"#;
+    let out = Command::new(WARDEN)
+        .arg("run")
+        .arg("--policy")
+        .arg(dir.path().join("policy.toml"))
+        .arg("--workspace")
+        .arg(&ws)
+        .arg("--env")
+        .arg(format!("PY={}", venv.join("bin/python").display()))
+        .arg("--env")
+        .arg(format!(
+            "CLIENT={}",
+            fixtures().join("py/client.py").display()
+        ))
+        .args(["--", "sh", "-c", script])
+        .env("WARDEN_HOME", dir.path().join("home"))
+        .env("WARDEN_TEST_GH", gh_value)
+        .env("WARDEN_TEST_OTHER", other_value)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let placeholders = std::fs::read_to_string(ws.join("placeholders.txt")).unwrap();
+    let mut lines = placeholders.lines();
+    let (gh, other) = (lines.next().unwrap(), lines.next().unwrap());
+    assert!(gh != gh_value && other != other_value, "{placeholders}");
+    let r: Value =
+        serde_json::from_str(&std::fs::read_to_string(ws.join("report.json")).unwrap()).unwrap();
+    assert!(r.get("fatal").is_none(), "{r:#}");
+    // To the server bound to it: passed, and echoed back as it was.
+    assert_eq!(
+        r["read0"]["ok"]["content"][0]["text"],
+        format!("contents of {gh}"),
+        "{r:#}"
+    );
+    // Another credential's placeholder to that server: refused by the secret scan.
+    let m = r["read1"]["error"]["message"].as_str().unwrap_or_default();
+    assert!(m.contains("secret scan") && m.contains("other"), "{r:#}");
+    // The server's own session holds the session's placeholder, not the value.
+    let leak = r["leak"]["ok"]["content"][0]["text"].as_str().unwrap();
+    assert!(leak.contains(&format!("gh={gh} ")), "{leak}");
+    let raw = std::fs::read_to_string(dir.path().join("home/audit.jsonl")).unwrap();
+    for v in [gh_value, other_value] {
+        assert!(!raw.contains(v), "a secret value in the audit log");
+        assert!(!r.to_string().contains(v), "a secret value in the session");
+    }
+}
