@@ -890,6 +890,31 @@ fn session_setup() -> (tempfile::TempDir, PathBuf) {
     (dir, venv)
 }
 
+/// `sh -c script` in a session under the policy of [`session_setup`] (workspace `ws`),
+/// with `$PY` (the venv's interpreter) and `$CLIENT` (client.py) set, and `env` in
+/// `warden run`'s own environment.
+fn session_sh(dir: &Path, venv: &Path, script: &str, env: &[(&str, &str)]) -> std::process::Output {
+    Command::new(WARDEN)
+        .arg("run")
+        .arg("--policy")
+        .arg(dir.join("policy.toml"))
+        .arg("--workspace")
+        .arg(dir.join("ws"))
+        .arg("--env")
+        .arg(format!("PY={}", venv.join("bin/python").display()))
+        .arg("--env")
+        .arg(format!(
+            "CLIENT={}",
+            fixtures().join("py/client.py").display()
+        ))
+        .args(["--", "sh", "-c", script])
+        .env("WARDEN_HOME", dir.join("home"))
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn a_session_reaches_its_policys_mcp_servers_through_its_gateway() {
     // SPEC §1: a `warden run` session's tool calls pass the gateway. The official Python
@@ -917,24 +942,7 @@ print(json.dumps({"none": post({}), "wrong": post({"Authorization": "Bearer wron
                   "url": os.environ["WARDEN_MCP_URL"]}))
 PY
 "#;
-    let out = Command::new(WARDEN)
-        .arg("run")
-        .arg("--policy")
-        .arg(dir.path().join("policy.toml"))
-        .arg("--workspace")
-        .arg(&ws)
-        .arg("--env")
-        .arg(format!("PY={}", venv.join("bin/python").display()))
-        .arg("--env")
-        .arg(format!(
-            "CLIENT={}",
-            fixtures().join("py/client.py").display()
-        ))
-        .args(["--", "sh", "-c", script])
-        .env("WARDEN_HOME", dir.path().join("home"))
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let out = session_sh(dir.path(), &venv, script, &[]);
     assert!(
         out.status.success(),
         "{}",
@@ -1127,26 +1135,15 @@ set -u
 printf '%s\n%s\n' "$GH_TOKEN" "$OTHER_TOKEN" > placeholders.txt
 CREDS_PATHS="[\"$GH_TOKEN\", \"$OTHER_TOKEN\"]" "$PY" "$CLIENT" report.json creds --http "$WARDEN_MCP_URL" "$WARDEN_MCP_TOKEN"
 "#;
-    let out = Command::new(WARDEN)
-        .arg("run")
-        .arg("--policy")
-        .arg(dir.path().join("policy.toml"))
-        .arg("--workspace")
-        .arg(&ws)
-        .arg("--env")
-        .arg(format!("PY={}", venv.join("bin/python").display()))
-        .arg("--env")
-        .arg(format!(
-            "CLIENT={}",
-            fixtures().join("py/client.py").display()
-        ))
-        .args(["--", "sh", "-c", script])
-        .env("WARDEN_HOME", dir.path().join("home"))
-        .env("WARDEN_TEST_GH", gh_value)
-        .env("WARDEN_TEST_OTHER", other_value)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let out = session_sh(
+        dir.path(),
+        &venv,
+        script,
+        &[
+            ("WARDEN_TEST_GH", gh_value),
+            ("WARDEN_TEST_OTHER", other_value),
+        ],
+    );
     assert!(
         out.status.success(),
         "{}",

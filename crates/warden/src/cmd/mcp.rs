@@ -93,9 +93,38 @@ impl PolicyAuthorizer {
     }
 }
 
-impl PolicyAuthorizer {
+/// Where a gateway's decisions come from: the policy in force, whoever holds it — the
+/// gateway itself ([`PolicyAuthorizer`]) or, inside a `warden run` session, the session's
+/// egress, so that both surfaces follow the same reloads.
+trait PolicyInForce: Send + Sync + 'static {
+    fn decision(&self, request: &Request<'_>) -> warden_policy::Decision;
+    fn id(&self) -> String;
+}
+
+impl PolicyInForce for Arc<PolicyAuthorizer> {
+    fn decision(&self, request: &Request<'_>) -> warden_policy::Decision {
+        self.current().decide(&self.principal, request)
+    }
+    fn id(&self) -> String {
+        self.current().id().to_string()
+    }
+}
+
+impl PolicyInForce for warden_egress::Egress {
+    fn decision(&self, request: &Request<'_>) -> warden_policy::Decision {
+        self.decide(request)
+    }
+    fn id(&self) -> String {
+        self.policy_id()
+    }
+}
+
+/// The gateway's [`Authorizer`]: every tool, prompt and resource decided by a policy.
+struct ByPolicy<P>(P);
+
+impl<P: PolicyInForce> ByPolicy<P> {
     fn decide(&self, request: &Request<'_>) -> ToolDecision {
-        let d = self.current().decide(&self.principal, request);
+        let d = self.0.decision(request);
         ToolDecision {
             allow: d.allow,
             rule: d.rule.to_string(),
@@ -104,7 +133,7 @@ impl PolicyAuthorizer {
     }
 }
 
-impl Authorizer for PolicyAuthorizer {
+impl<P: PolicyInForce> Authorizer for ByPolicy<P> {
     fn decide_tool(&self, server: &str, tool: &str, args: &serde_json::Value) -> ToolDecision {
         self.decide(&Request::Tool { server, tool, args })
     }
@@ -122,7 +151,7 @@ impl Authorizer for PolicyAuthorizer {
     }
 
     fn policy_id(&self) -> Option<String> {
-        Some(self.current().id().to_string())
+        Some(self.0.id())
     }
 }
 
@@ -149,43 +178,6 @@ impl crate::reload::Reload for McpReload {
     }
     fn policy_id(&self) -> String {
         self.0.current().id().to_string()
-    }
-}
-
-/// Decides the tool calls of a `warden run` session's gateway by the session's policy in
-/// force: the one its egress holds, so both surfaces follow the same reloads.
-struct SessionTools(warden_egress::Egress);
-
-impl SessionTools {
-    fn decide(&self, request: &Request<'_>) -> ToolDecision {
-        let d = self.0.decide(request);
-        ToolDecision {
-            allow: d.allow,
-            rule: d.rule.to_string(),
-            reason: d.reason,
-        }
-    }
-}
-
-impl Authorizer for SessionTools {
-    fn decide_tool(&self, server: &str, tool: &str, args: &serde_json::Value) -> ToolDecision {
-        self.decide(&Request::Tool { server, tool, args })
-    }
-
-    fn decide_prompt(&self, server: &str, prompt: &str, args: &serde_json::Value) -> ToolDecision {
-        self.decide(&Request::Prompt {
-            server,
-            prompt,
-            args,
-        })
-    }
-
-    fn decide_resource(&self, server: &str, uri: &str) -> ToolDecision {
-        self.decide(&Request::Resource { server, uri })
-    }
-
-    fn policy_id(&self) -> Option<String> {
-        Some(self.0.policy_id())
     }
 }
 
@@ -238,7 +230,7 @@ pub(crate) fn session_gateway(g: SessionGateway<'_>) -> anyhow::Result<Arc<warde
         request_timeout: Duration::from_secs(120),
         startup_timeout: Duration::from_secs(60),
         page_size: warden_mcp::DEFAULT_PAGE_SIZE,
-        authorizer: Arc::new(SessionTools(g.egress)),
+        authorizer: Arc::new(ByPolicy(g.egress)),
     };
     let launcher: Arc<dyn UpstreamLauncher> = Arc::new(SandboxLauncher {
         exe: std::env::current_exe().context("locating the warden binary")?,
@@ -341,7 +333,7 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
         request_timeout: Duration::from_secs(args.timeout.max(1)),
         startup_timeout: Duration::from_secs(60),
         page_size: warden_mcp::DEFAULT_PAGE_SIZE,
-        authorizer: authorizer.clone(),
+        authorizer: Arc::new(ByPolicy(authorizer.clone())),
     };
     // Every stdio server runs in its own Warden session under its own part of the
     // policy (docs/mcp.md, "Upstream sandboxing").
