@@ -859,6 +859,21 @@ async fn body_is_not_injected_by_default() {
     );
 }
 
+/// How these tests load credentials: from `env` only, as session `s-test`.
+fn test_ctx<'a>(
+    env: &'a HashMap<String, String>,
+    placeholders: Option<&'a warden_egress::warden_secrets::PlaceholderKey>,
+) -> warden_egress::warden_secrets::LoadContext<'a> {
+    warden_egress::warden_secrets::LoadContext {
+        env,
+        base_dir: None,
+        vault: None,
+        session: "s-test",
+        command_timeout: Duration::from_secs(5),
+        placeholders,
+    }
+}
+
 /// Issue #7, delivery: a reload moves the credentials with the policy. A credential's
 /// binding can move to another host, a new credential with a `header` is injected at
 /// once (the session needs no new variable), one that cannot be loaded is reported in
@@ -866,7 +881,6 @@ async fn body_is_not_injected_by_default() {
 /// out silently), and one the policy drops stays guarded but is bound to no host.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_moves_the_credentials_with_the_policy() {
-    use warden_egress::warden_secrets::LoadContext;
     let s = setup("[tls]\nintercept = \"all\"", "", true).await;
     let ph = s.placeholder.clone();
     let auth = format!("Authorization: Bearer {ph}");
@@ -881,14 +895,7 @@ async fn a_reload_moves_the_credentials_with_the_policy() {
     ]
     .into_iter()
     .collect();
-    let ctx = LoadContext {
-        env: &env,
-        base_dir: None,
-        vault: None,
-        session: "s-test",
-        command_timeout: Duration::from_secs(5),
-        placeholders: None,
-    };
+    let ctx = test_ctx(&env, None);
     let reload = |text: String| {
         std::fs::write(
             &s.h.policy_path,
@@ -992,7 +999,6 @@ optional = true
 /// session. The built-in `balanced` preset binds the provider keys that way.
 #[test]
 fn optional_credentials_are_left_out_only_when_their_variable_is_not_set() {
-    use warden_egress::warden_secrets::LoadContext;
     let env: HashMap<String, String> = [
         ("WARDEN_TEST_SET".to_string(), SECRET.to_string()),
         ("WARDEN_TEST_EMPTY".to_string(), String::new()),
@@ -1000,14 +1006,7 @@ fn optional_credentials_are_left_out_only_when_their_variable_is_not_set() {
     ]
     .into_iter()
     .collect();
-    let ctx = LoadContext {
-        env: &env,
-        base_dir: None,
-        vault: None,
-        session: "s-test",
-        command_timeout: Duration::from_secs(5),
-        placeholders: None,
-    };
+    let ctx = test_ctx(&env, None);
     let cred = |name: &str, var: &str, optional: bool| {
         format!(
             "[[credentials]]\nname = \"{name}\"\nsource = \"env:{var}\"\nhosts = [\"api.test\"]\n\
@@ -1069,7 +1068,7 @@ fn optional_credentials_are_left_out_only_when_their_variable_is_not_set() {
 /// another value gets another one; without the key each start makes a fresh one.
 #[test]
 fn placeholders_stay_the_same_across_sessions_with_the_machine_key() {
-    use warden_egress::warden_secrets::{LoadContext, PlaceholderKey};
+    use warden_egress::warden_secrets::PlaceholderKey;
     let dir = tempfile::tempdir().unwrap();
     let key = PlaceholderKey::load_or_create(&dir.path().join(PlaceholderKey::FILE)).unwrap();
     let env_with = |value: &str| -> HashMap<String, String> {
@@ -1077,14 +1076,7 @@ fn placeholders_stay_the_same_across_sessions_with_the_machine_key() {
             .into_iter()
             .collect()
     };
-    let ctx = |env, placeholders| LoadContext {
-        env,
-        base_dir: None,
-        vault: None,
-        session: "s-test",
-        command_timeout: Duration::from_secs(5),
-        placeholders,
-    };
+    let ctx = test_ctx;
     let policy = |source: &str| {
         Policy::parse(
             &format!(
