@@ -190,6 +190,18 @@ source = "env:GITHUB_TOKEN"
 hosts = ["api.github.com", "github.com"]
 env = "GITHUB_TOKEN"
 optional = true
+
+# MCP servers: list them here rather than in the agent's own configuration. A session
+# then serves them through Warden's gateway at $WARDEN_MCP_URL (bearer $WARDEN_MCP_TOKEN):
+# every tool call decided and recorded, each server in a sandbox of its own with its own
+# network, filesystem and limits (docs/mcp.md, "Inside a session"). For example:
+#
+# [[mcp.servers]]
+# name = "github"
+# command = ["github-mcp-server", "stdio"]
+# credentials = ["github"]            # the server gets the placeholder; its proxy swaps it
+# tools.allow = ["get_*", "list_*", "search_*"]
+# network.allow = ["api.github.com"]
 "#;
 
 const LOCKED: &str = r#"# Warden policy: the "locked" preset.
