@@ -1374,10 +1374,12 @@ echo "central-denies: $(curl -sS -m 5 http://git.test/hello/central 2>&1)"
 /// backends: the agent initializes over it with the session's token and is refused
 /// without it (the full gateway is tested in mcp_cli.rs).
 fn the_mcp_door_answers_inside_the_session(b: B) {
-    let env = Env::new_for(
-        b,
-        &format!("{BASE}\n[[mcp.servers]]\nname = \"idle\"\ncommand = [\"true\"]\n"),
-    );
+    let policy = format!("{BASE}\n[[mcp.servers]]\nname = \"idle\"\ncommand = [\"true\"]\n");
+    // As root, and as an unprivileged user (whose `warden run` serves the door the same).
+    let mut envs = vec![Env::new_for(b, &policy)];
+    if is_root() {
+        envs.push(Env::unprivileged_for(b, &policy));
+    }
     let script = r#"
 import os, urllib.request, urllib.error
 def post(token):
@@ -1394,11 +1396,13 @@ code, body = post(os.environ["WARDEN_MCP_TOKEN"])
 print("with-token", code, "protocolVersion" in body)
 print("without", post(None)[0])
 "#;
-    let o = env.run(&["/usr/bin/python3", "-c", script]);
-    let out = stdout(&o);
-    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
-    assert!(out.contains("with-token 200 True"), "{}", text(&o));
-    assert!(out.contains("without 401"), "{}", text(&o));
+    for env in envs {
+        let o = env.run(&["/usr/bin/python3", "-c", script]);
+        let out = stdout(&o);
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        assert!(out.contains("with-token 200 True"), "{}", text(&o));
+        assert!(out.contains("without 401"), "{}", text(&o));
+    }
 }
 
 crate::per_backend!(
