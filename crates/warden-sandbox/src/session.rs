@@ -1055,6 +1055,40 @@ impl Killer {
     pub fn kill(&self) {
         kill_pidfd(&self.0);
     }
+
+    /// Kills the session once this process's parent process has exited, watched from a
+    /// thread of its own: for a session that only its parent uses, e.g. an MCP server's
+    /// session started by a gateway, which must not outlive the gateway even when the
+    /// server ignores its closed stdin. (Not `PR_SET_PDEATHSIG`: that fires when the
+    /// parent *thread* exits, and a gateway's runtime may retire the thread it spawned
+    /// from.) A parent gone before the watch starts is not noticed (this process has been
+    /// reparented by then); the closed stdin is then the only signal.
+    pub fn kill_when_parent_exits(self) -> io::Result<()> {
+        // SAFETY: getppid cannot fail.
+        let parent = unsafe { libc::getppid() };
+        let pidfd = pidfd_open(parent)?;
+        std::thread::Builder::new()
+            .name("warden-parent".into())
+            .spawn(move || {
+                let mut fds = [libc::pollfd {
+                    fd: pidfd.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                }];
+                loop {
+                    // SAFETY: `fds` is a valid array of one pollfd.
+                    let n = unsafe { libc::poll(fds.as_mut_ptr(), 1, -1) };
+                    if n > 0 {
+                        break;
+                    }
+                    if n < 0 && io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+                        return;
+                    }
+                }
+                self.kill();
+            })?;
+        Ok(())
+    }
 }
 
 fn kill_pidfd(pidfd: &OwnedFd) {

@@ -1174,3 +1174,116 @@ CREDS_PATHS="[\"$GH_TOKEN\", \"$OTHER_TOKEN\"]" "$PY" "$CLIENT" report.json cred
         assert!(!r.to_string().contains(v), "a secret value in the session");
     }
 }
+
+/// Processes whose command line contains `needle`.
+fn processes_with(needle: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        if cmd.contains(needle) {
+            found.push(format!("{}: {cmd}", e.file_name().to_string_lossy()));
+        }
+    }
+    found
+}
+
+#[test]
+fn killing_warden_run_ends_its_gateways_servers() {
+    // A server that keeps running after its stdin closes: SIGKILL of the session's
+    // `warden run` must still end it (and its own session) with the session.
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().canonicalize().unwrap();
+    let srv = root.join("stubborn_server.py");
+    std::fs::write(
+        &srv,
+        r#"import json, sys, time
+for line in sys.stdin:
+    m = json.loads(line)
+    if "id" not in m:
+        continue
+    if m.get("method") == "initialize":
+        r = {"protocolVersion": m["params"]["protocolVersion"], "capabilities": {"tools": {}},
+             "serverInfo": {"name": "stubborn", "version": "1"}}
+    elif m.get("method") == "tools/list":
+        r = {"tools": []}
+    else:
+        r = {}
+    print(json.dumps({"jsonrpc": "2.0", "id": m["id"], "result": r}), flush=True)
+while True:  # stdin closed: stays anyway
+    time.sleep(1)
+"#,
+    )
+    .unwrap();
+    std::fs::create_dir(root.join("ws")).unwrap();
+    std::fs::write(
+        root.join("policy.toml"),
+        format!(
+            "version = 1\nname = \"stubborn\"\n[filesystem]\nworkspace = \"rw\"\n\n[[mcp.servers]]\nname = \"stubborn\"\ncommand = [\"python3\", \"{}\"]\nfilesystem.mounts = [{{ host = \"{}\", mode = \"ro\" }}]\n",
+            srv.display(),
+            root.display()
+        ),
+    )
+    .unwrap();
+    // Inside the session: initialize (which starts the server), list its tools, wait.
+    let client = r#"
+import os, time, urllib.request
+def post(body, sid=None):
+    h = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream",
+         "Authorization": "Bearer " + os.environ["WARDEN_MCP_TOKEN"]}
+    if sid:
+        h["Mcp-Session-Id"] = sid
+    r = urllib.request.urlopen(urllib.request.Request(os.environ["WARDEN_MCP_URL"], data=body.encode(), headers=h), timeout=30)
+    return r.headers.get("Mcp-Session-Id"), r.read()
+sid, _ = post('{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}')
+post('{"jsonrpc":"2.0","method":"notifications/initialized"}', sid)
+post('{"jsonrpc":"2.0","id":2,"method":"tools/list"}', sid)
+open("listed", "w").close()
+time.sleep(120)
+"#;
+    let mut child = Command::new(WARDEN)
+        .arg("run")
+        .arg("--policy")
+        .arg(root.join("policy.toml"))
+        .arg("--workspace")
+        .arg(root.join("ws"))
+        .args(["--", "/usr/bin/python3", "-c", client])
+        .env("WARDEN_HOME", root.join("home"))
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let needle = srv.to_string_lossy().into_owned();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !root.join("ws/listed").exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the session never reached the server"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        !processes_with(&needle).is_empty(),
+        "the server is not running"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = processes_with(&needle);
+        if left.is_empty() {
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            for p in &left {
+                if let Some(pid) = p.split(':').next() {
+                    let _ = Command::new("kill").args(["-9", pid]).status();
+                }
+            }
+            panic!("the server outlived its session's warden run: {left:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -821,6 +821,15 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
         Ok(n) => n,
         Err(e) => return fail(&log, format!("starting the session's egress proxy: {e:#}")),
     };
+    // An MCP server's session is its gateway's: it ends when the gateway's process does.
+    if args.mcp_server.is_some()
+        && let Err(e) = prepared.killer().and_then(|k| k.kill_when_parent_exits())
+    {
+        return fail(
+            &log,
+            format!("watching the MCP gateway that started this server: {e}"),
+        );
+    }
     // A file that would point the host's git at the agent's configuration cannot be
     // covered before it exists: one appearing in a guarded `.git` is removed and ends
     // the session (warden_sandbox::watch_git).
