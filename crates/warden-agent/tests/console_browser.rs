@@ -38,9 +38,32 @@ struct Browser {
 
 impl Drop for Browser {
     fn drop(&mut self) {
+        // After `Browser.close` Chromium ends on its own, helpers included; a kill is
+        // for when it does not (its helpers may then write on for a moment).
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Removes `dir` for good: Chromium's helper processes can still be writing into the
+/// profile for a moment after the browser is gone, which makes one removal fail and
+/// left the test's directory in /tmp.
+fn remove_dir(dir: tempfile::TempDir) {
+    let path = dir.keep();
+    for _ in 0..100 {
+        if std::fs::remove_dir_all(&path).is_ok() || !path.exists() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("could not remove {}", path.display());
 }
 
 impl Browser {
@@ -345,4 +368,5 @@ async fn console_flow_in_headless_chromium() {
     let _ = stop_tx.send(());
     agent.await.unwrap().unwrap();
     server.stop().await;
+    remove_dir(dir);
 }
