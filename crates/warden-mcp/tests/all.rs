@@ -1333,3 +1333,40 @@ async fn the_client_token_is_never_forwarded_upstream() {
         "the client's cookie went upstream: {sent}"
     );
 }
+
+/// An `initialize` past `max_sessions` ends the least recently used client session (its
+/// servers with it) instead of starting more servers: a client looping on `initialize`
+/// cannot multiply processes. The ended session answers 404, the others go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_sessions_past_the_limit_end_the_least_recently_used() {
+    let env = Env::new();
+    let cfg = env.config(vec![ServerConfig::new(
+        "t",
+        Transport::Command(test_server()),
+    )]);
+    let gw = warden_mcp::Gateway::new(cfg, Arc::new(PlainLauncher)).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let mut opts = warden_mcp::HttpOptions::new("t0k3n".into());
+    opts.max_sessions = 2;
+    tokio::spawn(warden_mcp::front::http::serve(gw, listener, opts));
+    let json = "application/json, text/event-stream";
+    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "raw", "version": "0"}}});
+    let ping = json!({"jsonrpc": "2.0", "id": 2, "method": "ping"});
+    let open = || async { session_id(&post(port, None, json, &init).await) };
+    let (a, b) = (open().await, open().await);
+    // `a` is used after `b` was opened: `b` is now the least recently used.
+    assert!(
+        post(port, Some(&a), json, &ping)
+            .await
+            .starts_with("HTTP/1.1 200")
+    );
+    let c = open().await;
+    let gone = post(port, Some(&b), json, &ping).await;
+    assert!(gone.starts_with("HTTP/1.1 404"), "{gone}");
+    for s in [&a, &c] {
+        let r = post(port, Some(s), json, &ping).await;
+        assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    }
+}

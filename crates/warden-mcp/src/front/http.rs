@@ -24,6 +24,7 @@ use serde_json::Value;
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use tokio::sync::{OwnedMutexGuard, mpsc};
@@ -42,6 +43,11 @@ pub struct HttpOptions {
     pub allowed_origins: Vec<String>,
     /// Largest request body, in bytes.
     pub max_body: usize,
+    /// Most client sessions open at once. Each one runs its own copies of the stdio
+    /// servers, so an `initialize` past it ends the least recently used session (whose
+    /// client gets 404 and may initialize again) instead of starting more servers: a
+    /// client looping on `initialize` cannot multiply processes on the host.
+    pub max_sessions: usize,
 }
 
 impl HttpOptions {
@@ -51,21 +57,29 @@ impl HttpOptions {
             allowed_hosts: Vec::new(),
             allowed_origins: Vec::new(),
             max_body: 4 * 1024 * 1024,
+            max_sessions: DEFAULT_MAX_SESSIONS,
         }
     }
 }
+
+/// See [`HttpOptions::max_sessions`].
+pub const DEFAULT_MAX_SESSIONS: usize = 16;
 
 type Body = BoxBody<Bytes, Infallible>;
 
 struct HttpSession {
     session: Arc<Session>,
     events: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<Value>>>,
+    /// When it was last used, in [`Server::clock`] ticks.
+    used: AtomicU64,
 }
 
 struct Server {
     gw: Arc<Gateway>,
     opts: HttpOptions,
     sessions: Mutex<HashMap<String, Arc<HttpSession>>>,
+    /// Counts session uses (for least-recently-used eviction).
+    clock: AtomicU64,
 }
 
 /// Listen on `listener` and serve until the process ends.
@@ -78,6 +92,7 @@ pub async fn serve(
         gw,
         opts,
         sessions: Mutex::new(HashMap::new()),
+        clock: AtomicU64::new(0),
     });
     loop {
         let (stream, _) = listener.accept().await.map_err(|e| GatewayError::Io {
@@ -201,10 +216,40 @@ impl Server {
                 "missing Mcp-Session-Id header",
             ));
         };
-        lock(&self.sessions)
-            .get(id)
-            .cloned()
+        self.find(id)
             .ok_or_else(|| text(StatusCode::NOT_FOUND, "unknown or ended session"))
+    }
+
+    /// The session `id`, marked as used now.
+    fn find(&self, id: &str) -> Option<Arc<HttpSession>> {
+        let hs = lock(&self.sessions).get(id).cloned()?;
+        hs.used.store(
+            self.clock.fetch_add(1, Ordering::Relaxed),
+            Ordering::Relaxed,
+        );
+        Some(hs)
+    }
+
+    /// Makes room for one more session (see [`HttpOptions::max_sessions`]).
+    fn evict_for_new(&self) {
+        let evicted = {
+            let mut sessions = lock(&self.sessions);
+            if sessions.len() < self.opts.max_sessions.max(1) {
+                return;
+            }
+            let oldest = sessions
+                .iter()
+                .min_by_key(|(_, s)| s.used.load(Ordering::Relaxed))
+                .map(|(id, _)| id.clone());
+            oldest.and_then(|id| sessions.remove(&id))
+        };
+        if let Some(hs) = evicted {
+            eprintln!(
+                "warden mcp: {} client sessions open, the most allowed: ended the least recently used one",
+                self.opts.max_sessions
+            );
+            hs.session.shutdown();
+        }
     }
 
     async fn route(self: &Arc<Self>, req: Request<Incoming>) -> Response<Body> {
@@ -273,12 +318,14 @@ impl Server {
         let is_init = jsonrpc::method(&msg) == "initialize";
         let (hs, new_id) = match (&existing, is_init) {
             (None, true) => {
+                self.evict_for_new();
                 let (tx, rx) = mpsc::unbounded_channel();
                 let session = self.gw.session(tx);
                 let id = hex::encode(rand::random::<[u8; 16]>());
                 let hs = Arc::new(HttpSession {
                     session,
                     events: Arc::new(tokio::sync::Mutex::new(rx)),
+                    used: AtomicU64::new(self.clock.fetch_add(1, Ordering::Relaxed)),
                 });
                 lock(&self.sessions).insert(id.clone(), hs.clone());
                 (hs, Some(id))
@@ -289,7 +336,7 @@ impl Server {
                     "missing Mcp-Session-Id header (initialize first)",
                 );
             }
-            (Some(id), _) => match lock(&self.sessions).get(id).cloned() {
+            (Some(id), _) => match self.find(id) {
                 Some(s) => (s, None),
                 None => return text(StatusCode::NOT_FOUND, "unknown or ended session"),
             },
