@@ -188,7 +188,7 @@ pub(crate) struct SessionGateway<'a> {
     /// The session's egress: tool calls are decided by its policy in force.
     pub egress: warden_egress::Egress,
     /// The session's credentials (real values and placeholders), loaded once for both.
-    pub credentials: Option<&'a warden_egress::Credentials>,
+    pub credentials: &'a warden_egress::Credentials,
     pub stamp: Stamp,
     pub audit_file: PathBuf,
     /// `--policy` and `--audit` of `warden run`: the servers' own sessions take them too.
@@ -204,17 +204,14 @@ pub(crate) struct SessionGateway<'a> {
 pub(crate) fn session_gateway(g: SessionGateway<'_>) -> anyhow::Result<Arc<warden_mcp::Gateway>> {
     let credentials = g
         .credentials
-        .map(|c| {
-            c.entries()
-                .map(|(name, secret, placeholder, hosts)| GatewayCredential {
-                    name: name.to_string(),
-                    secret: secret.clone(),
-                    placeholder: Some(placeholder.clone()),
-                    hosts: hosts.to_vec(),
-                })
-                .collect()
+        .entries()
+        .map(|(name, secret, placeholder, hosts)| GatewayCredential {
+            name: name.to_string(),
+            secret: secret.clone(),
+            placeholder: Some(placeholder.clone()),
+            hosts: hosts.to_vec(),
         })
-        .unwrap_or_default();
+        .collect();
     let enrolled = warden_agent::watched_bundle(&home::warden_home()).is_some();
     let cfg = GatewayConfig {
         servers: servers(g.policy, g.principal),

@@ -395,7 +395,7 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
     }
     let enforce = policy.mode() == warden_policy::Mode::Enforce;
     // The policy's MCP servers are served to the session by a gateway at its MCP door;
-    // not in the sessions `warden mcp` starts for those servers themselves.
+    // not in the sessions that gateways start for those servers themselves.
     let mcp_token = (args.mcp_server.is_none() && !policy.doc().mcp.servers.is_empty())
         .then(|| crate::cmd::mcp::hex_id() + &crate::cmd::mcp::hex_id());
     let session = session_id();
@@ -797,7 +797,7 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
                 policy: &gateway_policy,
                 principal: &principal,
                 egress: egress.clone(),
-                credentials: Some(&credentials),
+                credentials: &credentials,
                 stamp: stamp.clone(),
                 audit_file: audit_path.clone(),
                 policy_file: args.policy.clone(),
