@@ -726,14 +726,15 @@ async fn lists_are_paginated_both_ways() {
 
 /// The gateway's Streamable HTTP front end on a free loopback port, token `t0k3n`.
 async fn http_front(cfg: GatewayConfig) -> u16 {
+    http_front_with(cfg, warden_mcp::HttpOptions::new("t0k3n".into())).await
+}
+
+/// [`http_front`] with `opts` (whose token must be `t0k3n` for [`post`]).
+async fn http_front_with(cfg: GatewayConfig, opts: warden_mcp::HttpOptions) -> u16 {
     let gw = warden_mcp::Gateway::new(cfg, Arc::new(PlainLauncher)).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
-    tokio::spawn(warden_mcp::front::http::serve(
-        gw,
-        listener,
-        warden_mcp::HttpOptions::new("t0k3n".into()),
-    ));
+    tokio::spawn(warden_mcp::front::http::serve(gw, listener, opts));
     port
 }
 
@@ -1344,12 +1345,9 @@ async fn http_sessions_past_the_limit_end_the_least_recently_used() {
         "t",
         Transport::Command(test_server()),
     )]);
-    let gw = warden_mcp::Gateway::new(cfg, Arc::new(PlainLauncher)).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
     let mut opts = warden_mcp::HttpOptions::new("t0k3n".into());
     opts.max_sessions = 2;
-    tokio::spawn(warden_mcp::front::http::serve(gw, listener, opts));
+    let port = http_front_with(cfg, opts).await;
     let json = "application/json, text/event-stream";
     let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
         "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "raw", "version": "0"}}});
