@@ -1367,4 +1367,22 @@ async fn http_sessions_past_the_limit_end_the_least_recently_used() {
         let r = post(port, Some(s), json, &ping).await;
         assert!(r.starts_with("HTTP/1.1 200"), "{r}");
     }
+    // Many at once: still no more than the limit left open.
+    let many: Vec<_> = (0..12)
+        .map(|_| {
+            let init = init.clone();
+            tokio::spawn(async move { session_id(&post(port, None, json, &init).await) })
+        })
+        .collect();
+    let mut open_now = 0;
+    for h in many {
+        let id = h.await.unwrap();
+        if post(port, Some(&id), json, &ping)
+            .await
+            .starts_with("HTTP/1.1 200")
+        {
+            open_now += 1;
+        }
+    }
+    assert!(open_now <= 2, "{open_now} sessions open past a limit of 2");
 }

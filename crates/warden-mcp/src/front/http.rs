@@ -230,26 +230,33 @@ impl Server {
         Some(hs)
     }
 
-    /// Makes room for one more session (see [`HttpOptions::max_sessions`]).
-    fn evict_for_new(&self) {
-        let evicted = {
-            let mut sessions = lock(&self.sessions);
-            if sessions.len() < self.opts.max_sessions.max(1) {
-                return;
-            }
+    /// A new client session under `id`. Ending the least recently used one when
+    /// [`HttpOptions::max_sessions`] are open, starting the new one (its servers) and
+    /// registering it happen under one lock: concurrent `initialize`s cannot all pass
+    /// the check before any of them is counted.
+    fn open(&self, id: &str) -> Arc<HttpSession> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut sessions = lock(&self.sessions);
+        if sessions.len() >= self.opts.max_sessions.max(1) {
             let oldest = sessions
                 .iter()
                 .min_by_key(|(_, s)| s.used.load(Ordering::Relaxed))
                 .map(|(id, _)| id.clone());
-            oldest.and_then(|id| sessions.remove(&id))
-        };
-        if let Some(hs) = evicted {
-            eprintln!(
-                "warden mcp: {} client sessions open, the most allowed: ended the least recently used one",
-                self.opts.max_sessions
-            );
-            hs.session.shutdown();
+            if let Some(old) = oldest.and_then(|id| sessions.remove(&id)) {
+                eprintln!(
+                    "warden mcp: {} client sessions open, the most allowed: ended the least recently used one",
+                    self.opts.max_sessions
+                );
+                old.session.shutdown();
+            }
         }
+        let hs = Arc::new(HttpSession {
+            session: self.gw.session(tx),
+            events: Arc::new(tokio::sync::Mutex::new(rx)),
+            used: AtomicU64::new(self.clock.fetch_add(1, Ordering::Relaxed)),
+        });
+        sessions.insert(id.to_string(), hs.clone());
+        hs
     }
 
     async fn route(self: &Arc<Self>, req: Request<Incoming>) -> Response<Body> {
@@ -318,17 +325,8 @@ impl Server {
         let is_init = jsonrpc::method(&msg) == "initialize";
         let (hs, new_id) = match (&existing, is_init) {
             (None, true) => {
-                self.evict_for_new();
-                let (tx, rx) = mpsc::unbounded_channel();
-                let session = self.gw.session(tx);
                 let id = hex::encode(rand::random::<[u8; 16]>());
-                let hs = Arc::new(HttpSession {
-                    session,
-                    events: Arc::new(tokio::sync::Mutex::new(rx)),
-                    used: AtomicU64::new(self.clock.fetch_add(1, Ordering::Relaxed)),
-                });
-                lock(&self.sessions).insert(id.clone(), hs.clone());
-                (hs, Some(id))
+                (self.open(&id), Some(id))
             }
             (None, false) => {
                 return text(
