@@ -467,8 +467,10 @@ fn prepare_inner(
     session.signals = Some(signals);
     match session.handshake(spec, chan, use_pty, late) {
         Ok((stream, unix_guard, fds)) => {
+            let doors_missing =
+                fds.proxy.is_none() || fds.dns.is_none() || (spec.mcp_door && fds.mcp.is_none());
             if spec.network == crate::Network::Egress
-                && (fds.proxy.is_none() || fds.dns.is_none() || fds.mcp.is_none() == spec.mcp_door)
+                && doors_missing
                 && session.exec_error.is_none()
             {
                 session.kill();
