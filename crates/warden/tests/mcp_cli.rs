@@ -1077,14 +1077,7 @@ asyncio.run(main())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while !ws.join("first-ok").exists() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the session never called the tool"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_file(&ws.join("first-ok"), "the session never called the tool");
     let text = std::fs::read_to_string(&policy).unwrap();
     let narrowed = text.replace(
         "tools.deny = [\"get-env\"]",
@@ -1175,6 +1168,16 @@ CREDS_PATHS="[\"$GH_TOKEN\", \"$OTHER_TOKEN\"]" "$PY" "$CLIENT" report.json cred
     }
 }
 
+/// Waits up to 30 s for `path` to exist (a session's signal that it got that far); else
+/// fails with `why`.
+fn wait_for_file(path: &Path, why: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !path.exists() {
+        assert!(std::time::Instant::now() < deadline, "{why}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Processes whose command line contains `needle`.
 fn processes_with(needle: &str) -> Vec<String> {
     let mut found = Vec::new();
@@ -1256,14 +1259,10 @@ time.sleep(120)
         .spawn()
         .unwrap();
     let needle = srv.to_string_lossy().into_owned();
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while !root.join("ws/listed").exists() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the session never reached the server"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_file(
+        &root.join("ws/listed"),
+        "the session never reached the server",
+    );
     assert!(
         !processes_with(&needle).is_empty(),
         "the server is not running"
