@@ -101,10 +101,13 @@ impl H {
         self.egress.audit().flush().unwrap();
         self.events_no_flush()
     }
-    /// What is on disk right now, without waiting for the group commit.
+    /// What is on disk right now, without waiting for the group commit. Only complete
+    /// lines: one the proxy is appending while this reads has no newline yet (a CI run
+    /// read half an event), and every complete line must parse.
     fn events_no_flush(&self) -> Vec<Value> {
-        std::fs::read_to_string(&self.audit_path)
-            .unwrap_or_default()
+        let text = std::fs::read_to_string(&self.audit_path).unwrap_or_default();
+        let complete = text.rfind('\n').map_or("", |end| &text[..end]);
+        complete
             .lines()
             .map(|l| serde_json::from_str(l).unwrap())
             .collect()
