@@ -12,6 +12,8 @@
 //! arguments (unless the policy opts in) in an audit event, log line or error; let
 //! one server's tool shadow another's; start a server that is not in the policy.
 
+#[macro_use]
+mod say;
 pub mod config;
 mod error;
 pub mod front;
@@ -28,6 +30,7 @@ pub use config::{
 };
 pub use error::GatewayError;
 pub use front::http::HttpOptions;
+pub use say::messages_to;
 pub use session::{Gateway, SEP, Session, valid_tool_name};
 pub use upstream::{PlainLauncher, UpstreamLauncher};
 

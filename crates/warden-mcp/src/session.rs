@@ -107,7 +107,7 @@ impl Gateway {
             self.audit.record(&stamp, ev).map(|_| ())
         };
         if let Err(e) = res {
-            eprintln!("warden mcp: audit log failed: {e}");
+            say!("warden mcp: audit log failed: {e}");
         }
     }
 
@@ -145,7 +145,7 @@ impl Gateway {
             ) {
                 Ok(u) => ups.push(Ok(u)),
                 Err(e) => {
-                    eprintln!("warden mcp: {e}");
+                    say!("warden mcp: {e}");
                     ups.push(Err(e.to_string()));
                 }
             }
@@ -546,13 +546,13 @@ impl Session {
                             let why = format!(
                                 "it answered initialize with protocol revision {v:?}, which the gateway does not speak"
                             );
-                            eprintln!("warden mcp: server {name:?}: {why}; not used");
+                            say!("warden mcp: server {name:?}: {why}; not used");
                             u.stop(why);
                         }
                     }
                     Err(e) => {
                         let why = format!("it did not initialize: {}", e.describe());
-                        eprintln!("warden mcp: server {name:?}: {why}");
+                        say!("warden mcp: server {name:?}: {why}");
                         u.stop(why);
                     }
                 }
@@ -700,7 +700,7 @@ impl Session {
             let Ok((idx, res)) = t.await else { continue };
             match res {
                 Ok(list) => tools.extend(self.filter_tools(idx, list)),
-                Err(e) => eprintln!(
+                Err(e) => say!(
                     "warden mcp: tools/list on server {:?} failed: {}",
                     self.server_name(idx),
                     e.describe()
@@ -721,7 +721,7 @@ impl Session {
                 continue;
             };
             if !valid_tool_name(&name) || !tool.is_object() || !seen.insert(name.clone()) {
-                eprintln!(
+                say!(
                     "warden mcp: server {server:?} offers a tool with an invalid or duplicate name; hidden"
                 );
                 continue;
@@ -750,7 +750,7 @@ impl Session {
                     ToolState::Changed
                 }
                 Err(e) => {
-                    eprintln!("warden mcp: {e}");
+                    say!("warden mcp: {e}");
                     ToolState::Changed
                 }
             };
@@ -830,7 +830,7 @@ impl Session {
                         all.push(it);
                     }
                 }
-                Err(e) => eprintln!(
+                Err(e) => say!(
                     "warden mcp: {method} on server {server:?} failed: {}",
                     e.describe()
                 ),
@@ -960,7 +960,7 @@ impl Session {
             let ev = ev.field("duration_ms", started.elapsed().as_secs_f64() * 1000.0);
             // The refusal is on disk before the client hears of it.
             if let Err(e) = self.gw.record_durable(ev).await {
-                eprintln!("warden mcp: audit log failed: {e}");
+                say!("warden mcp: audit log failed: {e}");
             }
             return Err(err_data(
                 jsonrpc::POLICY_DENIED,
@@ -981,7 +981,7 @@ impl Session {
         let call_id = match self.gw.record_written(ev) {
             Ok(id) => id,
             Err(e) => {
-                eprintln!("warden mcp: audit log failed: {e}");
+                say!("warden mcp: audit log failed: {e}");
                 return Err(err(
                     jsonrpc::AUDIT_FAILED,
                     format!(
@@ -1239,7 +1239,7 @@ impl Session {
     ) -> Result<Value, Value> {
         if !d.allow && self.gw.cfg.enforce {
             if let Err(e) = self.gw.record_durable(ev).await {
-                eprintln!("warden mcp: audit log failed: {e}");
+                say!("warden mcp: audit log failed: {e}");
             }
             return Err(err_data(
                 jsonrpc::POLICY_DENIED,
@@ -1250,7 +1250,7 @@ impl Session {
         match self.gw.record_written(ev) {
             Ok(_) => {}
             Err(e) => {
-                eprintln!("warden mcp: audit log failed: {e}");
+                say!("warden mcp: audit log failed: {e}");
                 return Err(err(
                     jsonrpc::AUDIT_FAILED,
                     format!(
@@ -1438,7 +1438,7 @@ impl Session {
 
     fn upstream_closed(&self, idx: usize, reason: &str) {
         let server = self.server_name(idx).to_string();
-        eprintln!("warden mcp: server {server:?} stopped: {reason}");
+        say!("warden mcp: server {server:?} stopped: {reason}");
         self.gw.record(
             Event::new(Surface::Mcp, "upstream_exit", &server, Verdict::Deny)
                 .reason(reason)

@@ -359,7 +359,7 @@ async fn stdio_reader(
             }
             Err(_) => {
                 tracing::warn!(server = %name, "malformed JSON from upstream; line dropped");
-                eprintln!("warden mcp: server {name:?} wrote a line that is not JSON; ignored");
+                say!("warden mcp: server {name:?} wrote a line that is not JSON; ignored");
             }
         }
     }

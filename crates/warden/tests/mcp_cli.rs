@@ -989,6 +989,48 @@ PY
 }
 
 #[test]
+fn a_sessions_gateway_says_what_went_wrong_in_the_servers_log_not_on_the_terminal() {
+    // A server that cannot start makes the gateway say so; during a session that line
+    // goes to WARDEN_HOME/mcp-servers.log, not onto the terminal where the agent's screen
+    // is.
+    let (dir, venv) = session_setup();
+    let mut policy = std::fs::read_to_string(dir.path().join("policy.toml")).unwrap();
+    policy.push_str(
+        "\n[[mcp.servers]]\nname = \"broken\"\ncommand = [\"/nonexistent/mcp-server\"]\n",
+    );
+    std::fs::write(dir.path().join("policy.toml"), policy).unwrap();
+    let script = r#"
+set -u
+"$PY" - <<'PY'
+import json, os, urllib.request
+url, token = os.environ["WARDEN_MCP_URL"], os.environ["WARDEN_MCP_TOKEN"]
+def post(body, sid=None):
+    h = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream",
+         "Authorization": "Bearer " + token}
+    if sid:
+        h["Mcp-Session-Id"] = sid
+    r = urllib.request.urlopen(urllib.request.Request(url, data=json.dumps(body).encode(),
+                                                      headers=h, method="POST"), timeout=60)
+    return r.headers.get("Mcp-Session-Id"), r.read().decode()
+sid, _ = post({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+    "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}})
+post({"jsonrpc": "2.0", "method": "notifications/initialized"}, sid)
+_, tools = post({"jsonrpc": "2.0", "id": 2, "method": "tools/list"}, sid)
+open("tools.txt", "w").write(tools)
+PY
+"#;
+    let out = session_sh(dir.path(), &venv, script, &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    // The other servers still serve.
+    let tools = std::fs::read_to_string(dir.path().join("ws/tools.txt")).unwrap();
+    assert!(tools.contains("everything__echo"), "{tools}");
+    let log = std::fs::read_to_string(dir.path().join("home/mcp-servers.log")).unwrap();
+    assert!(log.contains("warden mcp: server \"broken\""), "{log}");
+    assert!(!stderr.contains("warden mcp"), "{stderr}");
+}
+
+#[test]
 fn a_session_without_mcp_servers_has_no_gateway() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(

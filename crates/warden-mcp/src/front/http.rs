@@ -243,7 +243,7 @@ impl Server {
                 .min_by_key(|(_, s)| s.used.load(Ordering::Relaxed))
                 .map(|(id, _)| id.clone());
             if let Some(old) = oldest.and_then(|id| sessions.remove(&id)) {
-                eprintln!(
+                say!(
                     "warden mcp: {} client sessions open, the most allowed: ended the least recently used one",
                     self.opts.max_sessions
                 );

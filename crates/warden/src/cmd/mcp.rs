@@ -3,7 +3,7 @@
 
 use anyhow::Context;
 use serde_json::json;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -229,13 +229,24 @@ pub(crate) fn session_gateway(g: SessionGateway<'_>) -> anyhow::Result<Arc<warde
         page_size: warden_mcp::DEFAULT_PAGE_SIZE,
         authorizer: Arc::new(ByPolicy(g.egress)),
     };
+    // The servers' stderr and the gateway's own messages: not on the session's terminal,
+    // where an agent's screen is.
+    let log = home::warden_home().join("mcp-servers.log");
+    match open_servers_log(&log) {
+        Ok(file) => {
+            warden_mcp::messages_to(file);
+        }
+        Err(e) => eprintln!(
+            "warden: {}: {e}; the MCP gateway's messages go to this terminal",
+            log.display()
+        ),
+    }
     let launcher: Arc<dyn UpstreamLauncher> = Arc::new(SandboxLauncher {
         exe: std::env::current_exe().context("locating the warden binary")?,
         policy: g.policy_file,
         enrolled,
         audit: g.audit_flag,
-        // Not the session's terminal, where an agent's screen is.
-        stderr_log: Some(home::warden_home().join("mcp-servers.log")),
+        stderr_log: Some(log),
     });
     Ok(warden_mcp::Gateway::new(cfg, launcher)?)
 }
@@ -714,26 +725,31 @@ impl UpstreamLauncher for SandboxLauncher {
         }
         cmd.arg("--").args(argv);
         if let Some(log) = &self.stderr_log {
-            if let Some(dir) = log.parent() {
-                use std::os::unix::fs::DirBuilderExt;
-                let _ = std::fs::DirBuilder::new()
-                    .recursive(true)
-                    .mode(0o700)
-                    .create(dir);
-            }
-            let file = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(log)
-                .map_err(|e| GatewayError::Launch {
-                    name: server.name.clone(),
-                    source: std::io::Error::new(
-                        e.kind(),
-                        format!("opening {} for its stderr: {e}", log.display()),
-                    ),
-                })?;
+            let file = open_servers_log(log).map_err(|e| GatewayError::Launch {
+                name: server.name.clone(),
+                source: std::io::Error::new(
+                    e.kind(),
+                    format!("opening {} for its stderr: {e}", log.display()),
+                ),
+            })?;
             cmd.stderr(file);
         }
         Ok(cmd)
     }
+}
+
+/// `log` opened for appending, its directory made first: where a session's MCP servers
+/// and its gateway write what they have to say (`WARDEN_HOME/mcp-servers.log`).
+fn open_servers_log(log: &Path) -> std::io::Result<std::fs::File> {
+    if let Some(dir) = log.parent() {
+        use std::os::unix::fs::DirBuilderExt;
+        let _ = std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir);
+    }
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
 }
