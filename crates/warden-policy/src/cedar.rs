@@ -88,16 +88,10 @@ pub(crate) fn expand_glob(base: &Path, pattern: &str) -> Result<Vec<PathBuf>, St
         .map_err(|e| e.to_string())?
         .compile_matcher();
     // Walk only below the pattern's literal prefix directory.
-    let literal: Vec<&str> = pattern
-        .split('/')
-        .take_while(|c| !c.contains(['*', '?', '[', '{']))
-        .collect();
-    let is_literal_file = literal.len() == pattern.split('/').count();
+    let (start, is_literal_file) = glob_root(base, pattern);
     if is_literal_file {
-        let p = base.join(pattern);
-        return Ok(if p.is_file() { vec![p] } else { vec![] });
+        return Ok(if start.is_file() { vec![start] } else { vec![] });
     }
-    let start = base.join(literal.join("/"));
     let mut out = Vec::new();
     let mut stack = vec![start];
     let mut visited = 0usize;
@@ -123,6 +117,17 @@ pub(crate) fn expand_glob(base: &Path, pattern: &str) -> Result<Vec<PathBuf>, St
     }
     out.sort();
     Ok(out)
+}
+
+/// Where `pattern` (checked by [`expand_glob`]) looks under `base`: its literal prefix
+/// directory, or the file itself (`true`) when it has no wildcard.
+pub(crate) fn glob_root(base: &Path, pattern: &str) -> (PathBuf, bool) {
+    let literal: Vec<&str> = pattern
+        .split('/')
+        .take_while(|c| !c.contains(['*', '?', '[', '{']))
+        .collect();
+    let is_literal_file = literal.len() == pattern.split('/').count();
+    (base.join(literal.join("/")), is_literal_file)
 }
 
 /// Byte ranges of the policies in a Cedar file (each ending at its `;`), skipping

@@ -221,6 +221,10 @@ pub struct CedarFiles {
     pub files: Vec<String>,
     /// The files they matched, sorted.
     pub resolved: Vec<PathBuf>,
+    /// Where each glob looks (its literal prefix under the policy's directory: a
+    /// directory, or the file itself for a glob without wildcards): whoever can write
+    /// there can add or change rules the next load picks up.
+    pub roots: Vec<PathBuf>,
 }
 
 /// `~` and `~/x` relative to `home`; every other path unchanged.

@@ -979,4 +979,10 @@ impl Policy {
     pub fn cedar_files(&self) -> &[PathBuf] {
         &self.doc.cedar.resolved
     }
+
+    /// Where this policy's `[cedar] files` globs look for rules (see
+    /// [`CedarFiles::roots`]): a session must not be able to write there.
+    pub fn cedar_roots(&self) -> &[PathBuf] {
+        &self.doc.cedar.roots
+    }
 }

@@ -277,6 +277,7 @@ fn merge(c: &PolicyDoc, l: &PolicyDoc, cx: &mut Cx<'_>) -> PolicyDoc {
     let mut cedar = c.cedar.clone();
     cedar.files.extend(l.cedar.files.iter().cloned());
     cedar.resolved.extend(l.cedar.resolved.iter().cloned());
+    cedar.roots.extend(l.cedar.roots.iter().cloned());
     PolicyDoc {
         version: c.version,
         name: c.name.clone(),

@@ -357,6 +357,10 @@ pub(crate) fn parse_doc(cx: &mut Cx<'_>, src: &str, default_name: &str) -> Optio
                                 doc.cedar.resolved.push(p);
                             }
                         }
+                        let (root, _) = crate::cedar::glob_root(&cx.base_dir, &f);
+                        if !doc.cedar.roots.contains(&root) {
+                            doc.cedar.roots.push(root);
+                        }
                     }
                     Err(e) => cx.err(span, format!("bad cedar file pattern `{f}`: {e}"), None),
                 }

@@ -287,6 +287,90 @@ fn a_policy_file_in_the_workspace_cannot_be_changed_or_reloaded(b: B) {
     assert!(!env.ws.join("conf2").exists());
 }
 
+/// Cedar rules the policy loads from inside the writable workspace are read-only in the
+/// session: a rule the agent added or changed there would be in force in its next session
+/// (or in this one at a reload). A file linked into the rules directory from elsewhere in
+/// the workspace is covered too.
+fn cedar_rules_in_the_workspace_cannot_be_added_or_changed(b: B) {
+    let env = Env::new_for(
+        b,
+        &format!("{BASE}\n[cedar]\nfiles = [\"ws/rules/*.cedar\"]\n"),
+    );
+    let rules = env.ws.join("rules");
+    std::fs::create_dir_all(&rules).unwrap();
+    let base = "forbid(principal, action == Warden::Action::\"connect\", resource == Warden::Host::\"example.org\");\n";
+    std::fs::write(rules.join("base.cedar"), base).unwrap();
+    std::fs::write(env.ws.join("shared.cedar"), "// shared\n").unwrap();
+    std::os::unix::fs::symlink("../shared.cedar", rules.join("linked.cedar")).unwrap();
+    let check = || {
+        let o = Command::new(WARDEN)
+            .args(["policy", "check"])
+            .arg(&env.policy)
+            .output()
+            .unwrap();
+        assert_code(&o, 0);
+        stdout(&o)
+    };
+    let before = check();
+    let permit_all = "permit(principal, action, resource);";
+    let o = env.sh(&format!(
+        "echo '{permit_all}' > rules/x.cedar 2>&1 || echo add-denied; \
+         echo '{permit_all}' >> rules/base.cedar 2>&1 || echo change-denied; \
+         echo '{permit_all}' >> shared.cedar 2>&1 || echo linked-denied; \
+         rm -f rules/base.cedar 2>&1 || echo rm-denied; \
+         mv rules rules.old 2>&1 || echo mv-denied; \
+         touch notes && echo others-writable"
+    ));
+    assert_code(&o, 0);
+    let out = stdout(&o);
+    for denied in [
+        "add-denied",
+        "change-denied",
+        "linked-denied",
+        "rm-denied",
+        "mv-denied",
+        "others-writable",
+    ] {
+        assert!(out.contains(denied), "{denied} missing: {}", text(&o));
+    }
+    assert!(!rules.join("x.cedar").exists());
+    assert_eq!(
+        std::fs::read_to_string(rules.join("base.cedar")).unwrap(),
+        base
+    );
+    assert_eq!(check(), before, "the policy changed: {}", text(&o));
+}
+
+/// When the rules cannot be kept read-only without making a writable mount read-only
+/// (a glob that looks in the workspace itself), or are reached through a link in the
+/// workspace the agent could re-point, the session does not start.
+fn cedar_rules_the_session_could_write_stop_the_session(b: B) {
+    let env = Env::new_for(b, &format!("{BASE}\n[cedar]\nfiles = [\"ws/*.cedar\"]\n"));
+    std::fs::write(env.ws.join("a.cedar"), "// rules\n").unwrap();
+    let o = env.run(&["/bin/true"]);
+    assert_code(&o, 125);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("[cedar] files") && err.contains("a directory of their own"),
+        "{}",
+        text(&o)
+    );
+    let env = Env::new_for(
+        b,
+        &format!("{BASE}\n[cedar]\nfiles = [\"ws/rules/*.cedar\"]\n"),
+    );
+    std::fs::create_dir_all(env.ws.join("real")).unwrap();
+    std::fs::write(env.ws.join("real/a.cedar"), "// rules\n").unwrap();
+    std::os::unix::fs::symlink("real", env.ws.join("rules")).unwrap();
+    let o = env.run(&["/bin/true"]);
+    assert_code(&o, 125);
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("a link the session could re-point"),
+        "{}",
+        text(&o)
+    );
+}
+
 /// `warden` and `warden-init` inside the workspace (a build tree, as when Warden is run
 /// from its own checkout) and the script a `command:` credential runs are read-only in
 /// the session: replaced, the next start would run the agent's program on the host.
@@ -1155,6 +1239,8 @@ crate::per_backend!(
     wardens_own_state_in_the_workspace_is_hidden,
     a_policy_file_in_the_workspace_cannot_be_changed_or_reloaded,
     wardens_own_programs_in_the_workspace_cannot_be_replaced,
+    cedar_rules_in_the_workspace_cannot_be_added_or_changed,
+    cedar_rules_the_session_could_write_stop_the_session,
     symlink_out_of_the_workspace_dangles,
     symlink_planted_in_a_mount_target_does_not_redirect_the_mount,
     hard_link_to_an_outside_file_fails,

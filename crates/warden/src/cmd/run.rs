@@ -306,6 +306,7 @@ fn own_files(
     let policy_in_reach =
         policy_file.is_some() || policy_path.map(entry).is_some_and(|p| writable(&p));
     let mut read_only: Vec<PathBuf> = policy_file.into_iter().collect();
+    read_only.extend(cedar_rules(policy, mounts, &writable)?);
     let mut inputs = loader.command_files(policy);
     inputs.extend(policy.doc().tls.extra_roots.iter().cloned());
     if let Ok(exe) = std::env::current_exe() {
@@ -318,6 +319,68 @@ fn own_files(
         read_only,
         policy_in_reach,
     })
+}
+
+/// What of the policy's `[cedar] files` the session must see read-only: each glob's
+/// root (where a new matching file would be picked up) and each file loaded, where the
+/// session could write them. Rules the agent added or changed would be the next
+/// session's (or this one's, at a reload). `Err` when that cannot be done without
+/// making a writable mount read-only (a glob's root at or above one), or when the path
+/// to a root runs through a link the session could re-point.
+fn cedar_rules(
+    policy: &Policy,
+    mounts: &[Mount],
+    writable: &dyn Fn(&Path) -> bool,
+) -> Result<Vec<PathBuf>, String> {
+    let mut out = Vec::new();
+    for root in policy.cedar_roots() {
+        let fix = "keep the Cedar files in a directory of their own (e.g. `files = [\"rules/*.cedar\"]`), \
+                   outside the session's writable mounts or below them";
+        if let Some(link) = link_in_reach(root, writable) {
+            return Err(format!(
+                "the policy's [cedar] files are found through {}, a link the session could re-point \
+                 (it is in a writable mount); {fix}",
+                link.display()
+            ));
+        }
+        let root = canonical(root);
+        if let Some(m) = mounts
+            .iter()
+            .find(|m| m.writable && m.source.starts_with(&root))
+        {
+            return Err(format!(
+                "the policy's [cedar] files are looked for in {}, which is or contains the session's writable \
+                 mount {}: the agent could add rules to its next session; {fix}",
+                root.display(),
+                m.source.display()
+            ));
+        }
+        if writable(&root) {
+            out.push(root);
+        }
+    }
+    for file in policy.cedar_files() {
+        let file = canonical(file);
+        if writable(&file) && !out.iter().any(|r| file.starts_with(r)) {
+            out.push(file);
+        }
+    }
+    Ok(out)
+}
+
+/// The first symbolic link on the way to `p` that sits in a directory the session can
+/// write (it could point it elsewhere before the next start), if any.
+fn link_in_reach(p: &Path, writable: &dyn Fn(&Path) -> bool) -> Option<PathBuf> {
+    let abs = std::path::absolute(p).ok()?;
+    let mut prefix = PathBuf::new();
+    for c in abs.components() {
+        prefix.push(c);
+        let is_link = std::fs::symlink_metadata(&prefix).is_ok_and(|m| m.file_type().is_symlink());
+        if is_link && writable(&entry(&prefix)) {
+            return Some(prefix);
+        }
+    }
+    None
 }
 
 fn is_glob(p: &str) -> bool {
