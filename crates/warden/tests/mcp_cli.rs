@@ -988,18 +988,10 @@ PY
     );
 }
 
-#[test]
-fn a_sessions_gateway_says_what_went_wrong_in_the_servers_log_not_on_the_terminal() {
-    // A server that cannot start makes the gateway say so; during a session that line
-    // goes to WARDEN_HOME/mcp-servers.log, not onto the terminal where the agent's screen
-    // is.
-    let (dir, venv) = session_setup();
-    let mut policy = std::fs::read_to_string(dir.path().join("policy.toml")).unwrap();
-    policy.push_str(
-        "\n[[mcp.servers]]\nname = \"broken\"\ncommand = [\"/nonexistent/mcp-server\"]\n",
-    );
-    std::fs::write(dir.path().join("policy.toml"), policy).unwrap();
-    let script = r#"
+/// A session script for [`session_sh`]: one MCP client session at the session's door
+/// (initialize, then tools/list, whose answer goes to `tools.txt`), which starts the
+/// policy's servers.
+const LIST_TOOLS: &str = r#"
 set -u
 "$PY" - <<'PY'
 import json, os, urllib.request
@@ -1019,7 +1011,19 @@ _, tools = post({"jsonrpc": "2.0", "id": 2, "method": "tools/list"}, sid)
 open("tools.txt", "w").write(tools)
 PY
 "#;
-    let out = session_sh(dir.path(), &venv, script, &[]);
+
+#[test]
+fn a_sessions_gateway_says_what_went_wrong_in_the_servers_log_not_on_the_terminal() {
+    // A server that cannot start makes the gateway say so; during a session that line
+    // goes to WARDEN_HOME/mcp-servers.log, not onto the terminal where the agent's screen
+    // is.
+    let (dir, venv) = session_setup();
+    let mut policy = std::fs::read_to_string(dir.path().join("policy.toml")).unwrap();
+    policy.push_str(
+        "\n[[mcp.servers]]\nname = \"broken\"\ncommand = [\"/nonexistent/mcp-server\"]\n",
+    );
+    std::fs::write(dir.path().join("policy.toml"), policy).unwrap();
+    let out = session_sh(dir.path(), &venv, LIST_TOOLS, &[]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     // The other servers still serve.
@@ -1028,6 +1032,47 @@ PY
     let log = std::fs::read_to_string(dir.path().join("home/mcp-servers.log")).unwrap();
     assert!(log.contains("warden mcp: server \"broken\""), "{log}");
     assert!(!stderr.contains("warden mcp"), "{stderr}");
+}
+
+#[test]
+fn a_session_cannot_change_the_program_its_mcp_server_runs() {
+    // A server's program in the agent's writable workspace, shown to the server
+    // read-only: rewritten by the agent, the server started for the next MCP client
+    // would run the agent's code with the server's own network and credentials. The
+    // session sees it read-only, like Warden's own programs.
+    let (dir, venv) = session_setup();
+    let ws = dir.path().join("ws").canonicalize().unwrap();
+    let server = ws.join("server.py");
+    let original = "import sys\nprint('the real server', file=sys.stderr)\n";
+    std::fs::write(&server, original).unwrap();
+    let mut policy = std::fs::read_to_string(dir.path().join("policy.toml")).unwrap();
+    policy.push_str(&format!(
+        "\n[[mcp.servers]]\nname = \"local\"\ncommand = [\"python3\", \"{}\"]\nfilesystem.mounts = [{{ host = \"{}\", mode = \"ro\" }}]\n",
+        server.display(),
+        ws.display()
+    ));
+    std::fs::write(dir.path().join("policy.toml"), policy).unwrap();
+    let script = format!(
+        "echo \"import sys; print('AGENT CODE RAN', file=sys.stderr)\" > server.py 2>&1 || echo write-denied\n\
+         mv server.py old.py 2>&1 || echo mv-denied\n{LIST_TOOLS}"
+    );
+    let out = session_sh(dir.path(), &venv, &script, &[]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("write-denied") && stdout.contains("mv-denied"),
+        "{stdout}"
+    );
+    assert_eq!(std::fs::read_to_string(&server).unwrap(), original);
+    let log = std::fs::read_to_string(dir.path().join("home/mcp-servers.log")).unwrap();
+    assert!(
+        log.contains("the real server") && !log.contains("AGENT CODE RAN"),
+        "{log}"
+    );
 }
 
 #[test]

@@ -232,9 +232,10 @@ struct OwnFiles {
     /// Hidden like `filesystem.deny` paths, with what each is (for its `hide` event):
     /// `WARDEN_HOME`, the audit log, the files of `file:` credentials.
     hide: Vec<(PathBuf, &'static str)>,
-    /// Visible but read-only: the `--policy` file, the files named on a `command:`
-    /// credential's command line, `tls.extra_roots`, `warden` and `warden-init`. Run or
-    /// read on the host at the next start or reload, they must not be the agent's.
+    /// Visible but read-only: the `--policy` file, its Cedar rules, the files named on a
+    /// `command:` credential's command line or an MCP server's, `tls.extra_roots`,
+    /// `warden` and `warden-init`. Run or read at the next start or reload, they must not
+    /// be the agent's.
     read_only: Vec<PathBuf>,
     /// The `--policy` file, or a link to it, is writable from the session: not reloaded.
     policy_in_reach: bool,
@@ -309,6 +310,18 @@ fn own_files(
     read_only.extend(cedar_rules(policy, mounts, &writable)?);
     let mut inputs = loader.command_files(policy);
     inputs.extend(policy.doc().tls.extra_roots.iter().cloned());
+    // The programs the policy's MCP servers run: changed by the agent, a server started
+    // for its next client would run the agent's code with the server's own network and
+    // credentials.
+    for server in &policy.doc().mcp.servers {
+        if let warden_policy::Transport::Command(argv) = &server.transport {
+            inputs.extend(
+                argv.iter()
+                    .map(PathBuf::from)
+                    .filter(|p| p.is_absolute() && p.is_file()),
+            );
+        }
+    }
     if let Ok(exe) = std::env::current_exe() {
         inputs.push(exe.with_file_name("warden-init"));
         inputs.push(exe);
