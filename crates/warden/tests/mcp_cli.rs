@@ -1073,6 +1073,26 @@ fn a_session_cannot_change_the_program_its_mcp_server_runs() {
         log.contains("the real server") && !log.contains("AGENT CODE RAN"),
         "{log}"
     );
+    // Named through a link in the workspace, which the agent could point at its own
+    // script: the session does not start.
+    std::os::unix::fs::symlink(".", ws.join("current")).unwrap();
+    let policy = std::fs::read_to_string(dir.path().join("policy.toml")).unwrap();
+    let linked = ws.join("current/server.py");
+    std::fs::write(
+        dir.path().join("policy.toml"),
+        policy.replace(
+            &format!("\"{}\"", server.display()),
+            &format!("\"{}\"", linked.display()),
+        ),
+    )
+    .unwrap();
+    let out = session_sh(dir.path(), &venv, "true", &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(125), "{stderr}");
+    assert!(
+        stderr.contains("a link the session could re-point"),
+        "{stderr}"
+    );
 }
 
 #[test]

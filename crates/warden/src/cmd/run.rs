@@ -326,6 +326,18 @@ fn own_files(
         inputs.push(exe.with_file_name("warden-init"));
         inputs.push(exe);
     }
+    if let Some((input, link)) = inputs
+        .iter()
+        .find_map(|p| link_in_reach(p, &writable).map(|l| (p, l)))
+    {
+        return Err(format!(
+            "{} (which Warden reads or runs for the session) is reached through {}, a link the \
+             session could re-point (it is in a writable mount); name it by its real path in \
+             the policy, or keep it outside the session's writable mounts",
+            input.display(),
+            link.display()
+        ));
+    }
     read_only.extend(inputs.iter().map(|p| canonical(p)).filter(|p| writable(p)));
     Ok(OwnFiles {
         hide,
