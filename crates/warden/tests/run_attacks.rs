@@ -371,6 +371,31 @@ fn cedar_rules_the_session_could_write_stop_the_session(b: B) {
     );
 }
 
+/// A file Warden reads for a session (here a `file:` credential and a `command:`
+/// credential's script) named through a link in the writable workspace: the session
+/// could point the link at a file of its choosing for the next start, so none starts.
+fn files_warden_reads_through_a_link_in_the_workspace_stop_the_session(b: B) {
+    for (file, mode, source) in [("token", 0o600, "file:"), ("token.sh", 0o755, "command:")] {
+        let env = Env::new_for(b, BASE);
+        let real = env.ws.join("real");
+        std::fs::create_dir_all(&real).unwrap();
+        std::fs::write(real.join(file), "#!/bin/sh\necho TOKEN-VALUE-123\n").unwrap();
+        std::fs::set_permissions(real.join(file), std::fs::Permissions::from_mode(mode)).unwrap();
+        std::os::unix::fs::symlink("real", env.ws.join("current")).unwrap();
+        bind_credential(
+            &env,
+            &format!("{source}{}", env.ws.join("current").join(file).display()),
+        );
+        let o = env.run(&["/bin/true"]);
+        assert_code(&o, 125);
+        assert!(
+            String::from_utf8_lossy(&o.stderr).contains("a link the session could re-point"),
+            "{source} {}",
+            text(&o)
+        );
+    }
+}
+
 /// `warden` and `warden-init` inside the workspace (a build tree, as when Warden is run
 /// from its own checkout) and the script a `command:` credential runs are read-only in
 /// the session: replaced, the next start would run the agent's program on the host.
@@ -1241,6 +1266,7 @@ crate::per_backend!(
     wardens_own_programs_in_the_workspace_cannot_be_replaced,
     cedar_rules_in_the_workspace_cannot_be_added_or_changed,
     cedar_rules_the_session_could_write_stop_the_session,
+    files_warden_reads_through_a_link_in_the_workspace_stop_the_session,
     symlink_out_of_the_workspace_dangles,
     symlink_planted_in_a_mount_target_does_not_redirect_the_mount,
     hard_link_to_an_outside_file_fails,

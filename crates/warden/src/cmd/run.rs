@@ -326,8 +326,10 @@ fn own_files(
         inputs.push(exe.with_file_name("warden-init"));
         inputs.push(exe);
     }
+    let credential_files = loader.source_files(policy);
     if let Some((input, link)) = inputs
         .iter()
+        .chain(&credential_files)
         .find_map(|p| link_in_reach(p, &writable).map(|l| (p, l)))
     {
         return Err(format!(
