@@ -383,6 +383,15 @@ fn cedar_rules(
             ));
         }
         if writable(&root) {
+            // Only what exists can be covered: gone since the policy was read, the
+            // session could create it.
+            if !root.exists() {
+                return Err(format!(
+                    "{} (where the policy's [cedar] files are looked for) is gone since the \
+                     policy was read; start the session again",
+                    root.display()
+                ));
+            }
             out.push(root);
         }
     }
