@@ -369,6 +369,26 @@ fn cedar_rules_the_session_could_write_stop_the_session(b: B) {
         "{}",
         text(&o)
     );
+    // Rules outside the workspace, one of them a link into the workspace through a
+    // second link there: the agent could re-point that one.
+    let env = Env::new_for(
+        b,
+        &format!("{BASE}\n[cedar]\nfiles = [\"rules/*.cedar\"]\n"),
+    );
+    let rules = env.dir.path().join("rules");
+    std::fs::create_dir_all(&rules).unwrap();
+    std::fs::create_dir_all(env.ws.join("real")).unwrap();
+    std::fs::write(env.ws.join("real/y.cedar"), "// rules\n").unwrap();
+    std::os::unix::fs::symlink("real", env.ws.join("link")).unwrap();
+    std::os::unix::fs::symlink(env.ws.join("link/y.cedar"), rules.join("x.cedar")).unwrap();
+    let o = env.run(&["/bin/true"]);
+    assert_code(&o, 125);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("a link the session could re-point") && err.contains("/ws/link"),
+        "{}",
+        text(&o)
+    );
 }
 
 /// A file Warden reads for a session (here a `file:` credential and a `command:`

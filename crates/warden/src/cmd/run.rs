@@ -359,10 +359,10 @@ fn cedar_rules(
     mounts: &[Mount],
     writable: &dyn Fn(&Path) -> bool,
 ) -> Result<Vec<PathBuf>, String> {
+    let fix = "keep the Cedar files in a directory of their own (e.g. `files = [\"rules/*.cedar\"]`), \
+               outside the session's writable mounts or below them";
     let mut out = Vec::new();
     for root in policy.cedar_roots() {
-        let fix = "keep the Cedar files in a directory of their own (e.g. `files = [\"rules/*.cedar\"]`), \
-                   outside the session's writable mounts or below them";
         if let Some(link) = link_in_reach(root, writable) {
             return Err(format!(
                 "the policy's [cedar] files are found through {}, a link the session could re-point \
@@ -395,7 +395,19 @@ fn cedar_rules(
             out.push(root);
         }
     }
+    // A loaded file may be a link (in a covered root: the session cannot change it) to
+    // anywhere: the links after it must not be the session's either.
+    let covered = out.clone();
+    let writable_now = |p: &Path| writable(p) && !covered.iter().any(|r| p.starts_with(r));
     for file in policy.cedar_files() {
+        if let Some(link) = link_in_reach(file, &writable_now) {
+            return Err(format!(
+                "the policy's Cedar file {} is found through {}, a link the session could \
+                 re-point (it is in a writable mount); {fix}",
+                file.display(),
+                link.display()
+            ));
+        }
         let file = canonical(file);
         if writable(&file) && !out.iter().any(|r| file.starts_with(r)) {
             out.push(file);
@@ -404,17 +416,33 @@ fn cedar_rules(
     Ok(out)
 }
 
-/// The first symbolic link on the way to `p` that sits in a directory the session can
-/// write (it could point it elsewhere before the next start), if any.
+/// The first symbolic link on the way to `p`, following links, that sits in a directory
+/// the session can write (it could point it elsewhere before the next start), if any.
 fn link_in_reach(p: &Path, writable: &dyn Fn(&Path) -> bool) -> Option<PathBuf> {
-    let abs = std::path::absolute(p).ok()?;
-    let mut prefix = PathBuf::new();
-    for c in abs.components() {
-        prefix.push(c);
-        let is_link = std::fs::symlink_metadata(&prefix).is_ok_and(|m| m.file_type().is_symlink());
-        if is_link && writable(&entry(&prefix)) {
-            return Some(prefix);
+    let mut path = std::path::absolute(p).ok()?;
+    // As the kernel does: a bounded number of links, then give up (nothing to protect
+    // then: the file cannot be opened either).
+    for _ in 0..40 {
+        let comps: Vec<_> = path.components().collect();
+        let mut prefix = PathBuf::new();
+        let mut next = None;
+        for (i, c) in comps.iter().enumerate() {
+            prefix.push(c);
+            let is_link =
+                std::fs::symlink_metadata(&prefix).is_ok_and(|m| m.file_type().is_symlink());
+            if !is_link {
+                continue;
+            }
+            if writable(&entry(&prefix)) {
+                return Some(prefix);
+            }
+            let target = std::fs::read_link(&prefix).ok()?;
+            let mut resolved = prefix.parent().unwrap_or(Path::new("/")).join(target);
+            resolved.extend(&comps[i + 1..]);
+            next = Some(resolved);
+            break;
         }
+        path = next?;
     }
     None
 }
