@@ -391,10 +391,23 @@ fn cedar_rules_the_session_could_write_stop_the_session(b: B) {
     );
 }
 
-/// A file Warden reads for a session (here a `file:` credential and a `command:`
+/// A file Warden reads for a session (the policy, a `file:` credential, a `command:`
 /// credential's script) named through a link in the writable workspace: the session
 /// could point the link at a file of its choosing for the next start, so none starts.
 fn files_warden_reads_through_a_link_in_the_workspace_stop_the_session(b: B) {
+    // The policy itself: re-pointed to a file of the agent's, the next session would
+    // run under it.
+    let mut env = Env::new_for(b, BASE);
+    let link = env.ws.join("warden.toml");
+    std::os::unix::fs::symlink(&env.policy, &link).unwrap();
+    env.policy = link;
+    let o = env.run(&["/bin/true"]);
+    assert_code(&o, 125);
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("a link the session could re-point"),
+        "{}",
+        text(&o)
+    );
     for (file, mode, source) in [("token", 0o600, "file:"), ("token.sh", 0o755, "command:")] {
         let env = Env::new_for(b, BASE);
         let real = env.ws.join("real");

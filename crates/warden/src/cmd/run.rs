@@ -237,7 +237,7 @@ struct OwnFiles {
     /// `warden` and `warden-init`. Run or read at the next start or reload, they must not
     /// be the agent's.
     read_only: Vec<PathBuf>,
-    /// The `--policy` file, or a link to it, is writable from the session: not reloaded.
+    /// The `--policy` file is writable from the session: not reloaded.
     policy_in_reach: bool,
 }
 
@@ -303,9 +303,20 @@ fn own_files(
             .any(|m| m.writable && p.starts_with(&m.source))
             && !hidden.iter().any(|h| p.starts_with(h))
     };
+    // The policy named through a link the session could re-point: the next session
+    // would run under whatever file the agent points it at.
+    if let Some((p, link)) =
+        policy_path.and_then(|p| link_in_reach(p, &writable).map(|link| (p, link)))
+    {
+        return Err(format!(
+            "the policy file {} is reached through {}, a link the session could re-point (it is \
+             in a writable mount); name the policy by its real path",
+            p.display(),
+            link.display()
+        ));
+    }
     let policy_file = policy_path.map(canonical).filter(|p| writable(p));
-    let policy_in_reach =
-        policy_file.is_some() || policy_path.map(entry).is_some_and(|p| writable(&p));
+    let policy_in_reach = policy_file.is_some();
     let mut read_only: Vec<PathBuf> = policy_file.into_iter().collect();
     read_only.extend(cedar_rules(policy, mounts, &writable)?);
     let mut inputs = loader.command_files(policy);
